@@ -1,0 +1,32 @@
+// Backend dispatch helpers shared by every op: which device the inputs live on, and the
+// loud failure for a backend that lacks an op (never a silent fallback).
+#pragma once
+
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/tensor.h"
+
+namespace mr1 {
+
+// The device all defined tensors share; throws naming the op when they differ.
+inline Device common_device(const char* op, std::initializer_list<const Tensor*> tensors) {
+  bool found = false;
+  Device device = Device::cpu;
+  for (const Tensor* tensor : tensors) {
+    if (!tensor || !tensor->defined()) continue;
+    if (found && tensor->device() != device) {
+      throw std::invalid_argument(std::string(op) + ": inputs on different devices");
+    }
+    device = tensor->device();
+    found = true;
+  }
+  return device;
+}
+
+[[noreturn]] inline void no_cuda_kernel(const char* op) {
+  throw std::runtime_error(std::string(op) + ": no CUDA kernel in this build; use --backend cpu");
+}
+
+}  // namespace mr1

@@ -1,0 +1,35 @@
+// Elementwise and layout helpers: sums, products, splitting and joining the feature axis.
+#pragma once
+
+#include "kernels/tensor.h"
+
+namespace mr1 {
+
+// a += b (same shape).
+void add_inplace(Tensor& a, const Tensor& b);
+// a += scale · b (same shape).
+void add_scaled_inplace(Tensor& a, const Tensor& b, float scale);
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor multiply(const Tensor& a, const Tensor& b);
+Tensor scale(const Tensor& a, float factor);
+
+// Split the last axis of x (..., F) at `at`: returns (..., at) and (..., F − at) as new tensors.
+std::pair<Tensor, Tensor> split_last(const Tensor& x, int64_t at);
+// Columns [begin, end) of the last axis, as a new tensor (..., end − begin).
+Tensor columns(const Tensor& x, int64_t begin, int64_t end);
+// Concatenate along the last axis: (..., Fa) and (..., Fb) give (..., Fa + Fb).
+Tensor concat_last(const Tensor& a, const Tensor& b);
+
+// Rows of a (T, F) matrix: out[i] = x[rows[i]]   (gather), and out[rows[i]] += scale[i] · x[i] (scatter-add).
+Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows);
+void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& rows, const std::vector<float>* scale);
+
+// Zero the rows (tokens) of x (B, L, ...) whose mask entry (B·L) is 0.
+void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask);
+
+double sum(const Tensor& x);
+double mean(const Tensor& x);
+double standard_deviation(const Tensor& x);  // sample standard deviation (divides by n − 1, as torch.std)
+float max_abs(const Tensor& x);
+
+}  // namespace mr1

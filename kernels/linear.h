@@ -1,0 +1,21 @@
+// Linear layer (GEMM): the projection every block is built from.
+// Shape letters: T tokens (all leading axes flattened), I input features, O output features.
+#pragma once
+
+#include "kernels/tensor.h"
+
+namespace mr1 {
+
+// y (..., O) = x (..., I) · weightᵀ (O, I) + bias (O); bias may be null.
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias);
+
+struct LinearGrads {
+  Tensor input;   // (..., I)  dL/dx = dy · weight
+  Tensor weight;  // (O, I)    dL/dW = dyᵀ · x
+  Tensor bias;    // (O)       dL/db = Σ_t dy[t]; undefined when there is no bias
+};
+// Gradients of linear_forward; `need_input` false skips dL/dx (first layer).
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                            bool need_input = true);
+
+}  // namespace mr1

@@ -1,0 +1,28 @@
+// RMSNorm and LayerNorm over the last axis. Shape letters: T tokens (leading axes), D features.
+#pragma once
+
+#include "kernels/tensor.h"
+
+namespace mr1 {
+
+constexpr float kNormEpsilon = 1e-5f;
+
+// y = x / √(mean(x²) + eps) · weight.   Saves inv_rms (T) = 1/√(mean(x²)+eps) for backward.
+Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms);
+struct RmsNormGrads {
+  Tensor input;   // (..., D)
+  Tensor weight;  // (D)
+};
+RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms);
+
+// y = (x − mean) / √(var + eps) · weight + bias  (biased variance, as torch).  Saves mean (T), inv_std (T).
+Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std);
+struct LayerNormGrads {
+  Tensor input;   // (..., D)
+  Tensor weight;  // (D)
+  Tensor bias;    // (D)
+};
+LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                  const Tensor& inv_std);
+
+}  // namespace mr1

@@ -1,0 +1,43 @@
+// The selective scan of Mamba (Gu & Dao 2023, Algorithm 2), with mamba_ssm's fusions:
+// softplus of Δ + bias, the D skip connection and the silu(z) gate.
+// Shape letters: B batch, L length, E channels (d_inner), N state size (d_state).
+#pragma once
+
+#include "kernels/tensor.h"
+
+namespace mr1 {
+
+struct SelectiveScanInputs {
+  const Tensor* u = nullptr;           // (B, L, E)  the conv output after silu (xa)
+  const Tensor* delta = nullptr;       // (B, L, E)  dt · dt_projᵀ, before bias and softplus
+  const Tensor* A = nullptr;           // (E, N)     = −exp(A_log)
+  const Tensor* B = nullptr;           // (B, L, N)  input matrix, per token
+  const Tensor* C = nullptr;           // (B, L, N)  output matrix, per token
+  const Tensor* D = nullptr;           // (E)        skip; may be null
+  const Tensor* z = nullptr;           // (B, L, E)  gate; may be null (no gating)
+  const Tensor* delta_bias = nullptr;  // (E)        may be null
+  bool delta_softplus = true;
+};
+
+// Δ[t,e]   = softplus(delta[t,e] + delta_bias[e])                 (or without softplus when off)
+// h_t[e,n] = exp(Δ[t,e] · A[e,n]) · h_{t−1}[e,n] + Δ[t,e] · u[t,e] · B[t,n],   h_{−1} = 0
+// y[t,e]   = Σ_n h_t[e,n] · C[t,n] + D[e] · u[t,e]
+// out      = y ⊙ silu(z)                                          (or y when z is null)
+// Returns out (B, L, E); when final_state is given it receives h_{L−1} (B, E, N).
+Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state = nullptr);
+
+struct SelectiveScanGrads {
+  Tensor u;           // (B, L, E)
+  Tensor delta;       // (B, L, E)  gradient with respect to delta before bias and softplus
+  Tensor A;           // (E, N)
+  Tensor B;           // (B, L, N)
+  Tensor C;           // (B, L, N)
+  Tensor D;           // (E)      undefined when D is null
+  Tensor z;           // (B, L, E) undefined when z is null
+  Tensor delta_bias;  // (E)      undefined when delta_bias is null
+};
+// Reverse-time scan. Recomputes the states chunk by chunk from checkpoints taken every
+// `chunk` steps, so memory stays O(B·E·N·L/chunk) instead of O(B·E·N·L).
+SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in);
+
+}  // namespace mr1
