@@ -1,2 +1,50 @@
-// mamba-r1: the command line (placeholder until the commands land).
-int main() { return 0; }
+// mamba-r1: the command line of the Mamba R1 toolkit. Every user error ends in one clear
+// message and a non-zero exit code, never a crash.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <exception>
+
+#include "blocks/parameters.h"
+#include "experiments/commands.h"
+#include "experiments/safetensors.h"
+#include "registry/config.h"
+#include "registry/registry.h"
+
+int main(int argc, char** argv) {
+  using namespace mr1;
+  spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
+  try {
+    const CommandLine line = parse_command_line(argc, argv);
+    const std::string level = line.option("log-level", "info");
+    spdlog::set_level(spdlog::level::from_str(level));
+    if (line.command == "run") return command_run(line);
+    if (line.command == "forward") return command_forward(line);
+    if (line.command == "init") return command_init(line);
+    if (line.command == "list") return command_list(line);
+    if (line.command == "validate") return command_validate(line);
+    if (line.command == "help") {
+      std::fputs(usage().c_str(), stdout);
+      return 0;
+    }
+    throw UsageError("unknown command '" + line.command + "'");
+  } catch (const UsageError& error) {
+    std::fprintf(stderr, "mamba-r1: %s\n\n%s", error.what(), usage().c_str());
+    return 2;
+  } catch (const ConfigError& error) {
+    spdlog::error("{}", error.what());
+    return 2;
+  } catch (const RegistryError& error) {
+    spdlog::error("{}", error.what());
+    return 2;
+  } catch (const SafetensorsError& error) {
+    spdlog::error("{}", error.what());
+    return 2;
+  } catch (const ShapeError& error) {
+    spdlog::error("{}", error.what());
+    return 2;
+  } catch (const std::exception& error) {
+    spdlog::error("{}", error.what());
+    return 1;
+  }
+}

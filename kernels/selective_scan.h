@@ -40,4 +40,10 @@ struct SelectiveScanGrads {
 // `chunk` steps, so memory stays O(B·E·N·L/chunk) instead of O(B·E·N·L).
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in);
 
+// The default checkpoint interval of selective_scan_backward.
+constexpr int64_t kSelectiveScanChunk = 64;
+// The same with a chosen checkpoint interval (chunk >= 1; tests set it small to exercise the recompute).
+// The gradients do not depend on it: the recomputed states are bit-identical to the forward's.
+SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk);
+
 }  // namespace mr1

@@ -1,0 +1,31 @@
+// fc2(gelu(fc1(x))): the dense MLP block and each MoE expert. Shape letters: T tokens, D dim, F expert_dim.
+#pragma once
+
+#include <string>
+
+#include "blocks/parameters.h"
+
+namespace mr1 {
+
+class Random;
+
+class FeedForward {
+ public:
+  // Parameters prefix + "fc1.weight" (F, D), "fc1.bias" (F), "fc2.weight" (D, F), "fc2.bias" (D).
+  FeedForward(ParameterStore& parameters, const std::string& prefix, int64_t dim, int64_t hidden);
+
+  // x (T, D) → (T, D); hidden_pre receives fc1(x) (T, F) for backward when given.
+  Tensor forward(const Tensor& x, Tensor* hidden_pre) const;
+  // dL/dy (T, D) → dL/dx; adds the parameters' gradients.
+  Tensor backward(const Tensor& grad_y, const Tensor& x, const Tensor& hidden_pre);
+  void initialize(Random& random);
+
+ private:
+  int64_t dim_, hidden_;
+  Parameter& fc1_weight_;
+  Parameter& fc1_bias_;
+  Parameter& fc2_weight_;
+  Parameter& fc2_bias_;
+};
+
+}  // namespace mr1

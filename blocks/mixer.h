@@ -1,0 +1,47 @@
+// The mixer of a residual block (mamba, moe, mlp, ...) and the block registry.
+// Shape letters: B batch, L length, D model dim.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "blocks/layer.h"
+#include "blocks/parameters.h"
+#include "registry/config.h"
+#include "registry/model_config.h"
+#include "registry/registry.h"
+
+namespace mr1 {
+
+class Random;
+
+class Mixer {
+ public:
+  virtual ~Mixer() = default;
+  // u (B, L, D) → (B, L, D). Fills record.saved when batch.keep_for_backward.
+  virtual Tensor forward(const Tensor& u, const BatchInfo& batch, LayerRecord& record) = 0;
+  // dL/dout (B, L, D) → dL/du (B, L, D); adds the parameters' gradients (aux losses included,
+  // scaled by aux_loss_scale: the weight of this batch's loss).
+  virtual Tensor backward(const Tensor& grad_out, const BatchInfo& batch, const LayerRecord& record,
+                          float aux_loss_scale) = 0;
+  virtual void initialize(Random& random) = 0;
+  // Called once after each optimizer step with this step's forward record (aux_free's bias update).
+  virtual void after_step(const LayerRecord& record) {}
+};
+
+// Everything a block factory may read: the model config, the router table (MoE) and where
+// its parameters go ("backbone.layers.{i}.mixer.").
+struct BlockContext {
+  const ModelConfig& model;
+  const RouterSettings& router;
+  const ConfigTable& router_table;
+  ParameterStore& parameters;
+  std::string prefix;
+  int64_t layer_index;
+};
+
+using BlockFactory = std::function<std::unique_ptr<Mixer>(const BlockContext&)>;
+Registry<BlockFactory>& block_registry();
+
+}  // namespace mr1

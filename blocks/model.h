@@ -1,0 +1,90 @@
+// The Mamba R1 model (DESIGN.md §2): input (token ids or embeddings), positional encodings,
+// the block order repeated depth times as pre-norm residual blocks, the final norm and the LM head.
+// Shape letters: B batch, L length, D dim, V vocab_size.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "blocks/mixer.h"
+#include "blocks/norm_layer.h"
+#include "blocks/positional.h"
+
+namespace mr1 {
+
+class Random;
+
+struct ModelInput {
+  int64_t batch = 0;              // B
+  int64_t length = 0;             // L
+  std::vector<int32_t> tokens;    // B·L ids, when vocab_size > 0
+  Tensor embeddings;              // (B, L, D), when vocab_size = 0
+  std::vector<uint8_t> mask;      // B·L, 1 = keep; empty = keep all
+};
+
+struct ForwardOptions {
+  bool training = false;          // routers use training capacity and noise
+  Random* random = nullptr;       // for routers that sample
+  int64_t start_position = 0;
+};
+
+struct ModelOutput {
+  Tensor hidden;                      // (B, L, D) after norm_f
+  Tensor logits;                      // (B, L, V) when vocab_size > 0
+  double aux_loss = 0;                // Σ of the MoE layers' aux and z losses (coefficients applied)
+  std::vector<RoutingStats> routing;  // per block; `present` only for MoE blocks
+};
+
+// What one forward pass keeps for the backward pass.
+struct ForwardTape {
+  BatchInfo batch;
+  std::vector<uint8_t> mask;
+  std::vector<int32_t> tokens;
+  std::vector<std::unique_ptr<SavedActivations>> norm_saved;  // per block
+  std::vector<LayerRecord> records;                           // per block
+  std::unique_ptr<SavedActivations> final_norm_saved;
+  Tensor hidden;                                              // (B, L, D) after norm_f
+};
+
+class Model {
+ public:
+  // router_table: the [router] table, from which each MoE layer's router reads its own keys.
+  Model(const ModelConfig& config, const RouterSettings& router, const ConfigTable& router_table);
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  ParameterStore& parameters() { return parameters_; }
+  const ParameterStore& parameters() const { return parameters_; }
+  int64_t block_count() const { return static_cast<int64_t>(mixers_.size()); }
+  Device device() const { return device_; }
+
+  // mamba_ssm's initialisation from one seeded generator (on the CPU; call before to()).
+  void initialize(uint64_t seed);
+  void to(Device device);
+
+  // Checks the input against the config (shapes, ids, L <= max_seq_len), then runs the model.
+  // With a tape, keeps what backward() needs.
+  ModelOutput forward(const ModelInput& input, const ForwardOptions& options, ForwardTape* tape = nullptr);
+  // Adds to every parameter's gradient: dL/dlogits (B, L, V) and/or dL/dhidden (B, L, D) given,
+  // and the MoE aux losses weighted by aux_loss_scale.
+  void backward(const ForwardTape& tape, const Tensor* grad_logits, const Tensor* grad_hidden, float aux_loss_scale);
+  // After an optimizer step: lets routers update their state from the step's routing (aux_free).
+  void after_step(const ForwardTape& tape);
+
+ private:
+  void check_input(const ModelInput& input) const;
+  const Tensor& head() const;
+  Parameter& head_parameter();
+
+  ModelConfig config_;
+  ParameterStore parameters_;
+  Parameter* embedding_ = nullptr;  // (V, D)
+  Parameter* lm_head_ = nullptr;    // (V, D) when not tied
+  std::vector<std::unique_ptr<PositionalEncoding>> positional_;
+  std::vector<std::unique_ptr<Norm>> norms_;
+  std::vector<std::unique_ptr<Mixer>> mixers_;
+  std::unique_ptr<Norm> final_norm_;
+  Device device_ = Device::cpu;
+};
+
+}  // namespace mr1

@@ -1,0 +1,127 @@
+// The Mixture-of-Experts layer (registered as block "moe"): router logits, a registered router's
+// assignments, experts fc2(gelu(fc1(u))) over the tokens routed to them, combined with the gates.
+// Shape letters: B batch, L length, T = B·L tokens, D dim, X experts, F expert_dim, k choices.
+#include "blocks/moe_layer.h"
+
+#include <cmath>
+
+#include "blocks/random.h"
+#include "kernels/elementwise.h"
+#include "kernels/linear.h"
+#include "kernels/small_ops.h"
+
+namespace mr1 {
+
+namespace {
+
+struct MoeSaved : SavedActivations {
+  Tensor u;                                       // (T, D)
+  std::unique_ptr<SavedActivations> router;       // the router's own
+  std::vector<std::vector<int64_t>> rows;         // per expert: the tokens routed to it
+  std::vector<std::vector<int64_t>> assignments;  // per expert: the assignment index t·k + r of each row
+  std::vector<std::vector<float>> gates;          // per expert: the gate of each row
+  std::vector<Tensor> hidden_pre;                 // per expert: fc1 output (T_j, F)
+  std::vector<Tensor> expert_out;                 // per expert: expert output before gating (T_j, D)
+};
+
+}  // namespace
+
+MoeLayer::MoeLayer(const BlockContext& context)
+    : dim_(context.model.dim),
+      num_experts_(context.model.num_experts),
+      router_weight_(context.parameters.add(context.prefix + "router.weight", {num_experts_, dim_}, true)),
+      router_bias_(context.parameters.add(context.prefix + "router.bias", {num_experts_}, false)) {
+  for (int64_t j = 0; j < num_experts_; ++j) {
+    experts_.emplace_back(context.parameters, context.prefix + "experts." + std::to_string(j) + ".", dim_,
+                          context.model.expert_dim);
+  }
+  RouterContext router_context{context.router, context.router_table, num_experts_, context.parameters,
+                               context.prefix + "router."};
+  router_ = router_registry().get(context.router.name)(router_context);
+}
+
+Tensor MoeLayer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& record) {
+  const int64_t T = batch.tokens_count();
+  Tensor tokens = u.reshape({T, dim_});
+  // router logits = u · router.weightᵀ + router.bias   (T, X), float32
+  Tensor logits = linear_forward(tokens, router_weight_.value, &router_bias_.value);
+  auto saved = std::make_unique<MoeSaved>();
+  Routing routing = router_->route(logits, batch, batch.keep_for_backward ? &saved->router : nullptr);
+
+  // Group the assignments by expert, in token order.
+  saved->rows.assign(static_cast<size_t>(num_experts_), {});
+  saved->assignments.assign(static_cast<size_t>(num_experts_), {});
+  saved->gates.assign(static_cast<size_t>(num_experts_), {});
+  for (int64_t a = 0; a < static_cast<int64_t>(routing.expert.size()); ++a) {
+    const int32_t j = routing.expert[static_cast<size_t>(a)];
+    if (j < 0) continue;
+    saved->rows[static_cast<size_t>(j)].push_back(a / routing.k);
+    saved->assignments[static_cast<size_t>(j)].push_back(a);
+    saved->gates[static_cast<size_t>(j)].push_back(routing.gate[static_cast<size_t>(a)]);
+  }
+
+  // out[t] = Σ over t's assignments of gate · expert_j(u[t]); dropped and masked tokens get 0.
+  Tensor out({T, dim_}, u.device());
+  saved->hidden_pre.resize(static_cast<size_t>(num_experts_));
+  saved->expert_out.resize(static_cast<size_t>(num_experts_));
+  for (int64_t j = 0; j < num_experts_; ++j) {
+    const auto& rows = saved->rows[static_cast<size_t>(j)];
+    if (rows.empty()) continue;
+    Tensor y = experts_[static_cast<size_t>(j)].forward(gather_rows(tokens, rows),
+                                                         &saved->hidden_pre[static_cast<size_t>(j)]);
+    scatter_add_rows(out, y, rows, &saved->gates[static_cast<size_t>(j)]);
+    saved->expert_out[static_cast<size_t>(j)] = y;
+  }
+
+  record.routing = routing.stats;
+  record.aux_loss = routing.stats.aux_loss + routing.stats.z_loss;
+  if (batch.keep_for_backward) {
+    saved->u = tokens;
+    record.saved = std::move(saved);
+  }
+  return out.reshape(u.shape());
+}
+
+Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const LayerRecord& record,
+                          float aux_loss_scale) {
+  const auto& saved = static_cast<const MoeSaved&>(*record.saved);
+  const int64_t T = batch.tokens_count();
+  Tensor grad = grad_out.reshape({T, dim_});
+  Tensor grad_tokens({T, dim_}, grad_out.device());
+  std::vector<float> grad_gate(record.routing.assignments > 0 ? static_cast<size_t>(record.routing.assignments) : 0,
+                               0.0f);
+
+  for (int64_t j = 0; j < num_experts_; ++j) {
+    const auto& rows = saved.rows[static_cast<size_t>(j)];
+    if (rows.empty()) continue;
+    Tensor grad_rows = gather_rows(grad, rows);
+    // dL/dgate = <dL/dout[t], expert_j(u[t])>
+    std::vector<float> dots = row_dot(grad_rows, saved.expert_out[static_cast<size_t>(j)]);
+    const auto& assignments = saved.assignments[static_cast<size_t>(j)];
+    for (size_t i = 0; i < rows.size(); ++i) grad_gate[static_cast<size_t>(assignments[i])] = dots[i];
+    // dL/dexpert_out = gate · dL/dout
+    Tensor grad_input = experts_[static_cast<size_t>(j)].backward(
+        scale_rows(grad_rows, saved.gates[static_cast<size_t>(j)]), gather_rows(saved.u, rows),
+        saved.hidden_pre[static_cast<size_t>(j)]);
+    scatter_add_rows(grad_tokens, grad_input, rows, nullptr);
+  }
+
+  Tensor grad_logits = router_->backward(grad_gate, *saved.router, aux_loss_scale);
+  LinearGrads router_grads = linear_backward(grad_logits, saved.u, router_weight_.value, true);
+  add_inplace(router_weight_.grad, router_grads.weight);
+  add_inplace(router_bias_.grad, router_grads.bias);
+  add_inplace(grad_tokens, router_grads.input);
+  return grad_tokens.reshape(grad_out.shape());
+}
+
+void MoeLayer::initialize(Random& random) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(dim_));
+  random.fill_uniform(router_weight_.value, -bound, bound);
+  random.fill_uniform(router_bias_.value, -bound, bound);
+  for (FeedForward& expert : experts_) expert.initialize(random);
+  router_->initialize(random);
+}
+
+void MoeLayer::after_step(const LayerRecord& record) { router_->after_step(record.routing); }
+
+}  // namespace mr1

@@ -1,0 +1,117 @@
+// The registered norms: rmsnorm (default), layernorm and none.
+#include "blocks/norm_layer.h"
+
+#include "blocks/random.h"
+#include "kernels/elementwise.h"
+#include "kernels/norm.h"
+
+namespace mr1 {
+
+Registry<NormFactory>& norm_registry() {
+  static Registry<NormFactory> registry("norm");
+  return registry;
+}
+
+namespace {
+
+struct RmsNormSaved : SavedActivations {
+  Tensor x, inv_rms;
+};
+
+class RmsNorm : public Norm {
+ public:
+  RmsNorm(ParameterStore& parameters, const std::string& prefix, int64_t dim)
+      : weight_(parameters.add(prefix + ".weight", {dim}, false)) {}
+
+  Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) override {
+    Tensor inv_rms;
+    Tensor y = rmsnorm_forward(x, weight_.value, &inv_rms);
+    if (saved) {
+      auto keep = std::make_unique<RmsNormSaved>();
+      keep->x = x;
+      keep->inv_rms = inv_rms;
+      *saved = std::move(keep);
+    }
+    return y;
+  }
+
+  Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
+    const auto& keep = static_cast<const RmsNormSaved&>(*saved);
+    RmsNormGrads grads = rmsnorm_backward(grad_y, keep.x, weight_.value, keep.inv_rms);
+    add_inplace(weight_.grad, grads.weight);
+    return grads.input;
+  }
+
+  void initialize(Random&) override { weight_.value.fill(1.0f); }
+
+ private:
+  Parameter& weight_;
+};
+
+struct LayerNormSaved : SavedActivations {
+  Tensor x, mean, inv_std;
+};
+
+class LayerNorm : public Norm {
+ public:
+  LayerNorm(ParameterStore& parameters, const std::string& prefix, int64_t dim)
+      : weight_(parameters.add(prefix + ".weight", {dim}, false)),
+        bias_(parameters.add(prefix + ".bias", {dim}, false)) {}
+
+  Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) override {
+    Tensor mean, inv_std;
+    Tensor y = layernorm_forward(x, weight_.value, bias_.value, &mean, &inv_std);
+    if (saved) {
+      auto keep = std::make_unique<LayerNormSaved>();
+      keep->x = x;
+      keep->mean = mean;
+      keep->inv_std = inv_std;
+      *saved = std::move(keep);
+    }
+    return y;
+  }
+
+  Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
+    const auto& keep = static_cast<const LayerNormSaved&>(*saved);
+    LayerNormGrads grads = layernorm_backward(grad_y, keep.x, weight_.value, keep.mean, keep.inv_std);
+    add_inplace(weight_.grad, grads.weight);
+    add_inplace(bias_.grad, grads.bias);
+    return grads.input;
+  }
+
+  void initialize(Random&) override {
+    weight_.value.fill(1.0f);
+    bias_.value.fill(0.0f);
+  }
+
+ private:
+  Parameter& weight_;
+  Parameter& bias_;
+};
+
+// The seed's model: no normalisation at all (diverges at depth 6 with random weights).
+class Identity : public Norm {
+ public:
+  Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>*) override { return x; }
+  Tensor backward(const Tensor& grad_y, const SavedActivations*) override { return grad_y; }
+};
+
+}  // namespace
+
+void register_norms() {
+  auto& registry = norm_registry();
+  registry.add("rmsnorm", "x / sqrt(mean(x^2) + 1e-5) * weight (default)",
+               [](ParameterStore& p, const std::string& prefix, int64_t dim) -> std::unique_ptr<Norm> {
+                 return std::make_unique<RmsNorm>(p, prefix, dim);
+               });
+  registry.add("layernorm", "(x - mean) / sqrt(var + 1e-5) * weight + bias",
+               [](ParameterStore& p, const std::string& prefix, int64_t dim) -> std::unique_ptr<Norm> {
+                 return std::make_unique<LayerNorm>(p, prefix, dim);
+               });
+  registry.add("none", "no normalisation (the seed's model; diverges when deep)",
+               [](ParameterStore&, const std::string&, int64_t) -> std::unique_ptr<Norm> {
+                 return std::make_unique<Identity>();
+               });
+}
+
+}  // namespace mr1

@@ -1,0 +1,31 @@
+// Normalisation layers (rmsnorm, layernorm, none) and their registry.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "blocks/layer.h"
+#include "blocks/parameters.h"
+#include "registry/registry.h"
+
+namespace mr1 {
+
+class Random;
+
+class Norm {
+ public:
+  virtual ~Norm() = default;
+  // x (..., D) → (..., D); keeps what backward needs in *saved when saved is given.
+  virtual Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) = 0;
+  // dL/dy → dL/dx; adds its parameters' gradients.
+  virtual Tensor backward(const Tensor& grad_y, const SavedActivations* saved) = 0;
+  virtual void initialize(Random& random) {}
+};
+
+// prefix: "backbone.layers.{i}.norm" or "backbone.norm_f"; dim: D.
+using NormFactory = std::function<std::unique_ptr<Norm>(ParameterStore& parameters, const std::string& prefix,
+                                                        int64_t dim)>;
+Registry<NormFactory>& norm_registry();
+
+}  // namespace mr1

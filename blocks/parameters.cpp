@@ -1,0 +1,85 @@
+// The parameter store: naming, counting, moving and loading checkpoints with full checks.
+#include "blocks/parameters.h"
+
+#include <stdexcept>
+
+#include "experiments/safetensors.h"
+
+namespace mr1 {
+
+Parameter& ParameterStore::add(const std::string& name, Shape shape, bool weight_decay) {
+  if (by_name_.count(name)) throw std::logic_error("parameter " + name + " added twice");
+  auto parameter = std::make_unique<Parameter>();
+  parameter->name = name;
+  parameter->value = Tensor(shape);
+  parameter->grad = Tensor(shape);
+  parameter->weight_decay = weight_decay;
+  by_name_[name] = parameter.get();
+  parameters_.push_back(std::move(parameter));
+  return *parameters_.back();
+}
+
+Parameter* ParameterStore::find(const std::string& name) {
+  auto found = by_name_.find(name);
+  return found == by_name_.end() ? nullptr : found->second;
+}
+
+const Parameter* ParameterStore::find(const std::string& name) const {
+  auto found = by_name_.find(name);
+  return found == by_name_.end() ? nullptr : found->second;
+}
+
+Parameter& ParameterStore::get(const std::string& name) {
+  Parameter* parameter = find(name);
+  if (!parameter) throw std::out_of_range("no parameter named " + name);
+  return *parameter;
+}
+
+int64_t ParameterStore::element_count() const {
+  int64_t count = 0;
+  for (const auto& parameter : parameters_) count += parameter->value.numel();
+  return count;
+}
+
+void ParameterStore::zero_grad() {
+  for (auto& parameter : parameters_) parameter->grad.fill(0.0f);
+}
+
+void ParameterStore::to(Device device) {
+  for (auto& parameter : parameters_) {
+    parameter->value = parameter->value.to(device);
+    parameter->grad = parameter->grad.to(device);
+  }
+}
+
+std::map<std::string, StoredTensor> ParameterStore::to_stored(const std::string& prefix) const {
+  std::map<std::string, StoredTensor> stored;
+  for (const auto& parameter : parameters_) {
+    stored[prefix + parameter->name] = StoredTensor::from_float(parameter->value.to(Device::cpu));
+  }
+  return stored;
+}
+
+void ParameterStore::load(const SafetensorsFile& file) {
+  for (const auto& [name, tensor] : file.tensors) {
+    if (!by_name_.count(name)) {
+      throw SafetensorsError(file.path + ": unexpected tensor '" + name + "' " + shape_string(tensor.shape) +
+                             ": the experiment's model has no parameter of that name");
+    }
+  }
+  for (auto& parameter : parameters_) {
+    if (!file.contains(parameter->name)) {
+      throw SafetensorsError(file.path + ": missing parameter '" + parameter->name + "' (expected shape " +
+                             parameter->value.shape_string() + ")");
+    }
+    const StoredTensor& stored = file.get(parameter->name);
+    if (stored.shape != parameter->value.shape()) {
+      throw SafetensorsError(file.path + ": parameter '" + parameter->name + "' has shape " +
+                             shape_string(stored.shape) + ", the experiment's model expects " +
+                             parameter->value.shape_string());
+    }
+    parameter->value.copy_from(stored.to_float());
+  }
+}
+
+}  // namespace mr1

@@ -1,0 +1,356 @@
+// The subcommands: run, forward, init, list, validate.
+#include "experiments/commands.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "blocks/catalog.h"
+#include "experiments/experiment.h"
+#include "experiments/files.h"
+#include "experiments/safetensors.h"
+#include "kernels/cuda_device.h"
+#include "kernels/elementwise.h"
+
+namespace mr1 {
+
+namespace {
+
+// Options that take a value, and flags that do not.
+const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "output", "backend", "seed",
+                                          "threads", "log-level"};
+const std::set<std::string> kFlags{"backward", "help"};
+
+}  // namespace
+
+std::string usage() {
+  return "usage:\n"
+         "  mamba-r1 run FILE.toml [--set key=value]... [--out DIR] [--backend auto|cpu|cuda]\n"
+         "  mamba-r1 forward FILE.toml --weights W.safetensors --input I.safetensors --output O.safetensors\n"
+         "                   [--backward] [--backend cpu|cuda] [--set key=value]...\n"
+         "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n"
+         "  mamba-r1 validate [FILE.toml]      CUDA against the CPU reference\n"
+         "  mamba-r1 list                      everything in the registry\n"
+         "common options: --threads N (CPU threads), --log-level debug|info|warn\n";
+}
+
+CommandLine parse_command_line(int argc, char** argv) {
+  CommandLine line;
+  if (argc < 2) throw UsageError("no command given");
+  line.command = argv[1];
+  if (line.command == "--help" || line.command == "-h") line.command = "help";
+  for (int i = 2; i < argc; ++i) {
+    std::string argument = argv[i];
+    if (argument.rfind("--", 0) != 0) {
+      line.positional.push_back(argument);
+      continue;
+    }
+    std::string name = argument.substr(2), value;
+    const size_t equals = name.find('=');
+    const bool inline_value = equals != std::string::npos && name.substr(0, equals) != "set";
+    if (inline_value) {
+      value = name.substr(equals + 1);
+      name = name.substr(0, equals);
+    }
+    if (kFlags.count(name)) {
+      line.flags.insert(name);
+      continue;
+    }
+    if (!kValueOptions.count(name)) throw UsageError("unknown option --" + name);
+    if (!inline_value) {
+      if (i + 1 >= argc) throw UsageError("--" + name + " needs a value");
+      value = argv[++i];
+    }
+    if (name == "set") {
+      line.sets.push_back(value);
+    } else {
+      line.options[name] = value;
+    }
+  }
+  if (line.flag("help")) line.command = "help";
+  return line;
+}
+
+std::string CommandLine::option(const std::string& name, const std::string& fallback) const {
+  auto found = options.find(name);
+  return found == options.end() ? fallback : found->second;
+}
+
+std::string CommandLine::required(const std::string& name) const {
+  auto found = options.find(name);
+  if (found == options.end()) throw UsageError(command + " needs --" + name);
+  return found->second;
+}
+
+std::string CommandLine::experiment_path() const {
+  if (positional.empty()) throw UsageError(command + " needs an experiment file (FILE.toml)");
+  if (positional.size() > 1) throw UsageError(command + ": unexpected argument '" + positional[1] + "'");
+  return positional[0];
+}
+
+namespace {
+
+int64_t parse_integer_option(const CommandLine& line, const std::string& name, int64_t fallback) {
+  const std::string text = line.option(name);
+  if (text.empty()) return fallback;
+  try {
+    size_t used = 0;
+    const long long value = std::stoll(text, &used);
+    if (used != text.size() || value < 0) throw std::invalid_argument(text);
+    return value;
+  } catch (const std::exception&) {
+    throw UsageError("--" + name + " expects a non-negative integer, found '" + text + "'");
+  }
+}
+
+// The experiment with the command line's --set, --backend, --seed and --threads applied.
+Experiment load_for(const CommandLine& line) {
+  std::vector<std::string> assignments = line.sets;
+  if (!line.option("backend").empty()) assignments.push_back("run.backend=\"" + line.option("backend") + "\"");
+  if (!line.option("seed").empty()) {
+    assignments.push_back("run.seed=" + std::to_string(parse_integer_option(line, "seed", 0)));
+  }
+  if (!line.option("threads").empty()) {
+    assignments.push_back("run.threads=" + std::to_string(parse_integer_option(line, "threads", 0)));
+  }
+  Experiment experiment = load_experiment(line.experiment_path(), assignments);
+  apply_thread_count(experiment.run.threads);
+  return experiment;
+}
+
+std::string describe_blocks(const ModelConfig& model) {
+  std::map<std::string, int64_t> counts;
+  for (int64_t i = 0; i < model.block_count(); ++i) ++counts[model.block_kind(i)];
+  std::string text;
+  for (const auto& [kind, count] : counts) text += (text.empty() ? "" : ", ") + std::to_string(count) + " " + kind;
+  return std::to_string(model.block_count()) + " blocks (" + text + ")";
+}
+
+std::string timestamp() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  std::ostringstream out;
+  out << std::put_time(&local, "%Y%m%d-%H%M%S");
+  return out.str();
+}
+
+// The run's output folder: --out DIR, else [output] dir / name-timestamp.
+std::string output_folder(const CommandLine& line, const Experiment& experiment) {
+  std::string folder = line.option("out");
+  if (folder.empty()) folder = experiment.output.dir + "/" + experiment.output.name + "-" + timestamp();
+  make_directories(folder);
+  return folder;
+}
+
+void log_model(const Experiment& experiment, const Model& model) {
+  const ModelConfig& config = experiment.model;
+  spdlog::info("model: {}, dim {}, d_state {}, d_conv {}, expand {}, dt_rank {}, {} experts of {}, norm {}, "
+               "{} parameters",
+               describe_blocks(config), config.dim, config.d_state, config.d_conv, config.expand, config.dt_rank,
+               config.num_experts, config.expert_dim, config.norm, model.parameters().element_count());
+}
+
+// Runs a forward-only task: warm-up passes, timed passes, then the output's statistics.
+nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task& task) {
+  Batch batch = task.batch(Split::eval, 0);
+  ForwardOptions options;
+  const int64_t tokens = batch.input.batch * batch.input.length;
+  for (int64_t i = 0; i < experiment.run.warmup; ++i) model.forward(batch.input, options);
+  std::vector<double> seconds;
+  ModelOutput output;
+  for (int64_t i = 0; i < experiment.run.repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    output = model.forward(batch.input, options);
+    cuda::synchronize();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    spdlog::info("forward pass {}/{}: {:.4f} s, {:.0f} tokens/s", i + 1, experiment.run.repeats, seconds.back(),
+                 tokens / seconds.back());
+  }
+  double total = 0, best = seconds.front();
+  for (double s : seconds) total += s, best = std::min(best, s);
+  const double mean_seconds = total / static_cast<double>(seconds.size());
+  const double output_mean = mean(output.hidden);
+  const double output_std = standard_deviation(output.hidden);
+
+  spdlog::info("output shape {}, mean {:.4f}, std {:.4f}", output.hidden.shape_string(), output_mean, output_std);
+  spdlog::info("forward: {:.4f} s mean over {} passes (best {:.4f} s), {:.0f} tokens/s", mean_seconds,
+               seconds.size(), best, tokens / mean_seconds);
+  nlohmann::json summary;
+  summary["output_shape"] = output.hidden.shape();
+  summary["output_mean"] = output_mean;
+  summary["output_std"] = output_std;
+  summary["forward_seconds"] = mean_seconds;
+  summary["forward_seconds_best"] = best;
+  summary["forward_seconds_all"] = seconds;
+  summary["tokens"] = tokens;
+  summary["tokens_per_second"] = tokens / mean_seconds;
+  summary["aux_loss"] = output.aux_loss;
+  return summary;
+}
+
+}  // namespace
+
+int command_run(const CommandLine& line) {
+  Experiment experiment = load_for(line);
+  BuiltExperiment built = build_experiment(experiment);
+  const std::string folder = output_folder(line, experiment);
+  spdlog::info("experiment {} -> {}", experiment.file.file(), folder);
+  spdlog::info("task: {}", built.task->describe());
+  const Device device = resolve_backend(experiment.run.backend);
+  built.model->initialize(experiment.run.seed);
+  built.model->to(device);
+  log_model(experiment, *built.model);
+  write_file_atomic(folder + "/config.toml", experiment.file.to_toml() + "\n");
+
+  nlohmann::json summary;
+  if (!built.task->trainable()) {
+    summary = run_forward_task(experiment, *built.model, *built.task);
+  } else {
+    throw std::runtime_error("task '" + experiment.table("task").get_string("name", "") +
+                             "' trains the model; training is not part of this build yet");
+  }
+  summary["experiment"] = experiment.file.file();
+  summary["parameters"] = built.model->parameters().element_count();
+  summary["backend"] = device_name(device);
+  summary["blocks"] = describe_blocks(experiment.model);
+  write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
+  spdlog::info("wrote {}/summary.json", folder);
+  return 0;
+}
+
+namespace {
+
+// The model's input from a safetensors file holding `tokens` or `embeddings`, and maybe `mask`.
+ModelInput read_model_input(const std::string& path, const ModelConfig& model) {
+  const SafetensorsFile file = read_safetensors(path);
+  ModelInput input;
+  const bool by_tokens = model.vocab_size > 0;
+  const std::string wanted = by_tokens ? "tokens" : "embeddings";
+  for (const auto& [name, tensor] : file.tensors) {
+    if (name != wanted && name != "mask") {
+      throw SafetensorsError(path + ": unexpected tensor '" + name + "'; the input holds '" + wanted +
+                             "' and optionally 'mask'");
+    }
+  }
+  if (!file.contains(wanted)) {
+    throw SafetensorsError(path + ": missing '" + wanted + "' (" +
+                           (by_tokens ? "I64 or I32, B×L: the model has vocab_size " + std::to_string(model.vocab_size)
+                                      : "F32, B×L×" + std::to_string(model.dim) + ": the model has vocab_size 0") +
+                           ")");
+  }
+  const StoredTensor& main = file.get(wanted);
+  if (by_tokens) {
+    if (main.dtype != DType::I64 && main.dtype != DType::I32) {
+      throw SafetensorsError(path + ": 'tokens' must be I64 or I32, found " + dtype_name(main.dtype));
+    }
+    if (main.shape.size() != 2) {
+      throw SafetensorsError(path + ": 'tokens' must have shape (B, L), found " + shape_string(main.shape));
+    }
+    input.batch = main.shape[0];
+    input.length = main.shape[1];
+    for (int64_t id : main.to_int64()) {
+      if (id < 0 || id >= model.vocab_size) {
+        throw SafetensorsError(path + ": 'tokens' holds id " + std::to_string(id) + ", outside [0, " +
+                               std::to_string(model.vocab_size) + ")");
+      }
+      input.tokens.push_back(static_cast<int32_t>(id));
+    }
+  } else {
+    if (main.dtype != DType::F32) {
+      throw SafetensorsError(path + ": 'embeddings' must be F32, found " + dtype_name(main.dtype));
+    }
+    if (main.shape.size() != 3 || main.shape[2] != model.dim) {
+      throw SafetensorsError(path + ": 'embeddings' must have shape (B, L, " + std::to_string(model.dim) +
+                             "), found " + shape_string(main.shape));
+    }
+    input.batch = main.shape[0];
+    input.length = main.shape[1];
+    input.embeddings = main.to_float();
+  }
+  if (file.contains("mask")) {
+    const StoredTensor& mask = file.get("mask");
+    if (mask.dtype != DType::U8 && mask.dtype != DType::BOOL) {
+      throw SafetensorsError(path + ": 'mask' must be U8 or BOOL, found " + dtype_name(mask.dtype));
+    }
+    if (mask.shape != Shape{input.batch, input.length}) {
+      throw SafetensorsError(path + ": 'mask' must have shape " + shape_string({input.batch, input.length}) +
+                             " like the input, found " + shape_string(mask.shape));
+    }
+    for (int64_t keep : mask.to_int64()) input.mask.push_back(keep != 0 ? 1 : 0);
+  }
+  return input;
+}
+
+}  // namespace
+
+int command_forward(const CommandLine& line) {
+  Experiment experiment = load_for(line);
+  BuiltExperiment built = build_experiment(experiment);
+  const std::string weights = line.required("weights");
+  const std::string input_path = line.required("input");
+  const std::string output_path = line.required("output");
+  if (line.flag("backward")) {
+    throw UsageError("forward --backward needs the training backend, which is not part of this build yet");
+  }
+  const Device device = resolve_backend(experiment.run.backend);
+  built.model->parameters().load(read_safetensors(weights));
+  built.model->to(device);
+  const ModelInput input = read_model_input(input_path, experiment.model);
+  spdlog::info("forward: input ({}, {}){}, weights {}", input.batch, input.length,
+               input.mask.empty() ? "" : " with mask", weights);
+
+  const auto start = std::chrono::steady_clock::now();
+  ModelOutput output = built.model->forward(input, ForwardOptions{});
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  std::map<std::string, StoredTensor> tensors;
+  tensors["hidden"] = StoredTensor::from_float(output.hidden.to(Device::cpu));
+  if (output.logits.defined()) tensors["logits"] = StoredTensor::from_float(output.logits.to(Device::cpu));
+  write_safetensors(output_path, tensors);
+  spdlog::info("wrote {} ({:.3f} s, {:.0f} tokens/s)", output_path, seconds, input.batch * input.length / seconds);
+  return 0;
+}
+
+int command_init(const CommandLine& line) {
+  Experiment experiment = load_for(line);
+  BuiltExperiment built = build_experiment(experiment);
+  const std::string output_path = line.required("output");
+  built.model->initialize(experiment.run.seed);
+  std::map<std::string, std::string> metadata{{"format", "pt"}, {"mamba_r1_seed", std::to_string(experiment.run.seed)}};
+  write_safetensors(output_path, built.model->parameters().to_stored(), metadata);
+  spdlog::info("wrote {}: {} tensors, {} parameters (seed {})", output_path, built.model->parameters().all().size(),
+               built.model->parameters().element_count(), experiment.run.seed);
+  return 0;
+}
+
+int command_list(const CommandLine& line) {
+  if (!line.positional.empty()) throw UsageError("list takes no arguments");
+  register_all();
+  for (const RegistryBase* registry : all_registries()) {
+    std::printf("%s:\n", registry->kind().c_str());
+    for (const RegistryEntryInfo& entry : registry->entries()) {
+      std::printf("  %-18s %s\n", entry.name.c_str(), entry.description.c_str());
+    }
+  }
+  return 0;
+}
+
+int command_validate(const CommandLine& line) {
+  const std::string reason = cuda::unavailable_reason();
+  if (!reason.empty()) {
+    spdlog::error("validate: no GPU: {}", reason);
+    return 3;
+  }
+  spdlog::error("validate: this build has no CUDA kernels for the model's ops yet");
+  return 4;
+}
+
+}  // namespace mr1

@@ -1,0 +1,42 @@
+// The subcommands of mamba-r1 (DESIGN.md §4) and the command line they read.
+#pragma once
+
+#include <map>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mr1 {
+
+struct CommandLine {
+  std::string command;
+  std::vector<std::string> positional;         // FILE.toml, ...
+  std::vector<std::string> sets;               // --set key=value, in order
+  std::map<std::string, std::string> options;  // --out DIR, --weights W, ...
+  std::set<std::string> flags;                 // --backward, --resume, ...
+
+  std::string option(const std::string& name, const std::string& fallback = "") const;
+  bool flag(const std::string& name) const { return flags.count(name) != 0; }
+  // The option's value; throws a usage error naming the command when it is missing.
+  std::string required(const std::string& name) const;
+  // The experiment file (first positional); throws when missing.
+  std::string experiment_path() const;
+};
+
+// Thrown for a malformed command line; main prints the message and the usage.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+CommandLine parse_command_line(int argc, char** argv);
+std::string usage();
+
+int command_run(const CommandLine& line);
+int command_forward(const CommandLine& line);
+int command_init(const CommandLine& line);
+int command_list(const CommandLine& line);
+int command_validate(const CommandLine& line);
+
+}  // namespace mr1

@@ -1,0 +1,87 @@
+// Loading experiments, building their model and task, and choosing the backend.
+#include "experiments/experiment.h"
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include <Eigen/Core>
+#include <filesystem>
+
+#include "blocks/catalog.h"
+#include "kernels/cuda_device.h"
+
+namespace mr1 {
+
+namespace {
+const std::vector<std::string> kTables{"model", "router", "task", "run", "output"};
+}
+
+const ConfigTable& Experiment::table(const std::string& name) const {
+  for (const ConfigTable& table : tables) {
+    if (table.path() == name) return table;
+  }
+  throw std::logic_error("experiment has no table " + name);
+}
+
+Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments) {
+  register_all();
+  Experiment experiment;
+  experiment.file = ExperimentFile::load(path);
+  for (const std::string& assignment : assignments) experiment.file.set(assignment);
+  experiment.file.reject_unknown_tables(kTables);
+  for (const std::string& name : kTables) experiment.tables.push_back(experiment.file.table(name));
+
+  experiment.model = read_model_config(experiment.table("model"));
+  experiment.router = read_router_settings(experiment.table("router"));
+
+  const ConfigTable& run = experiment.table("run");
+  experiment.run.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0));
+  experiment.run.backend = run.get_choice("backend", "auto", {"auto", "cpu", "cuda"});
+  experiment.run.threads = run.get_int("threads", 0, 0, 1024);
+  experiment.run.repeats = run.get_int("repeats", experiment.run.repeats, 1);
+  experiment.run.warmup = run.get_int("warmup", experiment.run.warmup, 0);
+
+  const ConfigTable& output = experiment.table("output");
+  experiment.output.dir = output.get_string("dir", experiment.output.dir);
+  experiment.output.name = output.get_string("name", std::filesystem::path(path).stem().string());
+  return experiment;
+}
+
+BuiltExperiment build_experiment(const Experiment& experiment) {
+  BuiltExperiment built;
+  built.model = std::make_unique<Model>(experiment.model, experiment.router, experiment.table("router"));
+  const ConfigTable& task = experiment.table("task");
+  const std::string name = task.get_string("name", "forward");
+  if (!task_registry().contains(name)) task.fail("name", "unknown task \"" + name + "\"; valid: " + task_registry().names());
+  built.task = task_registry().get(name)(TaskContext{task, experiment.model, experiment.run.seed});
+  for (const ConfigTable& table : experiment.tables) table.reject_unknown_keys();
+  return built;
+}
+
+Device resolve_backend(const std::string& requested) {
+  if (requested == "cpu") {
+    spdlog::info("backend: cpu ({} threads)", Eigen::nbThreads());
+    return Device::cpu;
+  }
+  const std::string reason = cuda::unavailable_reason();
+  if (requested == "cuda") {
+    if (!reason.empty()) throw std::runtime_error("backend cuda requested, but " + reason);
+    throw std::runtime_error("backend cuda requested, but this build's CUDA kernels do not cover the model yet; "
+                             "use --backend cpu");
+  }
+  if (!reason.empty()) {
+    spdlog::info("backend: cpu ({} threads); CUDA not used: {}", Eigen::nbThreads(), reason);
+  } else {
+    spdlog::info("backend: cpu ({} threads); CUDA device {} found, but this build's CUDA kernels do not cover "
+                 "the model yet", Eigen::nbThreads(), cuda::device_description());
+  }
+  return Device::cpu;
+}
+
+void apply_thread_count(int64_t threads) {
+  if (threads <= 0) return;
+  omp_set_num_threads(static_cast<int>(threads));
+  Eigen::setNbThreads(static_cast<int>(threads));
+}
+
+}  // namespace mr1

@@ -1,0 +1,58 @@
+// An experiment: the file with its --set overrides, read into typed settings, and the model and task
+// built from it. Tables: [model], [router] (normative, DESIGN.md §3), [task], [run], [output].
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blocks/model.h"
+#include "experiments/task.h"
+#include "registry/config.h"
+#include "registry/model_config.h"
+
+namespace mr1 {
+
+struct RunSettings {
+  uint64_t seed = 0;              // weights and data
+  std::string backend = "auto";   // auto | cpu | cuda
+  int64_t threads = 0;            // CPU threads; 0 = every core
+  int64_t repeats = 3;            // timed forward passes of a forward-only task
+  int64_t warmup = 1;             // untimed passes before them
+};
+
+struct OutputSettings {
+  std::string dir = "runs";       // parent folder of the run folder
+  std::string name;               // run folder name; default: the file's stem
+};
+
+struct Experiment {
+  ExperimentFile file;
+  ModelConfig model;
+  RouterSettings router;
+  RunSettings run;
+  OutputSettings output;
+  // Views into `file`, kept to build the router and task and to reject unknown keys at the end.
+  std::vector<ConfigTable> tables;
+  const ConfigTable& table(const std::string& name) const;
+};
+
+// Loads FILE, applies the --set assignments, reads [model], [router], [run] and [output] with every
+// check of DESIGN.md §3. Throws ConfigError naming file, key and line.
+Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments);
+
+// Builds the model and the task of the experiment, then rejects any key that no reader asked for.
+struct BuiltExperiment {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Task> task;
+};
+BuiltExperiment build_experiment(const Experiment& experiment);
+
+// Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
+// device throws one clear line.
+Device resolve_backend(const std::string& requested);
+
+// Applies [run] threads to OpenMP and Eigen.
+void apply_thread_count(int64_t threads);
+
+}  // namespace mr1

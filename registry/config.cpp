@@ -1,0 +1,255 @@
+// Typed reading of experiment TOML, --set overrides and the errors that name file, key and line.
+#include "registry/config.h"
+
+#include <sstream>
+
+namespace mr1 {
+
+namespace {
+
+const toml::table& empty_table() {
+  static const toml::table empty;
+  return empty;
+}
+
+std::string type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date or time";
+  }
+}
+
+std::string render(const toml::node& node) {
+  std::ostringstream out;
+  node.visit([&](const auto& value) { out << value; });
+  std::string text = out.str();
+  if (text.size() > 60) text = text.substr(0, 57) + "...";
+  return text;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string joined;
+  for (const std::string& item : items) joined += (joined.empty() ? "" : ", ") + item;
+  return joined;
+}
+
+}  // namespace
+
+ConfigTable::ConfigTable(const toml::table* table, std::string file, std::string path)
+    : table_(table ? table : &empty_table()),
+      file_(std::move(file)),
+      path_(std::move(path)),
+      read_keys_(std::make_shared<std::set<std::string>>()) {}
+
+const toml::node* ConfigTable::lookup(const std::string& key) const {
+  read_keys_->insert(key);
+  return table_->get(key);
+}
+
+bool ConfigTable::has(const std::string& key) const { return table_->contains(key); }
+
+std::string ConfigTable::where(const std::string& key) const {
+  std::string location = file_;
+  const toml::node* node = table_->get(key);
+  if (node && node->source().begin.line > 0) {
+    location += ":" + std::to_string(node->source().begin.line);
+  } else if (table_->source().begin.line > 0) {
+    location += ":" + std::to_string(table_->source().begin.line);
+  }
+  return location + ": " + (path_.empty() ? key : path_ + "." + key);
+}
+
+void ConfigTable::fail(const std::string& key, const std::string& message) const {
+  throw ConfigError(where(key) + ": " + message);
+}
+
+int64_t ConfigTable::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
+  const toml::node* node = lookup(key);
+  if (!node) return fallback;
+  auto value = node->value_exact<int64_t>();
+  if (!value) fail(key, "expected an integer, found " + type_name(*node) + " " + render(*node));
+  if (*value < min || *value > max) {
+    std::string range = min == INT64_MIN ? "<= " + std::to_string(max)
+                        : max == INT64_MAX ? ">= " + std::to_string(min)
+                                           : "from " + std::to_string(min) + " to " + std::to_string(max);
+    fail(key, "expected an integer " + range + ", found " + std::to_string(*value));
+  }
+  return *value;
+}
+
+double ConfigTable::get_double(const std::string& key, double fallback) const {
+  const toml::node* node = lookup(key);
+  if (!node) return fallback;
+  if (!node->is_number()) fail(key, "expected a number, found " + type_name(*node) + " " + render(*node));
+  return *node->value<double>();
+}
+
+bool ConfigTable::get_bool(const std::string& key, bool fallback) const {
+  const toml::node* node = lookup(key);
+  if (!node) return fallback;
+  auto value = node->value_exact<bool>();
+  if (!value) fail(key, "expected true or false, found " + type_name(*node) + " " + render(*node));
+  return *value;
+}
+
+std::string ConfigTable::get_string(const std::string& key, const std::string& fallback) const {
+  const toml::node* node = lookup(key);
+  if (!node) return fallback;
+  auto value = node->value_exact<std::string>();
+  if (!value) fail(key, "expected a string, found " + type_name(*node) + " " + render(*node));
+  return *value;
+}
+
+std::string ConfigTable::get_choice(const std::string& key, const std::string& fallback,
+                                    const std::vector<std::string>& choices) const {
+  std::string value = get_string(key, fallback);
+  for (const std::string& choice : choices) {
+    if (choice == value) return value;
+  }
+  fail(key, "unknown value \"" + value + "\"; valid: " + join(choices));
+}
+
+std::vector<std::string> ConfigTable::get_string_list(const std::string& key,
+                                                      const std::vector<std::string>& fallback) const {
+  const toml::node* node = lookup(key);
+  if (!node) return fallback;
+  if (auto single = node->value_exact<std::string>()) return {*single};
+  const toml::array* array = node->as_array();
+  if (!array) fail(key, "expected a list of strings, found " + type_name(*node) + " " + render(*node));
+  std::vector<std::string> values;
+  for (const toml::node& item : *array) {
+    auto value = item.value_exact<std::string>();
+    if (!value) fail(key, "expected a list of strings, found an element that is " + type_name(item));
+    values.push_back(*value);
+  }
+  return values;
+}
+
+std::vector<int64_t> ConfigTable::get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const {
+  const toml::node* node = lookup(key);
+  if (!node) return fallback;
+  if (auto single = node->value_exact<int64_t>()) return {*single};
+  const toml::array* array = node->as_array();
+  if (!array) fail(key, "expected a list of integers, found " + type_name(*node) + " " + render(*node));
+  std::vector<int64_t> values;
+  for (const toml::node& item : *array) {
+    auto value = item.value_exact<int64_t>();
+    if (!value) fail(key, "expected a list of integers, found an element that is " + type_name(item));
+    values.push_back(*value);
+  }
+  return values;
+}
+
+const toml::node* ConfigTable::node(const std::string& key) const { return lookup(key); }
+
+ConfigTable ConfigTable::table(const std::string& key) const {
+  const toml::node* node = lookup(key);
+  if (node && !node->is_table()) fail(key, "expected a table, found " + type_name(*node) + " " + render(*node));
+  return ConfigTable(node ? node->as_table() : nullptr, file_, path_.empty() ? key : path_ + "." + key);
+}
+
+void ConfigTable::reject_unknown_keys() const {
+  for (const auto& [key, node] : *table_) {
+    const std::string name(key.str());
+    if (read_keys_->count(name)) continue;
+    std::vector<std::string> valid(read_keys_->begin(), read_keys_->end());
+    fail(name, "unknown key; valid keys here: " + (valid.empty() ? std::string("none") : join(valid)));
+  }
+}
+
+ExperimentFile ExperimentFile::load(const std::string& path) {
+  try {
+    ExperimentFile file;
+    file.file_ = path;
+    file.root_ = std::make_shared<toml::table>(toml::parse_file(path));
+    return file;
+  } catch (const toml::parse_error& error) {
+    const auto& begin = error.source().begin;
+    std::string message(error.description());
+    if (message.find("File could not be opened") != std::string::npos) {
+      throw ConfigError(path + ": cannot open the experiment file");
+    }
+    throw ConfigError(path + ":" + std::to_string(begin.line) + ":" + std::to_string(begin.column) +
+                      ": TOML syntax error: " + message);
+  }
+}
+
+ExperimentFile ExperimentFile::parse(const std::string& text, const std::string& name) {
+  try {
+    ExperimentFile file;
+    file.file_ = name;
+    file.root_ = std::make_shared<toml::table>(toml::parse(text, name));
+    return file;
+  } catch (const toml::parse_error& error) {
+    throw ConfigError(name + ":" + std::to_string(error.source().begin.line) +
+                      ": TOML syntax error: " + std::string(error.description()));
+  }
+}
+
+void ExperimentFile::set(const std::string& assignment) {
+  const size_t equals = assignment.find('=');
+  if (equals == std::string::npos || equals == 0) {
+    throw ConfigError("--set " + assignment + ": expected KEY=VALUE, for example model.d_state=32");
+  }
+  const std::string key = assignment.substr(0, equals);
+  const std::string text = assignment.substr(equals + 1);
+
+  // The value as TOML; "abc" without quotes is taken as the string abc.
+  toml::table parsed;
+  try {
+    parsed = toml::parse("value = " + text);
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"value", text}};
+  }
+
+  toml::table* table = root_.get();
+  size_t start = 0;
+  for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', start)) {
+    const std::string part = key.substr(start, dot - start);
+    toml::node* child = table->get(part);
+    if (!child) {
+      table->insert(part, toml::table{});
+      child = table->get(part);
+    }
+    if (!child->is_table()) throw ConfigError("--set " + assignment + ": '" + part + "' is not a table");
+    table = child->as_table();
+    start = dot + 1;
+  }
+  const std::string leaf = key.substr(start);
+  if (leaf.empty()) throw ConfigError("--set " + assignment + ": empty key");
+  table->insert_or_assign(leaf, *parsed.get("value"));
+}
+
+ConfigTable ExperimentFile::table(const std::string& name) const {
+  const toml::node* node = root_->get(name);
+  if (node && !node->is_table()) {
+    throw ConfigError(file_ + ":" + std::to_string(node->source().begin.line) + ": " + name +
+                      ": expected a table [" + name + "], found " + type_name(*node));
+  }
+  return ConfigTable(node ? node->as_table() : nullptr, file_, name);
+}
+
+void ExperimentFile::reject_unknown_tables(const std::vector<std::string>& known) const {
+  for (const auto& [key, node] : *root_) {
+    const std::string name(key.str());
+    bool found = false;
+    for (const std::string& table : known) found = found || table == name;
+    if (!found) {
+      throw ConfigError(file_ + ":" + std::to_string(node.source().begin.line) + ": " + name +
+                        ": unknown table or key; valid tables: " + join(known));
+    }
+  }
+}
+
+std::string ExperimentFile::to_toml() const {
+  std::ostringstream out;
+  out << *root_;
+  return out.str();
+}
+
+}  // namespace mr1

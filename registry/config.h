@@ -1,0 +1,89 @@
+// Reading experiment files: TOML tables to typed options, with errors that name the file,
+// the key, its line and what was expected. Every key an entry reads is recorded, so a key
+// nobody read is reported as unknown together with the valid ones.
+#pragma once
+
+#include <toml++/toml.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace mr1 {
+
+// A user error in an experiment file or a --set override. The message is complete:
+// "experiments/x.toml:12: model.d_state: expected an integer >= 1, found -3".
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A view of one TOML table ("model", "router", "task", ...) that reads typed values.
+// Copies share the record of which keys were read.
+class ConfigTable {
+ public:
+  ConfigTable(const toml::table* table, std::string file, std::string path);
+
+  const std::string& path() const { return path_; }
+  const std::string& file() const { return file_; }
+  bool has(const std::string& key) const;
+
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t min = INT64_MIN, int64_t max = INT64_MAX) const;
+  double get_double(const std::string& key, double fallback) const;
+  bool get_bool(const std::string& key, bool fallback) const;
+  std::string get_string(const std::string& key, const std::string& fallback) const;
+  // A string that must be one of `choices`.
+  std::string get_choice(const std::string& key, const std::string& fallback,
+                         const std::vector<std::string>& choices) const;
+  // A list of strings; a single string is taken as a list of one.
+  std::vector<std::string> get_string_list(const std::string& key, const std::vector<std::string>& fallback) const;
+  std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const;
+  // The sub-table `key` (an empty table when absent); marks `key` as read.
+  ConfigTable table(const std::string& key) const;
+  const toml::node* node(const std::string& key) const;  // raw node; marks `key` as read
+
+  // Throws ConfigError for the first key of this table that no get_* asked for, listing the keys that were.
+  void reject_unknown_keys() const;
+  // An error about `key` in this table, with its file and line.
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+  std::string where(const std::string& key) const;  // "file:line: path.key"
+
+ private:
+  const toml::node* lookup(const std::string& key) const;
+  const toml::table* table_;
+  std::string file_;
+  std::string path_;
+  std::shared_ptr<std::set<std::string>> read_keys_;
+};
+
+// A whole experiment file with the --set overrides applied.
+class ExperimentFile {
+ public:
+  // Parses `path`; a syntax error becomes a ConfigError with the file and line.
+  static ExperimentFile load(const std::string& path);
+  static ExperimentFile parse(const std::string& text, const std::string& name);
+
+  // Applies "model.d_state=32": the value is read as TOML (32, 1.5, true, "x", [..]) or, failing
+  // that, as a bare string. Creates missing tables.
+  void set(const std::string& assignment);
+
+  const std::string& file() const { return file_; }
+  toml::table& root() { return *root_; }
+  const toml::table& root() const { return *root_; }
+  // The top-level table `name` (empty when absent).
+  ConfigTable table(const std::string& name) const;
+  // Top-level keys other than `known` are errors naming the valid tables.
+  void reject_unknown_tables(const std::vector<std::string>& known) const;
+  // The resolved file as TOML text (for the run's output folder).
+  std::string to_toml() const;
+
+ private:
+  std::string file_;
+  std::shared_ptr<toml::table> root_;
+};
+
+}  // namespace mr1

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main job: installs what is missing, builds, and runs a shipped experiment on the CPU
+# (default experiments/seed_example.toml). Extra arguments go to `mamba-r1 run`.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+"$root/scripts/build.sh"
+cd "$root"
+experiment="experiments/seed_example.toml"
+if [ $# -gt 0 ] && [[ "$1" == *.toml ]]; then experiment="$1"; shift; fi
+exec build/mamba-r1 run "$experiment" "$@"

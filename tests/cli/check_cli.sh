@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Command-line checks of mamba-r1: the documented commands work, and bad input ends in one clear
+# message and a non-zero exit code. Usage: tests/cli/check_cli.sh BUILD_DIR
+set -u
+BIN="$1/mamba-r1"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+passed=0
+failed=0
+
+# expect NAME CODE PATTERN -- COMMAND...: the command exits with CODE and prints PATTERN (grep -E).
+expect() {
+  local name="$1" code="$2" pattern="$3"
+  shift 4
+  local output status
+  output="$("$@" 2>&1)"
+  status=$?
+  if [ "$status" -eq "$code" ] && grep -qE -- "$pattern" <<<"$output"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAILED: $name: exit $status (expected $code), output:"
+    echo "$output" | tail -n 20
+  fi
+}
+
+seed="$ROOT/experiments/seed_example.toml"
+expect "list shows every kind" 0 "router:" -- "$BIN" list
+expect "list shows the switch router" 0 "switch +top-1" -- "$BIN" list
+expect "run the seed example (short)" 0 "output shape \(4, 64, 256\)" -- \
+  "$BIN" run "$seed" --set task.seq_len=64 --set run.repeats=1 --out "$WORK/seed"
+expect "summary.json written" 0 "tokens_per_second" -- cat "$WORK/seed/summary.json"
+expect "resolved config written" 0 "d_state = 16" -- cat "$WORK/seed/config.toml"
+expect "unknown key names file, key and valid keys" 2 "seed_example.toml.*model.dimm.*unknown key.*valid keys" -- \
+  "$BIN" run "$seed" --set model.dimm=3 --out "$WORK/bad"
+expect "wrong type" 2 "model.d_state: expected an integer" -- "$BIN" run "$seed" --set model.d_state=\"x\" --out "$WORK/bad"
+expect "unknown router" 2 "router.name.*valid: .*switch" -- "$BIN" run "$seed" --set router.name=nosuch --out "$WORK/bad"
+expect "seq_len above max_seq_len" 2 "task.seq_len.*max_seq_len" -- \
+  "$BIN" run "$seed" --set task.seq_len=4096 --out "$WORK/bad"
+expect "missing file" 2 "cannot open" -- "$BIN" run "$WORK/none.toml"
+expect "unknown command" 2 "unknown command" -- "$BIN" fly
+expect "unknown option" 2 "unknown option --wings" -- "$BIN" run "$seed" --wings 2
+expect "cuda backend without a GPU" 1 "backend cuda requested" -- "$BIN" run "$seed" --backend cuda --out "$WORK/bad"
+
+# init, then forward on the written weights
+small="$WORK/small.toml"
+cat >"$small" <<'TOML'
+[model]
+dim = 16
+depth = 1
+d_state = 4
+num_experts = 2
+expert_dim = 8
+max_seq_len = 32
+vocab_size = 12
+TOML
+expect "init writes weights" 0 "wrote .*weights.safetensors" -- "$BIN" init "$small" --output "$WORK/weights.safetensors" --seed 3
+expect "forward without --input" 2 "forward needs --input" -- \
+  "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --output "$WORK/out.safetensors"
+expect "weights of another shape" 2 "backbone.embedding.weight' has shape \(12, 16\).*expects \(12, 32\)" -- \
+  "$BIN" forward "$small" --set model.dim=32 --weights "$WORK/weights.safetensors" --input "$WORK/weights.safetensors" \
+  --output "$WORK/out.safetensors"
+expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
+
+echo "cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

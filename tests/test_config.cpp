@@ -1,0 +1,130 @@
+// Experiment files: the defaults of DESIGN.md §3, --set overrides, and errors that name the file,
+// the key, the line and what is valid.
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "experiments/experiment.h"
+#include "test_util.h"
+
+using namespace mr1;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Writes `text` to a fresh temporary experiment file and returns its path.
+std::string write_experiment(const std::string& text) {
+  static int counter = 0;
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("mamba_r1_config_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++) + ".toml");
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+Experiment load_text(const std::string& text, const std::vector<std::string>& sets = {}) {
+  return load_experiment(write_experiment(text), sets);
+}
+
+// Loading and building: every error a user can make in a file surfaces here.
+void build_text(const std::string& text, const std::vector<std::string>& sets = {}) {
+  build_experiment(load_text(text, sets));
+}
+
+}  // namespace
+
+TEST_CASE("an empty [model] table gives the seed's technical specifications", "[config]") {
+  const Experiment experiment = load_text("[model]\n");
+  const ModelConfig& model = experiment.model;
+  CHECK(model.dim == 512);
+  CHECK(model.depth == 12);
+  CHECK(model.order == std::vector<std::string>{"mamba", "moe"});
+  CHECK(model.d_state == 64);
+  CHECK(model.d_conv == 4);
+  CHECK(model.expand == 2);
+  CHECK(model.dt_rank == 32);  // "auto" = ceil(512 / 16)
+  CHECK(model.num_experts == 8);
+  CHECK(model.expert_dim == 2048);
+  CHECK(model.max_seq_len == 2048);
+  CHECK(model.vocab_size == 0);
+  CHECK(model.norm == "rmsnorm");
+  CHECK(model.positional == std::vector<std::string>{"learned"});
+  CHECK(model.tie_embeddings);
+  CHECK(experiment.router.name == "switch");
+  CHECK(experiment.router.capacity_factor == 1.0);
+  CHECK(experiment.router.min_capacity == 4);
+  CHECK(experiment.router.aux_loss_coef == 0.01);
+  CHECK(experiment.router.z_loss_coef == 0.0);
+}
+
+TEST_CASE("dt_rank auto is ceil(dim / 16), an integer is taken as given", "[config]") {
+  CHECK(load_text("[model]\ndim = 100\n").model.dt_rank == 7);
+  CHECK(load_text("[model]\ndim = 100\ndt_rank = \"auto\"\n").model.dt_rank == 7);
+  CHECK(load_text("[model]\ndim = 100\ndt_rank = 3\n").model.dt_rank == 3);
+  CHECK_THROWS_WITH(load_text("[model]\ndt_rank = \"big\"\n"), Contains("model.dt_rank") && Contains("\"auto\""));
+}
+
+TEST_CASE("--set overrides any key and creates missing tables", "[config]") {
+  const Experiment experiment =
+      load_text("[model]\nd_state = 16\n", {"model.d_state=32", "router.capacity_factor=0.5", "model.order=[\"mlp\"]"});
+  CHECK(experiment.model.d_state == 32);
+  CHECK(experiment.router.capacity_factor == 0.5);
+  CHECK(experiment.model.order == std::vector<std::string>{"mlp"});
+  // A bare word is a string, so an unknown router name is reported as such.
+  CHECK_THROWS_WITH(load_text("", {"router.name=nosuch"}), Contains("router.name") && Contains("switch"));
+  CHECK_THROWS_WITH(load_text("", {"model.d_state"}), Contains("KEY=VALUE"));
+  CHECK_THROWS_WITH(load_text("[model]\ndim = 8\n", {"model.dim.x=1"}), Contains("'dim' is not a table"));
+}
+
+TEST_CASE("errors name the file, the line, the key and what was expected", "[config]") {
+  const std::string path = write_experiment("[model]\ndim = 64\nd_state = \"big\"\n");
+  CHECK_THROWS_WITH(load_experiment(path, {}),
+                    Contains(path + ":3") && Contains("model.d_state") && Contains("expected an integer") &&
+                        Contains("\"big\""));
+  CHECK_THROWS_WITH(load_text("[model]\nexpert_dim = 0\n"), Contains("model.expert_dim") && Contains(">= 1"));
+  CHECK_THROWS_WITH(load_text("[model]\nd_conv = 9\n"), Contains("model.d_conv") && Contains("from 1 to 8"));
+  CHECK_THROWS_WITH(load_text("[model]\ntie_embeddings = 1\n"), Contains("expected true or false"));
+  CHECK_THROWS_WITH(load_text("[model]\norder = [\"mamba\", 3]\n"), Contains("list of strings"));
+  CHECK_THROWS_WITH(load_text("[router]\naux_loss_coef = -1.0\n"), Contains("router.aux_loss_coef"));
+}
+
+TEST_CASE("unknown registry names list the valid ones", "[config]") {
+  CHECK_THROWS_WITH(load_text("[model]\norder = [\"mamba\", \"attention\"]\n"),
+                    Contains("model.order") && Contains("\"attention\"") && Contains("mamba, mlp, moe"));
+  CHECK_THROWS_WITH(load_text("[model]\nnorm = \"batchnorm\"\n"), Contains("rmsnorm") && Contains("layernorm"));
+  CHECK_THROWS_WITH(load_text("[model]\npositional = [\"alibi\"]\n"), Contains("learned, rotary"));
+  CHECK_THROWS_WITH(load_text("[router]\nname = \"best\"\n"), Contains("router.name") && Contains("switch"));
+  CHECK_THROWS_WITH(build_text("[task]\nname = \"chess\"\n"), Contains("task.name") && Contains("forward"));
+}
+
+TEST_CASE("unknown keys and tables are errors that list the valid ones", "[config]") {
+  CHECK_THROWS_WITH(build_text("[model]\ndim = 8\ndimm = 8\n"),
+                    Contains(":3") && Contains("model.dimm") && Contains("unknown key") && Contains("d_state"));
+  CHECK_THROWS_WITH(build_text("[router]\ntop_k = 2\n"), Contains("router.top_k") && Contains("capacity_factor"));
+  CHECK_THROWS_WITH(build_text("[task]\nbatch = 2\n"), Contains("task.batch") && Contains("batch_size"));
+  CHECK_THROWS_WITH(load_text("[modle]\ndim = 8\n"), Contains("modle") && Contains("model, router"));
+  CHECK_THROWS_WITH(load_text("[run]\nbackend = \"tpu\"\n"), Contains("run.backend") && Contains("auto, cpu, cuda"));
+}
+
+TEST_CASE("impossible shapes are refused before any math", "[config]") {
+  CHECK_THROWS_WITH(load_text("[model]\ndim = 7\npositional = [\"rotary\"]\n"),
+                    Contains("rotary needs an even dim") && Contains("7"));
+  CHECK_THROWS_WITH(build_text("[model]\nmax_seq_len = 16\n[task]\nseq_len = 32\n"),
+                    Contains("task.seq_len") && Contains("max_seq_len = 16"));
+  CHECK_THROWS_WITH(load_text("[model]\norder = []\n"), Contains("at least one block"));
+}
+
+TEST_CASE("a TOML syntax error names the file and line", "[config]") {
+  const std::string path = write_experiment("[model]\ndim = = 3\n");
+  CHECK_THROWS_AS(load_experiment(path, {}), ConfigError);
+  CHECK_THROWS_WITH(load_experiment(path, {}), Contains(path + ":2") && Contains("syntax"));
+  CHECK_THROWS_WITH(load_experiment("/nonexistent/x.toml", {}), Contains("cannot open"));
+}
+
+TEST_CASE("the shipped experiment files load and build", "[config]") {
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(MAMBA_R1_SOURCE_DIR) + "/experiments")) {
+    if (entry.path().extension() != ".toml") continue;
+    INFO(entry.path());
+    CHECK_NOTHROW(build_experiment(load_experiment(entry.path().string(), {})));
+  }
+}

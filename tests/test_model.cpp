@@ -1,0 +1,180 @@
+// The assembled model: shapes for several block orders and both inputs, the normative parameter
+// names, masking, causality, initialisation and input errors.
+#include <cmath>
+#include <set>
+
+#include "blocks/model.h"
+#include "blocks/random.h"
+#include "kernels/elementwise.h"
+#include "test_util.h"
+
+using namespace mr1;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// A small model from [model] / [router] TOML text, initialised from seed 1.
+struct SmallModel {
+  ExperimentFile file;
+  ModelConfig config;
+  RouterSettings router;
+  std::unique_ptr<Model> model;
+
+  explicit SmallModel(const std::string& text) : file(ExperimentFile::parse(text, "test.toml")) {
+    config = read_model_config(file.table("model"));
+    router = read_router_settings(file.table("router"));
+    model = std::make_unique<Model>(config, router, file.table("router"));
+    model->initialize(1);
+  }
+
+  ModelInput input(int64_t B, int64_t L, uint64_t seed) const {
+    ModelInput input;
+    input.batch = B;
+    input.length = L;
+    Random random(seed);
+    if (config.vocab_size > 0) {
+      for (int64_t i = 0; i < B * L; ++i) input.tokens.push_back(static_cast<int32_t>(random.below(config.vocab_size)));
+    } else {
+      input.embeddings = test::random_tensor({B, L, config.dim}, seed);
+    }
+    return input;
+  }
+};
+
+const char* kSmall =
+    "[model]\ndim = 16\nd_state = 4\nd_conv = 3\nexpand = 2\nnum_experts = 3\nexpert_dim = 24\nmax_seq_len = 32\n";
+
+}  // namespace
+
+TEST_CASE("the model's outputs have the documented shapes for every block order", "[model]") {
+  for (const std::string order : {"[\"mamba\"]", "[\"moe\"]", "[\"mlp\"]", "[\"mamba\", \"moe\"]",
+                                  "[\"mamba\", \"mlp\", \"moe\"]"}) {
+    for (const int vocab : {0, 11}) {
+      INFO("order " << order << ", vocab " << vocab);
+      SmallModel small(std::string(kSmall) + "depth = 2\norder = " + order + "\nvocab_size = " +
+                       std::to_string(vocab) + "\n");
+      const ModelOutput output = small.model->forward(small.input(2, 5, 3), ForwardOptions{});
+      CHECK(output.hidden.shape() == Shape{2, 5, 16});
+      if (vocab > 0) {
+        CHECK(output.logits.shape() == Shape{2, 5, 11});
+      } else {
+        CHECK_FALSE(output.logits.defined());
+      }
+      CHECK(std::isfinite(sum(output.hidden)));
+      CHECK(small.model->block_count() == 2 * static_cast<int64_t>(small.config.order.size()));
+    }
+  }
+}
+
+TEST_CASE("parameters carry the normative names and shapes", "[model]") {
+  SmallModel small(std::string(kSmall) + "depth = 1\nvocab_size = 10\ndt_rank = 2\n");
+  std::map<std::string, Shape> found;
+  for (const auto& parameter : small.model->parameters().all()) found[parameter->name] = parameter->value.shape();
+  const std::map<std::string, Shape> expected{
+      {"backbone.embedding.weight", {10, 16}},
+      {"backbone.pos_emb", {32, 16}},
+      {"backbone.layers.0.norm.weight", {16}},
+      {"backbone.layers.0.mixer.in_proj.weight", {64, 16}},
+      {"backbone.layers.0.mixer.conv1d.weight", {32, 1, 3}},
+      {"backbone.layers.0.mixer.conv1d.bias", {32}},
+      {"backbone.layers.0.mixer.x_proj.weight", {2 + 2 * 4, 32}},
+      {"backbone.layers.0.mixer.dt_proj.weight", {32, 2}},
+      {"backbone.layers.0.mixer.dt_proj.bias", {32}},
+      {"backbone.layers.0.mixer.A_log", {32, 4}},
+      {"backbone.layers.0.mixer.D", {32}},
+      {"backbone.layers.0.mixer.out_proj.weight", {16, 32}},
+      {"backbone.layers.1.norm.weight", {16}},
+      {"backbone.layers.1.mixer.router.weight", {3, 16}},
+      {"backbone.layers.1.mixer.router.bias", {3}},
+      {"backbone.layers.1.mixer.experts.0.fc1.weight", {24, 16}},
+      {"backbone.layers.1.mixer.experts.0.fc1.bias", {24}},
+      {"backbone.layers.1.mixer.experts.0.fc2.weight", {16, 24}},
+      {"backbone.layers.1.mixer.experts.0.fc2.bias", {16}},
+      {"backbone.layers.1.mixer.experts.1.fc1.weight", {24, 16}},
+      {"backbone.layers.1.mixer.experts.1.fc1.bias", {24}},
+      {"backbone.layers.1.mixer.experts.1.fc2.weight", {16, 24}},
+      {"backbone.layers.1.mixer.experts.1.fc2.bias", {16}},
+      {"backbone.layers.1.mixer.experts.2.fc1.weight", {24, 16}},
+      {"backbone.layers.1.mixer.experts.2.fc1.bias", {24}},
+      {"backbone.layers.1.mixer.experts.2.fc2.weight", {16, 24}},
+      {"backbone.layers.1.mixer.experts.2.fc2.bias", {16}},
+      {"backbone.norm_f.weight", {16}},
+  };
+  CHECK(found == expected);
+
+  SECTION("layernorm adds biases, none removes the norms, an untied head adds lm_head.weight") {
+    SmallModel layernorm(std::string(kSmall) + "depth = 1\nnorm = \"layernorm\"\n");
+    CHECK(layernorm.model->parameters().find("backbone.layers.0.norm.bias"));
+    CHECK(layernorm.model->parameters().find("backbone.norm_f.bias"));
+    SmallModel none(std::string(kSmall) + "depth = 1\nnorm = \"none\"\npositional = [\"rotary\"]\n");
+    CHECK_FALSE(none.model->parameters().find("backbone.layers.0.norm.weight"));
+    CHECK_FALSE(none.model->parameters().find("backbone.pos_emb"));
+    SmallModel untied(std::string(kSmall) + "depth = 1\nvocab_size = 10\ntie_embeddings = false\n");
+    CHECK(untied.model->parameters().get("lm_head.weight").value.shape() == Shape{10, 16});
+  }
+}
+
+TEST_CASE("initialisation follows mamba_ssm and is reproducible from the seed", "[model]") {
+  SmallModel small(std::string(kSmall) + "depth = 1\n");
+  const Tensor& A_log = small.model->parameters().get("backbone.layers.0.mixer.A_log").value;
+  for (int64_t n = 0; n < 4; ++n) CHECK(A_log[5 * 4 + n] == Approx(std::log(n + 1.0)));
+  CHECK(max_abs(small.model->parameters().get("backbone.layers.0.mixer.D").value) == 1.0f);
+  // dt_proj.bias = softplus⁻¹(dt), dt in [1e-3, 1e-1]
+  const Tensor& bias = small.model->parameters().get("backbone.layers.0.mixer.dt_proj.bias").value;
+  for (int64_t e = 0; e < bias.numel(); ++e) {
+    const double dt = std::log1p(std::exp(double(bias[e])));
+    CHECK(dt >= 1e-3 * 0.999);
+    CHECK(dt <= 1e-1 * 1.001);
+  }
+  SmallModel again(std::string(kSmall) + "depth = 1\n");
+  const auto& a = small.model->parameters().all();
+  const auto& b = again.model->parameters().all();
+  for (size_t i = 0; i < a.size(); ++i) CHECK(a[i]->value.to_vector() == b[i]->value.to_vector());
+}
+
+TEST_CASE("inputs at masked positions do not change any output", "[model]") {
+  SmallModel small(std::string(kSmall) + "depth = 2\norder = [\"mamba\", \"moe\", \"mlp\"]\n");
+  ModelInput input = small.input(2, 6, 5);
+  input.mask = {1, 1, 0, 1, 1, 1, /**/ 0, 1, 1, 1, 0, 1};
+  const ModelOutput first = small.model->forward(input, ForwardOptions{});
+  for (size_t i = 0; i < input.mask.size(); ++i) {
+    if (input.mask[i]) continue;
+    for (int64_t d = 0; d < 16; ++d) input.embeddings[static_cast<int64_t>(i) * 16 + d] = 100.0f;
+  }
+  const ModelOutput second = small.model->forward(input, ForwardOptions{});
+  CHECK(first.hidden.to_vector() == second.hidden.to_vector());
+}
+
+TEST_CASE("without capacity limits the model is causal", "[model]") {
+  SmallModel small(std::string(kSmall) + "depth = 2\n[router]\ncapacity_factor = 0.0\n");
+  ModelInput input = small.input(1, 8, 7);
+  const ModelOutput before = small.model->forward(input, ForwardOptions{});
+  for (int64_t d = 0; d < 16; ++d) input.embeddings[5 * 16 + d] += 1.0f;
+  const ModelOutput after = small.model->forward(input, ForwardOptions{});
+  const auto a = before.hidden.to_vector(), b = after.hidden.to_vector();
+  for (int64_t l = 0; l < 8; ++l) {
+    double change = 0;
+    for (int64_t d = 0; d < 16; ++d) change = std::max(change, double(std::abs(a[l * 16 + d] - b[l * 16 + d])));
+    INFO("position " << l);
+    if (l < 5) CHECK(change == 0.0);
+    else CHECK(change > 1e-4);
+  }
+}
+
+TEST_CASE("bad inputs are refused with the shape that was expected", "[model]") {
+  SmallModel embeddings(std::string(kSmall) + "depth = 1\n");
+  CHECK_THROWS_WITH(embeddings.model->forward(embeddings.input(1, 33, 1), ForwardOptions{}),
+                    Contains("length 33") && Contains("max_seq_len = 32"));
+  ModelInput wrong = embeddings.input(1, 4, 1);
+  wrong.embeddings = Tensor({1, 4, 15});
+  CHECK_THROWS_WITH(embeddings.model->forward(wrong, ForwardOptions{}), Contains("(1, 4, 16)") && Contains("(1, 4, 15)"));
+  ModelInput short_mask = embeddings.input(1, 4, 1);
+  short_mask.mask = {1, 1};
+  CHECK_THROWS_WITH(embeddings.model->forward(short_mask, ForwardOptions{}), Contains("mask"));
+
+  SmallModel tokens(std::string(kSmall) + "depth = 1\nvocab_size = 10\n");
+  ModelInput bad = tokens.input(1, 4, 1);
+  bad.tokens[2] = 10;
+  CHECK_THROWS_WITH(tokens.model->forward(bad, ForwardOptions{}), Contains("10"));
+  CHECK_THROWS_WITH(tokens.model->forward(embeddings.input(1, 4, 1), ForwardOptions{}), Contains("token ids"));
+}
