@@ -293,7 +293,7 @@ ModelInput read_model_input(const std::string& path, const ModelConfig& model) {
 
 int command_forward(const CommandLine& line) {
   Experiment experiment = load_for(line);
-  BuiltExperiment built = build_experiment(experiment);
+  BuiltExperiment built = build_experiment(experiment, false);
   const std::string weights = line.required("weights");
   const std::string input_path = line.required("input");
   const std::string output_path = line.required("output");
@@ -321,7 +321,7 @@ int command_forward(const CommandLine& line) {
 
 int command_init(const CommandLine& line) {
   Experiment experiment = load_for(line);
-  BuiltExperiment built = build_experiment(experiment);
+  BuiltExperiment built = build_experiment(experiment, false);
   const std::string output_path = line.required("output");
   built.model->initialize(experiment.run.seed);
   std::map<std::string, std::string> metadata{{"format", "pt"}, {"mamba_r1_seed", std::to_string(experiment.run.seed)}};

@@ -47,14 +47,20 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
   return experiment;
 }
 
-BuiltExperiment build_experiment(const Experiment& experiment) {
+BuiltExperiment build_experiment(const Experiment& experiment, bool with_task) {
   BuiltExperiment built;
   built.model = std::make_unique<Model>(experiment.model, experiment.router, experiment.table("router"));
   const ConfigTable& task = experiment.table("task");
-  const std::string name = task.get_string("name", "forward");
-  if (!task_registry().contains(name)) task.fail("name", "unknown task \"" + name + "\"; valid: " + task_registry().names());
-  built.task = task_registry().get(name)(TaskContext{task, experiment.model, experiment.run.seed});
-  for (const ConfigTable& table : experiment.tables) table.reject_unknown_keys();
+  if (with_task) {
+    const std::string name = task.get_string("name", "forward");
+    if (!task_registry().contains(name)) {
+      task.fail("name", "unknown task \"" + name + "\"; valid: " + task_registry().names());
+    }
+    built.task = task_registry().get(name)(TaskContext{task, experiment.model, experiment.run.seed});
+  }
+  for (const ConfigTable& table : experiment.tables) {
+    if (with_task || table.path() != "task") table.reject_unknown_keys();
+  }
   return built;
 }
 

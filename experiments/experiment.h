@@ -41,12 +41,13 @@ struct Experiment {
 // check of DESIGN.md §3. Throws ConfigError naming file, key and line.
 Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments);
 
-// Builds the model and the task of the experiment, then rejects any key that no reader asked for.
+// Builds the model and (with_task) the task of the experiment, then rejects any key that no reader
+// asked for. Commands that take their data from files (forward, init) leave the [task] table unread.
 struct BuiltExperiment {
   std::unique_ptr<Model> model;
   std::unique_ptr<Task> task;
 };
-BuiltExperiment build_experiment(const Experiment& experiment);
+BuiltExperiment build_experiment(const Experiment& experiment, bool with_task = true);
 
 // Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
 // device throws one clear line.

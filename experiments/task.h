@@ -44,4 +44,15 @@ struct TaskContext {
 using TaskFactory = std::function<std::unique_ptr<Task>(const TaskContext&)>;
 Registry<TaskFactory>& task_registry();
 
+// Shared by the training tasks (experiments/synthetic_tasks.cpp):
+// the seed of batch (split, index), mixed with splitmix64 so that splits never share a stream;
+uint64_t batch_seed(uint64_t task_seed, Split split, int64_t index);
+// [task] batch_size (default 32) and seq_len (checked against model.max_seq_len);
+int64_t read_batch_size(const TaskContext& context);
+int64_t read_seq_len(const TaskContext& context, int64_t default_length);
+// a task on token ids needs model.vocab_size > 0.
+void require_token_input(const TaskContext& context, const std::string& task_name);
+std::unique_ptr<Task> make_text_task(const TaskContext& context);
+void register_training_tasks();
+
 }  // namespace mr1

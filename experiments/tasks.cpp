@@ -74,6 +74,7 @@ void register_tasks() {
                [](const TaskContext& context) -> std::unique_ptr<Task> {
                  return std::make_unique<ForwardTask>(context);
                });
+  register_training_tasks();
 }
 
 }  // namespace mr1

@@ -43,7 +43,9 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
 // The default checkpoint interval of selective_scan_backward.
 constexpr int64_t kSelectiveScanChunk = 64;
 // The same with a chosen checkpoint interval (chunk >= 1; tests set it small to exercise the recompute).
-// The gradients do not depend on it: the recomputed states are bit-identical to the forward's.
+// The gradients do not depend on it: the recompute repeats the same float operations from exact copies.
+// Besides the checkpoints, each thread keeps O(chunk·N + L) values per block of channels, and
+// per-thread partial sums of the shared gradients (A, D, delta_bias, B, C).
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk);
 
 }  // namespace mr1

@@ -1,0 +1,158 @@
+// Activations and the softmax family on the CPU: plain loops, parallel over values or rows.
+// Shape letters: T rows (all leading axes flattened), F features (the last axis).
+#include "kernels/activation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "kernels/dispatch.h"
+#include "kernels/eigen_maps.h"
+
+namespace mr1 {
+
+namespace {
+
+constexpr float kInverseSqrt2 = 0.70710678118654752f;
+constexpr float kInverseSqrt2Pi = 0.39894228040143268f;
+
+// σ(x) = 1 / (1 + exp(−x)), written so that exp never overflows.
+float stable_sigmoid(float x) {
+  if (x >= 0) return 1.0f / (1.0f + std::exp(-x));
+  const float e = std::exp(x);
+  return e / (1.0f + e);
+}
+
+// y[i] = f(x[i])
+template <typename Function>
+Tensor map_values(const char* op, const Tensor& x, Function f) {
+  if (common_device(op, {&x}) == Device::cuda) no_cuda_kernel(op);
+  Tensor y(x.shape());
+  const float* in = x.data();
+  float* out = y.data();
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t i = 0; i < x.numel(); ++i) out[i] = f(in[i]);
+  return y;
+}
+
+// dx[i] = f(dy[i], saved[i]), where `saved` is what the forward kept (its input or output).
+template <typename Function>
+Tensor map_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, Function f) {
+  check_shape(grad_y, saved.shape(), std::string(op) + ": grad_y");
+  if (common_device(op, {&grad_y, &saved}) == Device::cuda) no_cuda_kernel(op);
+  Tensor grad_x(saved.shape());
+  const float* dy = grad_y.data();
+  const float* in = saved.data();
+  float* out = grad_x.data();
+#pragma omp parallel for if (saved.numel() >= kParallelMinimumWork)
+  for (int64_t i = 0; i < saved.numel(); ++i) out[i] = f(dy[i], in[i]);
+  return grad_x;
+}
+
+// max_j row[j] over F values (−inf for an empty row).
+float row_max(const float* row, int64_t features) {
+  float largest = -INFINITY;
+  for (int64_t j = 0; j < features; ++j) largest = std::max(largest, row[j]);
+  return largest;
+}
+
+}  // namespace
+
+// gelu(x) = x · Φ(x) = ½ x (1 + erf(x/√2))
+Tensor gelu_forward(const Tensor& x) {
+  return map_values("gelu_forward", x, [](float v) { return 0.5f * v * (1.0f + std::erf(v * kInverseSqrt2)); });
+}
+
+// dL/dx = dy · (Φ(x) + x φ(x)),  φ(x) = exp(−x²/2)/√(2π)
+Tensor gelu_backward(const Tensor& grad_y, const Tensor& x) {
+  return map_gradient("gelu_backward", grad_y, x, [](float dy, float v) {
+    const float cdf = 0.5f * (1.0f + std::erf(v * kInverseSqrt2));
+    const float pdf = kInverseSqrt2Pi * std::exp(-0.5f * v * v);
+    return dy * (cdf + v * pdf);
+  });
+}
+
+// silu(x) = x · σ(x)
+Tensor silu_forward(const Tensor& x) {
+  return map_values("silu_forward", x, [](float v) { return v * stable_sigmoid(v); });
+}
+
+// dL/dx = dy · σ(x) (1 + x (1 − σ(x)))
+Tensor silu_backward(const Tensor& grad_y, const Tensor& x) {
+  return map_gradient("silu_backward", grad_y, x, [](float dy, float v) {
+    const float s = stable_sigmoid(v);
+    return dy * s * (1.0f + v * (1.0f - s));
+  });
+}
+
+// sigmoid(x) = 1 / (1 + exp(−x))
+Tensor sigmoid_forward(const Tensor& x) { return map_values("sigmoid_forward", x, stable_sigmoid); }
+
+// y[t, i] = exp(x[t, i] − max x[t]) / Σ_j exp(x[t, j] − max x[t])     x, y (..., F)
+// A row of all −inf has no distribution and gives NaN, as torch.softmax.
+Tensor softmax_forward(const Tensor& x) {
+  check_last_axis(x, -1, "softmax_forward: x");
+  if (common_device("softmax_forward", {&x}) == Device::cuda) no_cuda_kernel("softmax_forward");
+  const int64_t rows = row_count(x);
+  const int64_t features = x.size(-1);
+  Tensor y(x.shape());
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* in = x.data() + t * features;
+    float* out = y.data() + t * features;
+    const float largest = row_max(in, features);
+    double total = 0;
+    for (int64_t j = 0; j < features; ++j) {
+      out[j] = std::exp(in[j] - largest);
+      total += out[j];
+    }
+    const float inverse = static_cast<float>(1.0 / total);
+    for (int64_t j = 0; j < features; ++j) out[j] *= inverse;
+  }
+  return y;
+}
+
+// dL/dx[t, i] = y[t, i] (dy[t, i] − Σ_j dy[t, j] y[t, j])
+Tensor softmax_backward(const Tensor& grad_y, const Tensor& y) {
+  check_last_axis(y, -1, "softmax_backward: y");
+  check_shape(grad_y, y.shape(), "softmax_backward: grad_y");
+  if (common_device("softmax_backward", {&grad_y, &y}) == Device::cuda) no_cuda_kernel("softmax_backward");
+  const int64_t rows = row_count(y);
+  const int64_t features = y.size(-1);
+  Tensor grad_x(y.shape());
+#pragma omp parallel for if (y.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* dy = grad_y.data() + t * features;
+    const float* probabilities = y.data() + t * features;
+    float* dx = grad_x.data() + t * features;
+    double dot = 0;
+    for (int64_t j = 0; j < features; ++j) dot += double(dy[j]) * probabilities[j];
+    for (int64_t j = 0; j < features; ++j) dx[j] = probabilities[j] * (dy[j] - static_cast<float>(dot));
+  }
+  return grad_x;
+}
+
+// out[t] = max x[t] + log Σ_j exp(x[t, j] − max x[t])     x (..., F) → out (...)
+// A row whose max is ±inf or NaN returns that max (−inf for a row of all −inf, as torch.logsumexp).
+Tensor logsumexp_forward(const Tensor& x) {
+  check_last_axis(x, -1, "logsumexp_forward: x");
+  if (common_device("logsumexp_forward", {&x}) == Device::cuda) no_cuda_kernel("logsumexp_forward");
+  const int64_t rows = row_count(x);
+  const int64_t features = x.size(-1);
+  Tensor out(Shape(x.shape().begin(), x.shape().end() - 1));
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* in = x.data() + t * features;
+    const float largest = row_max(in, features);
+    if (!std::isfinite(largest)) {
+      out[t] = largest;
+      continue;
+    }
+    double total = 0;
+    for (int64_t j = 0; j < features; ++j) total += std::exp(double(in[j]) - largest);
+    out[t] = static_cast<float>(largest + std::log(total));
+  }
+  return out;
+}
+
+}  // namespace mr1

@@ -1,0 +1,138 @@
+// Causal depthwise conv1d on the CPU, forward and backward: plain loops over channels-last
+// tensors, the channel loop innermost so that it vectorises.
+// Shape letters: B batch, L length, E channels (d_inner), K kernel width (d_conv).
+#include "kernels/conv1d.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/dispatch.h"
+
+namespace mr1 {
+
+namespace {
+
+// Channels per work item: 64 floats, four cache lines of each row.
+constexpr int64_t kChannelBlock = 64;
+
+struct ConvShape {
+  int64_t batch, length, channels, width;  // B, L, E, K
+};
+
+// Checks x (B, L, E), weight (E, 1, K) or (E, K) and, when given, bias (E); returns B, L, E, K.
+ConvShape check_conv_inputs(const Tensor& x, const Tensor& weight, const Tensor* bias) {
+  check_shape(x, {-1, -1, -1}, "causal_conv1d: x");
+  const int64_t channels = x.size(2);
+  if (weight.rank() == 3) {
+    check_shape(weight, {channels, 1, -1}, "causal_conv1d: weight");
+  } else if (weight.rank() == 2) {
+    check_shape(weight, {channels, -1}, "causal_conv1d: weight");
+  } else {
+    throw ShapeError("causal_conv1d: weight: expected shape (" + std::to_string(channels) + ", 1, K) or (" +
+                     std::to_string(channels) + ", K), found " + weight.shape_string());
+  }
+  const int64_t width = weight.size(-1);
+  if (width < 1) throw ShapeError("causal_conv1d: weight: kernel width K must be at least 1, found " + weight.shape_string());
+  if (bias) check_shape(*bias, {channels}, "causal_conv1d: bias");
+  return {x.size(0), x.size(1), channels, width};
+}
+
+// The weight (E, K) transposed to (K, E), so that each tap is contiguous over channels.
+std::vector<float> taps_by_channel(const Tensor& weight, int64_t channels, int64_t width) {
+  std::vector<float> taps(width * channels);
+  const float* w = weight.data();
+  for (int64_t e = 0; e < channels; ++e) {
+    for (int64_t k = 0; k < width; ++k) taps[k * channels + e] = w[e * width + k];
+  }
+  return taps;
+}
+
+int64_t channel_blocks(int64_t channels) { return (channels + kChannelBlock - 1) / kChannelBlock; }
+
+}  // namespace
+
+// y[b, t, e] = bias[e] + Σ_k weight[e, k] · x[b, t − K + 1 + k, e]     (x[b, <0, e] = 0)
+Tensor causal_conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const ConvShape s = check_conv_inputs(x, weight, &bias);
+  if (common_device("causal_conv1d", {&x, &weight, &bias}) == Device::cuda) no_cuda_kernel("causal_conv1d");
+  const int64_t L = s.length, E = s.channels, K = s.width;
+  const std::vector<float> taps = taps_by_channel(weight, E, K);
+  const float* input = x.data();
+  const float* bias_data = bias.data();
+  Tensor y({s.batch, L, E});
+  float* output = y.data();
+  const int64_t blocks = channel_blocks(E);
+
+#pragma omp parallel for schedule(static) if (s.batch * L * E * K >= (int64_t{1} << 15))
+  for (int64_t item = 0; item < s.batch * blocks; ++item) {
+    const int64_t b = item / blocks;
+    const int64_t first = item % blocks * kChannelBlock;
+    const int64_t last = std::min(E, first + kChannelBlock);
+    for (int64_t t = 0; t < L; ++t) {
+      float* out = output + (b * L + t) * E;
+      for (int64_t e = first; e < last; ++e) out[e] = bias_data[e];
+      for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+        const float* in = input + (b * L + t - K + 1 + k) * E;
+        const float* tap = taps.data() + k * E;
+#pragma omp simd
+        for (int64_t e = first; e < last; ++e) out[e] += tap[e] * in[e];
+      }
+    }
+  }
+  return y;
+}
+
+// dx[b, s, e]   = Σ_k weight[e, k] · dy[b, s + K − 1 − k, e]      (over s + K − 1 − k < L)
+// dweight[e, k] = Σ_{b,t} dy[b, t, e] · x[b, t − K + 1 + k, e]
+// dbias[e]      = Σ_{b,t} dy[b, t, e]
+// Parallel over channel blocks only, each holding its channels' weight and bias gradients for
+// every batch row: no reduction across threads is needed.
+CausalConv1dGrads causal_conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight) {
+  const ConvShape s = check_conv_inputs(x, weight, nullptr);
+  check_shape(grad_y, x.shape(), "causal_conv1d: grad_y");
+  if (common_device("causal_conv1d", {&grad_y, &x, &weight}) == Device::cuda) no_cuda_kernel("causal_conv1d");
+  const int64_t L = s.length, E = s.channels, K = s.width;
+  const std::vector<float> taps = taps_by_channel(weight, E, K);
+  std::vector<float> tap_grads(K * E, 0.0f);  // (K, E), transposed back below
+  CausalConv1dGrads grads;
+  grads.input = Tensor(x.shape());
+  grads.weight = Tensor(weight.shape());
+  grads.bias = Tensor({E});
+  const float* input = x.data();
+  const float* dy = grad_y.data();
+  float* dx = grads.input.data();
+  float* dbias = grads.bias.data();
+  const int64_t blocks = channel_blocks(E);
+
+#pragma omp parallel for schedule(static) if (s.batch * L * E * K >= (int64_t{1} << 15))
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t first = block * kChannelBlock;
+    const int64_t last = std::min(E, first + kChannelBlock);
+    for (int64_t b = 0; b < s.batch; ++b) {
+      for (int64_t t = 0; t < L; ++t) {
+        const float* dy_row = dy + (b * L + t) * E;
+        for (int64_t e = first; e < last; ++e) dbias[e] += dy_row[e];
+        // y[t] reads x[t − K + 1 + k]: scatter dy[t] back to those rows, and collect dweight.
+        for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
+          const int64_t source = (b * L + t - K + 1 + k) * E;
+          const float* tap = taps.data() + k * E;
+          float* tap_grad = tap_grads.data() + k * E;
+#pragma omp simd
+          for (int64_t e = first; e < last; ++e) {
+            dx[source + e] += tap[e] * dy_row[e];
+            tap_grad[e] += dy_row[e] * input[source + e];
+          }
+        }
+      }
+    }
+  }
+  float* dweight = grads.weight.data();
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t k = 0; k < K; ++k) dweight[e * K + k] = tap_grads[k * E + e];
+  }
+  return grads;
+}
+
+}  // namespace mr1

@@ -1,0 +1,65 @@
+// Cross-entropy on the CPU, fused with its gradient: one pass per row (T rows, parallel), sums in double.
+// Shape letters: T positions (leading axes flattened), V classes.
+#include "kernels/cross_entropy.h"
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/dispatch.h"
+#include "kernels/eigen_maps.h"
+
+namespace mr1 {
+
+// loss = (1/S) Σ_{t scored} (logsumexp(logits[t]) − logits[t, target[t]]),  S = #{t : target[t] >= 0}
+// grad_logits[t] = (softmax(logits[t]) − onehot(target[t])) / S on scored rows, 0 elsewhere   (logits' shape)
+CrossEntropyResult cross_entropy(const Tensor& logits, const std::vector<int32_t>& targets, bool compute_grad) {
+  check_last_axis(logits, -1, "cross_entropy: logits");
+  const int64_t rows = row_count(logits);
+  const int64_t classes = logits.size(-1);
+  if (static_cast<int64_t>(targets.size()) != rows) {
+    throw ShapeError("cross_entropy: targets: expected T = " + std::to_string(rows) + " values for logits of shape " +
+                     logits.shape_string() + ", found " + std::to_string(targets.size()));
+  }
+  CrossEntropyResult result;
+  for (size_t t = 0; t < targets.size(); ++t) {
+    if (targets[t] < -1 || targets[t] >= classes) {
+      throw std::out_of_range("cross_entropy: target " + std::to_string(targets[t]) + " at position " +
+                              std::to_string(t) + " is outside [0, " + std::to_string(classes) + ") and is not -1");
+    }
+    if (targets[t] >= 0) ++result.scored;
+  }
+  if (common_device("cross_entropy", {&logits}) == Device::cuda) no_cuda_kernel("cross_entropy");
+  if (compute_grad) result.grad_logits = Tensor(logits.shape());
+  const double inverse_scored = result.scored > 0 ? 1.0 / static_cast<double>(result.scored) : 0.0;
+
+  double total_loss = 0;
+  int64_t correct = 0;
+#pragma omp parallel for reduction(+ : total_loss, correct) if (logits.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const int32_t target = targets[t];
+    if (target < 0) continue;
+    const float* row = logits.data() + t * classes;
+    int64_t best = 0;  // argmax, the lowest index on ties
+    for (int64_t j = 1; j < classes; ++j) {
+      if (row[j] > row[best]) best = j;
+    }
+    const double largest = row[best];
+    double exp_total = 0;
+    for (int64_t j = 0; j < classes; ++j) exp_total += std::exp(row[j] - largest);
+    total_loss += largest + std::log(exp_total) - row[target];
+    if (best == target) ++correct;
+    if (compute_grad) {
+      float* grad = result.grad_logits.data() + t * classes;
+      for (int64_t j = 0; j < classes; ++j) {
+        const double probability = std::exp(row[j] - largest) / exp_total;
+        grad[j] = static_cast<float>((probability - (j == target ? 1.0 : 0.0)) * inverse_scored);
+      }
+    }
+  }
+  result.loss = total_loss * inverse_scored;
+  result.correct = correct;
+  return result;
+}
+
+}  // namespace mr1

@@ -1,0 +1,50 @@
+// Linear layer on the CPU: Eigen GEMMs over the (T, I) matrix of input rows.
+// Shape letters: T tokens (all leading axes flattened), I input features, O output features.
+#include "kernels/linear.h"
+
+#include "kernels/dispatch.h"
+#include "kernels/eigen_maps.h"
+
+namespace mr1 {
+
+// y (..., O) = x (..., I) · weightᵀ (O, I) + bias (O)      (no bias when `bias` is null or undefined)
+Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias) {
+  if (bias && !bias->defined()) bias = nullptr;
+  check_shape(weight, {-1, -1}, "linear_forward: weight");
+  const int64_t outputs = weight.size(0);
+  check_last_axis(x, weight.size(1), "linear_forward: x");
+  if (bias) check_shape(*bias, {outputs}, "linear_forward: bias");
+  if (common_device("linear_forward", {&x, &weight, bias}) == Device::cuda) no_cuda_kernel("linear_forward");
+
+  Tensor y(with_last_axis(x.shape(), outputs));
+  MatrixMap y_rows = matrix_of_rows(y);  // (T, O)
+  y_rows.noalias() = matrix_of_rows(x) * matrix_of_rows(weight).transpose();
+  if (bias) y_rows.rowwise() += row_vector(*bias);
+  return y;
+}
+
+// dL/dx (..., I) = dy · weight,  dL/dW (O, I) = dyᵀ · x,  dL/db (O) = Σ_t dy[t]
+LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
+                            bool need_input) {
+  check_shape(weight, {-1, -1}, "linear_backward: weight");
+  const int64_t outputs = weight.size(0);
+  check_last_axis(x, weight.size(1), "linear_backward: x");
+  check_shape(grad_y, with_last_axis(x.shape(), outputs), "linear_backward: grad_y");
+  if (common_device("linear_backward", {&grad_y, &x, &weight}) == Device::cuda) no_cuda_kernel("linear_backward");
+
+  const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
+  LinearGrads grads;
+  if (need_input) {
+    grads.input = Tensor(x.shape());
+    matrix_of_rows(grads.input).noalias() = dy * matrix_of_rows(weight);
+  }
+  grads.weight = Tensor(weight.shape());
+  matrix_of_rows(grads.weight).noalias() = dy.transpose() * matrix_of_rows(x);
+  if (has_bias) {
+    grads.bias = Tensor({outputs});
+    row_vector(grads.bias) = dy.colwise().sum();
+  }
+  return grads;
+}
+
+}  // namespace mr1

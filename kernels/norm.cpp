@@ -1,0 +1,159 @@
+// RMSNorm and LayerNorm on the CPU: one pass per row (T rows, parallel), per-row reductions in double.
+// Shape letters: T tokens (leading axes flattened), D features.
+#include "kernels/norm.h"
+
+#include <cmath>
+#include <string>
+
+#include "kernels/dispatch.h"
+#include "kernels/eigen_maps.h"
+
+namespace mr1 {
+
+namespace {
+
+// Checks x (..., D) against a weight (D) and returns D; `op` names the caller in the message.
+int64_t check_norm_shapes(const char* op, const Tensor& x, const Tensor& weight) {
+  check_shape(weight, {-1}, std::string(op) + ": weight");
+  check_last_axis(x, weight.size(0), std::string(op) + ": x");
+  return weight.size(0);
+}
+
+// out[j] = Σ_t term(t, j) over T rows, accumulated in double; parallel over the D columns, so no two
+// threads write one value and the order of each sum is fixed.
+template <typename Term>
+Tensor column_sums(int64_t rows, int64_t features, Term term) {
+  Tensor out({features});
+#pragma omp parallel for if (rows * features >= kParallelMinimumWork)
+  for (int64_t j = 0; j < features; ++j) {
+    double total = 0;
+    for (int64_t t = 0; t < rows; ++t) total += term(t, j);
+    out[j] = static_cast<float>(total);
+  }
+  return out;
+}
+
+}  // namespace
+
+// y[t] = x[t] / √(mean_j x[t, j]² + eps) · weight,   inv_rms[t] = 1/√(mean_j x[t, j]² + eps)
+Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
+  const int64_t features = check_norm_shapes("rmsnorm_forward", x, weight);
+  if (common_device("rmsnorm_forward", {&x, &weight}) == Device::cuda) no_cuda_kernel("rmsnorm_forward");
+  const int64_t rows = row_count(x);
+  Tensor y(x.shape());
+  Tensor saved({rows});
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* in = x.data() + t * features;
+    float* out = y.data() + t * features;
+    double squares = 0;
+    for (int64_t j = 0; j < features; ++j) squares += double(in[j]) * in[j];
+    const float r = static_cast<float>(1.0 / std::sqrt(squares / features + kNormEpsilon));
+    for (int64_t j = 0; j < features; ++j) out[j] = in[j] * r * weight[j];
+    saved[t] = r;
+  }
+  if (inv_rms) *inv_rms = saved;
+  return y;
+}
+
+// With g = dy ⊙ weight and r = inv_rms[t]:
+//   dL/dx[t, j] = r · (g[j] − x[t, j] · r² · Σ_i g[i] x[t, i] / D),   dL/dweight[j] = Σ_t dy[t, j] · x[t, j] · r[t]
+RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms) {
+  const int64_t features = check_norm_shapes("rmsnorm_backward", x, weight);
+  const int64_t rows = row_count(x);
+  check_shape(grad_y, x.shape(), "rmsnorm_backward: grad_y");
+  check_shape(inv_rms, {rows}, "rmsnorm_backward: inv_rms");
+  if (common_device("rmsnorm_backward", {&grad_y, &x, &weight, &inv_rms}) == Device::cuda) {
+    no_cuda_kernel("rmsnorm_backward");
+  }
+  RmsNormGrads grads;
+  grads.input = Tensor(x.shape());
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* in = x.data() + t * features;
+    const float* dy = grad_y.data() + t * features;
+    float* dx = grads.input.data() + t * features;
+    const double r = inv_rms[t];
+    double projection = 0;  // Σ_i g[i] x[i]
+    for (int64_t i = 0; i < features; ++i) projection += double(dy[i]) * weight[i] * in[i];
+    const double coefficient = projection / features * r * r;
+    for (int64_t j = 0; j < features; ++j) {
+      dx[j] = static_cast<float>(r * (double(dy[j]) * weight[j] - in[j] * coefficient));
+    }
+  }
+  grads.weight = column_sums(rows, features, [&](int64_t t, int64_t j) {
+    return double(grad_y[t * features + j]) * x[t * features + j] * inv_rms[t];
+  });
+  return grads;
+}
+
+// μ[t] = mean_j x[t, j],  var[t] = mean_j (x[t, j] − μ[t])²,  s[t] = 1/√(var[t] + eps)
+// y[t] = (x[t] − μ[t]) · s[t] · weight + bias;  saves mean = μ, inv_std = s
+Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std) {
+  const int64_t features = check_norm_shapes("layernorm_forward", x, weight);
+  check_shape(bias, {features}, "layernorm_forward: bias");
+  if (common_device("layernorm_forward", {&x, &weight, &bias}) == Device::cuda) no_cuda_kernel("layernorm_forward");
+  const int64_t rows = row_count(x);
+  Tensor y(x.shape());
+  Tensor saved_mean({rows});
+  Tensor saved_inv_std({rows});
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* in = x.data() + t * features;
+    float* out = y.data() + t * features;
+    double total = 0;
+    for (int64_t j = 0; j < features; ++j) total += in[j];
+    const double mu = total / features;
+    double squares = 0;
+    for (int64_t j = 0; j < features; ++j) squares += (in[j] - mu) * (in[j] - mu);
+    const double s = 1.0 / std::sqrt(squares / features + kNormEpsilon);
+    for (int64_t j = 0; j < features; ++j) out[j] = static_cast<float>((in[j] - mu) * s) * weight[j] + bias[j];
+    saved_mean[t] = static_cast<float>(mu);
+    saved_inv_std[t] = static_cast<float>(s);
+  }
+  if (mean) *mean = saved_mean;
+  if (inv_std) *inv_std = saved_inv_std;
+  return y;
+}
+
+// With x̂ = (x − μ) s and g = dy ⊙ weight:
+//   dL/dx[t] = s · (g − mean_j g[j] − x̂ · mean_j g[j] x̂[j]),  dL/dweight = Σ_t dy ⊙ x̂,  dL/dbias = Σ_t dy
+LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                  const Tensor& inv_std) {
+  const int64_t features = check_norm_shapes("layernorm_backward", x, weight);
+  const int64_t rows = row_count(x);
+  check_shape(grad_y, x.shape(), "layernorm_backward: grad_y");
+  check_shape(mean, {rows}, "layernorm_backward: mean");
+  check_shape(inv_std, {rows}, "layernorm_backward: inv_std");
+  if (common_device("layernorm_backward", {&grad_y, &x, &weight, &mean, &inv_std}) == Device::cuda) {
+    no_cuda_kernel("layernorm_backward");
+  }
+  auto normalized = [&](int64_t t, int64_t j) { return (double(x[t * features + j]) - mean[t]) * inv_std[t]; };
+  LayerNormGrads grads;
+  grads.input = Tensor(x.shape());
+  // In double: g − mean(g) cancels, and s = 1/√(var + eps) magnifies what is left up to 1/√eps ≈ 316 times.
+#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* dy = grad_y.data() + t * features;
+    float* dx = grads.input.data() + t * features;
+    double g_total = 0;       // Σ_j g[j]
+    double g_projection = 0;  // Σ_j g[j] x̂[j]
+    for (int64_t j = 0; j < features; ++j) {
+      const double g = double(dy[j]) * weight[j];
+      g_total += g;
+      g_projection += g * normalized(t, j);
+    }
+    const double g_mean = g_total / features;
+    const double projection_mean = g_projection / features;
+    for (int64_t j = 0; j < features; ++j) {
+      const double g = double(dy[j]) * weight[j];
+      dx[j] = static_cast<float>(inv_std[t] * (g - g_mean - normalized(t, j) * projection_mean));
+    }
+  }
+  grads.weight = column_sums(rows, features,
+                             [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]) * normalized(t, j); });
+  grads.bias = column_sums(rows, features, [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]); });
+  return grads;
+}
+
+}  // namespace mr1

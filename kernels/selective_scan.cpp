@@ -1,0 +1,382 @@
+// The selective scan on the CPU, forward and backward. Work items (batch row, block of 16
+// channels) run in parallel; within one, every quantity is a 16-lane Eigen array over the
+// block's channels, so the recurrence over the state index n is a loop of vector operations
+// with no horizontal sums in the forward. Backward recomputes the states chunk by chunk.
+// Shape letters: B batch, L length, E channels (d_inner), N state size (d_state).
+#include "kernels/selective_scan.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/dispatch.h"
+#include "kernels/eigen_maps.h"
+
+namespace mr1 {
+
+namespace {
+
+// Channels per work item, one lane each: a 64-byte line of u, delta, z and out per time step.
+constexpr int64_t kLanes = 16;
+using Lanes = Eigen::Array<float, kLanes, 1>;
+using LanesBuffer = std::vector<Lanes>;  // C++17's aligned new gives each Lanes its 64-byte alignment
+
+// Channels [first, first + width) of one row of a (.., E) tensor, zero in lanes past width.
+inline Lanes load_lanes(const float* row, int64_t width) {
+  if (width == kLanes) return Eigen::Map<const Lanes>(row);
+  Lanes lanes = Lanes::Zero();
+  std::copy(row, row + width, lanes.data());
+  return lanes;
+}
+
+inline void store_lanes(const Lanes& lanes, float* row, int64_t width) {
+  if (width == kLanes) {
+    Eigen::Map<Lanes> target(row);
+    target = lanes;
+  } else {
+    std::copy(lanes.data(), lanes.data() + width, row);
+  }
+}
+
+// softplus(v) = log(1 + exp(v)), written max(v, 0) + log1p(exp(−|v|)) so that exp never
+// overflows. PyTorch and mamba_ssm return v itself above 20; in float this formula already does
+// for v > 15 (log1p(exp(−v)) is then under half an ulp of v), so no select is needed (Eigen 3.4
+// evaluates .select() one scalar at a time, which made this the forward's most expensive line).
+inline Lanes softplus(const Lanes& v) { return v.max(0.0f) + (-v.abs()).exp().log1p(); }
+
+// σ(v) = 1 / (1 + exp(−v))
+inline Lanes sigmoid(const Lanes& v) { return (1.0f + (-v).exp()).inverse(); }
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+bool present(const Tensor* tensor) { return tensor && tensor->defined(); }
+
+struct ScanShape {
+  int64_t batch, length, channels, state;  // B, L, E, N
+};
+
+// Checks every shape relation, naming the argument; returns B, L, E, N.
+ScanShape check_scan_inputs(const SelectiveScanInputs& in) {
+  const char* missing = !present(in.u)       ? "u"
+                        : !present(in.delta) ? "delta"
+                        : !present(in.A)     ? "A"
+                        : !present(in.B)     ? "B"
+                        : !present(in.C)     ? "C"
+                                             : nullptr;
+  if (missing) throw std::invalid_argument(std::string("selective_scan: input ") + missing + " is missing");
+  check_shape(*in.u, {-1, -1, -1}, "selective_scan: u");
+  const int64_t batch = in.u->size(0), length = in.u->size(1), channels = in.u->size(2);
+  check_shape(*in.A, {channels, -1}, "selective_scan: A");
+  const int64_t state = in.A->size(1);
+  check_shape(*in.delta, {batch, length, channels}, "selective_scan: delta");
+  check_shape(*in.B, {batch, length, state}, "selective_scan: B");
+  check_shape(*in.C, {batch, length, state}, "selective_scan: C");
+  if (present(in.D)) check_shape(*in.D, {channels}, "selective_scan: D");
+  if (present(in.z)) check_shape(*in.z, {batch, length, channels}, "selective_scan: z");
+  if (present(in.delta_bias)) check_shape(*in.delta_bias, {channels}, "selective_scan: delta_bias");
+  return {batch, length, channels, state};
+}
+
+// Raw views of the inputs; absent optional inputs are null.
+struct ScanPointers {
+  const float* u;           // (B, L, E)
+  const float* delta;       // (B, L, E)
+  const float* A;           // (E, N)
+  const float* B;           // (B, L, N)
+  const float* C;           // (B, L, N)
+  const float* D;           // (E) or null
+  const float* z;           // (B, L, E) or null
+  const float* delta_bias;  // (E) or null
+  bool softplus;
+};
+
+ScanPointers scan_pointers(const SelectiveScanInputs& in) {
+  auto optional = [](const Tensor* tensor) { return present(tensor) ? tensor->data() : nullptr; };
+  return {in.u->data(), in.delta->data(), in.A->data(), in.B->data(), in.C->data(),
+          optional(in.D), optional(in.z), optional(in.delta_bias), in.delta_softplus};
+}
+
+int64_t work_items(const ScanShape& s) { return s.batch * ((s.channels + kLanes - 1) / kLanes); }
+
+// One work item: batch row b and channels [first, first + width), with the time-invariant
+// per-channel values read once: A transposed to N lanes A_T[n][j] = A[first + j, n], D and
+// delta_bias (0 where absent, and in lanes past width).
+struct ChannelBlock {
+  int64_t b, first, width;
+  LanesBuffer A_T;  // N
+  Lanes skip, bias;
+
+  ChannelBlock(const ScanPointers& p, const ScanShape& s, int64_t item) {
+    const int64_t blocks = (s.channels + kLanes - 1) / kLanes;
+    b = item / blocks;
+    first = item % blocks * kLanes;
+    width = std::min(kLanes, s.channels - first);
+    A_T.assign(s.state, Lanes::Zero());
+    for (int64_t j = 0; j < width; ++j) {
+      for (int64_t n = 0; n < s.state; ++n) A_T[n][j] = p.A[(first + j) * s.state + n];
+    }
+    skip = p.D ? load_lanes(p.D + first, width) : Lanes::Zero();
+    bias = p.delta_bias ? load_lanes(p.delta_bias + first, width) : Lanes::Zero();
+  }
+};
+
+// Δ = softplus(delta + delta_bias), or delta + delta_bias without softplus, for one time step.
+inline Lanes block_delta(const ScanPointers& p, const ChannelBlock& block, int64_t row) {
+  const Lanes v = load_lanes(p.delta + row, block.width) + block.bias;
+  return p.softplus ? softplus(v) : v;
+}
+
+// dΔ/d(delta): σ(delta + delta_bias) with softplus, else 1. (PyTorch's slope is 1 above 20, where
+// σ rounds to 1 in float anyway.)
+inline Lanes block_delta_slope(const ScanPointers& p, const ChannelBlock& block, int64_t row) {
+  if (!p.softplus) return Lanes::Ones();
+  return sigmoid(load_lanes(p.delta + row, block.width) + block.bias);
+}
+
+// One step of the recurrence for the block, h (N lanes) updated in place:
+//   a[n] = exp(Δ ⊙ A_T[n]),   h[n] ← a[n] ⊙ h[n] + (Δ ⊙ u) · B_t[n]
+// The decays a are written to `decays` (N lanes) when it is given. Returns y = Σ_n h[n] · C_t[n]
+// when C_t is given (else 0).
+inline Lanes block_step(const ChannelBlock& block, const Lanes& delta, const Lanes& u, const float* B_t,
+                        const float* C_t, Lanes* h, Lanes* decays) {
+  const int64_t N = static_cast<int64_t>(block.A_T.size());
+  const Lanes delta_u = delta * u;
+  Lanes y = Lanes::Zero();
+  for (int64_t n = 0; n < N; ++n) {
+    const Lanes a = (delta * block.A_T[n]).exp();
+    h[n] = a * h[n] + delta_u * B_t[n];
+    if (decays) decays[n] = a;
+    if (C_t) y += h[n] * C_t[n];
+  }
+  // A copy, so that y is not the return slot (which GCC keeps in memory: a store-to-load chain).
+  return Lanes(y);
+}
+
+}  // namespace
+
+Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state) {
+  const ScanShape s = check_scan_inputs(in);
+  if (common_device("selective_scan", {in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
+      Device::cuda) {
+    no_cuda_kernel("selective_scan");
+  }
+  const int64_t L = s.length, E = s.channels, N = s.state;
+  const ScanPointers p = scan_pointers(in);
+  Tensor out({s.batch, L, E});
+  float* out_data = out.data();
+  float* state_data = nullptr;
+  if (final_state) {
+    *final_state = Tensor({s.batch, E, N});
+    state_data = final_state->data();
+  }
+  const int64_t items = work_items(s);
+
+#pragma omp parallel if (items > 1)
+  {
+    LanesBuffer h(N);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const ChannelBlock block(p, s, item);
+      const int64_t width = block.width;
+      std::fill(h.begin(), h.end(), Lanes::Zero());
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t token = block.b * L + t;
+        const int64_t row = token * E + block.first;
+        const Lanes u = load_lanes(p.u + row, width);
+        const Lanes delta = block_delta(p, block, row);
+        // y = h_t · C_t + D ⊙ u,   out = y ⊙ silu(z)
+        Lanes y = block_step(block, delta, u, p.B + token * N, p.C + token * N, h.data(), nullptr) + block.skip * u;
+        if (p.z) {
+          const Lanes z = load_lanes(p.z + row, width);
+          y *= z * sigmoid(z);
+        }
+        store_lanes(y, out_data + row, width);
+      }
+      if (state_data) {
+        float* state = state_data + (block.b * E + block.first) * N;  // (width, N) rows of final_state[b]
+        for (int64_t j = 0; j < width; ++j) {
+          for (int64_t n = 0; n < N; ++n) state[j * N + n] = h[n][j];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in) {
+  return selective_scan_backward(grad_out, in, kSelectiveScanChunk);
+}
+
+// Reverse-time scan. With a_t = exp(Δ_t A) and dh_t the gradient reaching h_t:
+//   dy_t  = dout_t ⊙ silu(z_t),   dz_t = dout_t ⊙ y_t ⊙ silu'(z_t),   silu' = σ (1 + z (1 − σ))
+//   dh_t  = C_t ⊗ dy_t + a_{t+1} ⊙ dh_{t+1}                                     (dh_L = 0)
+//   g_t   = dh_t ⊙ h_{t−1} ⊙ a_t                          the gradient of Δ_t A
+//   dA   += Δ_t g_t,   dΔ_t = Σ_n g_t A + u_t Σ_n dh_t B_t,   du_t = D dy_t + Δ_t Σ_n dh_t B_t
+//   dB_t += Σ_e Δ_t u_t dh_t,   dC_t += Σ_e dy_t h_t,   dD += Σ_t dy_t u_t
+//   d(delta)_t = dΔ_t · softplus'(v_t) = dΔ_t · σ(v_t)  (v = delta + delta_bias),   d(delta_bias) = Σ_t d(delta)_t
+// States come from checkpoints of h taken every `chunk` steps by a first forward pass; chunks are
+// then visited in reverse, each recomputed from its checkpoint into a buffer before its reverse steps.
+SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk) {
+  const ScanShape s = check_scan_inputs(in);
+  check_shape(grad_out, {s.batch, s.length, s.channels}, "selective_scan: grad_out");
+  if (chunk < 1) {
+    throw std::invalid_argument("selective_scan: chunk must be at least 1, found " + std::to_string(chunk));
+  }
+  if (common_device("selective_scan", {&grad_out, in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
+      Device::cuda) {
+    no_cuda_kernel("selective_scan");
+  }
+  const int64_t L = s.length, E = s.channels, N = s.state;
+  const ScanPointers p = scan_pointers(in);
+  const float* dout = grad_out.data();
+
+  SelectiveScanGrads grads;
+  grads.u = Tensor({s.batch, L, E});
+  grads.delta = Tensor({s.batch, L, E});
+  if (p.z) grads.z = Tensor({s.batch, L, E});
+  float* du_data = grads.u.data();
+  float* ddelta_data = grads.delta.data();
+  float* dz_data = p.z ? grads.z.data() : nullptr;
+
+  // Gradients shared across work items, summed per thread, then reduced in thread order (so the
+  // result does not depend on scheduling): [dA (E·N) | dD (E) | d(delta_bias) (E) | dB (B·L·N) | dC (B·L·N)].
+  const int64_t offset_D = E * N, offset_bias = offset_D + E, offset_B = offset_bias + E;
+  const int64_t offset_C = offset_B + s.batch * L * N, partial_size = offset_C + s.batch * L * N;
+  const int threads = max_threads();
+  std::vector<float> partials(static_cast<size_t>(threads) * partial_size, 0.0f);
+
+  const int64_t chunks = (L + chunk - 1) / chunk;
+  const int64_t chunk_steps = std::min(chunk, L);
+  const int64_t items = L > 0 ? work_items(s) : 0;
+
+#pragma omp parallel if (items > 1)
+  {
+    float* partial = partials.data() + thread_index() * partial_size;
+    LanesBuffer h(N), dh(N), dA(N);
+    LanesBuffer checkpoints(chunks * N);  // h before the first step of each chunk
+    LanesBuffer states(chunk_steps * N);  // h_t for the steps of one chunk
+    LanesBuffer decays(chunk_steps * N);  // a_t = exp(Δ_t A) for the steps of one chunk
+    LanesBuffer deltas(L), slopes(L);     // Δ_t and dΔ_t/d(delta_t) for every step: L lanes, not L·N
+
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const ChannelBlock block(p, s, item);
+      const int64_t width = block.width, first = block.first;
+      auto row_of = [&](int64_t t) { return (block.b * L + t) * E + first; };
+      auto token_of = [&](int64_t t) { return block.b * L + t; };
+
+      // Forward pass keeping Δ and the checkpoints; the last chunk's steps are recomputed below anyway.
+      std::fill(h.begin(), h.end(), Lanes::Zero());
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t row = row_of(t);
+        deltas[t] = block_delta(p, block, row);
+        slopes[t] = block_delta_slope(p, block, row);
+        if (t >= (chunks - 1) * chunk) continue;
+        if (t % chunk == 0) std::copy(h.begin(), h.end(), checkpoints.begin() + (t / chunk) * N);
+        block_step(block, deltas[t], load_lanes(p.u + row, width), p.B + token_of(t) * N, nullptr, h.data(), nullptr);
+      }
+      std::copy(h.begin(), h.end(), checkpoints.begin() + (chunks - 1) * N);
+
+      std::fill(dh.begin(), dh.end(), Lanes::Zero());
+      std::fill(dA.begin(), dA.end(), Lanes::Zero());
+      Lanes dD = Lanes::Zero(), dbias = Lanes::Zero();
+      for (int64_t c = chunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
+        std::copy_n(checkpoints.begin() + c * N, N, h.begin());
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t step = t - t0;
+          block_step(block, deltas[t], load_lanes(p.u + row_of(t), width), p.B + token_of(t) * N, nullptr, h.data(),
+                     decays.data() + step * N);
+          std::copy(h.begin(), h.end(), states.begin() + step * N);
+        }
+
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t row = row_of(t), token = token_of(t), step = t - t0;
+          const float* B_t = p.B + token * N;
+          const float* C_t = p.C + token * N;
+          float* dB_t = partial + offset_B + token * N;
+          float* dC_t = partial + offset_C + token * N;
+          const Lanes* h_now = states.data() + step * N;
+          const Lanes* h_before = step == 0 ? checkpoints.data() + c * N : h_now - N;
+          const Lanes* a = decays.data() + step * N;
+          const Lanes& delta = deltas[t];
+          const Lanes u = load_lanes(p.u + row, width);
+          const Lanes delta_u = delta * u;
+
+          Lanes dy = load_lanes(dout + row, width);
+          if (p.z) {
+            Lanes y = block.skip * u;
+            for (int64_t n = 0; n < N; ++n) y += h_now[n] * C_t[n];
+            const Lanes z = load_lanes(p.z + row, width);
+            const Lanes sigma = sigmoid(z);
+            store_lanes(dy * y * sigma * (1.0f + z * (1.0f - sigma)), dz_data + row, width);
+            dy *= z * sigma;
+          }
+          dD += dy * u;
+
+          Lanes sum_gA = Lanes::Zero(), sum_dhB = Lanes::Zero();
+          for (int64_t n = 0; n < N; ++n) {
+            const Lanes dh_n = dh[n] + dy * C_t[n];
+            const Lanes g = dh_n * h_before[n] * a[n];
+            sum_gA += g * block.A_T[n];
+            dA[n] += g * delta;
+            sum_dhB += dh_n * B_t[n];
+            dB_t[n] += (dh_n * delta_u).sum();
+            dC_t[n] += (dy * h_now[n]).sum();
+            dh[n] = a[n] * dh_n;
+          }
+          store_lanes(dy * block.skip + delta * sum_dhB, du_data + row, width);
+          const Lanes d_delta = (sum_gA + u * sum_dhB) * slopes[t];
+          store_lanes(d_delta, ddelta_data + row, width);
+          dbias += d_delta;
+        }
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        for (int64_t n = 0; n < N; ++n) partial[(first + j) * N + n] += dA[n][j];
+        partial[offset_D + first + j] += dD[j];
+        partial[offset_bias + first + j] += dbias[j];
+      }
+    }
+  }
+
+  // Sum the per-thread partials into the first; each index is owned by one thread.
+#pragma omp parallel for schedule(static) if (threads > 1)
+  for (int64_t i = 0; i < partial_size; ++i) {
+    float total = partials[i];
+    for (int thread = 1; thread < threads; ++thread) total += partials[thread * partial_size + i];
+    partials[i] = total;
+  }
+  auto take = [&](Shape shape, int64_t offset) {
+    Tensor tensor(std::move(shape));
+    std::copy(partials.begin() + offset, partials.begin() + offset + tensor.numel(), tensor.data());
+    return tensor;
+  };
+  grads.A = take({E, N}, 0);
+  if (p.D) grads.D = take({E}, offset_D);
+  if (p.delta_bias) grads.delta_bias = take({E}, offset_bias);
+  grads.B = take({s.batch, L, N}, offset_B);
+  grads.C = take({s.batch, L, N}, offset_C);
+  return grads;
+}
+
+}  // namespace mr1
