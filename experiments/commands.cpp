@@ -15,6 +15,7 @@
 #include "blocks/catalog.h"
 #include "experiments/experiment.h"
 #include "experiments/files.h"
+#include "experiments/loss.h"
 #include "experiments/safetensors.h"
 #include "kernels/cuda_device.h"
 #include "kernels/elementwise.h"
@@ -297,21 +298,35 @@ int command_forward(const CommandLine& line) {
   const std::string weights = line.required("weights");
   const std::string input_path = line.required("input");
   const std::string output_path = line.required("output");
-  if (line.flag("backward")) {
-    throw UsageError("forward --backward needs the training backend, which is not part of this build yet");
+  const bool backward = line.flag("backward");
+  if (backward && experiment.model.vocab_size == 0) {
+    throw UsageError("forward --backward needs a model with a vocabulary (model.vocab_size > 0): the loss is the "
+                     "LM loss over token ids");
   }
   const Device device = resolve_backend(experiment.run.backend);
-  built.model->parameters().load(read_safetensors(weights));
-  built.model->to(device);
+  Model& model = *built.model;
+  model.parameters().load(read_safetensors(weights));
+  model.to(device);
   const ModelInput input = read_model_input(input_path, experiment.model);
-  spdlog::info("forward: input ({}, {}){}, weights {}", input.batch, input.length,
+  spdlog::info("forward{}: input ({}, {}){}, weights {}", backward ? " and backward" : "", input.batch, input.length,
                input.mask.empty() ? "" : " with mask", weights);
 
   const auto start = std::chrono::steady_clock::now();
-  ModelOutput output = built.model->forward(input, ForwardOptions{});
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
+  ForwardTape tape;
+  ModelOutput output = model.forward(input, ForwardOptions{}, backward ? &tape : nullptr);
   std::map<std::string, StoredTensor> tensors;
+  if (backward) {
+    const LossResult loss = language_model_loss(output, next_token_targets(input), true);
+    model.parameters().zero_grad();
+    model.backward(tape, &loss.grad_logits, nullptr, 1.0f);
+    tensors["loss"] = StoredTensor::from_float(Tensor::from({}, {static_cast<float>(loss.loss)}));
+    for (const auto& parameter : model.parameters().all()) {
+      tensors["grad." + parameter->name] = StoredTensor::from_float(parameter->grad.to(Device::cpu));
+    }
+    spdlog::info("loss {:.6f} (cross-entropy {:.6f} over {} targets, aux {:.6f})", loss.loss, loss.lm_loss,
+                 loss.scored, loss.aux_loss);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   tensors["hidden"] = StoredTensor::from_float(output.hidden.to(Device::cpu));
   if (output.logits.defined()) tensors["logits"] = StoredTensor::from_float(output.logits.to(Device::cpu));
   write_safetensors(output_path, tensors);
