@@ -19,6 +19,7 @@ struct Parameter {
   Tensor value;
   Tensor grad;               // same shape; zero until a backward pass adds to it
   bool weight_decay = true;  // false for norms, biases, A_log, D (as mamba_ssm)
+  bool trainable = true;     // false for buffers updated by their layer (a router's balancing bias)
 };
 
 class ParameterStore {

@@ -16,6 +16,7 @@
 #include "experiments/experiment.h"
 #include "experiments/files.h"
 #include "experiments/loss.h"
+#include "experiments/trainer.h"
 #include "experiments/safetensors.h"
 #include "kernels/cuda_device.h"
 #include "kernels/elementwise.h"
@@ -27,13 +28,13 @@ namespace {
 // Options that take a value, and flags that do not.
 const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "output", "backend", "seed",
                                           "threads", "log-level"};
-const std::set<std::string> kFlags{"backward", "help"};
+const std::set<std::string> kFlags{"backward", "resume", "help"};
 
 }  // namespace
 
 std::string usage() {
   return "usage:\n"
-         "  mamba-r1 run FILE.toml [--set key=value]... [--out DIR] [--backend auto|cpu|cuda]\n"
+         "  mamba-r1 run FILE.toml [--set key=value]... [--out DIR] [--resume] [--backend auto|cpu|cuda]\n"
          "  mamba-r1 forward FILE.toml --weights W.safetensors --input I.safetensors --output O.safetensors\n"
          "                   [--backward] [--backend cpu|cuda] [--set key=value]...\n"
          "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n"
@@ -202,6 +203,8 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
 int command_run(const CommandLine& line) {
   Experiment experiment = load_for(line);
   BuiltExperiment built = build_experiment(experiment);
+  const bool resume = line.flag("resume");
+  if (resume && line.option("out").empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
   const std::string folder = output_folder(line, experiment);
   spdlog::info("experiment {} -> {}", experiment.file.file(), folder);
   spdlog::info("task: {}", built.task->describe());
@@ -212,19 +215,23 @@ int command_run(const CommandLine& line) {
   write_file_atomic(folder + "/config.toml", experiment.file.to_toml() + "\n");
 
   nlohmann::json summary;
+  bool interrupted = false;
   if (!built.task->trainable()) {
+    if (resume) throw UsageError("--resume: the task of " + experiment.file.file() + " does not train");
     summary = run_forward_task(experiment, *built.model, *built.task);
   } else {
-    throw std::runtime_error("task '" + experiment.table("task").get_string("name", "") +
-                             "' trains the model; training is not part of this build yet");
+    TrainingOutcome outcome = train(experiment, *built.model, *built.task, folder, resume);
+    summary = outcome.summary;
+    interrupted = outcome.interrupted;
   }
   summary["experiment"] = experiment.file.file();
   summary["parameters"] = built.model->parameters().element_count();
   summary["backend"] = device_name(device);
   summary["blocks"] = describe_blocks(experiment.model);
+  summary["task"] = built.task->describe();
   write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
   spdlog::info("wrote {}/summary.json", folder);
-  return 0;
+  return interrupted ? 130 : 0;
 }
 
 namespace {

@@ -13,7 +13,7 @@
 namespace mr1 {
 
 namespace {
-const std::vector<std::string> kTables{"model", "router", "task", "run", "output"};
+const std::vector<std::string> kTables{"model", "router", "task", "training", "optimizer", "run", "output"};
 }
 
 const ConfigTable& Experiment::table(const std::string& name) const {
@@ -58,8 +58,11 @@ BuiltExperiment build_experiment(const Experiment& experiment, bool with_task) {
     }
     built.task = task_registry().get(name)(TaskContext{task, experiment.model, experiment.run.seed});
   }
+  // [training] and [optimizer] are read (and checked) by the trainer.
   for (const ConfigTable& table : experiment.tables) {
-    if (with_task || table.path() != "task") table.reject_unknown_keys();
+    const std::string& name = table.path();
+    if (name == "training" || name == "optimizer" || (!with_task && name == "task")) continue;
+    table.reject_unknown_keys();
   }
   return built;
 }

@@ -23,6 +23,7 @@ void register_norms();
 void register_positional_encodings();
 void register_routers();
 void register_tasks();
+void register_optimizers();
 
 void register_all() {
   static std::once_flag once;
@@ -32,6 +33,7 @@ void register_all() {
     register_positional_encodings();
     register_routers();
     register_tasks();
+    register_optimizers();
   });
 }
 

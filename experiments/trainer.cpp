@@ -1,0 +1,381 @@
+// The training loop: batches from the task, forward, LM loss, backward, clipping, the optimizer,
+// periodic evaluation on held-out batches, metrics.jsonl, checkpoints, Ctrl-C and --resume.
+#include "experiments/trainer.h"
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "blocks/random.h"
+#include "experiments/files.h"
+#include "experiments/loss.h"
+#include "experiments/optimizer.h"
+#include "experiments/safetensors.h"
+#include "kernels/cuda_device.h"
+
+namespace mr1 {
+
+TrainingSettings read_training_settings(const ConfigTable& table) {
+  TrainingSettings settings;
+  settings.steps = table.get_int("steps", settings.steps, 1);
+  settings.learning_rate = table.get_double("learning_rate", settings.learning_rate);
+  if (settings.learning_rate <= 0) table.fail("learning_rate", "expected a number > 0");
+  settings.warmup_steps = table.get_int("warmup_steps", settings.warmup_steps, 0);
+  settings.schedule = table.get_choice("schedule", settings.schedule, {"cosine", "linear", "constant"});
+  settings.final_lr_ratio = table.get_double("final_lr_ratio", settings.final_lr_ratio);
+  if (settings.final_lr_ratio < 0 || settings.final_lr_ratio > 1) table.fail("final_lr_ratio", "expected a number in [0, 1]");
+  settings.grad_clip = table.get_double("grad_clip", settings.grad_clip);
+  settings.log_every = table.get_int("log_every", settings.log_every, 1);
+  settings.eval_every = table.get_int("eval_every", settings.eval_every, 0);
+  settings.eval_batches = table.get_int("eval_batches", settings.eval_batches, 1);
+  settings.stop_at_eval_accuracy = table.get_double("stop_at_eval_accuracy", settings.stop_at_eval_accuracy);
+  return settings;
+}
+
+nlohmann::json routing_metrics(const RoutingStats& stats) {
+  nlohmann::json out;
+  double mean = 0, peak = 0, variance = 0;
+  for (double load : stats.load) mean += load / static_cast<double>(stats.load.size());
+  for (double load : stats.load) {
+    peak = std::max(peak, load);
+    variance += (load - mean) * (load - mean) / static_cast<double>(stats.load.size());
+  }
+  out["load"] = stats.load;
+  out["load_cv"] = mean > 0 ? std::sqrt(variance) / mean : 0.0;
+  out["max_violation"] = mean > 0 ? peak / mean - 1.0 : 0.0;
+  out["dropped_fraction"] = stats.assignments > 0 ? static_cast<double>(stats.dropped) / stats.assignments : 0.0;
+  out["entropy"] = stats.entropy;
+  out["aux_loss"] = stats.aux_loss;
+  out["z_loss"] = stats.z_loss;
+  return out;
+}
+
+namespace {
+
+std::atomic<bool> interrupt_requested{false};
+extern "C" void on_interrupt(int) { interrupt_requested = true; }
+
+// Sums the routing statistics of every MoE layer over the steps of a logging window.
+class RoutingAverage {
+ public:
+  void add(const std::vector<RoutingStats>& layers) {
+    if (sums_.empty()) sums_.resize(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const RoutingStats& stats = layers[i];
+      RoutingStats& sum = sums_[i];
+      if (!stats.present) continue;
+      sum.present = true;
+      if (sum.load.empty()) sum.load.assign(stats.load.size(), 0.0);
+      for (size_t j = 0; j < stats.load.size(); ++j) sum.load[j] += stats.load[j];
+      sum.assignments += stats.assignments;
+      sum.dropped += stats.dropped;
+      sum.entropy += stats.entropy;
+      sum.aux_loss += stats.aux_loss;
+      sum.z_loss += stats.z_loss;
+    }
+    ++count_;
+  }
+  // Per MoE layer: {"layer": i, ...routing_metrics}, averaged; and the mean of each scalar over layers.
+  nlohmann::json report() const {
+    nlohmann::json layers = nlohmann::json::array();
+    for (size_t i = 0; i < sums_.size(); ++i) {
+      if (!sums_[i].present) continue;
+      RoutingStats mean = sums_[i];
+      for (double& load : mean.load) load /= count_;
+      mean.entropy /= count_;
+      mean.aux_loss /= count_;
+      mean.z_loss /= count_;
+      nlohmann::json entry = routing_metrics(mean);
+      entry["layer"] = i;
+      layers.push_back(entry);
+    }
+    return layers;
+  }
+  void reset() {
+    sums_.clear();
+    count_ = 0;
+  }
+
+ private:
+  std::vector<RoutingStats> sums_;
+  int64_t count_ = 0;
+};
+
+// The mean over MoE layers of each routing scalar: the "overall" routing figures.
+nlohmann::json overall_routing(const nlohmann::json& layers) {
+  nlohmann::json overall;
+  if (layers.empty()) return overall;
+  for (const char* key : {"load_cv", "max_violation", "dropped_fraction", "entropy", "aux_loss", "z_loss"}) {
+    double total = 0;
+    for (const auto& layer : layers) total += layer[key].get<double>();
+    overall[key] = total / static_cast<double>(layers.size());
+  }
+  return overall;
+}
+
+std::string format_duration(double seconds) {
+  const int64_t total = static_cast<int64_t>(std::max(0.0, seconds));
+  std::ostringstream out;
+  if (total >= 3600) out << total / 3600 << "h";
+  if (total >= 60) out << (total / 60) % 60 << "m";
+  out << total % 60 << "s";
+  return out.str();
+}
+
+struct Evaluation {
+  double loss = 0, lm_loss = 0, accuracy = 0;
+};
+
+Evaluation evaluate(Model& model, Task& task, int64_t batches) {
+  Evaluation result;
+  int64_t scored = 0, correct = 0;
+  double weighted_loss = 0, aux = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    const Batch batch = task.batch(Split::eval, i);
+    const ModelOutput output = model.forward(batch.input, ForwardOptions{});
+    const LossResult loss = language_model_loss(output, batch.targets, false);
+    weighted_loss += loss.lm_loss * static_cast<double>(loss.scored);
+    aux += loss.aux_loss;
+    scored += loss.scored;
+    correct += loss.correct;
+  }
+  result.lm_loss = scored > 0 ? weighted_loss / scored : 0.0;
+  result.loss = result.lm_loss + aux / static_cast<double>(batches);
+  result.accuracy = scored > 0 ? static_cast<double>(correct) / scored : 0.0;
+  return result;
+}
+
+// What a checkpoint holds beyond the weights and the optimizer.
+struct TrainerState {
+  int64_t step = 0;          // completed steps
+  double seconds = 0;        // training time so far
+  int64_t tokens = 0;        // tokens trained on so far
+  nlohmann::json last_eval;  // the latest evaluation
+};
+
+void save_checkpoint(const std::string& folder, const Model& model, const Optimizer& optimizer,
+                     const TrainerState& state) {
+  const std::map<std::string, std::string> metadata{{"format", "pt"}, {"step", std::to_string(state.step)}};
+  write_safetensors(folder + "/model.safetensors", model.parameters().to_stored(), metadata);
+  write_safetensors(folder + "/optimizer.safetensors", optimizer.state(), metadata);
+  // The commit point: a checkpoint is whole once trainer_state.json names its step.
+  nlohmann::json json{{"step", state.step}, {"seconds", state.seconds}, {"tokens", state.tokens},
+                      {"last_eval", state.last_eval}};
+  write_file_atomic(folder + "/trainer_state.json", json.dump(2) + "\n");
+}
+
+int64_t metadata_step(const SafetensorsFile& file) {
+  auto found = file.metadata.find("step");
+  return found == file.metadata.end() ? -1 : std::stoll(found->second);
+}
+
+TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer) {
+  const std::string state_path = folder + "/trainer_state.json";
+  if (!std::filesystem::exists(state_path)) {
+    throw std::runtime_error("--resume: " + state_path + " not found; is " + folder + " the folder of a run?");
+  }
+  const nlohmann::json json = nlohmann::json::parse(read_file(state_path));
+  TrainerState state;
+  state.step = json.at("step").get<int64_t>();
+  state.seconds = json.at("seconds").get<double>();
+  state.tokens = json.at("tokens").get<int64_t>();
+  state.last_eval = json.at("last_eval");
+  const SafetensorsFile weights = read_safetensors(folder + "/model.safetensors");
+  const SafetensorsFile moments = read_safetensors(folder + "/optimizer.safetensors");
+  if (metadata_step(weights) != state.step || metadata_step(moments) != state.step) {
+    throw std::runtime_error("--resume: the checkpoint files in " + folder + " disagree (trainer_state.json at step " +
+                             std::to_string(state.step) + ", model.safetensors at " +
+                             std::to_string(metadata_step(weights)) + ", optimizer.safetensors at " +
+                             std::to_string(metadata_step(moments)) + ")");
+  }
+  const Device device = model.device();
+  model.to(Device::cpu);
+  model.parameters().load(weights);
+  model.to(device);
+  optimizer.load_state(moments);
+  return state;
+}
+
+// Keeps the metrics.jsonl lines of steps <= step (a resumed run rewrites what came after its checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!std::filesystem::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    if (nlohmann::json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+}  // namespace
+
+TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, const std::string& folder, bool resume) {
+  const TrainingSettings settings = read_training_settings(experiment.table("training"));
+  const ConfigTable& optimizer_table = experiment.table("optimizer");
+  const std::string optimizer_name = optimizer_table.get_string("name", "adamw");
+  if (!optimizer_registry().contains(optimizer_name)) {
+    optimizer_table.fail("name", "unknown optimizer \"" + optimizer_name + "\"; valid: " + optimizer_registry().names());
+  }
+  std::unique_ptr<Optimizer> optimizer = optimizer_registry().get(optimizer_name)(optimizer_table, model.parameters());
+  optimizer_table.reject_unknown_keys();
+  experiment.table("training").reject_unknown_keys();
+
+  LearningRateSchedule schedule;
+  schedule.peak = settings.learning_rate;
+  schedule.warmup_steps = settings.warmup_steps;
+  schedule.total_steps = settings.steps;
+  schedule.shape = settings.schedule;
+  schedule.final_ratio = settings.final_lr_ratio;
+
+  TrainerState state;
+  const std::string metrics_path = folder + "/metrics.jsonl";
+  if (resume) {
+    state = load_checkpoint(folder, model, *optimizer);
+    truncate_metrics(metrics_path, state.step);
+    spdlog::info("resuming from step {} of {}", state.step, settings.steps);
+  } else {
+    write_file_atomic(metrics_path, "");
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  interrupt_requested = false;
+  auto previous_handler = std::signal(SIGINT, on_interrupt);
+  spdlog::info("training {} steps with {} (lr {}, {} schedule, warmup {}), eval every {} steps on {} batches",
+               settings.steps, optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
+               settings.eval_every, settings.eval_batches);
+
+  RoutingAverage routing;
+  double window_loss = 0, window_lm = 0, window_aux = 0, window_seconds = 0, window_grad_norm = 0;
+  int64_t window_steps = 0, window_scored = 0, window_correct = 0, window_tokens = 0;
+  double last_train_loss = NAN;
+  bool interrupted = false, stopped_early = false;
+
+  while (state.step < settings.steps) {
+    const int64_t step = state.step;
+    const auto start = std::chrono::steady_clock::now();
+    const Batch batch = task.batch(Split::train, step);
+    // One generator per step, so that a resumed run draws what the uninterrupted run drew.
+    Random random(experiment.run.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) + 1);
+    ForwardOptions options;
+    options.training = true;
+    options.random = &random;
+    ForwardTape tape;
+    const ModelOutput output = model.forward(batch.input, options, &tape);
+    const LossResult loss = language_model_loss(output, batch.targets, true);
+    if (!std::isfinite(loss.loss)) {
+      throw std::runtime_error("the loss is " + std::to_string(loss.loss) + " at step " + std::to_string(step) +
+                               ": training diverged (lower training.learning_rate or set training.grad_clip)");
+    }
+    model.parameters().zero_grad();
+    model.backward(tape, &loss.grad_logits, nullptr, 1.0f);
+    const double grad_norm = clip_gradient_norm(model.parameters(), settings.grad_clip);
+    const double learning_rate = schedule.at(step);
+    optimizer->step(model.parameters(), learning_rate);
+    model.after_step(tape);
+    cuda::synchronize();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+    const int64_t tokens = batch.input.batch * batch.input.length;
+    state.step = step + 1;
+    state.seconds += seconds;
+    state.tokens += tokens;
+    window_loss += loss.loss;
+    window_lm += loss.lm_loss;
+    window_aux += loss.aux_loss;
+    window_scored += loss.scored;
+    window_correct += loss.correct;
+    window_seconds += seconds;
+    window_tokens += tokens;
+    window_grad_norm += grad_norm;
+    ++window_steps;
+    routing.add(output.routing);
+
+    const bool last = state.step == settings.steps;
+    const bool evaluate_now = last || (settings.eval_every > 0 && state.step % settings.eval_every == 0);
+    const bool log_now = last || evaluate_now || state.step % settings.log_every == 0;
+    interrupted = interrupt_requested.load();
+    nlohmann::json entry;
+    if (log_now || interrupted) {
+      last_train_loss = window_loss / window_steps;
+      const double accuracy = window_scored > 0 ? static_cast<double>(window_correct) / window_scored : 0.0;
+      const double throughput = window_tokens / window_seconds;
+      const double remaining = (settings.steps - state.step) * (window_seconds / window_steps);
+      entry = {{"step", state.step},
+               {"train_loss", last_train_loss},
+               {"train_lm_loss", window_lm / window_steps},
+               {"train_aux_loss", window_aux / window_steps},
+               {"train_accuracy", accuracy},
+               {"learning_rate", learning_rate},
+               {"grad_norm", window_grad_norm / window_steps},
+               {"tokens_per_second", throughput},
+               {"elapsed_seconds", state.seconds}};
+      const nlohmann::json layers = routing.report();
+      if (!layers.empty()) {
+        entry["routing"] = layers;
+        entry["routing_overall"] = overall_routing(layers);
+      }
+      spdlog::info("step {:>5}/{} | loss {:.4f} | acc {:.3f} | lr {:.2e} | |g| {:.2f} | {:.0f} tok/s | eta {}",
+                   state.step, settings.steps, last_train_loss, accuracy, learning_rate, window_grad_norm / window_steps,
+                   throughput, format_duration(remaining));
+      window_loss = window_lm = window_aux = window_seconds = window_grad_norm = 0;
+      window_steps = window_scored = window_correct = window_tokens = 0;
+      routing.reset();
+    }
+    if (evaluate_now) {
+      const Evaluation evaluation = evaluate(model, task, settings.eval_batches);
+      state.last_eval = {{"step", state.step}, {"eval_loss", evaluation.loss}, {"eval_lm_loss", evaluation.lm_loss},
+                         {"eval_accuracy", evaluation.accuracy}};
+      entry["eval_loss"] = evaluation.loss;
+      entry["eval_lm_loss"] = evaluation.lm_loss;
+      entry["eval_accuracy"] = evaluation.accuracy;
+      spdlog::info("eval  {:>5}/{} | loss {:.4f} | acc {:.3f}", state.step, settings.steps, evaluation.loss,
+                   evaluation.accuracy);
+      stopped_early = settings.stop_at_eval_accuracy > 0 && evaluation.accuracy >= settings.stop_at_eval_accuracy;
+    }
+    if (!entry.empty()) metrics << entry.dump() << "\n" << std::flush;
+    if (evaluate_now || interrupted || stopped_early) save_checkpoint(folder, model, *optimizer, state);
+    if (interrupted) {
+      spdlog::warn("interrupted at step {}: checkpoint saved in {}; continue with --resume --out {}", state.step,
+                   folder, folder);
+      break;
+    }
+    if (stopped_early) {
+      spdlog::info("eval accuracy reached training.stop_at_eval_accuracy = {} at step {}",
+                   settings.stop_at_eval_accuracy, state.step);
+      break;
+    }
+  }
+  std::signal(SIGINT, previous_handler);
+
+  TrainingOutcome outcome;
+  outcome.interrupted = interrupted;
+  nlohmann::json& summary = outcome.summary;
+  summary["final"] = {{"train_loss", last_train_loss},
+                      {"eval_loss", state.last_eval.value("eval_loss", NAN)},
+                      {"eval_accuracy", state.last_eval.value("eval_accuracy", NAN)}};
+  summary["steps"] = state.step;
+  summary["tokens"] = state.tokens;
+  summary["train_seconds"] = state.seconds;
+  summary["tokens_per_second"] = state.seconds > 0 ? state.tokens / state.seconds : 0.0;
+  summary["stopped_early"] = stopped_early;
+  // The routing of the model at the end, measured on the eval batches.
+  RoutingAverage final_routing;
+  for (int64_t i = 0; i < settings.eval_batches; ++i) {
+    final_routing.add(model.forward(task.batch(Split::eval, i).input, ForwardOptions{}).routing);
+  }
+  const nlohmann::json layers = final_routing.report();
+  if (!layers.empty()) {
+    summary["routing"] = layers;
+    summary["routing_overall"] = overall_routing(layers);
+  }
+  return outcome;
+}
+
+}  // namespace mr1

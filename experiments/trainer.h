@@ -1,0 +1,44 @@
+// Training a model on a task: the loop, evaluation, metrics, checkpoints and resuming.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "blocks/model.h"
+#include "experiments/experiment.h"
+#include "experiments/task.h"
+
+namespace mr1 {
+
+// [training] keys.
+struct TrainingSettings {
+  int64_t steps = 1000;
+  double learning_rate = 1e-3;
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";     // cosine | linear | constant
+  double final_lr_ratio = 0.1;         // the rate at the last step / the peak
+  double grad_clip = 1.0;              // max global gradient norm; <= 0: no clipping
+  int64_t log_every = 10;              // progress line and metrics.jsonl entry
+  int64_t eval_every = 100;            // evaluation (and checkpoint) period; 0: only at the end
+  int64_t eval_batches = 4;
+  double stop_at_eval_accuracy = 0;    // stop early once an evaluation reaches it; 0: never
+};
+
+TrainingSettings read_training_settings(const ConfigTable& table);
+
+struct TrainingOutcome {
+  nlohmann::json summary;   // what summary.json gets
+  bool interrupted = false; // Ctrl-C: a checkpoint was saved, resume with --resume
+};
+
+// Trains `model` (already initialised and on its device) on `task`, writing metrics.jsonl, checkpoints
+// (model.safetensors, optimizer.safetensors, trainer_state.json, each written atomically) into `folder`.
+// With resume, continues exactly from the checkpoint in `folder`.
+TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, const std::string& folder, bool resume);
+
+// The metrics of one MoE layer's routing, averaged over steps: load per expert, its coefficient of
+// variation, MaxVio (max load / mean load − 1), drop rate, normalised entropy, aux and z losses.
+nlohmann::json routing_metrics(const RoutingStats& stats);
+
+}  // namespace mr1

@@ -1,0 +1,64 @@
+// CPU implementations of the optimizer updates.
+#include "kernels/optimizer_ops.h"
+
+#include <cmath>
+
+#include "kernels/dispatch.h"
+
+namespace mr1 {
+
+void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& hyper) {
+  check_shape(grad, parameter.shape(), "adamw_update: grad");
+  check_shape(m, parameter.shape(), "adamw_update: m");
+  check_shape(v, parameter.shape(), "adamw_update: v");
+  if (common_device("adamw_update", {&parameter, &grad, &m, &v}) == Device::cuda) no_cuda_kernel("adamw_update");
+  const double correction1 = 1.0 - std::pow(hyper.beta1, static_cast<double>(hyper.step));
+  const double correction2 = 1.0 - std::pow(hyper.beta2, static_cast<double>(hyper.step));
+  const float decay = static_cast<float>(1.0 - hyper.learning_rate * hyper.weight_decay);
+  const float beta1 = static_cast<float>(hyper.beta1), beta2 = static_cast<float>(hyper.beta2);
+  const float step_size = static_cast<float>(hyper.learning_rate / correction1);
+  const float root_correction2 = static_cast<float>(std::sqrt(correction2));
+  const float epsilon = static_cast<float>(hyper.epsilon);
+  float* p = parameter.data();
+  const float* g = grad.data();
+  float* first = m.data();
+  float* second = v.data();
+  const int64_t n = parameter.numel();
+#pragma omp parallel for simd if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] *= decay;
+    first[i] = beta1 * first[i] + (1.0f - beta1) * g[i];
+    second[i] = beta2 * second[i] + (1.0f - beta2) * g[i] * g[i];
+    p[i] -= step_size * first[i] / (std::sqrt(second[i]) / root_correction2 + epsilon);
+  }
+}
+
+void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, double learning_rate,
+                double momentum, double weight_decay) {
+  check_shape(grad, parameter.shape(), "sgd_update: grad");
+  if (momentum != 0) check_shape(momentum_buffer, parameter.shape(), "sgd_update: momentum buffer");
+  if (common_device("sgd_update", {&parameter, &grad}) == Device::cuda) no_cuda_kernel("sgd_update");
+  const float decay = static_cast<float>(1.0 - learning_rate * weight_decay);
+  const float lr = static_cast<float>(learning_rate), mu = static_cast<float>(momentum);
+  float* p = parameter.data();
+  const float* g = grad.data();
+  float* buffer = momentum != 0 ? momentum_buffer.data() : nullptr;
+  const int64_t n = parameter.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] *= decay;
+    float direction = g[i];
+    if (buffer) direction = buffer[i] = mu * buffer[i] + g[i];
+    p[i] -= lr * direction;
+  }
+}
+
+double squared_norm(const Tensor& x) {
+  if (common_device("squared_norm", {&x}) == Device::cuda) no_cuda_kernel("squared_norm");
+  double total = 0;
+  const float* data = x.data();
+#pragma omp parallel for reduction(+ : total) if (x.numel() > 65536)
+  for (int64_t i = 0; i < x.numel(); ++i) total += static_cast<double>(data[i]) * data[i];
+  return total;
+}
+
+}  // namespace mr1
