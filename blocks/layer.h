@@ -19,6 +19,7 @@ struct BatchInfo {
   const std::vector<int32_t>* tokens = nullptr;  // B·L token ids when the input is tokens
   bool training = false;                         // routers: noise, sampling, training capacity
   bool keep_for_backward = false;                // layers fill their saved activations
+  bool dropless = false;                         // routers ignore capacity (recurrent inference)
   Random* random = nullptr;                      // for routers that sample
   int64_t start_position = 0;                    // absolute position of l = 0 (step mode)
 

@@ -16,6 +16,11 @@ namespace mr1 {
 
 class Random;
 
+// What a block carries from one step of recurrent inference to the next (mamba: conv and SSM states).
+struct InferenceState {
+  virtual ~InferenceState() = default;
+};
+
 class Mixer {
  public:
   virtual ~Mixer() = default;
@@ -28,6 +33,20 @@ class Mixer {
   virtual void initialize(Random& random) = 0;
   // Called once after each optimizer step with this step's forward record (aux_free's bias update).
   virtual void after_step(const LayerRecord& record) {}
+
+  // Step mode: u (B, 1, D), one new token per sequence at position batch.start_position; `state` is what
+  // the block carries between steps (null before the first step). Stateless blocks (moe, mlp) run their
+  // forward and leave it null; the caller sets batch.dropless. Returns (B, 1, D).
+  virtual Tensor step(const Tensor& u, const BatchInfo& batch, std::unique_ptr<InferenceState>& state) {
+    LayerRecord record;
+    return forward(u, batch, record);
+  }
+  // Prefill: the parallel forward over a prompt u (B, L, D) that also leaves in `state` the state after
+  // its last token, ready for step().
+  virtual Tensor prefill(const Tensor& u, const BatchInfo& batch, std::unique_ptr<InferenceState>& state) {
+    LayerRecord record;
+    return forward(u, batch, record);
+  }
 };
 
 // Everything a block factory may read: the model config, the router table (MoE) and where

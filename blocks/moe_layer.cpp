@@ -46,7 +46,7 @@ Tensor MoeLayer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& r
   // router logits = u · router.weightᵀ + router.bias   (T, X), float32
   Tensor logits = linear_forward(tokens, router_weight_.value, &router_bias_.value);
   auto saved = std::make_unique<MoeSaved>();
-  Routing routing = router_->route(logits, batch, batch.keep_for_backward ? &saved->router : nullptr);
+  Routing routing = router_->route(logits, tokens, batch, batch.keep_for_backward ? &saved->router : nullptr);
 
   // Group the assignments by expert, in token order.
   saved->rows.assign(static_cast<size_t>(num_experts_), {});
@@ -106,8 +106,9 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
     scatter_add_rows(grad_tokens, grad_input, rows, nullptr);
   }
 
-  Tensor grad_logits = router_->backward(grad_gate, *saved.router, aux_loss_scale);
-  LinearGrads router_grads = linear_backward(grad_logits, saved.u, router_weight_.value, true);
+  RouterGrads router_gradients = router_->backward(grad_gate, *saved.router, aux_loss_scale);
+  if (router_gradients.input.defined()) add_inplace(grad_tokens, router_gradients.input);
+  LinearGrads router_grads = linear_backward(router_gradients.logits, saved.u, router_weight_.value, true);
   add_inplace(router_weight_.grad, router_grads.weight);
   add_inplace(router_bias_.grad, router_grads.bias);
   add_inplace(grad_tokens, router_grads.input);

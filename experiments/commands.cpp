@@ -16,7 +16,7 @@
 #include "experiments/experiment.h"
 #include "experiments/files.h"
 #include "experiments/loss.h"
-#include "experiments/trainer.h"
+#include "experiments/run.h"
 #include "experiments/safetensors.h"
 #include "kernels/cuda_device.h"
 #include "kernels/elementwise.h"
@@ -40,6 +40,7 @@ std::string usage() {
          "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n"
          "  mamba-r1 validate [FILE.toml]      CUDA against the CPU reference\n"
          "  mamba-r1 list                      everything in the registry\n"
+         "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput\n"
          "common options: --threads N (CPU threads), --log-level debug|info|warn\n";
 }
 
@@ -127,14 +128,6 @@ Experiment load_for(const CommandLine& line) {
   return experiment;
 }
 
-std::string describe_blocks(const ModelConfig& model) {
-  std::map<std::string, int64_t> counts;
-  for (int64_t i = 0; i < model.block_count(); ++i) ++counts[model.block_kind(i)];
-  std::string text;
-  for (const auto& [kind, count] : counts) text += (text.empty() ? "" : ", ") + std::to_string(count) + " " + kind;
-  return std::to_string(model.block_count()) + " blocks (" + text + ")";
-}
-
 std::string timestamp() {
   const std::time_t now = std::time(nullptr);
   std::tm local{};
@@ -152,86 +145,14 @@ std::string output_folder(const CommandLine& line, const Experiment& experiment)
   return folder;
 }
 
-void log_model(const Experiment& experiment, const Model& model) {
-  const ModelConfig& config = experiment.model;
-  spdlog::info("model: {}, dim {}, d_state {}, d_conv {}, expand {}, dt_rank {}, {} experts of {}, norm {}, "
-               "{} parameters",
-               describe_blocks(config), config.dim, config.d_state, config.d_conv, config.expand, config.dt_rank,
-               config.num_experts, config.expert_dim, config.norm, model.parameters().element_count());
-}
-
-// Runs a forward-only task: warm-up passes, timed passes, then the output's statistics.
-nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task& task) {
-  Batch batch = task.batch(Split::eval, 0);
-  ForwardOptions options;
-  const int64_t tokens = batch.input.batch * batch.input.length;
-  for (int64_t i = 0; i < experiment.run.warmup; ++i) model.forward(batch.input, options);
-  std::vector<double> seconds;
-  ModelOutput output;
-  for (int64_t i = 0; i < experiment.run.repeats; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    output = model.forward(batch.input, options);
-    cuda::synchronize();
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    spdlog::info("forward pass {}/{}: {:.4f} s, {:.0f} tokens/s", i + 1, experiment.run.repeats, seconds.back(),
-                 tokens / seconds.back());
-  }
-  double total = 0, best = seconds.front();
-  for (double s : seconds) total += s, best = std::min(best, s);
-  const double mean_seconds = total / static_cast<double>(seconds.size());
-  const double output_mean = mean(output.hidden);
-  const double output_std = standard_deviation(output.hidden);
-
-  spdlog::info("output shape {}, mean {:.4f}, std {:.4f}", output.hidden.shape_string(), output_mean, output_std);
-  spdlog::info("forward: {:.4f} s mean over {} passes (best {:.4f} s), {:.0f} tokens/s", mean_seconds,
-               seconds.size(), best, tokens / mean_seconds);
-  nlohmann::json summary;
-  summary["output_shape"] = output.hidden.shape();
-  summary["output_mean"] = output_mean;
-  summary["output_std"] = output_std;
-  summary["forward_seconds"] = mean_seconds;
-  summary["forward_seconds_best"] = best;
-  summary["forward_seconds_all"] = seconds;
-  summary["tokens"] = tokens;
-  summary["tokens_per_second"] = tokens / mean_seconds;
-  summary["aux_loss"] = output.aux_loss;
-  return summary;
-}
-
 }  // namespace
 
 int command_run(const CommandLine& line) {
   Experiment experiment = load_for(line);
-  BuiltExperiment built = build_experiment(experiment);
   const bool resume = line.flag("resume");
   if (resume && line.option("out").empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
-  const std::string folder = output_folder(line, experiment);
-  spdlog::info("experiment {} -> {}", experiment.file.file(), folder);
-  spdlog::info("task: {}", built.task->describe());
-  const Device device = resolve_backend(experiment.run.backend);
-  built.model->initialize(experiment.run.seed);
-  built.model->to(device);
-  log_model(experiment, *built.model);
-  write_file_atomic(folder + "/config.toml", experiment.file.to_toml() + "\n");
-
-  nlohmann::json summary;
-  bool interrupted = false;
-  if (!built.task->trainable()) {
-    if (resume) throw UsageError("--resume: the task of " + experiment.file.file() + " does not train");
-    summary = run_forward_task(experiment, *built.model, *built.task);
-  } else {
-    TrainingOutcome outcome = train(experiment, *built.model, *built.task, folder, resume);
-    summary = outcome.summary;
-    interrupted = outcome.interrupted;
-  }
-  summary["experiment"] = experiment.file.file();
-  summary["parameters"] = built.model->parameters().element_count();
-  summary["backend"] = device_name(device);
-  summary["blocks"] = describe_blocks(experiment.model);
-  summary["task"] = built.task->describe();
-  write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
-  spdlog::info("wrote {}/summary.json", folder);
-  return interrupted ? 130 : 0;
+  const RunResult result = run_experiment(experiment, output_folder(line, experiment), resume);
+  return result.interrupted ? 130 : 0;
 }
 
 namespace {

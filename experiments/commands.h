@@ -38,5 +38,6 @@ int command_forward(const CommandLine& line);
 int command_init(const CommandLine& line);
 int command_list(const CommandLine& line);
 int command_validate(const CommandLine& line);
+int command_bench(const CommandLine& line);
 
 }  // namespace mr1

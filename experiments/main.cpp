@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
     if (line.command == "init") return command_init(line);
     if (line.command == "list") return command_list(line);
     if (line.command == "validate") return command_validate(line);
+    if (line.command == "bench") return command_bench(line);
     if (line.command == "help") {
       std::fputs(usage().c_str(), stdout);
       return 0;

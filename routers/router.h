@@ -25,18 +25,30 @@ struct Routing {
   RoutingStats stats;
 };
 
+// The gradients a router returns: always dL/dlogits; dL/dinput only for routers that read the
+// MoE input themselves (e.g. learned noise), else undefined.
+struct RouterGrads {
+  Tensor logits;  // (T, X)
+  Tensor input;   // (T, D) or undefined
+};
+
 class Router {
  public:
   virtual ~Router() = default;
-  // logits (T, X) in float32 → assignments. `training` picks the capacity factor and any noise.
+  // logits (T, X) in float32 and the layer's input (T, D) → assignments. batch.training picks the
+  // capacity factor and any noise; batch.tokens holds token ids (hash routing); batch.random samples.
   // Fills *saved with what backward needs when saved is given.
-  virtual Routing route(const Tensor& logits, const BatchInfo& batch, std::unique_ptr<SavedActivations>* saved) = 0;
-  // dL/dgate (T·k) → dL/dlogits (T, X), including the gradient of the aux and z losses times aux_loss_scale.
-  virtual Tensor backward(const std::vector<float>& grad_gate, const SavedActivations& saved,
-                          float aux_loss_scale) = 0;
+  virtual Routing route(const Tensor& logits, const Tensor& input, const BatchInfo& batch,
+                        std::unique_ptr<SavedActivations>* saved) = 0;
+  // dL/dgate (T·k) → gradients, including those of the aux and z losses times aux_loss_scale. Adds the
+  // gradients of the router's own parameters, if any.
+  virtual RouterGrads backward(const std::vector<float>& grad_gate, const SavedActivations& saved,
+                               float aux_loss_scale) = 0;
   virtual void initialize(Random& random) {}
-  // After each optimizer step, with the routing of that step (aux_free's bias update).
+  // After each optimizer step, with the routing statistics of that step (aux_free's bias update).
   virtual void after_step(const RoutingStats& stats) {}
+  // A warning for the log when the router does not suit the experiment (expert_choice with a causal task).
+  virtual std::string caveat() const { return ""; }
 };
 
 // options: the [router] table, from which the router reads its own keys (unknown ones are rejected

@@ -25,7 +25,7 @@ struct SwitchSaved : SavedActivations {
 SwitchRouter::SwitchRouter(const RouterContext& context)
     : settings_(context.settings), num_experts_(context.num_experts) {}
 
-Routing SwitchRouter::route(const Tensor& logits_any, const BatchInfo& batch,
+Routing SwitchRouter::route(const Tensor& logits_any, const Tensor&, const BatchInfo& batch,
                             std::unique_ptr<SavedActivations>* saved) {
   Tensor logits = logits_any.to(Device::cpu);
   const int64_t T = logits.size(0);
@@ -44,7 +44,8 @@ Routing SwitchRouter::route(const Tensor& logits_any, const BatchInfo& batch,
   stats.assignments = T;
   const double factor = !batch.training && settings_.eval_capacity_factor != 0 ? settings_.eval_capacity_factor
                                                                                : settings_.capacity_factor;
-  const int64_t capacity = expert_capacity(factor, stats.routed_tokens, num_experts_, settings_.min_capacity);
+  const int64_t capacity =
+      batch.dropless ? -1 : expert_capacity(factor, stats.routed_tokens, num_experts_, settings_.min_capacity);
   stats.dropped = apply_capacity(routing.expert, 1, num_experts_, capacity, mask);
   routing.gate.assign(static_cast<size_t>(T), 0.0f);
   for (int64_t t = 0; t < T; ++t) {
@@ -70,8 +71,8 @@ Routing SwitchRouter::route(const Tensor& logits_any, const BatchInfo& batch,
   return routing;
 }
 
-Tensor SwitchRouter::backward(const std::vector<float>& grad_gate, const SavedActivations& saved_any,
-                              float aux_loss_scale) {
+RouterGrads SwitchRouter::backward(const std::vector<float>& grad_gate, const SavedActivations& saved_any,
+                                   float aux_loss_scale) {
   const auto& saved = static_cast<const SwitchSaved&>(saved_any);
   const int64_t T = saved.probs.size(0);
   const std::vector<uint8_t>* mask = saved.token_mask.empty() ? nullptr : &saved.token_mask;
@@ -89,7 +90,7 @@ Tensor SwitchRouter::backward(const std::vector<float>& grad_gate, const SavedAc
   if (settings_.z_loss_coef > 0) {
     router_z_loss_backward(grad_logits, saved.logits, mask, aux_loss_scale * static_cast<float>(settings_.z_loss_coef));
   }
-  return grad_logits;
+  return RouterGrads{grad_logits, Tensor()};
 }
 
 }  // namespace mr1

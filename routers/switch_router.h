@@ -8,8 +8,10 @@ namespace mr1 {
 class SwitchRouter : public Router {
  public:
   explicit SwitchRouter(const RouterContext& context);
-  Routing route(const Tensor& logits, const BatchInfo& batch, std::unique_ptr<SavedActivations>* saved) override;
-  Tensor backward(const std::vector<float>& grad_gate, const SavedActivations& saved, float aux_loss_scale) override;
+  Routing route(const Tensor& logits, const Tensor& input, const BatchInfo& batch,
+                std::unique_ptr<SavedActivations>* saved) override;
+  RouterGrads backward(const std::vector<float>& grad_gate, const SavedActivations& saved,
+                       float aux_loss_scale) override;
 
  private:
   RouterSettings settings_;

@@ -107,7 +107,7 @@ TEST_CASE("the switch router sends each token to its arg-max with gate = its pro
   auto router = fixture.make(3);
   // token 0 prefers expert 2, token 1 ties experts 0 and 1 (lowest index wins)
   const Tensor logits = Tensor::from({2, 3}, {0.0f, 1.0f, 2.0f, 1.0f, 1.0f, 0.0f});
-  const Routing routing = router->route(logits, batch_of(1, 2, nullptr, true), nullptr);
+  const Routing routing = router->route(logits, Tensor(), batch_of(1, 2, nullptr, true), nullptr);
   CHECK(routing.expert == std::vector<int32_t>{2, 0});
   const double z0 = 1 + std::exp(1.0) + std::exp(2.0);
   CHECK(routing.gate[0] == Approx(std::exp(2.0) / z0).epsilon(1e-6));
@@ -125,7 +125,7 @@ TEST_CASE("the switch router drops overflow and skips masked tokens", "[routing]
   // four tokens all prefer expert 0; token 1 is masked. T = 3 unmasked, C = max(floor(1.0*3/2), 1) = 1
   const Tensor logits = Tensor::from({4, 2}, {1, 0, 1, 0, 1, 0, 1, 0});
   const std::vector<uint8_t> mask{1, 0, 1, 1};
-  const Routing routing = router->route(logits, batch_of(2, 2, &mask, true), nullptr);
+  const Routing routing = router->route(logits, Tensor(), batch_of(2, 2, &mask, true), nullptr);
   CHECK(routing.expert == std::vector<int32_t>{0, -1, -1, -1});
   CHECK(routing.gate[1] == 0.0f);
   CHECK(routing.gate[2] == 0.0f);
@@ -135,7 +135,7 @@ TEST_CASE("the switch router drops overflow and skips masked tokens", "[routing]
   SECTION("eval_capacity_factor applies outside training") {
     fixture.settings.eval_capacity_factor = 2.0;  // C = 3 at evaluation
     auto eval_router = fixture.make(2);
-    const Routing eval = eval_router->route(logits, batch_of(2, 2, &mask, false), nullptr);
+    const Routing eval = eval_router->route(logits, Tensor(), batch_of(2, 2, &mask, false), nullptr);
     CHECK(eval.expert == std::vector<int32_t>{0, -1, 0, 0});
   }
 }
@@ -151,7 +151,7 @@ TEST_CASE("the switch router's backward matches finite differences of gate, aux 
   const Tensor logits = test::random_tensor({T, X}, 11, 2.0f);
   const std::vector<uint8_t> mask{1, 1, 0, 1, 1, 1};
   std::unique_ptr<SavedActivations> saved;
-  const Routing routing = router->route(logits, batch_of(2, 3, &mask, true), &saved);
+  const Routing routing = router->route(logits, Tensor(), batch_of(2, 3, &mask, true), &saved);
   const std::vector<double> gate_weights = test::to_double(test::random_tensor({T}, 12));
   const float aux_scale = 0.7f;
 
@@ -186,7 +186,7 @@ TEST_CASE("the switch router's backward matches finite differences of gate, aux 
   };
   const std::vector<double> expected = test::finite_difference(objective, test::to_double(logits));
   std::vector<float> grad_gate(gate_weights.begin(), gate_weights.end());
-  const Tensor grad = router->backward(grad_gate, *saved, aux_scale);
+  const Tensor grad = router->backward(grad_gate, *saved, aux_scale).logits;
   // float32 softmax and sums of 6 terms against a double reference: 1e-5 absolute.
   test::require_close(grad, expected, 1e-5, 1e-4, "switch router dL/dlogits");
   // The routing's own statistics agree with the objective's pieces.
