@@ -13,7 +13,7 @@
 namespace mr1 {
 
 namespace {
-const std::vector<std::string> kTables{"model", "router", "task", "training", "optimizer", "run", "output"};
+const std::vector<std::string> kTables{"model", "router", "task", "training", "optimizer", "run", "output", "sweep"};
 }
 
 const ConfigTable& Experiment::table(const std::string& name) const {
@@ -58,10 +58,10 @@ BuiltExperiment build_experiment(const Experiment& experiment, bool with_task) {
     }
     built.task = task_registry().get(name)(TaskContext{task, experiment.model, experiment.run.seed});
   }
-  // [training] and [optimizer] are read (and checked) by the trainer.
+  // [training] and [optimizer] are read (and checked) by the trainer, [sweep] by the sweep command.
   for (const ConfigTable& table : experiment.tables) {
     const std::string& name = table.path();
-    if (name == "training" || name == "optimizer" || (!with_task && name == "task")) continue;
+    if (name == "training" || name == "optimizer" || name == "sweep" || (!with_task && name == "task")) continue;
     table.reject_unknown_keys();
   }
   return built;
