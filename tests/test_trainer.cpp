@@ -1,0 +1,218 @@
+// Training: the optimizer updates against hand computation, the schedule, clipping, the trainer's
+// outputs, and --resume after an interruption ending exactly where an uninterrupted run ends.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "experiments/files.h"
+#include "experiments/optimizer.h"
+#include "experiments/trainer.h"
+#include "kernels/optimizer_ops.h"
+#include "test_util.h"
+
+using namespace mr1;
+using Catch::Matchers::Contains;
+
+TEST_CASE("adamw_update matches torch.optim.AdamW worked by hand", "[trainer]") {
+  // p = 1, g = 0.5, lr = 0.1, betas (0.9, 0.999), eps 1e-8, wd 0.01, step 1:
+  // p ← 1 − 0.1·0.01·1 = 0.999; m = 0.05; v = 0.00025; m̂ = 0.5; v̂ = 0.25
+  // p ← 0.999 − 0.1 · 0.5 / (0.5 + 1e-8) = 0.899 (+ 2e-9)
+  Tensor p = Tensor::from({1}, {1.0f}), g = Tensor::from({1}, {0.5f}), m({1}), v({1});
+  adamw_update(p, g, m, v, AdamWHyper{0.1, 0.9, 0.999, 1e-8, 0.01, 1});
+  CHECK(p[0] == Approx(0.899).epsilon(1e-6));
+  // (1 − β) is formed in float32 (0.001 has a relative rounding error of 1e-5): 1e-4 relative.
+  CHECK(m[0] == Approx(0.05).epsilon(1e-4));
+  CHECK(v[0] == Approx(0.00025).epsilon(1e-4));
+  // step 2 with g = −0.5: m = 0.045 − 0.05 = −0.005, v = 0.00024975 + 0.00025 = 0.00049975
+  // m̂ = −0.005 / 0.19 = −0.0263158, v̂ = 0.00049975 / 0.001999 = 0.25000
+  // p ← 0.899·(1 − 0.001) + 0.1 · 0.0263158 / 0.5 = 0.898101 + 0.00526316 = 0.903364
+  g[0] = -0.5f;
+  adamw_update(p, g, m, v, AdamWHyper{0.1, 0.9, 0.999, 1e-8, 0.01, 2});
+  CHECK(p[0] == Approx(0.903364).epsilon(1e-5));
+}
+
+TEST_CASE("sgd_update with momentum and decay", "[trainer]") {
+  // p = 2, g = 1, lr 0.1, μ 0.5, wd 0.1: p ← 2·0.99 = 1.98; b = 1; p ← 1.98 − 0.1 = 1.88
+  // then g = 1 again: p ← 1.88·0.99 = 1.8612; b = 1.5; p ← 1.8612 − 0.15 = 1.7112
+  Tensor p = Tensor::from({1}, {2.0f}), g = Tensor::from({1}, {1.0f}), b({1});
+  sgd_update(p, g, b, 0.1, 0.5, 0.1);
+  CHECK(p[0] == Approx(1.88f));
+  sgd_update(p, g, b, 0.1, 0.5, 0.1);
+  CHECK(p[0] == Approx(1.7112f));
+}
+
+TEST_CASE("the schedule warms up linearly, then decays by cosine to final_ratio", "[trainer]") {
+  LearningRateSchedule schedule;
+  schedule.peak = 1.0;
+  schedule.warmup_steps = 4;
+  schedule.total_steps = 14;
+  schedule.final_ratio = 0.1;
+  CHECK(schedule.at(0) == Approx(0.25));
+  CHECK(schedule.at(3) == Approx(1.0));
+  CHECK(schedule.at(4) == Approx(1.0));
+  // halfway through the decay (steps 4 .. 13, progress (8 − 4) / 9): 0.1 + 0.45 (1 + cos(π·4/9))
+  CHECK(schedule.at(8) == Approx(0.1 + 0.45 * (1 + std::cos(M_PI * 4 / 9))));
+  CHECK(schedule.at(13) == Approx(0.1));
+  schedule.shape = "linear";
+  CHECK(schedule.at(13) == Approx(0.1));
+  schedule.shape = "constant";
+  CHECK(schedule.at(13) == Approx(1.0));
+}
+
+TEST_CASE("clipping scales the global gradient norm down to the limit", "[trainer]") {
+  ParameterStore parameters;
+  parameters.add("a", {2}, true).grad = Tensor::from({2}, {3.0f, 0.0f});
+  parameters.add("b", {1}, true).grad = Tensor::from({1}, {4.0f});
+  CHECK(clip_gradient_norm(parameters, 10.0) == Approx(5.0));
+  CHECK(parameters.get("a").grad[0] == 3.0f);
+  CHECK(clip_gradient_norm(parameters, 1.0) == Approx(5.0));
+  CHECK(parameters.get("a").grad[0] == Approx(0.6f).epsilon(1e-5));
+  CHECK(parameters.get("b").grad[0] == Approx(0.8f).epsilon(1e-5));
+}
+
+namespace {
+
+std::string temporary_folder(const std::string& name) {
+  const auto path = std::filesystem::temp_directory_path() / ("mamba_r1_trainer_" + std::to_string(::getpid()) + "_" + name);
+  std::filesystem::remove_all(path);
+  std::filesystem::create_directories(path);
+  return path.string();
+}
+
+const char* kTrainingExperiment = R"(
+[model]
+dim = 16
+depth = 1
+d_state = 4
+num_experts = 2
+expert_dim = 16
+max_seq_len = 64
+vocab_size = 8
+[task]
+name = "induction_heads"
+batch_size = 4
+seq_len = 16
+[training]
+steps = 12
+learning_rate = 1e-2
+warmup_steps = 2
+log_every = 3
+eval_every = 6
+eval_batches = 2
+)";
+
+Experiment training_experiment(const std::string& folder) {
+  const std::string path = folder + "/experiment.toml";
+  write_file_atomic(path, kTrainingExperiment);
+  return load_experiment(path, {});
+}
+
+// A task that raises SIGINT when the trainer asks for one train batch, as Ctrl-C would.
+class InterruptingTask : public Task {
+ public:
+  InterruptingTask(std::unique_ptr<Task> inner, int64_t interrupt_at) : inner_(std::move(inner)), at_(interrupt_at) {}
+  Batch batch(Split split, int64_t index) override {
+    if (split == Split::train && index == at_) std::raise(SIGINT);
+    return inner_->batch(split, index);
+  }
+  std::string describe() const override { return inner_->describe(); }
+
+ private:
+  std::unique_ptr<Task> inner_;
+  int64_t at_;
+};
+
+std::vector<nlohmann::json> read_metrics(const std::string& folder) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(folder + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[trainer]") {
+  const std::string folder = temporary_folder("outputs");
+  const Experiment experiment = training_experiment(folder);
+  BuiltExperiment built = build_experiment(experiment);
+  built.model->initialize(0);
+  const TrainingOutcome outcome = train(experiment, *built.model, *built.task, folder, false);
+  const nlohmann::json& summary = outcome.summary;
+  CHECK(summary["steps"] == 12);
+  CHECK(std::isfinite(summary["final"]["train_loss"].get<double>()));
+  CHECK(std::isfinite(summary["final"]["eval_loss"].get<double>()));
+  CHECK(summary["final"]["eval_accuracy"].get<double>() >= 0.0);
+  CHECK(summary["tokens_per_second"].get<double>() > 0);
+  CHECK(summary["routing"].size() == 1);
+  CHECK(summary["routing"][0]["load"].size() == 2);
+
+  const auto metrics = read_metrics(folder);
+  REQUIRE(metrics.size() == 4);  // steps 3, 6, 9, 12
+  CHECK(metrics[1]["step"] == 6);
+  CHECK(metrics[1].contains("eval_loss"));
+  CHECK_FALSE(metrics[0].contains("eval_loss"));
+  CHECK(metrics[0]["routing"][0].contains("max_violation"));
+  for (const char* file : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}) {
+    CHECK(std::filesystem::exists(folder + "/" + file));
+  }
+  std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("--resume after an interruption ends exactly where an uninterrupted run ends", "[trainer]") {
+  const std::string whole = temporary_folder("whole"), parts = temporary_folder("parts");
+  const Experiment experiment = training_experiment(whole);
+
+  BuiltExperiment uninterrupted = build_experiment(experiment);
+  uninterrupted.model->initialize(0);
+  const TrainingOutcome reference = train(experiment, *uninterrupted.model, *uninterrupted.task, whole, false);
+
+  BuiltExperiment first = build_experiment(experiment);
+  first.model->initialize(0);
+  InterruptingTask interrupting(std::move(first.task), 7);
+  const TrainingOutcome stopped = train(experiment, *first.model, interrupting, parts, false);
+  CHECK(stopped.interrupted);
+  CHECK(stopped.summary["steps"] == 8);  // the step in progress finishes, then the checkpoint is saved
+
+  BuiltExperiment second = build_experiment(experiment);
+  second.model->initialize(123);  // overwritten by the checkpoint
+  const TrainingOutcome resumed = train(experiment, *second.model, *second.task, parts, true);
+  CHECK_FALSE(resumed.interrupted);
+  CHECK(resumed.summary["steps"] == 12);
+  CHECK(resumed.summary["final"]["train_loss"].get<double>() == reference.summary["final"]["train_loss"].get<double>());
+  CHECK(resumed.summary["final"]["eval_loss"].get<double>() == reference.summary["final"]["eval_loss"].get<double>());
+  const auto& a = uninterrupted.model->parameters().all();
+  const auto& b = second.model->parameters().all();
+  for (size_t i = 0; i < a.size(); ++i) {
+    INFO(a[i]->name);
+    CHECK(a[i]->value.to_vector() == b[i]->value.to_vector());
+  }
+  // metrics.jsonl of the resumed run holds each logged step once, as the uninterrupted one does.
+  const auto whole_metrics = read_metrics(whole), part_metrics = read_metrics(parts);
+  std::vector<int64_t> whole_steps, part_steps;
+  for (const auto& line : whole_metrics) whole_steps.push_back(line["step"]);
+  for (const auto& line : part_metrics) part_steps.push_back(line["step"]);
+  CHECK(part_steps == std::vector<int64_t>{3, 6, 8, 9, 12});
+  CHECK(whole_steps == std::vector<int64_t>{3, 6, 9, 12});
+  std::filesystem::remove_all(whole);
+  std::filesystem::remove_all(parts);
+}
+
+TEST_CASE("training settings are checked", "[trainer]") {
+  const std::string folder = temporary_folder("errors");
+  write_file_atomic(folder + "/bad.toml", std::string(kTrainingExperiment) + "[optimizer]\nname = \"lion\"\n");
+  Experiment experiment = load_experiment(folder + "/bad.toml", {});
+  BuiltExperiment built = build_experiment(experiment);
+  CHECK_THROWS_WITH(train(experiment, *built.model, *built.task, folder, false),
+                    Contains("optimizer.name") && Contains("adamw, sgd"));
+  Experiment typo = load_experiment(folder + "/bad.toml", {"optimizer.name=adamw", "training.step=3"});
+  BuiltExperiment typo_built = build_experiment(typo);
+  CHECK_THROWS_WITH(train(typo, *typo_built.model, *typo_built.task, folder, false),
+                    Contains("training.step") && Contains("steps"));
+  Experiment valid = load_experiment(folder + "/bad.toml", {"optimizer.name=adamw"});
+  BuiltExperiment valid_built = build_experiment(valid);
+  CHECK_THROWS_WITH(train(valid, *valid_built.model, *valid_built.task, folder + "/nowhere", true),
+                    Contains("trainer_state.json") && Contains("not found"));
+  std::filesystem::remove_all(folder);
+}
