@@ -191,7 +191,7 @@ Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state
   }
   const int64_t items = work_items(s);
 
-#pragma omp parallel if (items > 1)
+#pragma omp parallel if (items > 1 && s.batch * L * E * N >= kParallelMinimumWork)
   {
     LanesBuffer h(N);
 #pragma omp for schedule(static)
@@ -269,7 +269,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   const int64_t chunk_steps = std::min(chunk, L);
   const int64_t items = L > 0 ? work_items(s) : 0;
 
-#pragma omp parallel if (items > 1)
+#pragma omp parallel if (items > 1 && s.batch * L * E * N >= kParallelMinimumWork)
   {
     float* partial = partials.data() + thread_index() * partial_size;
     LanesBuffer h(N), dh(N), dA(N);
