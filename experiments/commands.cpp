@@ -233,7 +233,7 @@ int command_forward(const CommandLine& line) {
   }
   const Device device = resolve_backend(experiment.run.backend);
   Model& model = *built.model;
-  model.parameters().load(read_safetensors(weights));
+  load_weights(model, weights);
   model.to(device);
   const ModelInput input = read_model_input(input_path, experiment.model);
   spdlog::info("forward{}: input ({}, {}){}, weights {}", backward ? " and backward" : "", input.batch, input.length,

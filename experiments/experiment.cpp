@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "blocks/catalog.h"
+#include "experiments/safetensors.h"
 #include "kernels/cuda_device.h"
 
 namespace mr1 {
@@ -65,6 +66,22 @@ BuiltExperiment build_experiment(const Experiment& experiment, bool with_task) {
     table.reject_unknown_keys();
   }
   return built;
+}
+
+void load_weights(Model& model, const std::string& path) {
+  SafetensorsFile file = read_safetensors(path);
+  const ModelConfig& config = model.config();
+  auto head = file.tensors.find("lm_head.weight");
+  if (config.vocab_size > 0 && config.tie_embeddings && head != file.tensors.end()) {
+    auto embedding = file.tensors.find("backbone.embedding.weight");
+    if (embedding == file.tensors.end() || embedding->second.bytes != head->second.bytes ||
+        embedding->second.dtype != head->second.dtype) {
+      throw SafetensorsError(path + ": holds an lm_head.weight that differs from backbone.embedding.weight, but "
+                             "model.tie_embeddings = true; set tie_embeddings = false to use it");
+    }
+    file.tensors.erase(head);
+  }
+  model.parameters().load(file);
 }
 
 Device resolve_backend(const std::string& requested) {

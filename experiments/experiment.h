@@ -49,6 +49,10 @@ struct BuiltExperiment {
 };
 BuiltExperiment build_experiment(const Experiment& experiment, bool with_task = true);
 
+// Loads weights into `model` from a safetensors file with the normative names. A checkpoint saved from
+// a tied mamba_ssm model may also hold lm_head.weight: it is accepted when it equals the embedding.
+void load_weights(Model& model, const std::string& path);
+
 // Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
 // device throws one clear line.
 Device resolve_backend(const std::string& requested);

@@ -61,6 +61,26 @@ expect "forward without --input" 2 "forward needs --input" -- \
 expect "weights of another shape" 2 "backbone.embedding.weight' has shape \(12, 16\).*expects \(12, 32\)" -- \
   "$BIN" forward "$small" --set model.dim=32 --weights "$WORK/weights.safetensors" --input "$WORK/weights.safetensors" \
   --output "$WORK/out.safetensors"
+# a mamba_ssm-style checkpoint of a tied model that also stores lm_head.weight
+python3 - "$WORK" <<'PY'
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+work = sys.argv[1]
+weights = load_file(f"{work}/weights.safetensors")
+weights["lm_head.weight"] = weights["backbone.embedding.weight"].copy()
+save_file(weights, f"{work}/tied_head.safetensors")
+weights["lm_head.weight"] = weights["lm_head.weight"] + 1
+save_file(weights, f"{work}/other_head.safetensors")
+save_file({"tokens": np.arange(10, dtype=np.int64).reshape(2, 5) % 12}, f"{work}/tokens.safetensors")
+PY
+expect "forward on tokens" 0 "wrote .*out.safetensors" -- \
+  "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/out.safetensors"
+expect "a tied checkpoint may hold lm_head.weight" 0 "wrote" -- \
+  "$BIN" forward "$small" --weights "$WORK/tied_head.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/out.safetensors"
+expect "a different lm_head.weight with tied embeddings" 2 "differs from backbone.embedding.weight" -- \
+  "$BIN" forward "$small" --weights "$WORK/other_head.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/out.safetensors"
+expect "forward --backward writes loss and gradients" 0 "loss [0-9.]+" -- \
+  "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/grads.safetensors" --backward
 expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
 
 echo "cli: $passed passed, $failed failed"
