@@ -53,16 +53,6 @@ std::vector<int32_t> random_targets(size_t count, int64_t classes, uint64_t seed
   return targets;
 }
 
-// The message of the std::out_of_range that `call` throws.
-std::string out_of_range_message(const std::function<void()>& call) {
-  try {
-    call();
-  } catch (const std::out_of_range& error) {
-    return error.what();
-  }
-  return "(no std::out_of_range thrown)";
-}
-
 TEST_CASE("cross_entropy: a hand-worked case with a tie and an unscored position") {
   // Row 0: [0, ln 3], target 1: softmax [0.25, 0.75], loss −ln 0.75 = 0.2876820725, argmax 1 (correct).
   // Row 1: [5, 5], target 0: softmax [0.5, 0.5], loss ln 2 = 0.6931471806, argmax 0 by the tie rule (correct).
@@ -116,11 +106,11 @@ TEST_CASE("cross_entropy rejects wrong shapes and targets, naming them") {
   CHECK_THROWS_AS(cross_entropy(logits, {0, 1}, false), ShapeError);
   CHECK_THROWS_WITH(cross_entropy(logits, {0, 1}, false), Catch::Contains("cross_entropy: targets"));
   CHECK_THROWS_WITH(cross_entropy(Tensor(Shape{}), {0}, false), Catch::Contains("cross_entropy: logits"));
-  CHECK_THAT(out_of_range_message([&] {
+  CHECK_THAT(thrown_message<std::out_of_range>([&] {
                cross_entropy(logits, {0, 4, 1}, true);
              }),
              Catch::Contains("target 4 at position 1") && Catch::Contains("[0, 4)"));
-  CHECK_THAT(out_of_range_message([&] {
+  CHECK_THAT(thrown_message<std::out_of_range>([&] {
                cross_entropy(logits, {0, 1, -2}, true);
              }),
              Catch::Contains("target -2 at position 2"));

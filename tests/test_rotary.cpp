@@ -79,7 +79,7 @@ TEST_CASE("rotary: backward matches finite differences and undoes the rotation")
 }
 
 TEST_CASE("rotary rejects odd feature counts and wrong ranks, naming the argument") {
-  const std::pair<const char*, std::function<void()>> calls[] = {
+  const std::vector<std::pair<const char*, std::function<void()>>> calls{
       {"rotary_forward: x: expected an even",
        [] {
          rotary_forward(Tensor({1, 2, 5}));
@@ -97,11 +97,7 @@ TEST_CASE("rotary rejects odd feature counts and wrong ranks, naming the argumen
          rotary_backward(Tensor({1, 1, 2, 4}));
        }},
   };
-  for (const auto& [argument, call] : calls) {
-    INFO(argument);
-    CHECK_THROWS_AS(call(), ShapeError);
-    CHECK_THROWS_WITH(call(), Catch::Contains(argument));
-  }
+  require_shape_errors(calls);
 }
 
 }  // namespace

@@ -80,4 +80,24 @@ inline double weighted_sum(const std::vector<double>& values, const std::vector<
   return total;
 }
 
+// Each call must throw ShapeError whose message names its argument ("linear_forward: x").
+inline void require_shape_errors(const std::vector<std::pair<const char*, std::function<void()>>>& calls) {
+  for (const auto& [argument, call] : calls) {
+    INFO(argument);
+    CHECK_THROWS_AS(call(), ShapeError);
+    CHECK_THROWS_WITH(call(), Catch::Contains(argument));
+  }
+}
+
+// The message of the Exception that `call` throws, or a note that it threw none.
+template <typename Exception>
+std::string thrown_message(const std::function<void()>& call) {
+  try {
+    call();
+  } catch (const Exception& error) {
+    return error.what();
+  }
+  return "(nothing of the expected type thrown)";
+}
+
 }  // namespace mr1::test
