@@ -1,7 +1,9 @@
 // The Mamba mixer (mamba_ssm's Mamba v1, DESIGN.md §2): in_proj, causal conv1d, silu,
-// x_proj, dt_proj, selective scan with D skip and silu(z) gate, out_proj.
+// x_proj, dt_proj, selective scan with D skip and silu(z) gate, out_proj; and its recurrent inference
+// (prefill over a prompt, then one token at a time from a fixed-size state), sharing the projections.
 // Shape letters: B batch, L length, D dim, E d_inner, N d_state, R dt_rank, K d_conv.
 #include <cmath>
+#include <stdexcept>
 
 #include "blocks/mamba_mixer.h"
 #include "blocks/random.h"
@@ -11,6 +13,7 @@
 #include "kernels/linear.h"
 #include "kernels/selective_scan.h"
 #include "kernels/small_ops.h"
+#include "kernels/ssm_step.h"
 
 namespace mr1 {
 
@@ -48,33 +51,86 @@ MambaMixer::MambaMixer(const BlockContext& context)
       D_(context.parameters.add(context.prefix + "D", {d_inner_}, false)),
       out_proj_(context.parameters.add(context.prefix + "out_proj.weight", {dim_, d_inner_}, true)) {}
 
-Tensor MambaMixer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& record) {
+std::pair<Tensor, Tensor> MambaMixer::input_projection(const Tensor& u) const {
   // [x, z] = u · in_projᵀ
-  auto [x, z] = split_last(linear_forward(u, in_proj_.value, nullptr), d_inner_);
-  // xa = silu(conv1d(x))
-  Tensor xc = causal_conv1d_forward(x, conv_weight_.value, conv_bias_.value);
-  Tensor xa = silu_forward(xc);
+  return split_last(linear_forward(u, in_proj_.value, nullptr), d_inner_);
+}
+
+MambaMixer::ScanProjections MambaMixer::scan_projections(const Tensor& xa) const {
   // [dt, B, C] = xa · x_projᵀ
   Tensor projected = linear_forward(xa, x_proj_.value, nullptr);
-  Tensor dt = columns(projected, 0, dt_rank_);
-  Tensor Bm = columns(projected, dt_rank_, dt_rank_ + d_state_);
-  Tensor Cm = columns(projected, dt_rank_ + d_state_, dt_rank_ + 2 * d_state_);
-  // Δ = softplus(dt · dt_projᵀ + dt_proj.bias), inside the scan
-  Tensor delta = linear_forward(dt, dt_proj_weight_.value, nullptr);
-  Tensor A = negative_exp(A_log_.value);
+  ScanProjections p;
+  p.dt = columns(projected, 0, dt_rank_);
+  p.B = columns(projected, dt_rank_, dt_rank_ + d_state_);
+  p.C = columns(projected, dt_rank_ + d_state_, dt_rank_ + 2 * d_state_);
+  // Δ = softplus(dt · dt_projᵀ + dt_proj.bias), bias and softplus inside the scan
+  p.delta = linear_forward(p.dt, dt_proj_weight_.value, nullptr);
+  return p;
+}
 
-  SelectiveScanInputs scan;
+template <typename ScanInputs>
+ScanInputs MambaMixer::scan_inputs(const Tensor& xa, const ScanProjections& p, const Tensor& A, const Tensor& z) const {
+  ScanInputs scan;
   scan.u = &xa;
-  scan.delta = &delta;
+  scan.delta = &p.delta;
   scan.A = &A;
-  scan.B = &Bm;
-  scan.C = &Cm;
+  scan.B = &p.B;
+  scan.C = &p.C;
   scan.D = &D_.value;
   scan.z = &z;
   scan.delta_bias = &dt_proj_bias_.value;
   scan.delta_softplus = true;
-  Tensor y = selective_scan_forward(scan);
+  return scan;
+}
+
+Tensor MambaMixer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& record) {
+  return parallel_forward(u, batch, record, nullptr);
+}
+
+Tensor MambaMixer::prefill(const Tensor& u, const BatchInfo& batch, std::unique_ptr<InferenceState>& state) {
+  auto prompt_state = std::make_unique<MambaState>();
+  LayerRecord record;
+  Tensor out = parallel_forward(u, batch, record, prompt_state.get());
+  state = std::move(prompt_state);
+  return out;
+}
+
+Tensor MambaMixer::parallel_forward(const Tensor& u, const BatchInfo& batch, LayerRecord& record, MambaState* state) {
+  auto [x, z] = input_projection(u);
+  // xa = silu(conv1d(x))
+  Tensor xc = causal_conv1d_forward(x, conv_weight_.value, conv_bias_.value);
+  Tensor xa = silu_forward(xc);
+  const ScanProjections p = scan_projections(xa);
+  Tensor A = negative_exp(A_log_.value);
+  const auto scan = scan_inputs<SelectiveScanInputs>(xa, p, A, z);
+  Tensor y = selective_scan_forward(scan, state ? &state->ssm_state : nullptr);
   Tensor out = linear_forward(y, out_proj_.value, nullptr);
+
+  if (state) {
+    // Each prompt's state is the one after its own last token: the last K−1 conv inputs and h_{len−1}.
+    // The scan above gave h_{L−1}; a shorter (right-padded) prompt's h is rescanned over its own positions.
+    const int64_t B = u.size(0), L = u.size(1);
+    const std::vector<int64_t> lengths = prompt_lengths(batch.mask, B, L);
+    state->conv_state = causal_conv1d_final_state(x, d_conv_, &lengths);
+    state->A = A;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t length = lengths[static_cast<size_t>(b)];
+      if (length == L) continue;
+      // Positions [0, length) of row b, as a (1, length, F) view.
+      auto prompt = [&](const Tensor& t) {
+        const int64_t F = t.size(2);
+        return t.slice_rows(b, b + 1).reshape({L, F}).slice_rows(0, length).reshape({1, length, F});
+      };
+      const Tensor xa_b = prompt(xa), z_b = prompt(z);
+      ScanProjections p_b;
+      p_b.B = prompt(p.B);
+      p_b.C = prompt(p.C);
+      p_b.delta = prompt(p.delta);
+      Tensor h;
+      selective_scan_forward(scan_inputs<SelectiveScanInputs>(xa_b, p_b, A, z_b), &h);
+      state->ssm_state.slice_rows(b, b + 1).copy_from(h);
+    }
+  }
 
   if (batch.keep_for_backward) {
     auto saved = std::make_unique<MambaSaved>();
@@ -83,15 +139,38 @@ Tensor MambaMixer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord&
     saved->z = z;
     saved->xc = xc;
     saved->xa = xa;
-    saved->dt = dt;
-    saved->Bm = Bm;
-    saved->Cm = Cm;
-    saved->delta = delta;
+    saved->dt = p.dt;
+    saved->Bm = p.B;
+    saved->Cm = p.C;
+    saved->delta = p.delta;
     saved->A = A;
     saved->y = y;
     record.saved = std::move(saved);
   }
   return out;
+}
+
+// One position: the conv reads its window from the state, the scan advances h once.
+Tensor MambaMixer::step(const Tensor& u, const BatchInfo& batch, std::unique_ptr<InferenceState>& state_any) {
+  check_shape(u, {-1, 1, dim_}, "mamba step: u (B, 1, D)");
+  const int64_t B = u.size(0);
+  if (!state_any) {
+    auto fresh = std::make_unique<MambaState>();
+    fresh->conv_state = Tensor({B, d_inner_, d_conv_ - 1}, u.device());
+    fresh->ssm_state = Tensor({B, d_inner_, d_state_}, u.device());
+    fresh->A = negative_exp(A_log_.value);
+    state_any = std::move(fresh);
+  }
+  auto* state = dynamic_cast<MambaState*>(state_any.get());
+  if (!state) throw std::logic_error("mamba step: the state given is not a mamba block's state");
+  check_shape(state->ssm_state, {B, d_inner_, d_state_}, "mamba step: ssm_state (B, E, N)");
+
+  auto [x, z] = input_projection(u.reshape({B, dim_}));  // (B, E) each
+  Tensor xc = causal_conv1d_step(state->conv_state, x, conv_weight_.value, conv_bias_.value);
+  Tensor xa = silu_forward(xc);
+  const ScanProjections p = scan_projections(xa);
+  Tensor y = selective_scan_step(state->ssm_state, scan_inputs<SelectiveScanStepInputs>(xa, p, state->A, z));
+  return linear_forward(y, out_proj_.value, nullptr).reshape({B, 1, dim_});
 }
 
 Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const LayerRecord& record, float) {

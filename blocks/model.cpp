@@ -1,6 +1,8 @@
-// Assembling the model from the block order, and its forward and backward passes.
+// Assembling the model from the block order, its forward and backward passes, and recurrent inference
+// (prefill, then one token at a time).
 #include "blocks/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -8,6 +10,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
+#include "kernels/ssm_step.h"
 
 namespace mr1 {
 
@@ -87,6 +90,11 @@ void Model::check_input(const ModelInput& input) const {
 }
 
 ModelOutput Model::forward(const ModelInput& input, const ForwardOptions& options, ForwardTape* tape) {
+  return run(input, options, tape, nullptr);
+}
+
+ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, ForwardTape* tape,
+                       InferenceCache* cache) {
   check_input(input);
   const int64_t B = input.batch, L = input.length;
   const bool keep = tape != nullptr;
@@ -103,6 +111,7 @@ ModelOutput Model::forward(const ModelInput& input, const ForwardOptions& option
   record.batch.keep_for_backward = keep;
   record.batch.random = options.random;
   record.batch.start_position = options.start_position;
+  record.batch.dropless = options.dropless;
   const BatchInfo& batch = record.batch;
 
   // x: token embeddings or the given embeddings, then each positional encoding in order
@@ -119,15 +128,108 @@ ModelOutput Model::forward(const ModelInput& input, const ForwardOptions& option
     // r ← r with masked positions set to 0;  r ← r + Mixer_i(Norm_i(r))
     if (batch.mask) zero_masked_rows(r, *batch.mask);
     Tensor normed = norms_[i]->forward(r, keep ? &record.norm_saved[i] : nullptr);
-    Tensor mixed = mixers_[i]->forward(normed, batch, record.records[i]);
+    Tensor mixed = cache ? mixers_[i]->prefill(normed, batch, cache->states[i])
+                         : mixers_[i]->forward(normed, batch, record.records[i]);
     r = add(r, mixed);
     output.aux_loss += record.records[i].aux_loss;
     output.routing.push_back(record.records[i].routing);
   }
   output.hidden = final_norm_->forward(r, keep ? &record.final_norm_saved : nullptr);
-  if (config_.vocab_size > 0) output.logits = linear_forward(output.hidden, head(), nullptr);
+  if (config_.vocab_size > 0 && !cache) output.logits = linear_forward(output.hidden, head(), nullptr);
   if (keep) record.hidden = output.hidden;
   return output;
+}
+
+ModelInput prompt_batch(const std::vector<std::vector<int32_t>>& prompts) {
+  ModelInput input;
+  input.batch = static_cast<int64_t>(prompts.size());
+  for (const auto& prompt : prompts) input.length = std::max(input.length, static_cast<int64_t>(prompt.size()));
+  bool ragged = false;
+  for (const auto& prompt : prompts) {
+    const int64_t length = static_cast<int64_t>(prompt.size());
+    if (length == 0) throw ShapeError("prompt_batch: an empty prompt; each prompt needs at least one token");
+    ragged = ragged || length != input.length;
+    input.tokens.insert(input.tokens.end(), prompt.begin(), prompt.end());
+    input.tokens.insert(input.tokens.end(), static_cast<size_t>(input.length - length), 0);
+    input.mask.insert(input.mask.end(), static_cast<size_t>(length), 1);
+    input.mask.insert(input.mask.end(), static_cast<size_t>(input.length - length), 0);
+  }
+  if (!ragged) input.mask.clear();
+  return input;
+}
+
+Tensor Model::prefill(const ModelInput& input, InferenceCache& cache) {
+  if (config_.vocab_size <= 0) {
+    throw std::invalid_argument("prefill: recurrent inference needs a model of token ids (vocab_size > 0)");
+  }
+  check_input(input);
+  const int64_t B = input.batch, L = input.length, D = config_.dim;
+  const std::vector<int64_t> lengths = prompt_lengths(input.mask.empty() ? nullptr : &input.mask, B, L);
+  cache.batch = B;
+  cache.positions = lengths;
+  cache.states.clear();
+  cache.states.resize(mixers_.size());
+  ForwardOptions options;
+  options.dropless = true;
+  const ModelOutput output = run(input, options, nullptr, &cache);
+  // logits at each prompt's last position: hidden[b, len_b − 1] · Hᵀ
+  std::vector<int64_t> last_rows;
+  for (int64_t b = 0; b < B; ++b) last_rows.push_back(b * L + lengths[static_cast<size_t>(b)] - 1);
+  const Tensor last_hidden = gather_rows(output.hidden.reshape({B * L, D}), last_rows);  // (B, D)
+  return linear_forward(last_hidden, head(), nullptr);
+}
+
+Tensor Model::step(const std::vector<int32_t>& tokens, InferenceCache& cache) {
+  if (config_.vocab_size <= 0) {
+    throw std::invalid_argument("step: recurrent inference needs a model of token ids (vocab_size > 0)");
+  }
+  const int64_t B = static_cast<int64_t>(tokens.size());
+  if (cache.batch == 0) {
+    cache.batch = B;
+    cache.positions.assign(static_cast<size_t>(B), 0);
+    cache.states.resize(mixers_.size());
+  }
+  if (B != cache.batch || static_cast<int64_t>(cache.positions.size()) != B || cache.states.size() != mixers_.size()) {
+    throw ShapeError("step: expected one token for each of the cache's " + std::to_string(cache.batch) +
+                     " sequences, found " + std::to_string(B) + " tokens");
+  }
+  for (int64_t position : cache.positions) {
+    if (position >= config_.max_seq_len) {
+      throw ShapeError("step: position " + std::to_string(position) + " is past model.max_seq_len = " +
+                       std::to_string(config_.max_seq_len));
+    }
+  }
+  const bool same_position =
+      std::all_of(cache.positions.begin(), cache.positions.end(), [&](int64_t p) { return p == cache.positions[0]; });
+
+  BatchInfo batch;
+  batch.batch = B;
+  batch.length = 1;
+  batch.tokens = &tokens;
+  batch.dropless = true;
+  // No mixer reads positions; when the sequences' positions differ there is no one start position.
+  batch.start_position = same_position ? cache.positions[0] : -1;
+
+  // x: the token embeddings (B, 1, D), each positional encoding at each sequence's own position
+  Tensor r = embedding_forward(tokens, B, 1, embedding_->value);
+  for (auto& encoding : positional_) {
+    if (same_position) {
+      r = encoding->forward(r, cache.positions[0]);
+      continue;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+      Tensor row = r.slice_rows(b, b + 1);
+      row.copy_from(encoding->forward(row, cache.positions[static_cast<size_t>(b)]));
+    }
+  }
+  for (size_t i = 0; i < mixers_.size(); ++i) {
+    // r ← r + Mixer_i(Norm_i(r)), one position
+    Tensor normed = norms_[i]->forward(r, nullptr);
+    r = add(r, mixers_[i]->step(normed, batch, cache.states[i]));
+  }
+  const Tensor hidden = final_norm_->forward(r, nullptr);
+  for (int64_t& position : cache.positions) ++position;
+  return linear_forward(hidden, head(), nullptr).reshape({B, config_.vocab_size});
 }
 
 void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const Tensor* grad_hidden,

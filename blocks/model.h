@@ -26,6 +26,7 @@ struct ForwardOptions {
   bool training = false;          // routers use training capacity and noise
   Random* random = nullptr;       // for routers that sample
   int64_t start_position = 0;
+  bool dropless = false;          // routers ignore capacity, as in recurrent inference
 };
 
 struct ModelOutput {
@@ -45,6 +46,18 @@ struct ForwardTape {
   std::unique_ptr<SavedActivations> final_norm_saved;
   Tensor hidden;                                              // (B, L, D) after norm_f
 };
+
+// The state of recurrent inference for a batch: each block's state (null for stateless blocks) and each
+// sequence's absolute position of its next token. Its size does not depend on the length so far.
+struct InferenceCache {
+  int64_t batch = 0;                                    // B; 0 until the first prefill or step
+  std::vector<int64_t> positions;                       // B
+  std::vector<std::unique_ptr<InferenceState>> states;  // per block
+};
+
+// Prompts of different lengths as one right-padded input (B, L_max): tokens padded with id 0 and a mask
+// marking each prompt as the first len_b positions of its row (no mask when all lengths are equal).
+ModelInput prompt_batch(const std::vector<std::vector<int32_t>>& prompts);
 
 class Model {
  public:
@@ -71,7 +84,21 @@ class Model {
   // After an optimizer step: lets routers update their state from the step's routing (aux_free).
   void after_step(const ForwardTape& tape);
 
+  // Recurrent inference, for models with token ids (vocab_size > 0); routing is dropless.
+  // prefill: the parallel forward over prompts (B, L). input.mask, when given, marks each prompt as the
+  // first len_b positions of its row (right padding, see prompt_batch): causality keeps the prompts'
+  // outputs free of the padding, and each block keeps its state after the prompt's own last token.
+  // Replaces the cache's content; returns the logits (B, V) at each prompt's last position.
+  Tensor prefill(const ModelInput& input, InferenceCache& cache);
+  // One token per sequence, tokens (B), at the absolute positions cache.positions (which may differ
+  // between sequences); advances them. An empty cache starts every sequence at position 0. Returns the
+  // logits (B, V). The cost does not grow with the position.
+  Tensor step(const std::vector<int32_t>& tokens, InferenceCache& cache);
+
  private:
+  // forward and prefill: with a cache, the blocks run prefill() and leave their states in it, and the
+  // LM head is left to the caller.
+  ModelOutput run(const ModelInput& input, const ForwardOptions& options, ForwardTape* tape, InferenceCache* cache);
   void check_input(const ModelInput& input) const;
   const Tensor& head() const;
   Parameter& head_parameter();

@@ -1,5 +1,7 @@
 // The Mixture-of-Experts layer (registered as block "moe"): router logits, a registered router's
-// assignments, experts fc2(gelu(fc1(u))) over the tokens routed to them, combined with the gates.
+// assignments, experts fc2(gelu(fc1(u))) over the tokens routed to them, combined with the gates, plus
+// the ungated output of the shared experts ([router] shared_experts, default 0; DeepSeekMoE, Dai et al.
+// 2024: always-on experts beside the routed ones) on every unmasked token.
 // Shape letters: B batch, L length, T = B·L tokens, D dim, X experts, F expert_dim, k choices.
 #include "blocks/moe_layer.h"
 
@@ -22,6 +24,8 @@ struct MoeSaved : SavedActivations {
   std::vector<std::vector<float>> gates;          // per expert: the gate of each row
   std::vector<Tensor> hidden_pre;                 // per expert: fc1 output (T_j, F)
   std::vector<Tensor> expert_out;                 // per expert: expert output before gating (T_j, D)
+  std::vector<int64_t> unmasked;                  // the tokens the shared experts see
+  std::vector<Tensor> shared_hidden_pre;          // per shared expert: fc1 output (T_unmasked, F)
 };
 
 }  // namespace
@@ -35,8 +39,13 @@ MoeLayer::MoeLayer(const BlockContext& context)
     experts_.emplace_back(context.parameters, context.prefix + "experts." + std::to_string(j) + ".", dim_,
                           context.model.expert_dim);
   }
+  const int64_t shared = context.router_table.get_int("shared_experts", 0, 0);
+  for (int64_t j = 0; j < shared; ++j) {
+    shared_experts_.emplace_back(context.parameters, context.prefix + "shared_experts." + std::to_string(j) + ".",
+                                 dim_, context.model.expert_dim);
+  }
   RouterContext router_context{context.router, context.router_table, num_experts_, context.parameters,
-                               context.prefix + "router."};
+                               context.prefix + "router.", dim_};
   router_ = router_registry().get(context.router.name)(router_context);
 }
 
@@ -73,6 +82,21 @@ Tensor MoeLayer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& r
     saved->expert_out[static_cast<size_t>(j)] = y;
   }
 
+  // out[t] += Σ_s shared_s(u[t]) on the unmasked tokens
+  if (!shared_experts_.empty()) {
+    for (int64_t t = 0; t < T; ++t) {
+      if (batch.kept(t)) saved->unmasked.push_back(t);
+    }
+    saved->shared_hidden_pre.resize(shared_experts_.size());
+    if (!saved->unmasked.empty()) {
+      const Tensor rows = gather_rows(tokens, saved->unmasked);
+      for (size_t s = 0; s < shared_experts_.size(); ++s) {
+        scatter_add_rows(out, shared_experts_[s].forward(rows, &saved->shared_hidden_pre[s]), saved->unmasked,
+                         nullptr);
+      }
+    }
+  }
+
   record.routing = routing.stats;
   record.aux_loss = routing.stats.aux_loss + routing.stats.z_loss;
   if (batch.keep_for_backward) {
@@ -106,9 +130,20 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
     scatter_add_rows(grad_tokens, grad_input, rows, nullptr);
   }
 
+  if (!shared_experts_.empty() && !saved.unmasked.empty()) {
+    const Tensor grad_rows = gather_rows(grad, saved.unmasked);
+    const Tensor rows = gather_rows(saved.u, saved.unmasked);
+    for (size_t s = 0; s < shared_experts_.size(); ++s) {
+      scatter_add_rows(grad_tokens, shared_experts_[s].backward(grad_rows, rows, saved.shared_hidden_pre[s]),
+                       saved.unmasked, nullptr);
+    }
+  }
+
+  // Routers compute on the host: their gradients come back as CPU tensors.
   RouterGrads router_gradients = router_->backward(grad_gate, *saved.router, aux_loss_scale);
-  if (router_gradients.input.defined()) add_inplace(grad_tokens, router_gradients.input);
-  LinearGrads router_grads = linear_backward(router_gradients.logits, saved.u, router_weight_.value, true);
+  if (router_gradients.input.defined()) add_inplace(grad_tokens, router_gradients.input.to(saved.u.device()));
+  LinearGrads router_grads =
+      linear_backward(router_gradients.logits.to(saved.u.device()), saved.u, router_weight_.value, true);
   add_inplace(router_weight_.grad, router_grads.weight);
   add_inplace(router_bias_.grad, router_grads.bias);
   add_inplace(grad_tokens, router_grads.input);
@@ -120,6 +155,7 @@ void MoeLayer::initialize(Random& random) {
   random.fill_uniform(router_weight_.value, -bound, bound);
   random.fill_uniform(router_bias_.value, -bound, bound);
   for (FeedForward& expert : experts_) expert.initialize(random);
+  for (FeedForward& expert : shared_experts_) expert.initialize(random);
   router_->initialize(random);
 }
 

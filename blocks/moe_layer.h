@@ -24,6 +24,7 @@ class MoeLayer : public Mixer {
   Parameter& router_weight_;  // (X, D)
   Parameter& router_bias_;    // (X)
   std::vector<FeedForward> experts_;
+  std::vector<FeedForward> shared_experts_;  // always on, ungated ([router] shared_experts, DeepSeekMoE)
   std::unique_ptr<Router> router_;
 };
 

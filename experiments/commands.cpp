@@ -27,8 +27,9 @@ namespace {
 
 // Options that take a value, and flags that do not.
 const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "output", "backend", "seed",
-                                          "threads", "log-level"};
-const std::set<std::string> kFlags{"backward", "resume", "help"};
+                                          "threads", "log-level", "prompt", "prompts-file", "max-new-tokens",
+                                          "temperature", "top-k", "top-p", "stop-byte"};
+const std::set<std::string> kFlags{"backward", "resume", "help", "greedy", "bench"};
 
 }  // namespace
 
@@ -40,7 +41,10 @@ std::string usage() {
          "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n"
          "  mamba-r1 validate [FILE.toml]      CUDA against the CPU reference\n"
          "  mamba-r1 list                      everything in the registry\n"
+         "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]]   every combination of [sweep]\n"
          "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput\n"
+         "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"
+         "                   [--greedy | --temperature T --top-k K --top-p P --seed S] [--stop-byte B] [--bench]\n"
          "common options: --threads N (CPU threads), --log-level debug|info|warn\n";
 }
 
@@ -113,8 +117,9 @@ int64_t parse_integer_option(const CommandLine& line, const std::string& name, i
   }
 }
 
-// The experiment with the command line's --set, --backend, --seed and --threads applied.
-Experiment load_for(const CommandLine& line) {
+}  // namespace
+
+std::vector<std::string> command_line_assignments(const CommandLine& line) {
   std::vector<std::string> assignments = line.sets;
   if (!line.option("backend").empty()) assignments.push_back("run.backend=\"" + line.option("backend") + "\"");
   if (!line.option("seed").empty()) {
@@ -123,9 +128,7 @@ Experiment load_for(const CommandLine& line) {
   if (!line.option("threads").empty()) {
     assignments.push_back("run.threads=" + std::to_string(parse_integer_option(line, "threads", 0)));
   }
-  Experiment experiment = load_experiment(line.experiment_path(), assignments);
-  apply_thread_count(experiment.run.threads);
-  return experiment;
+  return assignments;
 }
 
 std::string timestamp() {
@@ -135,6 +138,15 @@ std::string timestamp() {
   std::ostringstream out;
   out << std::put_time(&local, "%Y%m%d-%H%M%S");
   return out.str();
+}
+
+namespace {
+
+// The experiment with the command line's --set, --backend, --seed and --threads applied.
+Experiment load_for(const CommandLine& line) {
+  Experiment experiment = load_experiment(line.experiment_path(), command_line_assignments(line));
+  apply_thread_count(experiment.run.threads);
+  return experiment;
 }
 
 // The run's output folder: --out DIR, else [output] dir / name-timestamp.
@@ -286,14 +298,6 @@ int command_list(const CommandLine& line) {
   return 0;
 }
 
-int command_validate(const CommandLine& line) {
-  const std::string reason = cuda::unavailable_reason();
-  if (!reason.empty()) {
-    spdlog::error("validate: no GPU: {}", reason);
-    return 3;
-  }
-  spdlog::error("validate: this build has no CUDA kernels for the model's ops yet");
-  return 4;
-}
+// command_validate: experiments/validate.cpp.
 
 }  // namespace mr1

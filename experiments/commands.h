@@ -32,6 +32,10 @@ class UsageError : public std::runtime_error {
 
 CommandLine parse_command_line(int argc, char** argv);
 std::string usage();
+// The command line's --set, --backend, --seed and --threads as "key=value" assignments, in that order.
+std::vector<std::string> command_line_assignments(const CommandLine& line);
+// The local time as 20250131-154502, for default output folder names.
+std::string timestamp();
 
 int command_run(const CommandLine& line);
 int command_forward(const CommandLine& line);
@@ -39,5 +43,7 @@ int command_init(const CommandLine& line);
 int command_list(const CommandLine& line);
 int command_validate(const CommandLine& line);
 int command_bench(const CommandLine& line);
+int command_generate(const CommandLine& line);  // experiments/generate.cpp
+int command_sweep(const CommandLine& line);  // experiments/sweep.cpp
 
 }  // namespace mr1

@@ -41,6 +41,8 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
   experiment.run.threads = run.get_int("threads", 0, 0, 1024);
   experiment.run.repeats = run.get_int("repeats", experiment.run.repeats, 1);
   experiment.run.warmup = run.get_int("warmup", experiment.run.warmup, 0);
+  experiment.run.tf32 = run.get_bool("tf32", experiment.run.tf32);
+  cuda::set_tf32(experiment.run.tf32);  // one switch for the process: the GEMMs read it at each call
 
   const ConfigTable& output = experiment.table("output");
   experiment.output.dir = output.get_string("dir", experiment.output.dir);
@@ -84,6 +86,15 @@ void load_weights(Model& model, const std::string& path) {
   model.parameters().load(file);
 }
 
+namespace {
+
+// Whether `auto` runs on a usable GPU. Every op the model calls has a CUDA kernel, but none of them has
+// run on a GPU yet: until scripts/gpu_check.sh (the [cuda] tests and `mamba-r1 validate`) has passed on
+// hardware, `auto` stays on the CPU and says so; `--backend cuda` uses the GPU regardless.
+constexpr bool kAutoSelectsCuda = false;
+
+}  // namespace
+
 Device resolve_backend(const std::string& requested) {
   if (requested == "cpu") {
     spdlog::info("backend: cpu ({} threads)", Eigen::nbThreads());
@@ -92,16 +103,21 @@ Device resolve_backend(const std::string& requested) {
   const std::string reason = cuda::unavailable_reason();
   if (requested == "cuda") {
     if (!reason.empty()) throw std::runtime_error("backend cuda requested, but " + reason);
-    throw std::runtime_error("backend cuda requested, but this build's CUDA kernels do not cover the model yet; "
-                             "use --backend cpu");
+    spdlog::info("backend: cuda, {}{}", cuda::device_description(), cuda::tf32() ? ", TF32 GEMMs" : "");
+    return Device::cuda;
   }
   if (!reason.empty()) {
     spdlog::info("backend: cpu ({} threads); CUDA not used: {}", Eigen::nbThreads(), reason);
-  } else {
-    spdlog::info("backend: cpu ({} threads); CUDA device {} found, but this build's CUDA kernels do not cover "
-                 "the model yet", Eigen::nbThreads(), cuda::device_description());
+    return Device::cpu;
   }
-  return Device::cpu;
+  if (!kAutoSelectsCuda) {
+    spdlog::info("backend: cpu ({} threads); CUDA device {} found, but auto stays on the CPU until the CUDA backend "
+                 "has been validated on hardware (scripts/gpu_check.sh); --backend cuda uses it",
+                 Eigen::nbThreads(), cuda::device_description());
+    return Device::cpu;
+  }
+  spdlog::info("backend: cuda (auto), {}{}", cuda::device_description(), cuda::tf32() ? ", TF32 GEMMs" : "");
+  return Device::cuda;
 }
 
 void apply_thread_count(int64_t threads) {

@@ -19,6 +19,7 @@ struct RunSettings {
   int64_t threads = 0;            // CPU threads; 0 = every core
   int64_t repeats = 3;            // timed forward passes of a forward-only task
   int64_t warmup = 1;             // untimed passes before them
+  bool tf32 = false;              // CUDA GEMMs on TF32 tensor cores (faster, ~1e-3 relative error)
 };
 
 struct OutputSettings {
@@ -54,7 +55,8 @@ BuiltExperiment build_experiment(const Experiment& experiment, bool with_task = 
 void load_weights(Model& model, const std::string& path);
 
 // Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
-// device throws one clear line.
+// device throws one clear line. auto falls back to the CPU without a usable device (and, until the
+// CUDA backend is validated on hardware, also with one: see kAutoSelectsCuda in experiment.cpp).
 Device resolve_backend(const std::string& requested);
 
 // Applies [run] threads to OpenMP and Eigen.

@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
     if (line.command == "list") return command_list(line);
     if (line.command == "validate") return command_validate(line);
     if (line.command == "bench") return command_bench(line);
+    if (line.command == "generate") return command_generate(line);
+    if (line.command == "sweep") return command_sweep(line);
     if (line.command == "help") {
       std::fputs(usage().c_str(), stdout);
       return 0;

@@ -29,10 +29,16 @@ class MomentStore {
   void save(std::map<std::string, StoredTensor>& out, const std::string& prefix) const {
     for (const auto& [name, tensor] : moments_) out[prefix + name] = StoredTensor::from_float(tensor.to(Device::cpu));
   }
-  void load(const SafetensorsFile& file, const std::string& prefix) {
+  // Moments of the parameters in `parameters`, on their device.
+  void load(const SafetensorsFile& file, const std::string& prefix, const ParameterStore& parameters) {
     moments_.clear();
     for (const auto& [name, stored] : file.tensors) {
-      if (name.rfind(prefix, 0) == 0) moments_.emplace(name.substr(prefix.size()), stored.to_float());
+      if (name.rfind(prefix, 0) != 0) continue;
+      const Parameter* parameter = parameters.find(name.substr(prefix.size()));
+      if (!parameter || parameter->value.shape() != stored.shape) {
+        throw SafetensorsError(file.path + ": optimizer state '" + name + "' matches no parameter of the model");
+      }
+      moments_.emplace(parameter->name, stored.to_float().to(parameter->value.device()));
     }
   }
 
@@ -74,9 +80,9 @@ class AdamW : public Optimizer {
     second_.save(out, "v.");
     return out;
   }
-  void load_state(const SafetensorsFile& file) override {
-    first_.load(file, "m.");
-    second_.load(file, "v.");
+  void load_state(const SafetensorsFile& file, const ParameterStore& parameters) override {
+    first_.load(file, "m.", parameters);
+    second_.load(file, "v.", parameters);
     steps_ = read_step(file);
   }
   int64_t steps_taken() const override { return steps_; }
@@ -111,8 +117,8 @@ class Sgd : public Optimizer {
     buffers_.save(out, "momentum.");
     return out;
   }
-  void load_state(const SafetensorsFile& file) override {
-    buffers_.load(file, "momentum.");
+  void load_state(const SafetensorsFile& file, const ParameterStore& parameters) override {
+    buffers_.load(file, "momentum.", parameters);
     steps_ = read_step(file);
   }
   int64_t steps_taken() const override { return steps_; }

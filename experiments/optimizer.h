@@ -20,9 +20,10 @@ class Optimizer {
   virtual ~Optimizer() = default;
   // One update of every trainable parameter from its gradient.
   virtual void step(ParameterStore& parameters, double learning_rate) = 0;
-  // The state to resume from (moments by parameter name) and its inverse.
+  // The state to resume from (moments by parameter name) and its inverse, which puts each moment on
+  // its parameter's device.
   virtual std::map<std::string, StoredTensor> state() const = 0;
-  virtual void load_state(const SafetensorsFile& file) = 0;
+  virtual void load_state(const SafetensorsFile& file, const ParameterStore& parameters) = 0;
   virtual int64_t steps_taken() const = 0;
 };
 

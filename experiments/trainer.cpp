@@ -198,7 +198,7 @@ TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer&
   model.to(Device::cpu);
   model.parameters().load(weights);
   model.to(device);
-  optimizer.load_state(moments);
+  optimizer.load_state(moments, model.parameters());
   return state;
 }
 

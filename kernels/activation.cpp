@@ -6,6 +6,8 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/activation_cuda.h"
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
 
@@ -23,10 +25,18 @@ float stable_sigmoid(float x) {
   return e / (1.0f + e);
 }
 
-// y[i] = f(x[i])
+// The CUDA launchers of the elementwise activations, with the CPU's argument order.
+using MapLauncher = void (*)(const float* x, float* y, int64_t n, void* stream);
+using GradientLauncher = void (*)(const float* grad_y, const float* saved, float* grad_x, int64_t n, void* stream);
+
+// y[i] = f(x[i]) on the CPU, or `launcher` on CUDA tensors.
 template <typename Function>
-Tensor map_values(const char* op, const Tensor& x, Function f) {
-  if (common_device(op, {&x}) == Device::cuda) no_cuda_kernel(op);
+Tensor map_values(const char* op, const Tensor& x, Function f, MapLauncher launcher) {
+  if (common_device(op, {&x}) == Device::cuda) {
+    Tensor y(x.shape(), Device::cuda);
+    launcher(x.data(), y.data(), x.numel(), cuda::stream());
+    return y;
+  }
   Tensor y(x.shape());
   const float* in = x.data();
   float* out = y.data();
@@ -37,9 +47,13 @@ Tensor map_values(const char* op, const Tensor& x, Function f) {
 
 // dx[i] = f(dy[i], saved[i]), where `saved` is what the forward kept (its input or output).
 template <typename Function>
-Tensor map_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, Function f) {
+Tensor map_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, Function f, GradientLauncher launcher) {
   check_shape(grad_y, saved.shape(), std::string(op) + ": grad_y");
-  if (common_device(op, {&grad_y, &saved}) == Device::cuda) no_cuda_kernel(op);
+  if (common_device(op, {&grad_y, &saved}) == Device::cuda) {
+    Tensor grad_x(saved.shape(), Device::cuda);
+    launcher(grad_y.data(), saved.data(), grad_x.data(), saved.numel(), cuda::stream());
+    return grad_x;
+  }
   Tensor grad_x(saved.shape());
   const float* dy = grad_y.data();
   const float* in = saved.data();
@@ -60,41 +74,55 @@ float row_max(const float* row, int64_t features) {
 
 // gelu(x) = x · Φ(x) = ½ x (1 + erf(x/√2))
 Tensor gelu_forward(const Tensor& x) {
-  return map_values("gelu_forward", x, [](float v) { return 0.5f * v * (1.0f + std::erf(v * kInverseSqrt2)); });
+  return map_values(
+      "gelu_forward", x, [](float v) { return 0.5f * v * (1.0f + std::erf(v * kInverseSqrt2)); }, gelu_forward_cuda);
 }
 
 // dL/dx = dy · (Φ(x) + x φ(x)),  φ(x) = exp(−x²/2)/√(2π)
 Tensor gelu_backward(const Tensor& grad_y, const Tensor& x) {
-  return map_gradient("gelu_backward", grad_y, x, [](float dy, float v) {
-    const float cdf = 0.5f * (1.0f + std::erf(v * kInverseSqrt2));
-    const float pdf = kInverseSqrt2Pi * std::exp(-0.5f * v * v);
-    return dy * (cdf + v * pdf);
-  });
+  return map_gradient(
+      "gelu_backward", grad_y, x,
+      [](float dy, float v) {
+        const float cdf = 0.5f * (1.0f + std::erf(v * kInverseSqrt2));
+        const float pdf = kInverseSqrt2Pi * std::exp(-0.5f * v * v);
+        return dy * (cdf + v * pdf);
+      },
+      gelu_backward_cuda);
 }
 
 // silu(x) = x · σ(x)
 Tensor silu_forward(const Tensor& x) {
-  return map_values("silu_forward", x, [](float v) { return v * stable_sigmoid(v); });
+  return map_values(
+      "silu_forward", x, [](float v) { return v * stable_sigmoid(v); }, silu_forward_cuda);
 }
 
 // dL/dx = dy · σ(x) (1 + x (1 − σ(x)))
 Tensor silu_backward(const Tensor& grad_y, const Tensor& x) {
-  return map_gradient("silu_backward", grad_y, x, [](float dy, float v) {
-    const float s = stable_sigmoid(v);
-    return dy * s * (1.0f + v * (1.0f - s));
-  });
+  return map_gradient(
+      "silu_backward", grad_y, x,
+      [](float dy, float v) {
+        const float s = stable_sigmoid(v);
+        return dy * s * (1.0f + v * (1.0f - s));
+      },
+      silu_backward_cuda);
 }
 
 // sigmoid(x) = 1 / (1 + exp(−x))
-Tensor sigmoid_forward(const Tensor& x) { return map_values("sigmoid_forward", x, stable_sigmoid); }
+Tensor sigmoid_forward(const Tensor& x) {
+  return map_values("sigmoid_forward", x, stable_sigmoid, sigmoid_forward_cuda);
+}
 
 // y[t, i] = exp(x[t, i] − max x[t]) / Σ_j exp(x[t, j] − max x[t])     x, y (..., F)
 // A row of all −inf has no distribution and gives NaN, as torch.softmax.
 Tensor softmax_forward(const Tensor& x) {
   check_last_axis(x, -1, "softmax_forward: x");
-  if (common_device("softmax_forward", {&x}) == Device::cuda) no_cuda_kernel("softmax_forward");
   const int64_t rows = row_count(x);
   const int64_t features = x.size(-1);
+  if (common_device("softmax_forward", {&x}) == Device::cuda) {
+    Tensor y(x.shape(), Device::cuda);
+    softmax_forward_cuda(x.data(), y.data(), rows, features, cuda::stream());
+    return y;
+  }
   Tensor y(x.shape());
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
@@ -116,9 +144,13 @@ Tensor softmax_forward(const Tensor& x) {
 Tensor softmax_backward(const Tensor& grad_y, const Tensor& y) {
   check_last_axis(y, -1, "softmax_backward: y");
   check_shape(grad_y, y.shape(), "softmax_backward: grad_y");
-  if (common_device("softmax_backward", {&grad_y, &y}) == Device::cuda) no_cuda_kernel("softmax_backward");
   const int64_t rows = row_count(y);
   const int64_t features = y.size(-1);
+  if (common_device("softmax_backward", {&grad_y, &y}) == Device::cuda) {
+    Tensor grad_x(y.shape(), Device::cuda);
+    softmax_backward_cuda(grad_y.data(), y.data(), grad_x.data(), rows, features, cuda::stream());
+    return grad_x;
+  }
   Tensor grad_x(y.shape());
 #pragma omp parallel for if (y.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
@@ -136,9 +168,13 @@ Tensor softmax_backward(const Tensor& grad_y, const Tensor& y) {
 // A row whose max is ±inf or NaN returns that max (−inf for a row of all −inf, as torch.logsumexp).
 Tensor logsumexp_forward(const Tensor& x) {
   check_last_axis(x, -1, "logsumexp_forward: x");
-  if (common_device("logsumexp_forward", {&x}) == Device::cuda) no_cuda_kernel("logsumexp_forward");
   const int64_t rows = row_count(x);
   const int64_t features = x.size(-1);
+  if (common_device("logsumexp_forward", {&x}) == Device::cuda) {
+    Tensor out(Shape(x.shape().begin(), x.shape().end() - 1), Device::cuda);
+    logsumexp_forward_cuda(x.data(), out.data(), rows, features, cuda::stream());
+    return out;
+  }
   Tensor out(Shape(x.shape().begin(), x.shape().end() - 1));
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {

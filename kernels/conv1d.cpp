@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/conv1d_cuda.h"
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 
 namespace mr1 {
@@ -56,8 +58,12 @@ int64_t channel_blocks(int64_t channels) { return (channels + kChannelBlock - 1)
 // y[b, t, e] = bias[e] + Σ_k weight[e, k] · x[b, t − K + 1 + k, e]     (x[b, <0, e] = 0)
 Tensor causal_conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const ConvShape s = check_conv_inputs(x, weight, &bias);
-  if (common_device("causal_conv1d", {&x, &weight, &bias}) == Device::cuda) no_cuda_kernel("causal_conv1d");
   const int64_t L = s.length, E = s.channels, K = s.width;
+  if (common_device("causal_conv1d", {&x, &weight, &bias}) == Device::cuda) {
+    Tensor y({s.batch, L, E}, Device::cuda);
+    causal_conv1d_forward_cuda(x.data(), weight.data(), bias.data(), y.data(), s.batch, L, E, K, cuda::stream());
+    return y;
+  }
   const std::vector<float> taps = taps_by_channel(weight, E, K);
   const float* input = x.data();
   const float* bias_data = bias.data();
@@ -92,8 +98,14 @@ Tensor causal_conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor
 CausalConv1dGrads causal_conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight) {
   const ConvShape s = check_conv_inputs(x, weight, nullptr);
   check_shape(grad_y, x.shape(), "causal_conv1d: grad_y");
-  if (common_device("causal_conv1d", {&grad_y, &x, &weight}) == Device::cuda) no_cuda_kernel("causal_conv1d");
   const int64_t L = s.length, E = s.channels, K = s.width;
+  if (common_device("causal_conv1d", {&grad_y, &x, &weight}) == Device::cuda) {
+    CausalConv1dGrads grads{Tensor(x.shape(), Device::cuda), Tensor(weight.shape(), Device::cuda),
+                            Tensor({E}, Device::cuda)};
+    causal_conv1d_backward_cuda(grad_y.data(), x.data(), weight.data(), grads.input.data(), grads.weight.data(),
+                                grads.bias.data(), s.batch, L, E, K, cuda::stream());
+    return grads;
+  }
   const std::vector<float> taps = taps_by_channel(weight, E, K);
   std::vector<float> tap_grads(K * E, 0.0f);  // (K, E), transposed back below
   CausalConv1dGrads grads;

@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cross_entropy_cuda.h"
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
 
@@ -29,9 +31,22 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const std::vector<int32_t
     }
     if (targets[t] >= 0) ++result.scored;
   }
-  if (common_device("cross_entropy", {&logits}) == Device::cuda) no_cuda_kernel("cross_entropy");
-  if (compute_grad) result.grad_logits = Tensor(logits.shape());
   const double inverse_scored = result.scored > 0 ? 1.0 / static_cast<double>(result.scored) : 0.0;
+  if (common_device("cross_entropy", {&logits}) == Device::cuda) {
+    // Per-row losses and hits on the device, summed here in row order.
+    if (compute_grad) result.grad_logits = Tensor(logits.shape(), Device::cuda);
+    const cuda::DeviceBuffer device_targets = cuda::upload(targets);
+    cuda::DeviceBuffer row_loss(static_cast<size_t>(rows) * sizeof(double)),
+        row_correct(static_cast<size_t>(rows) * sizeof(int32_t));
+    cross_entropy_cuda(logits.data(), device_targets.as<int32_t>(), compute_grad ? result.grad_logits.data() : nullptr,
+                       row_loss.as<double>(), row_correct.as<int32_t>(), rows, classes, inverse_scored, cuda::stream());
+    double total_loss = 0;
+    for (double loss : cuda::download<double>(row_loss, static_cast<size_t>(rows))) total_loss += loss;
+    for (int32_t hit : cuda::download<int32_t>(row_correct, static_cast<size_t>(rows))) result.correct += hit;
+    result.loss = total_loss * inverse_scored;
+    return result;
+  }
+  if (compute_grad) result.grad_logits = Tensor(logits.shape());
 
   double total_loss = 0;
   int64_t correct = 0;

@@ -8,22 +8,22 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/elementwise_cuda.h"
 
 namespace mr1 {
 
 namespace {
 
-// Throws unless b has a's shape; fails loudly for CUDA tensors. `op` names the caller in the message.
-void check_same_shape_on_cpu(const char* op, const Tensor& a, const Tensor& b) {
+// Throws unless b has a's shape and both are on one device, which it returns. `op` names the caller.
+Device check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
   check_shape(b, a.shape(), std::string(op) + ": b");
-  if (common_device(op, {&a, &b}) == Device::cuda) no_cuda_kernel(op);
+  return common_device(op, {&a, &b});
 }
 
-void require_cpu(const char* op, const Tensor& x) {
-  if (common_device(op, {&x}) == Device::cuda) no_cuda_kernel(op);
-}
+bool on_cuda(const char* op, const Tensor& x) { return common_device(op, {&x}) == Device::cuda; }
 
 // out[i] = combine(a[i], b[i]) over `count` values; out may be a.
 template <typename Combine>
@@ -32,9 +32,15 @@ void combine_values(float* out, const float* a, const float* b, int64_t count, C
   for (int64_t i = 0; i < count; ++i) out[i] = combine(a[i], b[i]);
 }
 
-// destination[:, destination_begin + j] = source[:, source_begin + j] for j < width; both have T rows.
+// destination[:, destination_begin + j] = source[:, source_begin + j] for j < width; both have T rows
+// and live on one device.
 void copy_columns(const Tensor& source, int64_t source_begin, Tensor& destination, int64_t destination_begin,
                   int64_t width) {
+  if (destination.device() == Device::cuda) {
+    copy_columns_cuda(source.data(), source.size(-1), source_begin, destination.data(), destination.size(-1),
+                      destination_begin, width, row_count(destination), cuda::stream());
+    return;
+  }
   matrix_of_rows(destination).middleCols(destination_begin, width) =
       matrix_of_rows(source).middleCols(source_begin, width);
 }
@@ -52,36 +58,51 @@ void check_column_range(const char* op, const Tensor& x, int64_t begin, int64_t 
 
 // a += b
 void add_inplace(Tensor& a, const Tensor& b) {
-  check_same_shape_on_cpu("add_inplace", a, b);
+  if (check_same_shape("add_inplace", a, b) == Device::cuda) {
+    return add_scaled_cuda(a.data(), a.data(), b.data(), 1.0f, a.numel(), cuda::stream());
+  }
   combine_values(a.data(), a.data(), b.data(), a.numel(), [](float u, float v) { return u + v; });
 }
 
 // a += scale · b
 void add_scaled_inplace(Tensor& a, const Tensor& b, float scale) {
-  check_same_shape_on_cpu("add_scaled_inplace", a, b);
+  if (check_same_shape("add_scaled_inplace", a, b) == Device::cuda) {
+    return add_scaled_cuda(a.data(), a.data(), b.data(), scale, a.numel(), cuda::stream());
+  }
   combine_values(a.data(), a.data(), b.data(), a.numel(), [scale](float u, float v) { return u + scale * v; });
 }
 
 // out = a + b
 Tensor add(const Tensor& a, const Tensor& b) {
-  check_same_shape_on_cpu("add", a, b);
-  Tensor out(a.shape());
+  const Device device = check_same_shape("add", a, b);
+  Tensor out(a.shape(), device);
+  if (device == Device::cuda) {
+    add_scaled_cuda(out.data(), a.data(), b.data(), 1.0f, a.numel(), cuda::stream());
+    return out;
+  }
   combine_values(out.data(), a.data(), b.data(), a.numel(), [](float u, float v) { return u + v; });
   return out;
 }
 
 // out = a ⊙ b
 Tensor multiply(const Tensor& a, const Tensor& b) {
-  check_same_shape_on_cpu("multiply", a, b);
-  Tensor out(a.shape());
+  const Device device = check_same_shape("multiply", a, b);
+  Tensor out(a.shape(), device);
+  if (device == Device::cuda) {
+    multiply_cuda(out.data(), a.data(), b.data(), a.numel(), cuda::stream());
+    return out;
+  }
   combine_values(out.data(), a.data(), b.data(), a.numel(), [](float u, float v) { return u * v; });
   return out;
 }
 
 // out = factor · a
 Tensor scale(const Tensor& a, float factor) {
-  require_cpu("scale", a);
-  Tensor out(a.shape());
+  Tensor out(a.shape(), a.device());
+  if (on_cuda("scale", a)) {
+    scale_cuda(out.data(), a.data(), factor, a.numel(), cuda::stream());
+    return out;
+  }
   combine_values(out.data(), a.data(), a.data(), a.numel(), [factor](float u, float) { return factor * u; });
   return out;
 }
@@ -89,10 +110,9 @@ Tensor scale(const Tensor& a, float factor) {
 // x (..., F) → x[..., :at] (..., at) and x[..., at:] (..., F − at)
 std::pair<Tensor, Tensor> split_last(const Tensor& x, int64_t at) {
   check_column_range("split_last", x, at, at);
-  require_cpu("split_last", x);
   const int64_t features = x.size(-1);
-  Tensor left(with_last_axis(x.shape(), at));
-  Tensor right(with_last_axis(x.shape(), features - at));
+  Tensor left(with_last_axis(x.shape(), at), x.device());
+  Tensor right(with_last_axis(x.shape(), features - at), x.device());
   copy_columns(x, 0, left, 0, at);
   copy_columns(x, at, right, 0, features - at);
   return {left, right};
@@ -101,8 +121,7 @@ std::pair<Tensor, Tensor> split_last(const Tensor& x, int64_t at) {
 // x (..., F) → x[..., begin:end] (..., end − begin)
 Tensor columns(const Tensor& x, int64_t begin, int64_t end) {
   check_column_range("columns", x, begin, end);
-  require_cpu("columns", x);
-  Tensor out(with_last_axis(x.shape(), end - begin));
+  Tensor out(with_last_axis(x.shape(), end - begin), x.device());
   copy_columns(x, begin, out, 0, end - begin);
   return out;
 }
@@ -111,10 +130,10 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t end) {
 Tensor concat_last(const Tensor& a, const Tensor& b) {
   check_last_axis(a, -1, "concat_last: a");
   check_shape(b, with_last_axis(a.shape(), -1), "concat_last: b");
-  if (common_device("concat_last", {&a, &b}) == Device::cuda) no_cuda_kernel("concat_last");
+  const Device device = common_device("concat_last", {&a, &b});
   const int64_t a_features = a.size(-1);
   const int64_t b_features = b.size(-1);
-  Tensor out(with_last_axis(a.shape(), a_features + b_features));
+  Tensor out(with_last_axis(a.shape(), a_features + b_features), device);
   copy_columns(a, 0, out, 0, a_features);
   copy_columns(b, 0, out, a_features, b_features);
   return out;
@@ -138,9 +157,13 @@ void check_row_indices(const char* op, const std::vector<int64_t>& rows, int64_t
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
   check_shape(x, {-1, -1}, "gather_rows: x");
   check_row_indices("gather_rows", rows, x.size(0));
-  require_cpu("gather_rows", x);
   const int64_t count = static_cast<int64_t>(rows.size());
-  Tensor out({count, x.size(1)});
+  Tensor out({count, x.size(1)}, x.device());
+  if (on_cuda("gather_rows", x)) {
+    const cuda::DeviceBuffer device_rows = cuda::upload(rows);
+    gather_rows_cuda(x.data(), device_rows.as<int64_t>(), out.data(), count, x.size(1), cuda::stream());
+    return out;
+  }
   const ConstMatrixMap source = matrix_of_rows(x);
   MatrixMap destination = matrix_of_rows(out);
 #pragma omp parallel for if (out.numel() >= kParallelMinimumWork)
@@ -158,7 +181,16 @@ void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& 
                      " values (one per row), found " + std::to_string(scale->size()));
   }
   check_row_indices("scatter_add_rows", rows, out.size(0));
-  if (common_device("scatter_add_rows", {&out, &x}) == Device::cuda) no_cuda_kernel("scatter_add_rows");
+  if (common_device("scatter_add_rows", {&out, &x}) == Device::cuda) {
+    const RowGroups groups = group_rows_by_destination(rows, out.size(0));
+    const cuda::DeviceBuffer destinations = cuda::upload(groups.destinations), offsets = cuda::upload(groups.offsets),
+                             sources = cuda::upload(groups.sources),
+                             scales = scale ? cuda::upload(*scale) : cuda::DeviceBuffer();
+    scatter_add_rows_cuda(out.data(), x.data(), destinations.as<int64_t>(), offsets.as<int64_t>(),
+                          sources.as<int64_t>(), scales.as<float>(), static_cast<int64_t>(groups.destinations.size()),
+                          out.size(1), cuda::stream());
+    return;
+  }
   const ConstMatrixMap source = matrix_of_rows(x);
   MatrixMap destination = matrix_of_rows(out);
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -175,8 +207,11 @@ void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask) {
     throw ShapeError("zero_masked_rows: mask: expected B*L = " + std::to_string(tokens) + " entries for x of shape " +
                      x.shape_string() + ", found " + std::to_string(mask.size()));
   }
-  require_cpu("zero_masked_rows", x);
   const int64_t row_size = tokens == 0 ? 0 : x.numel() / tokens;
+  if (on_cuda("zero_masked_rows", x)) {
+    const cuda::DeviceBuffer device_mask = cuda::upload(mask);
+    return zero_masked_rows_cuda(x.data(), device_mask.as<uint8_t>(), tokens, row_size, cuda::stream());
+  }
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < tokens; ++t) {
     if (mask[t] == 0) std::fill(x.data() + t * row_size, x.data() + (t + 1) * row_size, 0.0f);
@@ -185,7 +220,7 @@ void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask) {
 
 // Σ_i x[i], accumulated in double
 double sum(const Tensor& x) {
-  require_cpu("sum", x);
+  if (on_cuda("sum", x)) return sum_cuda(x.data(), x.numel(), cuda::stream());
   const float* values = x.data();
   double total = 0;
 #pragma omp parallel for reduction(+ : total) if (x.numel() >= kParallelMinimumWork)
@@ -195,16 +230,18 @@ double sum(const Tensor& x) {
 
 // Σ_i x[i] / n   (NaN when x is empty)
 double mean(const Tensor& x) {
-  require_cpu("mean", x);
   return x.numel() == 0 ? std::numeric_limits<double>::quiet_NaN() : sum(x) / static_cast<double>(x.numel());
 }
 
 // √(Σ_i (x[i] − mean)² / (n − 1)), two passes in double   (NaN when n < 2, as torch.std)
 double standard_deviation(const Tensor& x) {
-  require_cpu("standard_deviation", x);
   const int64_t count = x.numel();
   if (count < 2) return std::numeric_limits<double>::quiet_NaN();
   const double average = mean(x);
+  if (on_cuda("standard_deviation", x)) {
+    return std::sqrt(sum_squared_deviation_cuda(x.data(), count, average, cuda::stream()) /
+                     static_cast<double>(count - 1));
+  }
   const float* values = x.data();
   double squares = 0;
 #pragma omp parallel for reduction(+ : squares) if (count >= kParallelMinimumWork)
@@ -217,7 +254,7 @@ double standard_deviation(const Tensor& x) {
 
 // max_i |x[i]|   (0 when x is empty; NaN when any value is NaN, so that a divergence is never hidden)
 float max_abs(const Tensor& x) {
-  require_cpu("max_abs", x);
+  if (on_cuda("max_abs", x)) return max_abs_cuda(x.data(), x.numel(), cuda::stream());
   const float* values = x.data();
   float largest = 0;
   int64_t not_a_number = 0;

@@ -5,8 +5,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/elementwise_cuda.h"
 
 namespace mr1 {
 
@@ -35,8 +37,14 @@ Tensor embedding_forward(const std::vector<int32_t>& ids, int64_t batch, int64_t
                      " values, found " + std::to_string(ids.size()));
   }
   check_ids("embedding_forward", ids, length, table.size(0));
-  if (common_device("embedding_forward", {&table}) == Device::cuda) no_cuda_kernel("embedding_forward");
   const int64_t features = table.size(1);
+  if (common_device("embedding_forward", {&table}) == Device::cuda) {
+    // A row gather of the table (the launcher of gather_rows).
+    Tensor out({batch, length, features}, Device::cuda);
+    const cuda::DeviceBuffer rows = cuda::upload(std::vector<int64_t>(ids.begin(), ids.end()));
+    gather_rows_cuda(table.data(), rows.as<int64_t>(), out.data(), batch * length, features, cuda::stream());
+    return out;
+  }
   Tensor out({batch, length, features});
   const ConstMatrixMap rows = matrix_of_rows(table);
   MatrixMap destination = matrix_of_rows(out);
@@ -56,7 +64,18 @@ Tensor embedding_backward(const Tensor& grad_out, const std::vector<int32_t>& id
                      std::to_string(ids.size()));
   }
   check_ids("embedding_backward", ids, length, vocab_size);
-  if (common_device("embedding_backward", {&grad_out}) == Device::cuda) no_cuda_kernel("embedding_backward");
+  if (common_device("embedding_backward", {&grad_out}) == Device::cuda) {
+    // A scatter-add of the gradient rows into the table rows of their ids, in position order per row
+    // (the launcher of scatter_add_rows: deterministic, the CPU's order).
+    Tensor grad_table({vocab_size, grad_out.size(2)}, Device::cuda);
+    const RowGroups groups = group_rows_by_destination(ids, vocab_size);
+    const cuda::DeviceBuffer destinations = cuda::upload(groups.destinations), offsets = cuda::upload(groups.offsets),
+                             sources = cuda::upload(groups.sources);
+    scatter_add_rows_cuda(grad_table.data(), grad_out.data(), destinations.as<int64_t>(), offsets.as<int64_t>(),
+                          sources.as<int64_t>(), nullptr, static_cast<int64_t>(groups.destinations.size()),
+                          grad_out.size(2), cuda::stream());
+    return grad_table;
+  }
   Tensor grad_table({vocab_size, grad_out.size(2)});
   const ConstMatrixMap source = matrix_of_rows(grad_out);
   MatrixMap destination = matrix_of_rows(grad_table);

@@ -2,8 +2,10 @@
 // Shape letters: T tokens (all leading axes flattened), I input features, O output features.
 #include "kernels/linear.h"
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/linear_cuda.h"
 
 namespace mr1 {
 
@@ -14,7 +16,12 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias)
   const int64_t outputs = weight.size(0);
   check_last_axis(x, weight.size(1), "linear_forward: x");
   if (bias) check_shape(*bias, {outputs}, "linear_forward: bias");
-  if (common_device("linear_forward", {&x, &weight, bias}) == Device::cuda) no_cuda_kernel("linear_forward");
+  if (common_device("linear_forward", {&x, &weight, bias}) == Device::cuda) {
+    Tensor y(with_last_axis(x.shape(), outputs), Device::cuda);
+    linear_forward_cuda(x.data(), weight.data(), bias ? bias->data() : nullptr, y.data(), row_count(x), weight.size(1),
+                        outputs, cuda::stream());
+    return y;
+  }
 
   Tensor y(with_last_axis(x.shape(), outputs));
   MatrixMap y_rows = matrix_of_rows(y);  // (T, O)
@@ -30,7 +37,16 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
   const int64_t outputs = weight.size(0);
   check_last_axis(x, weight.size(1), "linear_backward: x");
   check_shape(grad_y, with_last_axis(x.shape(), outputs), "linear_backward: grad_y");
-  if (common_device("linear_backward", {&grad_y, &x, &weight}) == Device::cuda) no_cuda_kernel("linear_backward");
+  if (common_device("linear_backward", {&grad_y, &x, &weight}) == Device::cuda) {
+    LinearGrads grads;
+    if (need_input) grads.input = Tensor(x.shape(), Device::cuda);
+    grads.weight = Tensor(weight.shape(), Device::cuda);
+    if (has_bias) grads.bias = Tensor({outputs}, Device::cuda);
+    linear_backward_cuda(grad_y.data(), x.data(), weight.data(), need_input ? grads.input.data() : nullptr,
+                         grads.weight.data(), has_bias ? grads.bias.data() : nullptr, row_count(x), weight.size(1),
+                         outputs, cuda::stream());
+    return grads;
+  }
 
   const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
   LinearGrads grads;

@@ -5,8 +5,10 @@
 #include <cmath>
 #include <string>
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/norm_cuda.h"
 
 namespace mr1 {
 
@@ -38,8 +40,13 @@ Tensor column_sums(int64_t rows, int64_t features, Term term) {
 // y[t] = x[t] / √(mean_j x[t, j]² + eps) · weight,   inv_rms[t] = 1/√(mean_j x[t, j]² + eps)
 Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
   const int64_t features = check_norm_shapes("rmsnorm_forward", x, weight);
-  if (common_device("rmsnorm_forward", {&x, &weight}) == Device::cuda) no_cuda_kernel("rmsnorm_forward");
   const int64_t rows = row_count(x);
+  if (common_device("rmsnorm_forward", {&x, &weight}) == Device::cuda) {
+    Tensor y(x.shape(), Device::cuda), saved({rows}, Device::cuda);
+    rmsnorm_forward_cuda(x.data(), weight.data(), y.data(), saved.data(), rows, features, cuda::stream());
+    if (inv_rms) *inv_rms = saved;
+    return y;
+  }
   Tensor y(x.shape());
   Tensor saved({rows});
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
@@ -64,7 +71,10 @@ RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tenso
   check_shape(grad_y, x.shape(), "rmsnorm_backward: grad_y");
   check_shape(inv_rms, {rows}, "rmsnorm_backward: inv_rms");
   if (common_device("rmsnorm_backward", {&grad_y, &x, &weight, &inv_rms}) == Device::cuda) {
-    no_cuda_kernel("rmsnorm_backward");
+    RmsNormGrads grads{Tensor(x.shape(), Device::cuda), Tensor({features}, Device::cuda)};
+    rmsnorm_backward_cuda(grad_y.data(), x.data(), weight.data(), inv_rms.data(), grads.input.data(),
+                          grads.weight.data(), rows, features, cuda::stream());
+    return grads;
   }
   RmsNormGrads grads;
   grads.input = Tensor(x.shape());
@@ -92,8 +102,15 @@ RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tenso
 Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std) {
   const int64_t features = check_norm_shapes("layernorm_forward", x, weight);
   check_shape(bias, {features}, "layernorm_forward: bias");
-  if (common_device("layernorm_forward", {&x, &weight, &bias}) == Device::cuda) no_cuda_kernel("layernorm_forward");
   const int64_t rows = row_count(x);
+  if (common_device("layernorm_forward", {&x, &weight, &bias}) == Device::cuda) {
+    Tensor y(x.shape(), Device::cuda), saved_mean({rows}, Device::cuda), saved_inv_std({rows}, Device::cuda);
+    layernorm_forward_cuda(x.data(), weight.data(), bias.data(), y.data(), saved_mean.data(), saved_inv_std.data(),
+                           rows, features, cuda::stream());
+    if (mean) *mean = saved_mean;
+    if (inv_std) *inv_std = saved_inv_std;
+    return y;
+  }
   Tensor y(x.shape());
   Tensor saved_mean({rows});
   Tensor saved_inv_std({rows});
@@ -126,7 +143,11 @@ LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const T
   check_shape(mean, {rows}, "layernorm_backward: mean");
   check_shape(inv_std, {rows}, "layernorm_backward: inv_std");
   if (common_device("layernorm_backward", {&grad_y, &x, &weight, &mean, &inv_std}) == Device::cuda) {
-    no_cuda_kernel("layernorm_backward");
+    LayerNormGrads grads{Tensor(x.shape(), Device::cuda), Tensor({features}, Device::cuda),
+                         Tensor({features}, Device::cuda)};
+    layernorm_backward_cuda(grad_y.data(), x.data(), weight.data(), mean.data(), inv_std.data(), grads.input.data(),
+                            grads.weight.data(), grads.bias.data(), rows, features, cuda::stream());
+    return grads;
   }
   auto normalized = [&](int64_t t, int64_t j) { return (double(x[t * features + j]) - mean[t]) * inv_std[t]; };
   LayerNormGrads grads;

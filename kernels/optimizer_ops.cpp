@@ -3,7 +3,10 @@
 
 #include <cmath>
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
+#include "kernels/elementwise_cuda.h"
+#include "kernels/optimizer_ops_cuda.h"
 
 namespace mr1 {
 
@@ -11,7 +14,6 @@ void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, c
   check_shape(grad, parameter.shape(), "adamw_update: grad");
   check_shape(m, parameter.shape(), "adamw_update: m");
   check_shape(v, parameter.shape(), "adamw_update: v");
-  if (common_device("adamw_update", {&parameter, &grad, &m, &v}) == Device::cuda) no_cuda_kernel("adamw_update");
   const double correction1 = 1.0 - std::pow(hyper.beta1, static_cast<double>(hyper.step));
   const double correction2 = 1.0 - std::pow(hyper.beta2, static_cast<double>(hyper.step));
   const float decay = static_cast<float>(1.0 - hyper.learning_rate * hyper.weight_decay);
@@ -19,6 +21,10 @@ void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, c
   const float step_size = static_cast<float>(hyper.learning_rate / correction1);
   const float root_correction2 = static_cast<float>(std::sqrt(correction2));
   const float epsilon = static_cast<float>(hyper.epsilon);
+  if (common_device("adamw_update", {&parameter, &grad, &m, &v}) == Device::cuda) {
+    return adamw_update_cuda(parameter.data(), grad.data(), m.data(), v.data(), parameter.numel(), decay, beta1, beta2,
+                             step_size, root_correction2, epsilon, cuda::stream());
+  }
   float* p = parameter.data();
   const float* g = grad.data();
   float* first = m.data();
@@ -37,9 +43,12 @@ void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, 
                 double momentum, double weight_decay) {
   check_shape(grad, parameter.shape(), "sgd_update: grad");
   if (momentum != 0) check_shape(momentum_buffer, parameter.shape(), "sgd_update: momentum buffer");
-  if (common_device("sgd_update", {&parameter, &grad}) == Device::cuda) no_cuda_kernel("sgd_update");
   const float decay = static_cast<float>(1.0 - learning_rate * weight_decay);
   const float lr = static_cast<float>(learning_rate), mu = static_cast<float>(momentum);
+  if (common_device("sgd_update", {&parameter, &grad, momentum != 0 ? &momentum_buffer : nullptr}) == Device::cuda) {
+    return sgd_update_cuda(parameter.data(), grad.data(), momentum != 0 ? momentum_buffer.data() : nullptr,
+                           parameter.numel(), decay, lr, mu, cuda::stream());
+  }
   float* p = parameter.data();
   const float* g = grad.data();
   float* buffer = momentum != 0 ? momentum_buffer.data() : nullptr;
@@ -53,7 +62,9 @@ void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, 
 }
 
 double squared_norm(const Tensor& x) {
-  if (common_device("squared_norm", {&x}) == Device::cuda) no_cuda_kernel("squared_norm");
+  if (common_device("squared_norm", {&x}) == Device::cuda) {
+    return sum_squared_deviation_cuda(x.data(), x.numel(), 0.0, cuda::stream());
+  }
   double total = 0;
   const float* data = x.data();
 #pragma omp parallel for reduction(+ : total) if (x.numel() > 65536)

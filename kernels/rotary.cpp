@@ -6,8 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/rotary_cuda.h"
 
 namespace mr1 {
 
@@ -29,11 +31,15 @@ void check_rotary_shape(const Tensor& x, const std::string& what) {
 // `op` and `argument` name the caller and its tensor in errors.
 Tensor rotate(const char* op, const char* argument, const Tensor& x, int64_t start_position, double sign) {
   check_rotary_shape(x, std::string(op) + ": " + argument);
-  if (common_device(op, {&x}) == Device::cuda) no_cuda_kernel(op);
   const int64_t batch = x.size(0);
   const int64_t length = x.size(1);
   const int64_t features = x.size(2);
   const int64_t half = features / 2;
+  if (common_device(op, {&x}) == Device::cuda) {
+    Tensor y(x.shape(), Device::cuda);
+    rotate_cuda(x.data(), y.data(), batch, length, features, start_position, sign, cuda::stream());
+    return y;
+  }
 
   // cos θ[l, j] and sin θ[l, j] for j < H: the angle in double, so that large positions stay accurate.
   std::vector<float> cosines(static_cast<size_t>(length * half));

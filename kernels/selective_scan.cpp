@@ -15,8 +15,10 @@
 #include <omp.h>
 #endif
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/selective_scan_cuda.h"
 
 namespace mr1 {
 
@@ -116,6 +118,22 @@ ScanPointers scan_pointers(const SelectiveScanInputs& in) {
           optional(in.D), optional(in.z), optional(in.delta_bias), in.delta_softplus};
 }
 
+// The same views for the CUDA launchers.
+SelectiveScanPointers cuda_pointers(const SelectiveScanInputs& in) {
+  const ScanPointers p = scan_pointers(in);
+  SelectiveScanPointers raw;
+  raw.u = p.u;
+  raw.delta = p.delta;
+  raw.A = p.A;
+  raw.B = p.B;
+  raw.C = p.C;
+  raw.D = p.D;
+  raw.z = p.z;
+  raw.delta_bias = p.delta_bias;
+  raw.delta_softplus = p.softplus;
+  return raw;
+}
+
 int64_t work_items(const ScanShape& s) { return s.batch * ((s.channels + kLanes - 1) / kLanes); }
 
 // One work item: batch row b and channels [first, first + width), with the time-invariant
@@ -176,11 +194,15 @@ inline Lanes block_step(const ChannelBlock& block, const Lanes& delta, const Lan
 
 Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state) {
   const ScanShape s = check_scan_inputs(in);
+  const int64_t L = s.length, E = s.channels, N = s.state;
   if (common_device("selective_scan", {in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
       Device::cuda) {
-    no_cuda_kernel("selective_scan");
+    Tensor out({s.batch, L, E}, Device::cuda);
+    if (final_state) *final_state = Tensor({s.batch, E, N}, Device::cuda);
+    selective_scan_forward_cuda(cuda_pointers(in), out.data(), final_state ? final_state->data() : nullptr, s.batch, L,
+                                E, N, cuda::stream());
+    return out;
   }
-  const int64_t L = s.length, E = s.channels, N = s.state;
   const ScanPointers p = scan_pointers(in);
   Tensor out({s.batch, L, E});
   float* out_data = out.data();
@@ -242,11 +264,31 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   if (chunk < 1) {
     throw std::invalid_argument("selective_scan: chunk must be at least 1, found " + std::to_string(chunk));
   }
+  const int64_t L = s.length, E = s.channels, N = s.state;
   if (common_device("selective_scan", {&grad_out, in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
       Device::cuda) {
-    no_cuda_kernel("selective_scan");
+    // The CUDA kernels keep their own checkpoints (every 64 steps, and every 8 within); `chunk` is the CPU's.
+    SelectiveScanGrads grads;
+    grads.u = Tensor({s.batch, L, E}, Device::cuda);
+    grads.delta = Tensor({s.batch, L, E}, Device::cuda);
+    grads.A = Tensor({E, N}, Device::cuda);
+    grads.B = Tensor({s.batch, L, N}, Device::cuda);
+    grads.C = Tensor({s.batch, L, N}, Device::cuda);
+    if (present(in.D)) grads.D = Tensor({E}, Device::cuda);
+    if (present(in.z)) grads.z = Tensor({s.batch, L, E}, Device::cuda);
+    if (present(in.delta_bias)) grads.delta_bias = Tensor({E}, Device::cuda);
+    SelectiveScanGradPointers raw;
+    raw.u = grads.u.data();
+    raw.delta = grads.delta.data();
+    raw.A = grads.A.data();
+    raw.B = grads.B.data();
+    raw.C = grads.C.data();
+    raw.D = grads.D.defined() ? grads.D.data() : nullptr;
+    raw.z = grads.z.defined() ? grads.z.data() : nullptr;
+    raw.delta_bias = grads.delta_bias.defined() ? grads.delta_bias.data() : nullptr;
+    selective_scan_backward_cuda(grad_out.data(), cuda_pointers(in), raw, s.batch, L, E, N, cuda::stream());
+    return grads;
   }
-  const int64_t L = s.length, E = s.channels, N = s.state;
   const ScanPointers p = scan_pointers(in);
   const float* dout = grad_out.data();
 

@@ -130,8 +130,7 @@ Tensor Tensor::to(Device device) const {
 
 void Tensor::fill(float value) {
   if (device_ == Device::cuda) {
-    Tensor host = Tensor::full(shape_, value);
-    copy_from(host);
+    cuda::fill(data(), value, numel_);
     return;
   }
   std::fill(data(), data() + numel_, value);

@@ -53,12 +53,14 @@ class Router {
 
 // options: the [router] table, from which the router reads its own keys (unknown ones are rejected
 // after every reader ran). prefix: "backbone.layers.{i}.mixer.router." for any tensors of its own.
+// dim: D, the width of the MoE input that route() receives (for routers that read it: noisy_topk).
 struct RouterContext {
   const RouterSettings& settings;
   const ConfigTable& options;
   int64_t num_experts;
   ParameterStore& parameters;
   std::string prefix;
+  int64_t dim = 0;
 };
 
 using RouterFactory = std::function<std::unique_ptr<Router>(const RouterContext&)>;

@@ -1,0 +1,385 @@
+// SVG line charts and bar-panel grids, written as text. Coordinates are in SVG pixels with y down;
+// "plot area" is the rectangle inside the axes.
+#include "experiments/plot.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <sstream>
+
+namespace mr1 {
+
+namespace {
+
+const char* kFont = "DejaVu Sans, Helvetica, Arial, sans-serif";
+constexpr double kCharWidth = 7.0;  // the mean width of a 12-13 px glyph, for laying out legends
+
+std::string number(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1f", value);
+  return buffer;
+}
+
+std::string svg_open(int width, int height) {
+  std::ostringstream out;
+  out << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+      << "\" viewBox=\"0 0 " << width << " " << height << "\" font-family=\"" << kFont << "\">\n"
+      << "<rect x=\"0\" y=\"0\" width=\"" << width << "\" height=\"" << height << "\" fill=\"white\"/>\n";
+  return out.str();
+}
+
+// <text> at (x, y); anchor start | middle | end.
+std::string text(double x, double y, const std::string& content, int size, const std::string& anchor = "start",
+                 const std::string& extra = "") {
+  std::ostringstream out;
+  out << "<text x=\"" << number(x) << "\" y=\"" << number(y) << "\" font-size=\"" << size << "\" text-anchor=\""
+      << anchor << "\" fill=\"#222\"" << (extra.empty() ? "" : " " + extra) << ">" << xml_escape(content)
+      << "</text>\n";
+  return out.str();
+}
+
+std::string line(double x0, double y0, double x1, double y1, const std::string& colour, double width,
+                 bool dashed = false) {
+  std::ostringstream out;
+  out << "<line x1=\"" << number(x0) << "\" y1=\"" << number(y0) << "\" x2=\"" << number(x1) << "\" y2=\""
+      << number(y1) << "\" stroke=\"" << colour << "\" stroke-width=\"" << width << "\""
+      << (dashed ? " stroke-dasharray=\"7 4\"" : "") << "/>\n";
+  return out.str();
+}
+
+// A numeric axis: maps values to pixels between `pixel_low` (at `low`) and `pixel_high` (at `high`).
+struct Axis {
+  double low = 0, high = 1;
+  double pixel_low = 0, pixel_high = 1;
+  bool log = false;
+  double to_pixel(double value) const {
+    const double fraction = log ? (std::log10(value) - std::log10(low)) / (std::log10(high) - std::log10(low))
+                                : (value - low) / (high - low);
+    return pixel_low + fraction * (pixel_high - pixel_low);
+  }
+};
+
+// The 1, 2, 5 × 10^k value at or below (down) or at or above (up) `value` > 0.
+double nice_bound(double value, bool up) {
+  const double decade = std::pow(10.0, std::floor(std::log10(value)));
+  const double steps[] = {1, 2, 5, 10};
+  if (up) {
+    for (double step : steps) {
+      if (step * decade >= value * (1 - 1e-12)) return step * decade;
+    }
+    return 10 * decade;
+  }
+  double best = decade;
+  for (double step : steps) {
+    if (step * decade <= value * (1 + 1e-12)) best = step * decade;
+  }
+  return best;
+}
+
+double tick_step(const std::vector<double>& ticks) { return ticks.size() > 1 ? ticks[1] - ticks[0] : 1.0; }
+
+}  // namespace
+
+std::string plot_colour(size_t index) {
+  static const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+  return palette[index % 10];
+}
+
+std::string xml_escape(const std::string& text) {
+  std::string escaped;
+  for (char c : text) {
+    switch (c) {
+      case '&': escaped += "&amp;"; break;
+      case '<': escaped += "&lt;"; break;
+      case '>': escaped += "&gt;"; break;
+      case '"': escaped += "&quot;"; break;
+      case '\'': escaped += "&apos;"; break;
+      default: escaped += c;
+    }
+  }
+  return escaped;
+}
+
+std::vector<double> nice_ticks(double low, double high, int target) {
+  if (!(high > low)) return {low};
+  const double raw = (high - low) / std::max(1, target);
+  const double step = nice_bound(raw, true);
+  std::vector<double> ticks;
+  for (double i = std::ceil(low / step - 1e-9); i * step <= high + step * 1e-9; i += 1) {
+    ticks.push_back(i == 0 ? 0.0 : i * step);
+  }
+  return ticks;
+}
+
+std::vector<double> log_ticks(double low, double high) {
+  std::vector<double> ticks;
+  const int first = static_cast<int>(std::floor(std::log10(low)));
+  const int last = static_cast<int>(std::ceil(std::log10(high)));
+  const bool fine = last - first <= 4;
+  for (int exponent = first; exponent <= last; ++exponent) {
+    for (double multiple : {1.0, 2.0, 5.0}) {
+      if (multiple != 1.0 && !fine) continue;
+      const double value = multiple * std::pow(10.0, exponent);
+      if (value >= low * (1 - 1e-9) && value <= high * (1 + 1e-9)) ticks.push_back(value);
+    }
+  }
+  return ticks;
+}
+
+std::string tick_label(double value, double step) {
+  char buffer[32];
+  const double magnitude = std::abs(value);
+  if (magnitude != 0 && (magnitude >= 1e6 || magnitude < 1e-3)) {
+    std::snprintf(buffer, sizeof buffer, "%.0e", value);
+    return buffer;
+  }
+  const int decimals = std::max(0, static_cast<int>(std::ceil(-std::log10(std::abs(step)) - 1e-9)));
+  std::snprintf(buffer, sizeof buffer, "%.*f", std::min(decimals, 6), value);
+  return buffer;
+}
+
+std::string line_chart_svg(const LineChart& chart) {
+  // Data ranges over the points that can be drawn.
+  const double infinity = std::numeric_limits<double>::infinity();
+  double x_min = infinity, x_max = -infinity, y_min = infinity, y_max = -infinity;
+  for (const LineSeries& series : chart.series) {
+    for (size_t i = 0; i < series.x.size() && i < series.y.size(); ++i) {
+      const double x = series.x[i], y = series.y[i];
+      if (!std::isfinite(x) || !std::isfinite(y) || (chart.log_y && y <= 0)) continue;
+      x_min = std::min(x_min, x), x_max = std::max(x_max, x);
+      y_min = std::min(y_min, y), y_max = std::max(y_max, y);
+    }
+  }
+  const bool has_data = x_min <= x_max;
+  if (!has_data) x_min = 0, x_max = 1, y_min = chart.log_y ? 0.1 : 0, y_max = 1;
+  if (x_max == x_min) x_min -= 1, x_max += 1;
+  if (y_max == y_min) {
+    if (chart.log_y) y_min /= 2, y_max *= 2;
+    else y_min -= 1, y_max += 1;
+  }
+
+  // Legend width from the longest label.
+  size_t longest = 0;
+  int legend_rows = 0;
+  for (const LineSeries& series : chart.series) {
+    if (series.label.empty()) continue;
+    longest = std::max(longest, series.label.size());
+    ++legend_rows;
+  }
+  for (const auto& key : chart.style_keys) longest = std::max(longest, key.second.size());
+  legend_rows += static_cast<int>(chart.style_keys.size());
+  const double legend_width = legend_rows > 0 ? std::min(380.0, 44 + kCharWidth * longest) : 0;
+
+  const double left = 84, right = chart.width - 24 - legend_width, top = chart.subtitle.empty() ? 56 : 74,
+               bottom = chart.height - 62;
+
+  Axis x_axis{x_min, x_max, left, right, false};
+  std::vector<double> x_ticks = nice_ticks(x_min, x_max, 8);
+  x_axis.low = std::min(x_min, x_ticks.front());
+  x_axis.high = std::max(x_max, x_ticks.back());
+  if (x_ticks.back() < x_max) {
+    x_axis.high = x_ticks.back() + tick_step(x_ticks);
+    x_ticks.push_back(x_axis.high);
+  }
+  if (x_ticks.front() > x_min) {
+    x_axis.low = x_ticks.front() - tick_step(x_ticks);
+    x_ticks.insert(x_ticks.begin(), x_axis.low);
+  }
+
+  Axis y_axis{y_min, y_max, bottom, top, chart.log_y};
+  std::vector<double> y_ticks;
+  if (chart.log_y) {
+    y_axis.low = nice_bound(y_min, false);
+    y_axis.high = nice_bound(y_max, true);
+    y_ticks = log_ticks(y_axis.low, y_axis.high);
+  } else if (std::isfinite(chart.y_low) && std::isfinite(chart.y_high) && chart.y_high > chart.y_low) {
+    y_ticks = nice_ticks(chart.y_low, chart.y_high, 5);
+    y_axis.low = chart.y_low;
+    y_axis.high = chart.y_high;
+  } else {
+    y_ticks = nice_ticks(y_min, y_max, 6);
+    const double step = tick_step(y_ticks);
+    if (y_ticks.front() > y_min) y_ticks.insert(y_ticks.begin(), y_ticks.front() - step);
+    if (y_ticks.back() < y_max) y_ticks.push_back(y_ticks.back() + step);
+    y_axis.low = y_ticks.front();
+    y_axis.high = y_ticks.back();
+  }
+
+  std::ostringstream out;
+  out << svg_open(chart.width, chart.height);
+  out << text(left, 28, chart.title, 18, "start", "font-weight=\"bold\"");
+  if (!chart.subtitle.empty()) out << text(left, 50, chart.subtitle, 13, "start", "fill-opacity=\"0.8\"");
+
+  // Grid, ticks and tick labels.
+  for (double tick : x_ticks) {
+    const double x = x_axis.to_pixel(tick);
+    out << line(x, top, x, bottom, "#e6e6e6", 1);
+    out << line(x, bottom, x, bottom + 5, "#333", 1);
+    out << text(x, bottom + 20, tick_label(tick, tick_step(x_ticks)), 12, "middle");
+  }
+  for (double tick : y_ticks) {
+    const double y = y_axis.to_pixel(tick);
+    out << line(left, y, right, y, "#e6e6e6", 1);
+    out << line(left - 5, y, left, y, "#333", 1);
+    out << text(left - 8, y + 4, tick_label(tick, chart.log_y ? tick : tick_step(y_ticks)), 12, "end");
+  }
+  out << "<rect x=\"" << number(left) << "\" y=\"" << number(top) << "\" width=\"" << number(right - left)
+      << "\" height=\"" << number(bottom - top) << "\" fill=\"none\" stroke=\"#333\" stroke-width=\"1\"/>\n";
+  out << text((left + right) / 2, chart.height - 18, chart.x_label, 14, "middle");
+  const double y_label_x = 24, y_label_y = (top + bottom) / 2;
+  out << text(y_label_x, y_label_y, chart.y_label + (chart.log_y ? " (log scale)" : ""), 14, "middle",
+              "transform=\"rotate(-90 " + number(y_label_x) + " " + number(y_label_y) + ")\"");
+  if (!has_data) out << text((left + right) / 2, (top + bottom) / 2, "no data", 16, "middle");
+
+  // The series, clipped to the plot area.
+  out << "<clipPath id=\"plot-area\"><rect x=\"" << number(left) << "\" y=\"" << number(top) << "\" width=\""
+      << number(right - left) << "\" height=\"" << number(bottom - top) << "\"/></clipPath>\n";
+  out << "<g clip-path=\"url(#plot-area)\" fill=\"none\" stroke-linejoin=\"round\" stroke-linecap=\"round\">\n";
+  std::vector<std::pair<size_t, std::string>> markers;  // (colour, points) of the series that get dots
+  for (const LineSeries& series : chart.series) {
+    std::ostringstream points;
+    int count = 0;
+    for (size_t i = 0; i < series.x.size() && i < series.y.size(); ++i) {
+      const double x = series.x[i], y = series.y[i];
+      if (!std::isfinite(x) || !std::isfinite(y) || (chart.log_y && y <= 0)) continue;
+      points << (count++ ? " " : "") << number(x_axis.to_pixel(x)) << "," << number(y_axis.to_pixel(y));
+    }
+    const std::string colour = plot_colour(series.colour);
+    out << "<polyline data-series=\"" << xml_escape(series.label) << "\" points=\"" << points.str()
+        << "\" stroke=\"" << colour << "\" stroke-width=\"" << (series.dashed ? 1.8 : 2.2) << "\""
+        << (series.dashed ? " stroke-dasharray=\"7 4\"" : "") << "/>\n";
+    if (count == 1 || (series.dashed && count <= 40)) markers.push_back({series.colour, points.str()});
+  }
+  out << "</g>\n";
+  // Dots on sparse lines (evaluations) and lone points, not clipped, so that points on an edge show.
+  for (const auto& [colour, points] : markers) {
+    std::istringstream in(points);
+    std::string point;
+    while (in >> point) {
+      const size_t comma = point.find(',');
+      out << "<circle cx=\"" << point.substr(0, comma) << "\" cy=\"" << point.substr(comma + 1) << "\" r=\"3\" fill=\""
+          << plot_colour(colour) << "\"/>\n";
+    }
+  }
+
+  // Legend: one row per labelled series, then the style keys in grey.
+  if (legend_rows > 0) {
+    const double row = std::min(22.0, (bottom - top) / legend_rows);
+    const double x = right + 18;
+    double y = top + 10;
+    for (const LineSeries& series : chart.series) {
+      if (series.label.empty()) continue;
+      out << line(x, y, x + 26, y, plot_colour(series.colour), 2.6, series.dashed);
+      out << text(x + 34, y + 4.5, series.label, 13);
+      y += row;
+    }
+    for (const auto& [dashed, label] : chart.style_keys) {
+      out << line(x, y, x + 26, y, "#555", 2, dashed);
+      out << text(x + 34, y + 4.5, label, 13, "start", "fill-opacity=\"0.75\"");
+      y += row;
+    }
+  }
+  out << "</svg>\n";
+  return out.str();
+}
+
+std::string bar_panels_svg(const BarPanelGrid& grid) {
+  const int count = static_cast<int>(grid.panels.size());
+  const int columns = std::max(1, std::min(grid.columns, count));
+  const int rows = std::max(1, (count + columns - 1) / columns);
+  const int width = std::max({columns * grid.panel_width + 40, 520,
+                              static_cast<int>(40 + 6.6 * std::max(static_cast<double>(grid.subtitle.size()), grid.title.size() * 1.4))});
+
+  // The legend of bar names, wrapped to the width.
+  std::vector<std::pair<double, int>> legend_positions;  // (x, row)
+  double legend_x = 20;
+  int legend_row = 0;
+  for (const std::string& name : grid.bar_names) {
+    const double item = 24 + kCharWidth * name.size() + 14;
+    if (legend_x + item > width - 20 && legend_x > 20) legend_x = 20, ++legend_row;
+    legend_positions.push_back({legend_x, legend_row});
+    legend_x += item;
+  }
+  const double legend_top = grid.subtitle.empty() ? 50 : 70;
+  const double panels_top = legend_top + (grid.bar_names.empty() ? 0 : 22.0 * (legend_row + 1)) + 8;
+  const int height = static_cast<int>(panels_top + rows * grid.panel_height + 10);
+
+  // One y range for all panels.
+  double y_max = 0;
+  for (const BarPanel& panel : grid.panels) {
+    y_max = std::max(y_max, panel.reference);
+    for (const auto& group : panel.values) {
+      for (double value : group) {
+        if (std::isfinite(value)) y_max = std::max(y_max, value);
+      }
+    }
+  }
+  if (y_max <= 0) y_max = 1;
+  std::vector<double> y_ticks = nice_ticks(0, y_max * 1.04, 4);
+  if (y_ticks.back() < y_max * 1.04) y_ticks.push_back(y_ticks.back() + tick_step(y_ticks));
+
+  std::ostringstream out;
+  out << svg_open(width, height);
+  out << text(20, 28, grid.title, 18, "start", "font-weight=\"bold\"");
+  if (!grid.subtitle.empty()) out << text(20, 50, grid.subtitle, 13, "start", "fill-opacity=\"0.8\"");
+  for (size_t i = 0; i < grid.bar_names.size(); ++i) {
+    const double x = legend_positions[i].first, y = legend_top + 22.0 * legend_positions[i].second;
+    out << "<rect x=\"" << number(x) << "\" y=\"" << number(y - 11) << "\" width=\"16\" height=\"14\" fill=\""
+        << plot_colour(i) << "\"/>\n";
+    out << text(x + 22, y + 1, grid.bar_names[i], 13);
+  }
+
+  for (int p = 0; p < count; ++p) {
+    const BarPanel& panel = grid.panels[p];
+    const double origin_x = 20 + (p % columns) * grid.panel_width;
+    const double origin_y = panels_top + (p / columns) * grid.panel_height;
+    const double left = origin_x + 52, right = origin_x + grid.panel_width - 14;
+    const double top = origin_y + (panel.subtitle.empty() ? 26 : 42), bottom = origin_y + grid.panel_height - 34;
+    const Axis y_axis{y_ticks.front(), y_ticks.back(), bottom, top, false};
+
+    out << "<g>\n";
+    out << text(left, origin_y + 14, panel.title, 13, "start", "font-weight=\"bold\"");
+    if (!panel.subtitle.empty()) out << text(left, origin_y + 31, panel.subtitle, 11, "start", "fill-opacity=\"0.8\"");
+    for (double tick : y_ticks) {
+      const double y = y_axis.to_pixel(tick);
+      out << line(left, y, right, y, "#e6e6e6", 1);
+      out << text(left - 6, y + 4, tick_label(tick, tick_step(y_ticks)), 11, "end");
+    }
+    if (p % columns == 0 && !grid.y_label.empty()) {
+      const double label_x = origin_x + 10, label_y = (top + bottom) / 2;
+      out << text(label_x, label_y, grid.y_label, 12, "middle",
+                  "transform=\"rotate(-90 " + number(label_x) + " " + number(label_y) + ")\"");
+    }
+    const size_t groups = panel.values.size();
+    const double group_width = (right - left) / std::max<size_t>(1, groups);
+    for (size_t g = 0; g < groups; ++g) {
+      const size_t bars = panel.values[g].size();
+      const double bar_width = group_width * 0.8 / std::max<size_t>(1, bars);
+      const double group_left = left + g * group_width + group_width * 0.1;
+      for (size_t b = 0; b < bars; ++b) {
+        const double value = panel.values[g][b];
+        if (!std::isfinite(value)) continue;
+        const double y = y_axis.to_pixel(std::max(0.0, value));
+        out << "<rect x=\"" << number(group_left + b * bar_width) << "\" y=\"" << number(y) << "\" width=\""
+            << number(std::max(1.0, bar_width - 1)) << "\" height=\"" << number(bottom - y) << "\" fill=\""
+            << plot_colour(b) << "\"><title>" << xml_escape((g < panel.groups.size() ? panel.groups[g] : "") + ", " +
+                                                            (b < grid.bar_names.size() ? grid.bar_names[b] : ""))
+            << ": " << tick_label(value, 0.0001) << "</title></rect>\n";
+      }
+      if (g < panel.groups.size()) out << text(left + (g + 0.5) * group_width, bottom + 16, panel.groups[g], 11, "middle");
+    }
+    out << line(left, bottom, right, bottom, "#333", 1) << line(left, top, left, bottom, "#333", 1);
+    if (panel.reference >= 0) {
+      const double y = y_axis.to_pixel(panel.reference);
+      out << line(left, y, right, y, "#222", 1.4, true);
+      if (!panel.reference_label.empty()) out << text(right, y - 4, panel.reference_label, 10, "end");
+    }
+    out << "</g>\n";
+  }
+  out << "</svg>\n";
+  return out.str();
+}
+
+}  // namespace mr1

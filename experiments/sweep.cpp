@@ -1,0 +1,812 @@
+// Parameter sweeps: reading [sweep], expanding it into runs, running them into one folder with
+// resuming, and the comparison table and plots of the results.
+#include "experiments/sweep.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+
+#include "experiments/experiment.h"
+#include "experiments/files.h"
+#include "experiments/optimizer.h"
+#include "experiments/plot.h"
+#include "experiments/run.h"
+#include "experiments/trainer.h"
+
+namespace mr1 {
+
+// ---------------------------------------------------------------------------------------------
+// Values as TOML text and as shown.
+
+namespace {
+
+std::string render_double(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  // The shortest %g text that reads back as the same double: 3e-3 -> "0.003", not 0.0030000000000000001.
+  char buffer[40];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  std::string text = buffer;
+  if (text.find_first_of(".eE") == std::string::npos) text += ".0";  // TOML needs a float to look like one
+  return text;
+}
+
+std::string quote_toml_string(const std::string& value) {
+  std::string quoted = "\"";
+  for (unsigned char c : value) {
+    switch (c) {
+      case '"': quoted += "\\\""; break;
+      case '\\': quoted += "\\\\"; break;
+      case '\n': quoted += "\\n"; break;
+      case '\t': quoted += "\\t"; break;
+      case '\r': quoted += "\\r"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char escape[8];
+          std::snprintf(escape, sizeof escape, "\\u%04x", c);
+          quoted += escape;
+        } else {
+          quoted += static_cast<char>(c);
+        }
+    }
+  }
+  return quoted + "\"";
+}
+
+std::string toml_key(const std::string& key) {
+  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-';
+  });
+  return bare ? key : quote_toml_string(key);
+}
+
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
+  std::string joined;
+  for (size_t i = 0; i < items.size(); ++i) joined += (i ? separator : "") + items[i];
+  return joined;
+}
+
+}  // namespace
+
+std::string render_toml_value(const toml::node& node) {
+  if (auto value = node.value_exact<std::string>()) return quote_toml_string(*value);
+  if (auto value = node.value_exact<int64_t>()) return std::to_string(*value);
+  if (auto value = node.value_exact<double>()) return render_double(*value);
+  if (auto value = node.value_exact<bool>()) return *value ? "true" : "false";
+  if (const toml::array* array = node.as_array()) {
+    std::vector<std::string> items;
+    for (const toml::node& item : *array) items.push_back(render_toml_value(item));
+    return "[" + join(items, ", ") + "]";
+  }
+  if (const toml::table* table = node.as_table()) {
+    std::vector<std::string> items;
+    for (const auto& [key, value] : *table) items.push_back(toml_key(std::string(key.str())) + " = " + render_toml_value(value));
+    return items.empty() ? "{}" : "{ " + join(items, ", ") + " }";
+  }
+  std::ostringstream out;  // dates and times: TOML++ writes them as TOML
+  node.visit([&](const auto& value) { out << value; });
+  return out.str();
+}
+
+std::string show_toml_value(const toml::node& node) {
+  if (auto value = node.value_exact<std::string>()) return *value;
+  if (const toml::array* array = node.as_array()) {
+    if (array->empty()) return "none";
+    std::vector<std::string> items;
+    for (const toml::node& item : *array) items.push_back(show_toml_value(item));
+    return join(items, "+");
+  }
+  return render_toml_value(node);
+}
+
+std::string sanitize_folder_name(const std::string& text) {
+  std::string name;
+  for (unsigned char c : text) {
+    const bool keep = std::isalnum(c) || c == '.' || c == '_' || c == '=' || c == ',' || c == '+' || c == '-';
+    name += keep ? static_cast<char>(c) : '_';
+  }
+  if (name.size() > 100) name.resize(100);
+  return name;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading [sweep] and expanding it.
+
+namespace {
+
+// A key found under [sweep], with where it came from.
+struct FoundKey {
+  std::string key;        // as written, joined with dots: "router.name"
+  const toml::node* node;
+  bool from_file;         // false: added by --set (TOML++ gives such nodes no source path)
+  int64_t line, column;
+};
+
+void collect_sweep_keys(const toml::table& table, const std::string& prefix, std::vector<FoundKey>& found) {
+  for (const auto& [name, node] : table) {
+    const std::string key = prefix.empty() ? std::string(name.str()) : prefix + "." + std::string(name.str());
+    if (const toml::table* inner = node.as_table()) {
+      collect_sweep_keys(*inner, key, found);
+      continue;
+    }
+    const toml::source_region& source = node.source();
+    found.push_back({key, &node, source.path != nullptr, static_cast<int64_t>(source.begin.line),
+                     static_cast<int64_t>(source.begin.column)});
+  }
+}
+
+std::string type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date or time";
+  }
+}
+
+[[noreturn]] void fail_sweep_key(const ExperimentFile& file, const FoundKey& found, const std::string& message) {
+  std::string location = file.file();
+  if (found.from_file && found.line > 0) location += ":" + std::to_string(found.line);
+  throw ConfigError(location + ": sweep." + found.key + ": " + message);
+}
+
+std::string last_component(const std::string& key) {
+  const size_t dot = key.rfind('.');
+  return dot == std::string::npos ? key : key.substr(dot + 1);
+}
+
+}  // namespace
+
+std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
+  const toml::node* sweep = file.root().get("sweep");
+  const std::string example = "for example [sweep] \"router.name\" = [\"switch\", \"topk\"]";
+  if (!sweep) throw ConfigError(file.file() + ": no [sweep] table; a sweep lists values for keys, " + example);
+  if (!sweep->is_table()) throw ConfigError(file.file() + ": sweep: expected a table [sweep], found " + type_name(*sweep));
+  std::vector<FoundKey> found;
+  collect_sweep_keys(*sweep->as_table(), "", found);
+  if (found.empty()) throw ConfigError(file.file() + ": [sweep] is empty; it lists values for keys, " + example);
+
+  // The full path of each key; a --set entry replaces a file entry of the same path and takes its place.
+  std::map<std::string, FoundKey> by_path;
+  for (FoundKey& entry : found) {
+    const toml::array* values = entry.node->as_array();
+    if (!values) {
+      fail_sweep_key(file, entry, "expected a list of values, for example [16, 32], found " + type_name(*entry.node) +
+                                      " " + render_toml_value(*entry.node));
+    }
+    if (values->empty()) fail_sweep_key(file, entry, "expected at least one value, found an empty list");
+    std::string path = entry.key;
+    if (path == "seed") path = "run.seed";
+    if (path.find('.') == std::string::npos) {
+      fail_sweep_key(file, entry, "a swept key is a dotted path TABLE.KEY, for example \"router.name\" or "
+                                  "model.d_state (or seed, short for run.seed)");
+    }
+    if (path.rfind("sweep.", 0) == 0) fail_sweep_key(file, entry, "the [sweep] table itself cannot be swept");
+    auto [existing, inserted] = by_path.emplace(path, entry);
+    if (inserted) continue;
+    FoundKey& kept = existing->second;
+    if (kept.from_file != entry.from_file) {
+      FoundKey& from_set = kept.from_file ? entry : kept;
+      const FoundKey& from_file = kept.from_file ? kept : entry;
+      kept = {from_set.key, from_set.node, true, from_file.line, from_file.column};
+      continue;
+    }
+    fail_sweep_key(file, entry, "swept twice (also as sweep." + kept.key + "); list its values once");
+  }
+
+  // File order (line, column), then keys added by --set in name order.
+  std::vector<std::pair<std::string, FoundKey>> ordered(by_path.begin(), by_path.end());
+  std::stable_sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+    if (a.second.from_file != b.second.from_file) return a.second.from_file;
+    if (!a.second.from_file) return false;
+    return std::make_pair(a.second.line, a.second.column) < std::make_pair(b.second.line, b.second.column);
+  });
+  std::vector<SweepAxis> axes;
+  for (const auto& [path, entry] : ordered) {
+    SweepAxis axis;
+    axis.key = path;
+    for (const toml::node& value : *entry.node->as_array()) {
+      axis.values.push_back(render_toml_value(value));
+      axis.shown.push_back(show_toml_value(value));
+    }
+    axes.push_back(std::move(axis));
+  }
+  return axes;
+}
+
+std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes) {
+  size_t total = 1;
+  for (const SweepAxis& axis : axes) total *= axis.values.size();
+  const int digits = std::max(2, static_cast<int>(std::to_string(total > 0 ? total - 1 : 0).size()));
+
+  // Labels use the last part of each key ("name", "d_state") unless two axes share it.
+  std::map<std::string, int> last_parts;
+  for (const SweepAxis& axis : axes) ++last_parts[last_component(axis.key)];
+
+  std::vector<SweepRun> runs;
+  std::vector<size_t> choice(axes.size(), 0);
+  for (size_t index = 0; index < total; ++index) {
+    SweepRun run;
+    run.index = static_cast<int64_t>(index);
+    run.choice = choice;
+    std::vector<std::string> name_parts, label_parts;
+    for (size_t a = 0; a < axes.size(); ++a) {
+      const SweepAxis& axis = axes[a];
+      const std::string& shown = axis.shown[choice[a]];
+      run.assignments.push_back(axis.key + "=" + axis.values[choice[a]]);
+      name_parts.push_back(axis.key + "=" + shown);
+      const std::string short_key = last_parts[last_component(axis.key)] > 1 ? axis.key : last_component(axis.key);
+      // One axis of strings (router names): the value says it all; numbers need their key.
+      const bool bare = axes.size() == 1 && axis.values[choice[a]].front() == '"';
+      label_parts.push_back(bare ? shown : short_key + "=" + shown);
+    }
+    std::string prefix = std::to_string(index);
+    prefix.insert(0, static_cast<size_t>(std::max(0, digits - static_cast<int>(prefix.size()))), '0');
+    run.name = sanitize_folder_name(prefix + "-" + join(name_parts, ","));
+    run.label = join(label_parts, ", ");
+    runs.push_back(std::move(run));
+    // The last axis varies fastest, like nested loops in file order.
+    for (size_t a = axes.size(); a-- > 0;) {
+      if (++choice[a] < axes[a].values.size()) break;
+      choice[a] = 0;
+    }
+  }
+  return runs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The comparison table.
+
+namespace {
+
+std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer) {
+  if (!json.is_object()) return std::nullopt;
+  const nlohmann::json::json_pointer path(pointer);
+  if (!json.contains(path)) return std::nullopt;
+  const nlohmann::json& value = json.at(path);
+  if (!value.is_number()) return std::nullopt;  // NaN is written to JSON as null
+  const double number = value.get<double>();
+  return std::isfinite(number) ? std::optional<double>(number) : std::nullopt;
+}
+
+enum class Format { fixed, percent, grouped };
+
+// One column of the results: where its value is in summary.json and how Markdown shows it.
+struct ResultColumn {
+  const char* title;    // Markdown
+  const char* csv;      // CSV header
+  const char* pointer;  // in summary.json; empty: the run's wall time
+  Format format;
+  int decimals;
+};
+
+const std::vector<ResultColumn>& result_columns() {
+  static const std::vector<ResultColumn> columns{
+      {"eval loss", "eval_loss", "/final/eval_loss", Format::fixed, 4},
+      {"eval acc", "eval_accuracy", "/final/eval_accuracy", Format::fixed, 3},
+      {"train loss", "train_loss", "/final/train_loss", Format::fixed, 4},
+      {"tokens/s", "tokens_per_second", "/tokens_per_second", Format::grouped, 0},
+      {"load CV", "load_cv", "/routing_overall/load_cv", Format::fixed, 3},
+      {"MaxVio", "max_violation", "/routing_overall/max_violation", Format::fixed, 3},
+      {"drop rate", "dropped_fraction", "/routing_overall/dropped_fraction", Format::percent, 1},
+      {"parameters", "parameters", "/parameters", Format::grouped, 0},
+      {"steps", "steps", "/steps", Format::fixed, 0},
+      {"time (s)", "seconds", "", Format::fixed, 0},
+  };
+  return columns;
+}
+
+std::optional<double> column_value(const ResultColumn& column, const SweepResult& result) {
+  if (column.pointer[0] == '\0') {
+    return result.seconds > 0 ? std::optional<double>(result.seconds) : std::nullopt;
+  }
+  return number_at(result.summary, column.pointer);
+}
+
+// 1234567 -> "1,234,567".
+std::string grouped(double value) {
+  std::string digits = std::to_string(static_cast<long long>(std::llround(std::abs(value))));
+  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(static_cast<size_t>(i), ",");
+  return (value < 0 ? "-" : "") + digits;
+}
+
+std::string show_number(const ResultColumn& column, double value) {
+  char buffer[48];
+  switch (column.format) {
+    case Format::grouped: return grouped(value);
+    case Format::percent: std::snprintf(buffer, sizeof buffer, "%.*f%%", column.decimals, 100 * value); break;
+    case Format::fixed: std::snprintf(buffer, sizeof buffer, "%.*f", column.decimals, value); break;
+  }
+  return buffer;
+}
+
+std::string markdown_cell(const std::string& text) {
+  std::string cell;
+  for (char c : text) cell += c == '|' ? std::string("\\|") : std::string(1, c);
+  return cell;
+}
+
+std::string csv_cell(const std::string& text) {
+  if (text.find_first_of(",\"\n") == std::string::npos) return text;
+  std::string quoted = "\"";
+  for (char c : text) quoted += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return quoted + "\"";
+}
+
+}  // namespace
+
+std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  const auto& columns = result_columns();
+  const bool show_status = std::any_of(results.begin(), results.end(), [](const SweepResult& r) { return r.status != "done"; });
+
+  // The best eval loss (lowest) and accuracy (highest) among finished runs, as shown, bold unless
+  // every finished run shows the same.
+  std::map<std::string, std::string> best;
+  for (const ResultColumn& column : columns) {
+    const std::string pointer = column.pointer;
+    if (pointer != "/final/eval_loss" && pointer != "/final/eval_accuracy") continue;
+    std::optional<double> best_value;
+    std::set<std::string> shown;
+    for (const SweepResult& result : results) {
+      const auto value = number_at(result.summary, pointer);
+      if (!value || result.status != "done") continue;
+      shown.insert(show_number(column, *value));
+      const bool better = pointer == "/final/eval_loss" ? *value < best_value.value_or(INFINITY)
+                                                        : *value > best_value.value_or(-INFINITY);
+      if (better) best_value = value;
+    }
+    if (shown.size() >= 2) best[pointer] = show_number(column, *best_value);
+  }
+
+  std::ostringstream out;
+  out << "| # |";
+  for (const SweepAxis& axis : axes) out << " " << markdown_cell(axis.key) << " |";
+  if (show_status) out << " status |";
+  for (const ResultColumn& column : columns) out << " " << column.title << " |";
+  out << "\n|--:|";
+  for (size_t i = 0; i < axes.size(); ++i) out << "---|";
+  if (show_status) out << "---|";
+  for (size_t i = 0; i < columns.size(); ++i) out << "--:|";
+  out << "\n";
+  for (const SweepResult& result : results) {
+    out << "| " << result.run.index << " |";
+    for (size_t a = 0; a < axes.size() && a < result.run.choice.size(); ++a) {
+      out << " " << markdown_cell(axes[a].shown[result.run.choice[a]]) << " |";
+    }
+    if (show_status) out << " " << result.status << " |";
+    for (const ResultColumn& column : columns) {
+      const auto value = column_value(column, result);
+      std::string cell = value ? show_number(column, *value) : "–";
+      const auto bold = best.find(column.pointer);
+      if (value && result.status == "done" && bold != best.end() && bold->second == cell) cell = "**" + cell + "**";
+      out << " " << cell << " |";
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  std::ostringstream out;
+  out << "index,name";
+  for (const SweepAxis& axis : axes) out << "," << csv_cell(axis.key);
+  out << ",status";
+  for (const ResultColumn& column : result_columns()) out << "," << column.csv;
+  out << "\n";
+  for (const SweepResult& result : results) {
+    out << result.run.index << "," << csv_cell(result.run.name);
+    for (size_t a = 0; a < axes.size() && a < result.run.choice.size(); ++a) {
+      out << "," << csv_cell(axes[a].shown[result.run.choice[a]]);
+    }
+    out << "," << result.status;
+    for (const ResultColumn& column : result_columns()) {
+      out << ",";
+      if (const auto value = column_value(column, result)) {
+        char buffer[48];
+        std::snprintf(buffer, sizeof buffer, "%.8g", *value);
+        out << buffer;
+      }
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plots.
+
+namespace {
+
+std::string swept_keys(const std::vector<SweepAxis>& axes) {
+  std::vector<std::string> keys;
+  for (const SweepAxis& axis : axes) keys.push_back(axis.key);
+  return join(keys, ", ");
+}
+
+// (step, value) of `key` over the metrics lines of a run that have it.
+LineSeries metric_series(const SweepResult& result, const std::string& key) {
+  LineSeries series;
+  series.colour = static_cast<size_t>(result.run.index);
+  if (!result.metrics.is_array()) return series;
+  for (const nlohmann::json& entry : result.metrics) {
+    if (!entry.contains(key) || !entry[key].is_number() || !entry.contains("step")) continue;
+    series.x.push_back(entry["step"].get<double>());
+    series.y.push_back(entry[key].get<double>());
+  }
+  return series;
+}
+
+}  // namespace
+
+std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  LineChart chart;
+  chart.title = "Loss per run";
+  chart.subtitle = "swept: " + swept_keys(axes);
+  chart.x_label = "step";
+  chart.y_label = "loss";
+  bool any_eval = false;
+  double low = INFINITY, high = 0;
+  for (const SweepResult& result : results) {
+    LineSeries train = metric_series(result, "train_loss");
+    train.label = result.run.label;
+    LineSeries eval = metric_series(result, "eval_loss");
+    eval.dashed = true;
+    any_eval = any_eval || !eval.y.empty();
+    for (const LineSeries* series : {&train, &eval}) {
+      for (double y : series->y) {
+        if (std::isfinite(y)) low = std::min(low, y), high = std::max(high, y);
+      }
+    }
+    if (!train.y.empty()) chart.series.push_back(std::move(train));  // runs not started yet stay out
+    if (!eval.y.empty()) chart.series.push_back(std::move(eval));
+  }
+  chart.log_y = low > 0 && high / low > 10;
+  chart.style_keys.push_back({false, "train loss"});
+  if (any_eval) chart.style_keys.push_back({true, "eval loss"});
+  return line_chart_svg(chart);
+}
+
+std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  LineChart chart;
+  chart.title = "Eval accuracy per run";
+  chart.subtitle = "swept: " + swept_keys(axes);
+  chart.x_label = "step";
+  chart.y_label = "eval accuracy";
+  chart.y_low = 0;
+  chart.y_high = 1;
+  bool any = false;
+  for (const SweepResult& result : results) {
+    LineSeries series = metric_series(result, "eval_accuracy");
+    series.label = result.run.label;
+    if (series.y.empty()) continue;
+    any = true;
+    chart.series.push_back(std::move(series));
+  }
+  return any ? line_chart_svg(chart) : "";
+}
+
+std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  BarPanelGrid grid;
+  grid.title = "Expert load per MoE layer";
+  grid.subtitle = "share of the routed tokens per expert, on the eval batches after training; dashed: uniform 1/X";
+  grid.y_label = "load fraction";
+  size_t experts = 0;
+  for (const SweepResult& result : results) {
+    const nlohmann::json& summary = result.summary;
+    if (!summary.is_object() || !summary.contains("routing") || !summary["routing"].is_array()) continue;
+    BarPanel panel;
+    panel.title = std::to_string(result.run.index) + ": " + result.run.label;
+    size_t panel_experts = 0;
+    for (const nlohmann::json& layer : summary["routing"]) {
+      if (!layer.contains("load") || !layer["load"].is_array()) continue;
+      panel.groups.push_back("block " + std::to_string(layer.value("layer", 0)));
+      panel.values.push_back(layer["load"].get<std::vector<double>>());
+      panel_experts = std::max(panel_experts, panel.values.back().size());
+    }
+    if (panel.values.empty()) continue;
+    experts = std::max(experts, panel_experts);
+    panel.reference = 1.0 / static_cast<double>(panel_experts);
+    panel.reference_label = "1/" + std::to_string(panel_experts);
+    std::vector<std::string> figures;
+    for (const auto& [pointer, name] : {std::pair<std::string, std::string>{"/routing_overall/load_cv", "CV"},
+                                        std::pair<std::string, std::string>{"/routing_overall/max_violation", "MaxVio"}}) {
+      if (const auto value = number_at(summary, pointer)) figures.push_back(name + " " + tick_label(*value, 0.001));
+    }
+    if (const auto value = number_at(summary, "/routing_overall/dropped_fraction")) {
+      figures.push_back("drop " + tick_label(100 * *value, 0.1) + "%");
+    }
+    panel.subtitle = join(figures, " · ");
+    grid.panels.push_back(std::move(panel));
+  }
+  if (grid.panels.empty()) return "";
+  for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
+  grid.subtitle += " · swept: " + swept_keys(axes);
+  return bar_panels_svg(grid);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sweep command.
+
+namespace {
+
+// The run's experiment: the file with the command line's overrides, then the combination's values.
+// Its [sweep] table is emptied, so that the run's config.toml describes that run alone.
+Experiment load_run_experiment(const std::string& path, const std::vector<std::string>& sets, const SweepRun& run) {
+  std::vector<std::string> assignments = sets;
+  assignments.insert(assignments.end(), run.assignments.begin(), run.assignments.end());
+  Experiment experiment = load_experiment(path, assignments);
+  if (toml::table* sweep = experiment.file.root()["sweep"].as_table()) sweep->clear();
+  return experiment;
+}
+
+// Everything a run would check before its first step, without running: the model, the task, and the
+// [training] and [optimizer] tables (which the trainer reads only once training starts).
+void validate_run(const Experiment& experiment) {
+  BuiltExperiment built = build_experiment(experiment);
+  if (!built.task->trainable()) return;
+  const ConfigTable& training = experiment.table("training");
+  read_training_settings(training);
+  const ConfigTable& optimizer = experiment.table("optimizer");
+  const std::string name = optimizer.get_string("name", "adamw");
+  if (!optimizer_registry().contains(name)) {
+    optimizer.fail("name", "unknown optimizer \"" + name + "\"; valid: " + optimizer_registry().names());
+  }
+  optimizer_registry().get(name)(optimizer, built.model->parameters());
+  optimizer.reject_unknown_keys();
+  training.reject_unknown_keys();
+}
+
+std::string format_duration(double seconds) {
+  const int64_t total = static_cast<int64_t>(std::llround(std::max(0.0, seconds)));
+  char buffer[32];
+  if (total >= 3600) {
+    std::snprintf(buffer, sizeof buffer, "%lldh%02lldm%02llds", static_cast<long long>(total / 3600),
+                  static_cast<long long>(total / 60 % 60), static_cast<long long>(total % 60));
+  } else {
+    std::snprintf(buffer, sizeof buffer, "%lldm%02llds", static_cast<long long>(total / 60),
+                  static_cast<long long>(total % 60));
+  }
+  return buffer;
+}
+
+nlohmann::json read_json_lines(const std::string& path) {
+  nlohmann::json lines = nlohmann::json::array();
+  std::ifstream in(path);
+  std::string text;
+  while (std::getline(in, text)) {
+    if (text.empty()) continue;
+    try {
+      lines.push_back(nlohmann::json::parse(text));
+    } catch (const nlohmann::json::exception&) {
+      break;  // a line cut by a crash: keep what came before
+    }
+  }
+  return lines;
+}
+
+// Fills in the summary (finished or interrupted runs) and the metrics of a run from its folder.
+void read_run_outputs(SweepResult& result, const std::string& folder) {
+  result.summary = nullptr;
+  result.metrics = nlohmann::json::array();
+  if (result.status == "pending") return;
+  const std::string summary = folder + "/summary.json";
+  if ((result.status == "done" || result.status == "interrupted") && std::filesystem::exists(summary)) {
+    result.summary = nlohmann::json::parse(read_file(summary));
+  }
+  if (std::filesystem::exists(folder + "/metrics.jsonl")) result.metrics = read_json_lines(folder + "/metrics.jsonl");
+}
+
+nlohmann::json sweep_state(const std::string& experiment_path, const std::vector<std::string>& sets,
+                           const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  nlohmann::json state;
+  state["experiment"] = experiment_path;
+  state["overrides"] = sets;
+  state["axes"] = nlohmann::json::array();
+  for (const SweepAxis& axis : axes) {
+    state["axes"].push_back({{"key", axis.key}, {"values", axis.values}, {"shown", axis.shown}});
+  }
+  state["runs"] = nlohmann::json::array();
+  double total = 0;
+  for (const SweepResult& result : results) {
+    nlohmann::json values = nlohmann::json::object();
+    for (size_t a = 0; a < axes.size(); ++a) values[axes[a].key] = axes[a].shown[result.run.choice[a]];
+    state["runs"].push_back({{"index", result.run.index},
+                             {"name", result.run.name},
+                             {"label", result.run.label},
+                             {"values", values},
+                             {"assignments", result.run.assignments},
+                             {"status", result.status},
+                             {"seconds", result.seconds},
+                             {"error", result.error}});
+    total += result.seconds;
+  }
+  state["seconds"] = total;
+  return state;
+}
+
+// sweep.json, results.md, results.csv and the plots, from what is known so far.
+void write_sweep_outputs(const std::string& folder, const std::string& experiment_path,
+                         const std::vector<std::string>& sets, const std::vector<SweepAxis>& axes,
+                         const std::vector<SweepResult>& results) {
+  write_file_atomic(folder + "/sweep.json", sweep_state(experiment_path, sets, axes, results).dump(2) + "\n");
+  write_file_atomic(folder + "/results.csv", results_csv(axes, results));
+
+  std::vector<std::pair<std::string, std::string>> plots{{"loss_curves.svg", loss_curves_svg(axes, results)},
+                                                         {"eval_accuracy.svg", accuracy_curves_svg(axes, results)},
+                                                         {"expert_load.svg", expert_load_svg(axes, results)}};
+  int64_t done = 0;
+  double seconds = 0;
+  for (const SweepResult& result : results) done += result.status == "done", seconds += result.seconds;
+  std::ostringstream markdown;
+  markdown << "# Sweep of " << experiment_path << "\n\n"
+           << done << " of " << results.size() << " runs finished (" << format_duration(seconds)
+           << " of run time); swept: " << swept_keys(axes) << ".\n\n"
+           << results_markdown(axes, results) << "\n"
+           << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
+              "tokens/s: training throughput; load CV (coefficient of variation of the experts' load), MaxVio "
+              "(max load / mean load − 1) and drop rate (assignments dropped for capacity): the mean over MoE "
+              "layers, measured on the eval batches at the end; time: wall time of the run.\n";
+  for (const auto& [file, svg] : plots) {
+    if (svg.empty()) continue;
+    write_file_atomic(folder + "/" + file, svg);
+    markdown << "\n![" << file.substr(0, file.size() - 4) << "](" << file << ")\n";
+  }
+  write_file_atomic(folder + "/results.md", markdown.str());
+}
+
+std::string shell_quote(const std::string& text) {
+  const bool plain = std::all_of(text.begin(), text.end(), [](unsigned char c) {
+    return std::isalnum(c) || std::string("/._-=+,:").find(static_cast<char>(c)) != std::string::npos;
+  });
+  if (plain && !text.empty()) return text;
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+// The command that continues this sweep.
+std::string resume_command(const CommandLine& line, const std::string& folder) {
+  std::string command = "mamba-r1 sweep " + shell_quote(line.experiment_path());
+  for (const std::string& set : line.sets) command += " --set " + shell_quote(set);
+  for (const char* option : {"backend", "seed", "threads"}) {
+    if (!line.option(option).empty()) command += std::string(" --") + option + " " + shell_quote(line.option(option));
+  }
+  return command + " --out " + shell_quote(folder) + " --resume";
+}
+
+}  // namespace
+
+int command_sweep(const CommandLine& line) {
+  const std::string path = line.experiment_path();
+  const std::vector<std::string> sets = command_line_assignments(line);
+  const bool resume = line.flag("resume");
+  if (resume && line.option("out").empty()) {
+    throw UsageError("--resume needs --out DIR, the folder of the sweep to continue");
+  }
+
+  // The combinations, each checked as far as it can be without running, before anything runs.
+  const Experiment base = load_experiment(path, sets);
+  const std::vector<SweepAxis> axes = read_sweep_axes(base.file);
+  const std::vector<SweepRun> runs = expand_sweep(axes);
+  std::vector<std::string> described;
+  for (const SweepAxis& axis : axes) described.push_back(axis.key + " (" + std::to_string(axis.values.size()) + ")");
+  spdlog::info("sweep of {}: {} runs over {}", path, runs.size(), join(described, " × "));
+  for (const SweepRun& run : runs) {
+    try {
+      validate_run(load_run_experiment(path, sets, run));
+    } catch (const std::exception& error) {
+      throw ConfigError("sweep run " + run.name + " (" + join(run.assignments, ", ") + "): " + error.what() +
+                        "\nnothing was run");
+    }
+  }
+  spdlog::info("checked all {} combinations", runs.size());
+
+  std::string folder = line.option("out");
+  if (folder.empty()) folder = base.output.dir + "/" + base.output.name + "-sweep-" + timestamp();
+  const std::string state_path = folder + "/sweep.json";
+  std::vector<SweepResult> results;
+  for (const SweepRun& run : runs) {
+    results.emplace_back();
+    results.back().run = run;
+  }
+
+  if (resume) {
+    if (!std::filesystem::exists(state_path)) {
+      throw std::runtime_error("--resume: " + state_path + " not found; is " + folder + " the folder of a sweep?");
+    }
+    const nlohmann::json previous = nlohmann::json::parse(read_file(state_path));
+    const nlohmann::json& previous_runs = previous.at("runs");
+    for (size_t i = 0; i < std::max(runs.size(), previous_runs.size()); ++i) {
+      const std::string here = i < runs.size() ? runs[i].name : "(none)";
+      const std::string there = i < previous_runs.size() ? previous_runs[i].at("name").get<std::string>() : "(none)";
+      if (here != there) {
+        throw std::runtime_error("--resume: the combinations differ from those of the sweep in " + folder + ": run " +
+                                 std::to_string(i) + " is " + here + " now and " + there +
+                                 " there; use the same file and --set options, or another --out");
+      }
+      results[i].status = previous_runs[i].value("status", "pending");
+      results[i].seconds = previous_runs[i].value("seconds", 0.0);
+      results[i].error = previous_runs[i].value("error", "");
+      read_run_outputs(results[i], folder + "/runs/" + runs[i].name);
+    }
+  } else if (std::filesystem::exists(state_path)) {
+    throw UsageError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
+  }
+  make_directories(folder + "/runs");
+  write_sweep_outputs(folder, path, sets, axes, results);
+  spdlog::info("sweep folder: {}", folder);
+
+  const auto sweep_start = std::chrono::steady_clock::now();
+  int64_t ran = 0;
+  for (SweepResult& result : results) {
+    const SweepRun& run = result.run;
+    const std::string run_folder = folder + "/runs/" + run.name;
+    Experiment experiment = load_run_experiment(path, sets, run);
+    if (result.status == "done" && std::filesystem::exists(run_folder + "/summary.json")) {
+      spdlog::info("sweep run {}/{}: {} finished before, skipped", run.index + 1, runs.size(), run.name);
+      const std::string config = run_folder + "/config.toml";
+      if (std::filesystem::exists(config) && read_file(config) != experiment.file.to_toml() + "\n") {
+        spdlog::warn("{}: the experiment has changed since this run (its config.toml differs); it is kept as it is",
+                     run.name);
+      }
+      continue;
+    }
+    const bool continue_run = (result.status == "interrupted" || result.status == "running") &&
+                              std::filesystem::exists(run_folder + "/trainer_state.json");
+    apply_thread_count(experiment.run.threads);
+    result.status = "running";
+    result.error.clear();
+    write_sweep_outputs(folder, path, sets, axes, results);
+    spdlog::info("sweep run {}/{}: {}{}", run.index + 1, runs.size(), run.name,
+                 continue_run ? " (continuing from its checkpoint)" : "");
+    const auto start = std::chrono::steady_clock::now();
+    bool interrupted = false;
+    try {
+      interrupted = run_experiment(experiment, run_folder, continue_run).interrupted;
+      result.status = interrupted ? "interrupted" : "done";
+    } catch (const std::exception& error) {
+      result.status = "failed";
+      result.error = error.what();
+      spdlog::error("sweep run {} failed: {}", run.name, error.what());
+    }
+    result.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    read_run_outputs(result, run_folder);
+    write_sweep_outputs(folder, path, sets, axes, results);
+    ++ran;
+    if (interrupted) {
+      spdlog::warn("sweep interrupted during run {}; finished runs are kept. Continue with:\n  {}", run.name,
+                   resume_command(line, folder));
+      return 130;
+    }
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
+    int64_t left = 0;
+    for (const SweepResult& other : results) left += other.status != "done" && other.status != "failed";
+    spdlog::info("sweep: {} of {} runs finished, {} elapsed, about {} left", runs.size() - left, runs.size(),
+                 format_duration(elapsed), format_duration(elapsed / ran * left));
+  }
+
+  const int64_t failed = std::count_if(results.begin(), results.end(), [](const SweepResult& r) { return r.status == "failed"; });
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
+  spdlog::info("sweep finished: {} runs ({} failed) in {}; results in {}/results.md", runs.size(), failed,
+               format_duration(elapsed), folder);
+  spdlog::info("results:\n{}", results_markdown(axes, results));
+  return failed > 0 ? 1 : 0;
+}
+
+}  // namespace mr1

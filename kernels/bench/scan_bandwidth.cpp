@@ -1,0 +1,136 @@
+// mamba-r1-scan-bench [B L E N [REPEATS]]: the CUDA selective scan's achieved memory bandwidth.
+// The forward must read u, delta, z (B·L·E each), B and C (B·L·N each), A (E·N), D and delta_bias (E) once,
+// and write out (B·L·E) once; those bytes over the kernel's time, against the device's peak
+// (2 × memory clock × bus width). The backward's time is reported beside it. Default shape: B = 8,
+// L = 2048, E = 2048, N = 16 (the target: the forward at 60% or more of peak).
+// Exit 3 with one line when no GPU can be used.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_device.h"
+#include "kernels/selective_scan_cuda.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// A device buffer of `count` floats, uniform in [low, high).
+mr1::cuda::DeviceBuffer random_buffer(int64_t count, std::mt19937& generator, float low, float high) {
+  std::vector<float> values(static_cast<size_t>(count));
+  std::uniform_real_distribution<float> distribution(low, high);
+  for (float& value : values) value = distribution(generator);
+  return mr1::cuda::upload(values);
+}
+
+// Median milliseconds of `repeats` runs after two warm-up runs, each run waited for.
+double median_milliseconds(int repeats, const std::function<void()>& run) {
+  run();
+  run();
+  mr1::cuda::synchronize();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = Clock::now();
+    run();
+    mr1::cuda::synchronize();
+    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace mr1;
+  int64_t B = 8, L = 2048, E = 2048, N = 16;
+  int repeats = 20;
+  if (argc != 1 && argc != 5 && argc != 6) {
+    std::fprintf(stderr, "usage: mamba-r1-scan-bench [B L E N [REPEATS]]\n");
+    return 2;
+  }
+  if (argc >= 5) {
+    B = std::atoll(argv[1]);
+    L = std::atoll(argv[2]);
+    E = std::atoll(argv[3]);
+    N = std::atoll(argv[4]);
+  }
+  if (argc == 6) repeats = std::max(1, std::atoi(argv[5]));
+  const std::string reason = cuda::unavailable_reason();
+  if (!reason.empty()) {
+    std::fprintf(stderr, "scan bench: no GPU: %s\n", reason.c_str());
+    return 3;
+  }
+  try {
+    const cuda::DeviceInfo device = cuda::device_info();
+    std::mt19937 generator(1234);
+    const int64_t tokens = B * L;
+    cuda::DeviceBuffer u = random_buffer(tokens * E, generator, -1, 1);
+    cuda::DeviceBuffer delta = random_buffer(tokens * E, generator, -1, 1);
+    cuda::DeviceBuffer z = random_buffer(tokens * E, generator, -2, 2);
+    cuda::DeviceBuffer Bm = random_buffer(tokens * N, generator, -1, 1);
+    cuda::DeviceBuffer Cm = random_buffer(tokens * N, generator, -1, 1);
+    cuda::DeviceBuffer A = random_buffer(E * N, generator, -8, -0.5f);
+    cuda::DeviceBuffer D = random_buffer(E, generator, 0.5f, 1.5f);
+    cuda::DeviceBuffer bias = random_buffer(E, generator, -5, -2.5f);
+    cuda::DeviceBuffer grad_out = random_buffer(tokens * E, generator, -1, 1);
+    cuda::DeviceBuffer out(tokens * E * sizeof(float)), state(B * E * N * sizeof(float));
+
+    SelectiveScanPointers in;
+    in.u = u.as<float>();
+    in.delta = delta.as<float>();
+    in.A = A.as<float>();
+    in.B = Bm.as<float>();
+    in.C = Cm.as<float>();
+    in.D = D.as<float>();
+    in.z = z.as<float>();
+    in.delta_bias = bias.as<float>();
+    in.delta_softplus = true;
+    void* stream = cuda::stream();
+
+    const double forward_ms = median_milliseconds(
+        repeats, [&] { selective_scan_forward_cuda(in, out.as<float>(), nullptr, B, L, E, N, stream); });
+    const double forward_bytes = 4.0 * (4.0 * tokens * E + 2.0 * tokens * N + E * N + 2.0 * E);
+    const double forward_bandwidth = forward_bytes / (forward_ms * 1e-3);
+
+    // The backward's gradients, zero-filled before each run (its sums add to them).
+    cuda::DeviceBuffer du(tokens * E * sizeof(float)), dd(tokens * E * sizeof(float)), dz(tokens * E * sizeof(float)),
+        dA(E * N * sizeof(float)), dB(tokens * N * sizeof(float)), dC(tokens * N * sizeof(float)),
+        dD(E * sizeof(float)), dbias(E * sizeof(float));
+    SelectiveScanGradPointers grads{du.as<float>(), dd.as<float>(), dA.as<float>(), dB.as<float>(),
+                                    dC.as<float>(), dD.as<float>(), dz.as<float>(), dbias.as<float>()};
+    const double backward_ms = median_milliseconds(repeats, [&] {
+      for (cuda::DeviceBuffer* buffer : {&dA, &dB, &dC, &dD, &dbias})
+        cuda::memset_zero(buffer->as<void>(), buffer->bytes());
+      selective_scan_backward_cuda(grad_out.as<float>(), in, grads, B, L, E, N, stream);
+    });
+    // Read u, delta, z, dout (and again u, delta for the checkpoints), B, C; write du, ddelta, dz, dB, dC.
+    const double backward_bytes = 4.0 * (9.0 * tokens * E + 4.0 * tokens * N);
+    const double backward_bandwidth = backward_bytes / (backward_ms * 1e-3);
+
+    const double peak = device.peak_bandwidth;
+    std::printf("device: %s (sm_%d%d, %d SMs), peak memory bandwidth %.0f GB/s\n", device.name.c_str(), device.major,
+                device.minor, device.multiprocessors, peak / 1e9);
+    std::printf(
+        "selective scan forward   B=%lld L=%lld E=%lld N=%lld: %8.3f ms, %7.1f MB moved, %7.0f GB/s = %5.1f%% of "
+        "peak\n",
+        static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(E), static_cast<long long>(N),
+        forward_ms, forward_bytes / 1e6, forward_bandwidth / 1e9, 100.0 * forward_bandwidth / peak);
+    std::printf(
+        "selective scan backward  B=%lld L=%lld E=%lld N=%lld: %8.3f ms, %7.1f MB moved, %7.0f GB/s = %5.1f%% of "
+        "peak\n",
+        static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(E), static_cast<long long>(N),
+        backward_ms, backward_bytes / 1e6, backward_bandwidth / 1e9, 100.0 * backward_bandwidth / peak);
+    std::printf("scan_forward_fraction_of_peak=%.3f target=0.60 %s\n", forward_bandwidth / peak,
+                forward_bandwidth / peak >= 0.60 ? "met" : "NOT met");
+    return 0;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "scan bench: %s\n", error.what());
+    return 1;
+  }
+}

@@ -1,0 +1,18 @@
+// CUDA launchers of the optimizer updates (the squared norm uses sum_squared_deviation_cuda).
+// Raw device pointers; plain C++ header. n: the parameter's element count.
+#pragma once
+
+#include <cstdint>
+
+namespace mr1 {
+
+// p ← p · decay;  m ← β1 m + (1 − β1) g;  v ← β2 v + (1 − β2) g²;
+// p ← p − step_size · m / (√v / root_correction2 + epsilon)     (the CPU's float formula, term by term)
+void adamw_update_cuda(float* parameter, const float* grad, float* m, float* v, int64_t n, float decay, float beta1,
+                       float beta2, float step_size, float root_correction2, float epsilon, void* stream);
+
+// p ← p · decay;  d = g, or with a buffer b: b ← μ b + g, d = b;  p ← p − lr · d
+void sgd_update_cuda(float* parameter, const float* grad, float* momentum_buffer, int64_t n, float decay,
+                     float learning_rate, float momentum, void* stream);
+
+}  // namespace mr1

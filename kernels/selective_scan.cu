@@ -1,0 +1,494 @@
+// The selective scan on CUDA, forward and backward (the CPU reference: kernels/selective_scan.cpp).
+//
+// Layout. Each channel (b, e) is scanned by P consecutive lanes of a warp, P the smallest power of two
+// with 8·P >= N (P = 1 .. 32, so N <= 256); each lane keeps 8 of the channel's states in registers, and
+// y = Σ_n h[n] C[n] is summed over the P lanes with shuffles. A block of 128 threads holds 128/P channels
+// of one batch row; the grid is (E / (128/P), B). States past N have A = B = C = 0 and stay 0.
+//
+// Forward: the sequence is walked in chunks of 16 steps. While a chunk is computed, the next chunk's
+// u, delta and z are loaded into registers and its B and C rows are copied into the other half of a
+// double-buffered shared-memory tile (cp.async), so loads overlap the arithmetic. softplus(delta + bias),
+// the D skip and the silu(z) gate are fused. Optionally writes the state at every 64th step (the
+// checkpoints of the backward) and the final state.
+//
+// Backward: a forward pass of the kernel above writes a checkpoint every 64 steps. The backward kernel
+// visits those segments in reverse; within one it recomputes the states forward from the checkpoint,
+// keeping one every 8 steps in shared memory, then for each 8-step sub-chunk in reverse recomputes its
+// states into registers and runs the reverse-time recurrence on them. du, d(delta) and dz are written
+// directly; dB and dC (sums over the channels) are reduced across the warp's channels with shuffles,
+// then across the block in shared memory, then added to global memory with one atomicAdd per block,
+// step and state; dA, dD and d(delta_bias) (sums over batch rows) are added with atomicAdd at the end.
+// The atomics make dA, dB, dC, dD and d(delta_bias) depend on the order in which blocks finish, in
+// the last bits of float; everything else is deterministic.
+//
+// Shape letters: B batch, L length, E channels, N state size, P lanes per channel.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda_device.cuh"
+#include "kernels/selective_scan_cuda.h"
+
+namespace mr1 {
+
+namespace {
+
+constexpr int kStates = 8;     // states per lane
+constexpr int kThreads = 128;  // threads per block
+constexpr int kChunk = 16;     // forward: steps per shared-memory chunk
+constexpr int kSegment = 64;   // steps between checkpoints (a multiple of kChunk and kSub)
+constexpr int kSub = 8;        // backward: steps recomputed into registers at once
+constexpr int kSubsPerSegment = kSegment / kSub;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct ScanShape {
+  int64_t batch, length, channels, state;  // B, L, E, N
+  int lanes;                               // P
+  int padded;                              // 8·P >= N
+  int channels_per_block;                  // 128 / P
+  int64_t segments;                        // ceil(L / 64)
+};
+
+int lanes_for(int64_t N) {
+  int lanes = 1;
+  while (lanes * kStates < N) lanes <<= 1;
+  return lanes;
+}
+
+ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N) {
+  if (N < 1 || N > kSelectiveScanCudaMaxState) {
+    throw std::invalid_argument("selective_scan: the CUDA kernels support d_state N from 1 to " +
+                                std::to_string(kSelectiveScanCudaMaxState) + ", found " + std::to_string(N));
+  }
+  ScanShape s;
+  s.batch = B;
+  s.length = L;
+  s.channels = E;
+  s.state = N;
+  s.lanes = lanes_for(N);
+  s.padded = s.lanes * kStates;
+  s.channels_per_block = kThreads / s.lanes;
+  s.segments = (L + kSegment - 1) / kSegment;
+  return s;
+}
+
+dim3 scan_grid(const ScanShape& s) {
+  return dim3(static_cast<unsigned>((s.channels + s.channels_per_block - 1) / s.channels_per_block),
+              static_cast<unsigned>(s.batch));
+}
+
+// Where a thread works: its lane group (which 8 states), channel e, batch row b.
+struct Position {
+  int group;
+  int first_state;
+  int64_t e, b;
+  bool valid;  // e < E (threads past E run along with zeros, for the block's barriers and shuffles)
+};
+
+__device__ __forceinline__ Position locate(const ScanShape& s) {
+  Position at;
+  at.group = threadIdx.x % s.lanes;
+  at.first_state = at.group * kStates;
+  at.e = static_cast<int64_t>(blockIdx.x) * s.channels_per_block + threadIdx.x / s.lanes;
+  at.b = blockIdx.y;
+  at.valid = at.e < s.channels;
+  return at;
+}
+
+// softplus(v) = max(v, 0) + log1p(exp(−|v|)): never overflows (the CPU's formula).
+__device__ __forceinline__ float softplus(float v) { return fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))); }
+
+// exp(Δ · A) as exp2((Δ · log2 e) · A): one MUFU.EX2 per state and step.
+__device__ __forceinline__ float decay(float delta_log2e, float A) { return exp2f(delta_log2e * A); }
+
+// Σ of v over the P lanes of a channel (every lane gets it). All lanes of the warp must call it.
+__device__ __forceinline__ float lanes_sum(float v, int lanes) {
+  for (int offset = 1; offset < lanes; offset <<= 1) v += __shfl_xor_sync(cuda::kFullMask, v, offset);
+  return v;
+}
+
+// A[e, n] for the thread's 8 states (0 past N), and its channel's D and delta_bias (0 when absent).
+struct ChannelConstants {
+  float A[kStates];
+  float skip, bias;
+};
+
+__device__ __forceinline__ ChannelConstants channel_constants(const SelectiveScanPointers& p, const ScanShape& s,
+                                                              const Position& at) {
+  ChannelConstants constants;
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    const int n = at.first_state + i;
+    constants.A[i] = at.valid && n < s.state ? p.A[at.e * s.state + n] : 0.0f;
+  }
+  constants.skip = at.valid && p.D ? p.D[at.e] : 0.0f;
+  constants.bias = at.valid && p.delta_bias ? p.delta_bias[at.e] : 0.0f;
+  return constants;
+}
+
+// u, delta and z of the steps [t0, t0 + kSteps) of the thread's channel; 0 past L or E (and z 0 when absent).
+template <int kSteps>
+__device__ __forceinline__ void load_steps(const SelectiveScanPointers& p, const ScanShape& s, const Position& at,
+                                           int64_t t0, float (&u)[kSteps], float (&delta)[kSteps], float (&z)[kSteps]) {
+#pragma unroll
+  for (int k = 0; k < kSteps; ++k) {
+    const int64_t t = t0 + k;
+    const bool inside = at.valid && t < s.length;
+    const int64_t index = ((at.b * s.length) + t) * s.channels + at.e;
+    u[k] = inside ? p.u[index] : 0.0f;
+    delta[k] = inside ? p.delta[index] : 0.0f;
+    z[k] = inside && p.z ? p.z[index] : 0.0f;
+  }
+}
+
+// Copies (cp.async) the B and C rows of steps [t0, t0 + steps) of batch row b into tile
+// [2 (B, C)][kChunk][padded]; entries past N keep the zeros written at the start.
+__device__ __forceinline__ void stage_rows(const SelectiveScanPointers& p, const ScanShape& s, int64_t b, int64_t t0,
+                                           float* tile) {
+  const int steps = static_cast<int>(min(static_cast<int64_t>(kChunk), s.length - t0));
+  const int N = static_cast<int>(s.state);
+  const int per_matrix = steps * N;
+  for (int i = threadIdx.x; i < 2 * per_matrix; i += kThreads) {
+    const int which = i / per_matrix, step = (i % per_matrix) / N, n = i % N;
+    const float* source = (which ? p.C : p.B) + (b * s.length + t0 + step) * s.state + n;
+    __pipeline_memcpy_async(tile + (which * kChunk + step) * s.padded + n, source, sizeof(float));
+  }
+  __pipeline_commit();
+}
+
+__global__ void __launch_bounds__(kThreads)
+    selective_scan_forward_kernel(SelectiveScanPointers p, ScanShape s, float* out, float* final_state,
+                                  float* checkpoints) {
+  extern __shared__ __align__(16) float tiles[];  // [2 buffers][2 (B, C)][kChunk][padded]
+  const Position at = locate(s);
+  const ChannelConstants constants = channel_constants(p, s, at);
+  const int tile_size = 2 * kChunk * s.padded;
+  for (int i = threadIdx.x; i < 2 * tile_size; i += kThreads) tiles[i] = 0.0f;
+  __syncthreads();
+
+  float h[kStates];
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) h[i] = 0.0f;
+  const int64_t L = s.length, chunks = (L + kChunk - 1) / kChunk;
+  float u[kChunk], delta_raw[kChunk], z[kChunk];
+  load_steps<kChunk>(p, s, at, 0, u, delta_raw, z);
+  stage_rows(p, s, at.b, 0, tiles);
+
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t t0 = chunk * kChunk;
+    // Start the next chunk's loads, then wait for this chunk's tile.
+    float next_u[kChunk], next_delta[kChunk], next_z[kChunk];
+    load_steps<kChunk>(p, s, at, t0 + kChunk, next_u, next_delta, next_z);
+    if (chunk + 1 < chunks) {
+      stage_rows(p, s, at.b, t0 + kChunk, tiles + ((chunk + 1) & 1) * tile_size);
+    } else {
+      __pipeline_commit();
+    }
+    __pipeline_wait_prior(1);
+    __syncthreads();
+
+    if (checkpoints && t0 % kSegment == 0 && at.valid) {
+      float* saved =
+          checkpoints + ((at.b * s.segments + t0 / kSegment) * s.channels + at.e) * s.padded + at.first_state;
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) saved[i] = h[i];
+    }
+    const float* B_tile = tiles + (chunk & 1) * tile_size;
+    const float* C_tile = B_tile + kChunk * s.padded;
+#pragma unroll
+    for (int step = 0; step < kChunk; ++step) {
+      const int64_t t = t0 + step;
+      if (t >= L) break;
+      // Δ = softplus(delta + bias);  h ← exp(Δ A) h + Δ u B_t;  y = Σ_n h C_t
+      const float v = delta_raw[step] + constants.bias;
+      const float delta = p.delta_softplus ? softplus(v) : v;
+      const float delta_u = delta * u[step], delta_log2e = delta * kLog2e;
+      const float4 b_low = *reinterpret_cast<const float4*>(B_tile + step * s.padded + at.first_state);
+      const float4 b_high = *reinterpret_cast<const float4*>(B_tile + step * s.padded + at.first_state + 4);
+      const float4 c_low = *reinterpret_cast<const float4*>(C_tile + step * s.padded + at.first_state);
+      const float4 c_high = *reinterpret_cast<const float4*>(C_tile + step * s.padded + at.first_state + 4);
+      const float B_t[kStates] = {b_low.x, b_low.y, b_low.z, b_low.w, b_high.x, b_high.y, b_high.z, b_high.w};
+      const float C_t[kStates] = {c_low.x, c_low.y, c_low.z, c_low.w, c_high.x, c_high.y, c_high.z, c_high.w};
+      float y = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) {
+        h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_t[i];
+        y += h[i] * C_t[i];
+      }
+      if (out) {
+        // out = (y + D u) ⊙ silu(z)
+        y = lanes_sum(y, s.lanes);
+        if (at.group == 0 && at.valid) {
+          y += constants.skip * u[step];
+          if (p.z) y *= z[step] * cuda::stable_sigmoid(z[step]);
+          out[(at.b * L + t) * s.channels + at.e] = y;
+        }
+      }
+    }
+    __syncthreads();  // every thread is done with this tile before the next iteration refills it
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) {
+      u[k] = next_u[k];
+      delta_raw[k] = next_delta[k];
+      z[k] = next_z[k];
+    }
+  }
+  if (final_state && at.valid) {
+#pragma unroll
+    for (int i = 0; i < kStates; ++i) {
+      const int n = at.first_state + i;
+      if (n < s.state) final_state[(at.b * s.channels + at.e) * s.state + n] = h[i];
+    }
+  }
+}
+
+// Adds v (16 values: 8 of dB then 8 of dC, for the thread's 8 states at one step) over the channels of
+// the warp, by recursive halving: at each level a lane keeps half of its values, sends the other half to
+// the lane of the partner channel and adds what it receives; then adds the results to the block's sums
+// [2 (dB, dC)][kSub][padded] in shared memory.
+__device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const ScanShape& s, int group, int step,
+                                                  float* sums) {
+  const int lane = threadIdx.x & 31;
+  int base = 0, levels = 0;
+  // Fully unrolled (the level is a constant in each copy, so every index into v is static).
+#pragma unroll
+  for (int level = 0; level < 4; ++level) {
+    const int offset = s.lanes << level;
+    if (offset < 32) {
+      const int half = kStates >> level;  // values kept: 8, 4, 2, 1 of 16, 8, 4, 2
+      const bool upper = (lane & offset) != 0;
+#pragma unroll
+      for (int j = 0; j < kStates; ++j) {
+        if (j < half) {
+          const float send = upper ? v[j] : v[j + half];
+          const float keep = upper ? v[j + half] : v[j];
+          v[j] = keep + __shfl_xor_sync(cuda::kFullMask, send, offset);
+        }
+      }
+      if (upper) base += half;
+      ++levels;
+    }
+  }
+  const int held = (2 * kStates) >> levels;
+  bool writer = true;
+  if ((s.lanes << levels) < 32) {
+    // P = 1: four levels left pairs of lanes 16 apart holding the same values over different channels.
+    v[0] += __shfl_xor_sync(cuda::kFullMask, v[0], 16);
+    writer = (lane & 16) == 0;
+  }
+  if (!writer) return;
+#pragma unroll
+  for (int j = 0; j < 2 * kStates; ++j) {
+    if (j < held) {
+      const int index = base + j;
+      const int which = index / kStates, n = (group * kStates) + index % kStates;
+      if (n < s.state) atomicAdd(sums + (which * kSub + step) * s.padded + n, v[j]);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, const float* grad_out,
+                                   ScanShape s, const float* checkpoints) {
+  // [kSubsPerSegment][kStates][kThreads] saved states | [2 (B, C)][kSub][padded] rows | [2][kSub][padded] sums
+  extern __shared__ __align__(16) float shared[];
+  float* saved = shared;
+  float* rows = saved + kSubsPerSegment * kStates * kThreads;
+  float* sums = rows + 2 * kSub * s.padded;
+  const Position at = locate(s);
+  const ChannelConstants constants = channel_constants(p, s, at);
+  const int64_t L = s.length, E = s.channels, N = s.state;
+  const int64_t row0 = at.b * L;  // token index of t = 0
+
+  float dh[kStates], dA[kStates];
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) dh[i] = dA[i] = 0.0f;
+  float dD = 0.0f, dbias = 0.0f;
+
+  for (int64_t segment = s.segments - 1; segment >= 0; --segment) {
+    const int64_t s0 = segment * kSegment, s1 = min(L, s0 + kSegment);
+    const int subs = static_cast<int>((s1 - s0 + kSub - 1) / kSub);
+
+    // Pass 1: from the checkpoint through the segment, keeping the state before each sub-chunk.
+    float h[kStates];
+    const float* checkpoint = checkpoints + ((at.b * s.segments + segment) * E + at.e) * s.padded + at.first_state;
+#pragma unroll
+    for (int i = 0; i < kStates; ++i) h[i] = at.valid ? checkpoint[i] : 0.0f;
+    for (int sub = 0; sub < subs; ++sub) {
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) saved[(sub * kStates + i) * kThreads + threadIdx.x] = h[i];
+      if (sub + 1 == subs) break;  // the last sub-chunk's states are recomputed below
+      float u[kSub], delta_raw[kSub], unused_z[kSub];
+      load_steps<kSub>(p, s, at, s0 + sub * kSub, u, delta_raw, unused_z);
+#pragma unroll
+      for (int k = 0; k < kSub; ++k) {
+        const int64_t t = s0 + sub * kSub + k;  // < s1: only whole sub-chunks come here
+        const float v = delta_raw[k] + constants.bias;
+        const float delta = p.delta_softplus ? softplus(v) : v;
+        const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
+#pragma unroll
+        for (int i = 0; i < kStates; ++i) {
+          const int n = at.first_state + i;
+          const float B_n = n < N ? __ldg(p.B + (row0 + t) * N + n) : 0.0f;
+          h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_n;
+        }
+      }
+    }
+
+    // Pass 2: the sub-chunks in reverse.
+    for (int sub = subs - 1; sub >= 0; --sub) {
+      const int64_t t0 = s0 + sub * kSub;
+      const int steps = static_cast<int>(min(static_cast<int64_t>(kSub), s1 - t0));
+      __syncthreads();  // the previous sub-chunk's sums are flushed and its rows read
+      for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
+        const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
+        rows[i] = k < steps && n < N ? (which ? p.C : p.B)[(row0 + t0 + k) * N + n] : 0.0f;
+        sums[i] = 0.0f;
+      }
+      __syncthreads();
+      const float* B_rows = rows;
+      const float* C_rows = rows + kSub * s.padded;
+
+      float u[kSub], delta_raw[kSub], z[kSub], dout[kSub];
+      load_steps<kSub>(p, s, at, t0, u, delta_raw, z);
+#pragma unroll
+      for (int k = 0; k < kSub; ++k) {
+        const bool inside = at.valid && k < steps;
+        dout[k] = inside ? grad_out[(row0 + t0 + k) * E + at.e] : 0.0f;
+      }
+      // Recompute h_t for the sub-chunk's steps from the state before it.
+      float h_start[kStates], states[kSub][kStates];
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) h_start[i] = h[i] = saved[(sub * kStates + i) * kThreads + threadIdx.x];
+#pragma unroll
+      for (int k = 0; k < kSub; ++k) {
+        if (k < steps) {
+          const float v = delta_raw[k] + constants.bias;
+          const float delta = p.delta_softplus ? softplus(v) : v;
+          const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
+#pragma unroll
+          for (int i = 0; i < kStates; ++i) {
+            h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_rows[k * s.padded + at.first_state + i];
+            states[k][i] = h[i];
+          }
+        }
+      }
+
+      // Reverse-time steps (the CPU's equations, selective_scan.cpp):
+      //   dy = dout ⊙ silu(z),  dz = dout ⊙ y ⊙ silu'(z),  dh_t = C_t dy + a_{t+1} dh_{t+1},
+      //   g = dh_t h_{t−1} a_t,  dA += Δ g,  dΔ = (Σ_n g A + u Σ_n dh_t B_t) σ(v),  du = D dy + Δ Σ_n dh_t B_t
+#pragma unroll
+      for (int k = kSub - 1; k >= 0; --k) {
+        if (k >= steps) continue;
+        const int64_t index = (row0 + t0 + k) * E + at.e;
+        const float* B_t = B_rows + k * s.padded + at.first_state;
+        const float* C_t = C_rows + k * s.padded + at.first_state;
+        const float v = delta_raw[k] + constants.bias;
+        const float delta = p.delta_softplus ? softplus(v) : v;
+        const float slope = p.delta_softplus ? cuda::stable_sigmoid(v) : 1.0f;
+        const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
+
+        float dy = dout[k], dz = 0.0f;
+        if (p.z) {
+          float y = 0.0f;
+#pragma unroll
+          for (int i = 0; i < kStates; ++i) y += states[k][i] * C_t[i];
+          y = lanes_sum(y, s.lanes) + constants.skip * u[k];
+          const float sigma = cuda::stable_sigmoid(z[k]);
+          dz = dy * y * sigma * (1.0f + z[k] * (1.0f - sigma));
+          dy *= z[k] * sigma;
+        }
+        dD += dy * u[k];
+
+        float sum_gA = 0.0f, sum_dhB = 0.0f, channel_terms[2 * kStates];
+#pragma unroll
+        for (int i = 0; i < kStates; ++i) {
+          const float a = decay(delta_log2e, constants.A[i]);
+          const float dh_n = dh[i] + dy * C_t[i];
+          const float before = k > 0 ? states[k - 1][i] : h_start[i];
+          const float g = dh_n * before * a;
+          sum_gA += g * constants.A[i];
+          dA[i] += g * delta;
+          sum_dhB += dh_n * B_t[i];
+          channel_terms[i] = dh_n * delta_u;               // dB_t[n] term
+          channel_terms[kStates + i] = dy * states[k][i];  // dC_t[n] term
+          dh[i] = a * dh_n;
+        }
+        sum_gA = lanes_sum(sum_gA, s.lanes);
+        sum_dhB = lanes_sum(sum_dhB, s.lanes);
+        if (at.group == 0 && at.valid) {
+          const float d_delta = (sum_gA + u[k] * sum_dhB) * slope;
+          grads.u[index] = dy * constants.skip + delta * sum_dhB;
+          grads.delta[index] = d_delta;
+          if (grads.z) grads.z[index] = dz;
+          dbias += d_delta;
+        }
+        add_over_channels(channel_terms, s, at.group, k, sums);
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
+        const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
+        if (k < steps && n < N) atomicAdd((which ? grads.C : grads.B) + (row0 + t0 + k) * N + n, sums[i]);
+      }
+      // h holds the state after the sub-chunk's last step; pass 2 only needs the saved ones.
+    }
+  }
+
+  if (!at.valid) return;
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    const int n = at.first_state + i;
+    if (n < N) atomicAdd(grads.A + at.e * N + n, dA[i]);
+  }
+  if (at.group == 0) {
+    if (grads.D) atomicAdd(grads.D + at.e, dD);
+    if (grads.delta_bias) atomicAdd(grads.delta_bias + at.e, dbias);
+  }
+}
+
+size_t forward_shared_bytes(const ScanShape& s) { return sizeof(float) * 2 * 2 * kChunk * s.padded; }
+
+size_t backward_shared_bytes(const ScanShape& s) {
+  return sizeof(float) * (kSubsPerSegment * kStates * kThreads + 2 * 2 * kSub * s.padded);
+}
+
+// Launches the forward kernel (out, final_state and checkpoints each optional).
+void launch_forward(const SelectiveScanPointers& in, const ScanShape& s, float* out, float* final_state,
+                    float* checkpoints, cudaStream_t stream) {
+  const size_t shared_bytes = forward_shared_bytes(s);
+  CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(shared_bytes)));
+  selective_scan_forward_kernel<<<scan_grid(s), kThreads, shared_bytes, stream>>>(in, s, out, final_state, checkpoints);
+  cuda::check_launch("selective_scan_forward_kernel");
+}
+
+}  // namespace
+
+void selective_scan_forward_cuda(const SelectiveScanPointers& in, float* out, float* final_state, int64_t B, int64_t L,
+                                 int64_t E, int64_t N, void* stream) {
+  const ScanShape s = scan_shape(B, L, E, N);
+  if (B <= 0 || E <= 0) return;
+  if (L <= 0) return;  // no steps: out is empty and the final state stays 0 (zero-filled by the caller)
+  launch_forward(in, s, out, final_state, nullptr, cuda::as_stream(stream));
+}
+
+void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPointers& in,
+                                  const SelectiveScanGradPointers& grads, int64_t B, int64_t L, int64_t E, int64_t N,
+                                  void* stream) {
+  const ScanShape s = scan_shape(B, L, E, N);
+  if (B <= 0 || L <= 0 || E <= 0) return;
+  cudaStream_t on_stream = cuda::as_stream(stream);
+  // The checkpoints: the state at every 64th step, (B, segments, E, padded).
+  cuda::DeviceBuffer checkpoints(static_cast<size_t>(B * s.segments * E * s.padded) * sizeof(float));
+  launch_forward(in, s, nullptr, nullptr, checkpoints.as<float>(), on_stream);
+  const size_t shared_bytes = backward_shared_bytes(s);
+  CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(shared_bytes)));
+  selective_scan_backward_kernel<<<scan_grid(s), kThreads, shared_bytes, on_stream>>>(in, grads, grad_out, s,
+                                                                                      checkpoints.as<float>());
+  cuda::check_launch("selective_scan_backward_kernel");
+}
+
+}  // namespace mr1

@@ -1,0 +1,195 @@
+// The routing path every router shares: capacity, gates, statistics and the backward pass.
+// Shape letters: T tokens, X experts, k assignments per token.
+#include "routers/router_common.h"
+
+#include "kernels/activation.h"
+#include "kernels/routing.h"
+
+namespace mr1 {
+
+namespace {
+
+// Every expert for every unmasked token (T·X, −1 on masked rows): gather_gates over these with
+// normalisation gives the scores normalised over all experts, s'[t, j] = s[t, j] / Σ_i s[t, i].
+std::vector<int32_t> every_expert(int64_t T, int64_t X, const std::vector<uint8_t>* token_mask) {
+  std::vector<int32_t> all(static_cast<size_t>(T * X), -1);
+  for (int64_t t = 0; t < T; ++t) {
+    if (token_mask && (*token_mask)[static_cast<size_t>(t)] == 0) continue;
+    for (int64_t j = 0; j < X; ++j) all[static_cast<size_t>(t * X + j)] = static_cast<int32_t>(j);
+  }
+  return all;
+}
+
+// The probabilities the balance statistics are taken on: softmax probabilities as they are; sigmoid
+// affinities normalised over the experts (DeepSeek-V3 eq. 19).
+Tensor balance_probabilities(GateScores kind, const Tensor& scores, const std::vector<uint8_t>* token_mask) {
+  if (kind == GateScores::softmax) return scores;
+  const int64_t T = scores.size(0), X = scores.size(1);
+  const std::vector<int32_t> all = every_expert(T, X, token_mask);
+  return Tensor::from({T, X}, gather_gates(scores, all, all, X, true));
+}
+
+}  // namespace
+
+int64_t batch_capacity(const RouterSettings& settings, const BatchInfo& batch, int64_t k, int64_t experts) {
+  if (batch.dropless) return -1;
+  const double factor = !batch.training && settings.eval_capacity_factor != 0 ? settings.eval_capacity_factor
+                                                                            : settings.capacity_factor;
+  const int64_t tokens = unmasked_count(batch.tokens_count(), batch.mask);
+  return expert_capacity(factor * static_cast<double>(k), tokens, experts, settings.min_capacity);
+}
+
+RouterDecision softmax_decision(const Tensor& logits, int64_t k) {
+  RouterDecision decision;
+  decision.kind = GateScores::softmax;
+  decision.logits = logits.to(Device::cpu);
+  decision.scores = softmax_forward(decision.logits);
+  decision.k = k;
+  std::vector<float> unused;
+  top_k(decision.scores, k, decision.chosen, unused);
+  decision.balance_k = 1;
+  decision.balance_choice.resize(static_cast<size_t>(decision.logits.size(0)));
+  for (size_t t = 0; t < decision.balance_choice.size(); ++t) {
+    decision.balance_choice[t] = decision.chosen[t * static_cast<size_t>(k)];
+  }
+  return decision;
+}
+
+RouterDecision fixed_decision(const Tensor& logits, std::vector<int32_t> chosen) {
+  RouterDecision decision;
+  decision.kind = GateScores::none;
+  decision.logits = logits.to(Device::cpu);
+  decision.k = 1;
+  decision.chosen = std::move(chosen);
+  return decision;
+}
+
+Routing finish_routing(RouterDecision decision, const LossCoefficients& coefficients, const BatchInfo& batch,
+                       int64_t capacity, std::unique_ptr<SavedActivations>* saved) {
+  const Tensor& logits = decision.logits;
+  const int64_t T = logits.size(0), X = logits.size(1), k = decision.k;
+  const std::vector<uint8_t>* mask = batch.mask;
+  if (T != batch.tokens_count()) {
+    throw ShapeError("router: logits: expected " + std::to_string(batch.tokens_count()) + " rows (B·L), found " +
+                     logits.shape_string());
+  }
+  if (static_cast<int64_t>(decision.chosen.size()) != T * k) {
+    throw ShapeError("router: expected " + std::to_string(T * k) + " choices (T·k), found " +
+                     std::to_string(decision.chosen.size()));
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    if (batch.kept(t)) continue;
+    for (int64_t r = 0; r < k; ++r) decision.chosen[static_cast<size_t>(t * k + r)] = -1;
+  }
+
+  auto keep = saved ? std::make_unique<DecisionSaved>() : nullptr;
+  Routing routing;
+  routing.k = k;
+  routing.expert = decision.chosen;
+  RoutingStats& stats = routing.stats;
+  stats.present = true;
+  stats.dropped = apply_capacity(routing.expert, k, X, capacity, mask);
+  stats.routed_tokens = unmasked_count(T, mask);
+  stats.assignments = T * k;
+  stats.load = assignment_load(decision.chosen, k, X, mask);
+  if (decision.kind == GateScores::none) {
+    routing.gate.assign(routing.expert.size(), 0.0f);
+    for (size_t a = 0; a < routing.expert.size(); ++a) routing.gate[a] = routing.expert[a] >= 0 ? 1.0f : 0.0f;
+    stats.mean_probability = stats.load;
+  } else {
+    routing.gate = gather_gates(decision.scores, decision.chosen, routing.expert, k, decision.normalize_gates);
+    const Tensor probabilities = balance_probabilities(decision.kind, decision.scores, mask);
+    std::vector<double> fraction;
+    const double balance = load_balance_loss(probabilities, decision.balance_choice, decision.balance_k, mask,
+                                             &fraction, &stats.mean_probability);
+    stats.aux_loss = coefficients.aux * balance;
+    stats.entropy = normalized_router_entropy(probabilities, mask);
+    if (saved) keep->fraction = std::move(fraction);
+  }
+  stats.z_loss = coefficients.z > 0 ? coefficients.z * router_z_loss(logits, mask) : 0.0;
+
+  if (saved) {
+    keep->kind = decision.kind;
+    keep->logits = decision.logits;
+    keep->scores = decision.scores;
+    keep->k = k;
+    keep->chosen = std::move(decision.chosen);
+    keep->expert = routing.expert;
+    keep->normalize_gates = decision.normalize_gates;
+    keep->coefficients = coefficients;
+    if (mask) keep->token_mask = *mask;
+    *saved = std::move(keep);
+  }
+  return routing;
+}
+
+Tensor score_gradient(const std::vector<float>& grad_gate, const DecisionSaved& saved, float aux_loss_scale) {
+  const int64_t T = saved.logits.size(0), X = saved.logits.size(1);
+  if (saved.kind == GateScores::none) return Tensor({T, X});
+  const std::vector<uint8_t>* mask = saved.token_mask.empty() ? nullptr : &saved.token_mask;
+  // gates → scores
+  Tensor grad_scores = gather_gates_backward(grad_gate, saved.scores, saved.chosen, saved.expert, saved.k,
+                                             saved.normalize_gates);
+  // aux loss → scores (f held fixed); sigmoid scores reach it through their normalisation over experts
+  if (saved.coefficients.aux > 0) {
+    const float scale = aux_loss_scale * static_cast<float>(saved.coefficients.aux);
+    if (saved.kind == GateScores::softmax) {
+      load_balance_loss_backward(grad_scores, saved.fraction, mask, scale);
+    } else {
+      Tensor grad_normalized({T, X});
+      load_balance_loss_backward(grad_normalized, saved.fraction, mask, scale);
+      const std::vector<int32_t> all = every_expert(T, X, mask);
+      const Tensor through = gather_gates_backward(grad_normalized.to_vector(), saved.scores, all, all, X, true);
+      for (int64_t i = 0; i < T * X; ++i) grad_scores[i] += through[i];
+    }
+  }
+  if (saved.kind == GateScores::softmax) return softmax_backward(grad_scores, saved.scores);
+  // s = sigmoid(x): dL/dx = dL/ds · s (1 − s)
+  for (int64_t i = 0; i < T * X; ++i) grad_scores[i] *= saved.scores[i] * (1.0f - saved.scores[i]);
+  return grad_scores;
+}
+
+void add_z_loss_gradient(Tensor& grad_logits, const DecisionSaved& saved, float aux_loss_scale) {
+  if (saved.coefficients.z <= 0) return;
+  const std::vector<uint8_t>* mask = saved.token_mask.empty() ? nullptr : &saved.token_mask;
+  router_z_loss_backward(grad_logits, saved.logits, mask, aux_loss_scale * static_cast<float>(saved.coefficients.z));
+}
+
+RouterGrads decision_backward(const std::vector<float>& grad_gate, const SavedActivations& saved_any,
+                              float aux_loss_scale) {
+  const auto& saved = static_cast<const DecisionSaved&>(saved_any);
+  Tensor grad_logits = score_gradient(grad_gate, saved, aux_loss_scale);
+  add_z_loss_gradient(grad_logits, saved, aux_loss_scale);
+  return RouterGrads{grad_logits, Tensor()};
+}
+
+int64_t read_k(const RouterContext& context, int64_t fallback) {
+  const int64_t k = context.options.get_int("k", std::min(fallback, context.num_experts), 1);
+  if (k > context.num_experts) {
+    context.options.fail("k", "expected at most num_experts = " + std::to_string(context.num_experts) +
+                                  ", found " + std::to_string(k));
+  }
+  return k;
+}
+
+bool read_normalize_gates(const RouterContext& context, int64_t k) {
+  if (k > 1) return context.options.get_bool("normalize_gates", true);
+  if (context.options.get_bool("normalize_gates", false)) {
+    context.options.fail("normalize_gates", "with k = 1 every normalised gate is 1 and the router gets no "
+                                            "gradient; set it false or leave it unset");
+  }
+  return false;
+}
+
+double explicit_aux_loss_coef(const RouterContext& context) {
+  return context.options.has("aux_loss_coef") ? context.settings.aux_loss_coef : 0.0;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace mr1

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The GPU check of Mamba R1, for a machine with an NVIDIA GPU and the CUDA toolkit, in about eight minutes:
+#   1. configure and build (Release, CUDA on) into BUILD_DIR (default: build-gpu)
+#   2. the [cuda] Catch2 tests: every kernel against the CPU reference
+#   3. mamba-r1 validate: every op over the named shapes, and the whole model, CUDA against the CPU
+#   4. the scan bandwidth bench (B=8, L=2048, E=2048, N=16) against the device's peak
+#   5. mamba-r1 bench on the seed example: CUDA, the CPU, and CUDA with dense MLP blocks for the MoE
+#   6. the NumPy cross-check of `mamba-r1 forward --backend cuda` (when numpy and safetensors are installed)
+# then a summary table, last. Each step has a time limit; a failed step does not stop the others.
+# Exit 0 when every step passed.      Usage: scripts/gpu_check.sh [BUILD_DIR]
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${1:-$root/build-gpu}"
+logs="$(mktemp -d)"
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+jobs="$(nproc)"
+seed="$root/experiments/seed_example.toml"
+started=$SECONDS
+
+names=()
+results=()
+details=()
+
+# run NAME LIMIT_SECONDS COMMAND...: runs the command with its output shown and saved to $logs/NAME.log;
+# sets $status to its exit code (124 when it ran past the limit).
+run() {
+  local name="$1" limit="$2"
+  shift 2
+  echo
+  echo "=== $name: $*"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
+  status=${PIPESTATUS[0]}
+  [ "$status" -eq 124 ] && echo "=== $name: stopped after ${limit}s"
+  return 0
+}
+
+# record NAME RESULT DETAIL
+record() {
+  names+=("$1")
+  results+=("$2")
+  details+=("$3")
+}
+
+# 1. Build.
+step_start=$SECONDS
+run configure 120 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON
+if [ "$status" -eq 0 ] && ! grep -q "^CMAKE_CUDA_COMPILER:.*nvcc" "$build/CMakeCache.txt" 2>/dev/null; then
+  echo "=== configure: nvcc was not found, so this build has no CUDA backend"
+  status=1
+fi
+if [ "$status" -eq 0 ]; then
+  run build 420 cmake --build "$build" --parallel "$jobs"
+fi
+if [ "$status" -ne 0 ]; then
+  record "build (Release, CUDA)" FAIL "exit $status; see $logs"
+else
+  record "build (Release, CUDA)" pass "$((SECONDS - step_start)) s on $jobs cores"
+fi
+bin="$build/mamba-r1"
+
+if [ ! -x "$bin" ]; then
+  echo "=== no mamba-r1 binary; nothing more to check"
+else
+  device="$(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -n 1)"
+
+  # 2. The [cuda] tests.
+  step_start=$SECONDS
+  run cuda_tests 240 "$build/mamba-r1-tests" "[cuda]"
+  summary_line="$(grep -E "All tests passed|test cases:" "$logs/cuda_tests.log" | tail -n 1)"
+  skipped="$(grep -c "skipped: " "$logs/cuda_tests.log")"
+  if [ "$status" -eq 0 ] && [ "$skipped" -eq 0 ]; then
+    record "[cuda] tests" pass "$summary_line ($((SECONDS - step_start)) s)"
+  elif [ "$status" -eq 0 ]; then
+    record "[cuda] tests" SKIPPED "$skipped test cases $(grep -m1 -A1 "skipped: " "$logs/cuda_tests.log" | tr -s ' \n' ' ' | sed 's/^ *//')"
+  else
+    record "[cuda] tests" FAIL "exit $status: $summary_line"
+  fi
+
+  # 3. validate.
+  step_start=$SECONDS
+  run validate 300 "$bin" validate
+  last="$(grep -E "^validate: [0-9]+ checks" "$logs/validate.log" | tail -n 1)"
+  case "$status" in
+    0) record "mamba-r1 validate" pass "${last#validate: }" ;;
+    3) record "mamba-r1 validate" "NO GPU" "$(tail -n 1 "$logs/validate.log")" ;;
+    *) record "mamba-r1 validate" FAIL "exit $status: ${last#validate: } (failing lines: grep -E 'FAIL|failing' $logs/validate.log)" ;;
+  esac
+
+  # 4. The scan's bandwidth.
+  run scan_bench 120 "$build/mamba-r1-scan-bench"
+  forward_line="$(grep "selective scan forward" "$logs/scan_bench.log" | sed -E 's/.*: +//')"
+  backward_line="$(grep "selective scan backward" "$logs/scan_bench.log" | sed -E 's/.*: +//')"
+  verdict="$(grep -o "target=0.60 .*" "$logs/scan_bench.log")"
+  if [ "$status" -eq 0 ]; then
+    record "scan forward B8 L2048 E2048 N16" pass "$forward_line ($verdict)"
+    record "scan backward (same shape)" pass "$backward_line"
+  elif [ "$status" -eq 3 ]; then
+    record "scan bench" "NO GPU" "$(tail -n 1 "$logs/scan_bench.log")"
+  else
+    record "scan bench" FAIL "exit $status: $(tail -n 1 "$logs/scan_bench.log")"
+  fi
+
+  # 5. The seed example's throughput: forward and a training step, CUDA next to the CPU.
+  bench() {  # bench NAME LABEL ARGS...
+    local name="$1" label="$2"
+    shift 2
+    run "$name" 150 "$bin" bench "$seed" --set run.repeats=3 "$@"
+    if [ "$status" -eq 0 ]; then
+      local forward train
+      forward="$(grep "forward (inference)" "$logs/$name.log" | awk '{print $NF}')"
+      train="$(grep "training step" "$logs/$name.log" | awk '{print $NF}')"
+      record "$label" pass "forward $forward tokens/s, training step $train tokens/s"
+    else
+      record "$label" FAIL "exit $status: $(grep -E "error|failed" "$logs/$name.log" | tail -n 1)"
+    fi
+  }
+  bench bench_cuda "seed example bench, cuda" --backend cuda
+  bench bench_cpu "seed example bench, cpu" --backend cpu
+  bench bench_cuda_dense "seed example, moe->mlp, cuda" --backend cuda --set 'model.order=["mamba","mlp"]'
+
+  # 6. The NumPy cross-check on CUDA.
+  if python3 -c "import numpy, safetensors" >/dev/null 2>&1; then
+    run cross_check 180 "$root/scripts/cross_check.sh" "$build" --backend cuda
+    if [ "$status" -eq 0 ]; then
+      record "cross-check (numpy), cuda" pass "$(grep "^cross-check:" "$logs/cross_check.log" | tail -n 1)"
+    else
+      record "cross-check (numpy), cuda" FAIL "exit $status: $(grep "^cross-check:" "$logs/cross_check.log" | tail -n 1)"
+    fi
+  else
+    record "cross-check (numpy), cuda" SKIPPED "python3 lacks numpy or safetensors"
+  fi
+fi
+
+echo
+echo "=== GPU check summary ($((SECONDS - started)) s${device:+, $device}; logs in $logs)"
+printf '%-34s %-8s %s\n' "step" "result" "detail"
+printf '%-34s %-8s %s\n' "----" "------" "------"
+failed=0
+for i in "${!names[@]}"; do
+  printf '%-34s %-8s %s\n' "${names[$i]}" "${results[$i]}" "${details[$i]}"
+  [ "${results[$i]}" = pass ] || failed=1
+done
+exit "$failed"

@@ -1,0 +1,448 @@
+// The CUDA backend against the CPU reference, op by op ([cuda]). Without a usable GPU every such test says
+// "skipped: <reason>" (a warning) and passes, so the rest of the suite runs; the tests tagged [cuda][host]
+// check the host-side pieces and run everywhere.
+// Tolerances: those of mamba-r1 validate (experiments/validate.cpp), with their reasons, for small shapes.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "blocks/random.h"
+#include "experiments/validate.h"
+#include "kernels/activation.h"
+#include "kernels/conv1d.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/cuda_device.h"
+#include "kernels/elementwise.h"
+#include "kernels/elementwise_cuda.h"
+#include "kernels/embedding.h"
+#include "kernels/linear.h"
+#include "kernels/norm.h"
+#include "kernels/optimizer_ops.h"
+#include "kernels/rotary.h"
+#include "kernels/routing.h"
+#include "kernels/routing_cuda.h"
+#include "kernels/selective_scan.h"
+#include "kernels/small_ops.h"
+#include "tests/test_util.h"
+
+namespace mr1 {
+namespace {
+
+// Same float operations in the same order: a fused multiply-add's rounding apart at most.
+constexpr Tolerance kExact{1e-12, 1e-6};
+// CUDA's expf / erff / log1pf (<= 2 ulp) and row sums in another order.
+constexpr Tolerance kElementwise{1e-11, 1e-5};
+// GEMMs and column sums in another order.
+constexpr Tolerance kSums{1e-9, 1e-4};
+// The scan's exp2f against exp, through the recurrence; atomics in block order for dA, dB, dC.
+constexpr Tolerance kScan{1e-8, 1e-3};
+
+// Skips the rest of the test case, with the reason, when no GPU can be used.
+#define SKIP_WITHOUT_GPU()                                            \
+  do {                                                                \
+    if (!cuda::usable()) {                                            \
+      WARN("skipped: no usable GPU: " << cuda::unavailable_reason()); \
+      return;                                                         \
+    }                                                                 \
+  } while (false)
+
+Tensor gpu(const Tensor& tensor) { return tensor.to(Device::cuda); }
+
+void require_match(const Tensor& actual, const Tensor& expected, Tolerance tolerance, const std::string& what) {
+  INFO(what);
+  REQUIRE(actual.device() == Device::cuda);
+  REQUIRE(actual.shape() == expected.shape());
+  const Comparison comparison = compare_tensors(actual, expected);
+  INFO("nmse " << comparison.nmse << " (<= " << tolerance.nmse << "), max|d| " << comparison.max_abs
+               << " (<= " << tolerance.absolute_limit(comparison) << ")");
+  CHECK(tolerance.accepts(comparison));
+}
+
+void require_match(double actual, double expected, Tolerance tolerance, const std::string& what) {
+  INFO(what << ": " << actual << " against " << expected);
+  CHECK(tolerance.accepts(compare_values({actual}, {expected})));
+}
+
+Tensor uniform(Shape shape, uint64_t seed, float low, float high) {
+  Tensor tensor(std::move(shape));
+  Random random(seed);
+  random.fill_uniform(tensor, low, high);
+  return tensor;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: allocation buckets are powers of two to 1 MiB, then multiples of 2 MiB", "[cuda][host]") {
+  CHECK(cuda::allocation_bucket(1) == 512);
+  CHECK(cuda::allocation_bucket(512) == 512);
+  CHECK(cuda::allocation_bucket(513) == 1024);
+  CHECK(cuda::allocation_bucket(std::size_t{1} << 20) == std::size_t{1} << 20);
+  CHECK(cuda::allocation_bucket((std::size_t{1} << 20) + 1) == std::size_t{2} << 20);
+  CHECK(cuda::allocation_bucket((std::size_t{5} << 20) + 7) == std::size_t{6} << 20);
+}
+
+TEST_CASE("cuda: scatter-add groups keep each destination's sources in order", "[cuda][host]") {
+  const RowGroups groups = group_rows_by_destination(std::vector<int64_t>{3, 1, 3, 0, 1, 3}, 5);
+  CHECK(groups.destinations == std::vector<int64_t>{0, 1, 3});
+  CHECK(groups.offsets == std::vector<int64_t>{0, 1, 3, 6});
+  CHECK(groups.sources == std::vector<int64_t>{3, 1, 4, 0, 2, 5});
+}
+
+TEST_CASE("cuda: compare_values reports nmse, max |d| and mismatched non-finite values", "[cuda][host]") {
+  const Comparison close = compare_values({1.0, 2.0}, {1.0, 2.5});
+  CHECK(close.nmse == Approx(0.25 / 7.25));
+  CHECK(close.max_abs == Approx(0.5));
+  CHECK(std::isinf(compare_values({NAN}, {1.0}).nmse));
+  CHECK(compare_values({NAN}, {NAN}).nmse == 0);
+}
+
+TEST_CASE("cuda: without a usable device, CUDA tensors fail in one clear line", "[cuda][host]") {
+  if (cuda::usable()) return;  // the [cuda] tests cover this machine
+  const std::string reason = cuda::unavailable_reason();
+  CHECK(!reason.empty());
+  CHECK(reason.find('\n') == std::string::npos);
+  REQUIRE_THROWS_WITH(Tensor({4}, Device::cuda),
+                      Catch::Matchers::Contains("CUDA unavailable") || Catch::Matchers::Contains("no CUDA backend"));
+}
+
+TEST_CASE("cuda: tensors copy to the device and back, fill, and reuse cached blocks", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor x = uniform({3, 5}, 1, -1, 1);
+  CHECK(gpu(x).to(Device::cpu).to_vector() == x.to_vector());
+  Tensor filled({7}, Device::cuda);
+  filled.fill(2.5f);
+  CHECK(filled.to_vector() == std::vector<float>(7, 2.5f));
+  CHECK(Tensor({2, 2}, Device::cuda).to_vector() == std::vector<float>(4, 0.0f));  // zero-filled
+  { Tensor warm({1000}, Device::cuda); }
+  const int64_t allocations = cuda::allocator_stats().device_allocations;
+  { Tensor again({1000}, Device::cuda); }
+  CHECK(cuda::allocator_stats().device_allocations == allocations);
+  CHECK(cuda::allocator_stats().cache_hits > 0);
+}
+
+TEST_CASE("cuda: linear forward and backward match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  for (const auto& [T, I, O] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {37, 19, 23}, {256, 128, 64}}) {
+    const Tensor x = uniform({T, I}, 2, -1, 1), weight = uniform({O, I}, 3, -1, 1), bias = uniform({O}, 4, -1, 1);
+    const Tensor grad_y = uniform({T, O}, 5, -1, 1), gpu_bias = gpu(bias);
+    const std::string shape = "T " + std::to_string(T) + " I " + std::to_string(I) + " O " + std::to_string(O);
+    require_match(linear_forward(gpu(x), gpu(weight), &gpu_bias), linear_forward(x, weight, &bias), kSums, shape);
+    const LinearGrads cpu = linear_backward(grad_y, x, weight, true);
+    const LinearGrads cuda = linear_backward(gpu(grad_y), gpu(x), gpu(weight), true);
+    require_match(cuda.input, cpu.input, kSums, "dx " + shape);
+    require_match(cuda.weight, cpu.weight, kSums, "dW " + shape);
+    require_match(cuda.bias, cpu.bias, kSums, "db " + shape);
+    const LinearGrads no_input = linear_backward(gpu(grad_y), gpu(x), gpu(weight), false, false);
+    CHECK(!no_input.input.defined());
+    CHECK(!no_input.bias.defined());
+  }
+}
+
+TEST_CASE("cuda: elementwise ops, columns, gathers and scatter-adds match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor a = uniform({2, 9, 13}, 6, -1, 1), b = uniform({2, 9, 13}, 7, -1, 1);
+  require_match(add(gpu(a), gpu(b)), add(a, b), kExact, "add");
+  require_match(multiply(gpu(a), gpu(b)), multiply(a, b), kExact, "multiply");
+  require_match(scale(gpu(a), -0.5f), scale(a, -0.5f), kExact, "scale");
+  Tensor cpu_sum = a.clone(), cuda_sum = gpu(a);
+  add_scaled_inplace(cpu_sum, b, 0.25f);
+  add_scaled_inplace(cuda_sum, gpu(b), 0.25f);
+  require_match(cuda_sum, cpu_sum, kExact, "add_scaled_inplace");
+  const auto [left, right] = split_last(gpu(a), 5);
+  const auto [cpu_left, cpu_right] = split_last(a, 5);
+  require_match(left, cpu_left, kExact, "split_last left");
+  require_match(right, cpu_right, kExact, "split_last right");
+  require_match(concat_last(right, left), concat_last(cpu_right, cpu_left), kExact, "concat_last");
+  require_match(columns(gpu(a), 3, 11), columns(a, 3, 11), kExact, "columns");
+
+  const Tensor rows_of = uniform({18, 13}, 8, -1, 1);
+  const std::vector<int64_t> rows{4, 0, 17, 4, 4, 9};
+  const std::vector<float> scales{0.5f, -1.0f, 2.0f, 0.25f, 1.0f, -3.0f};
+  require_match(gather_rows(gpu(rows_of), rows), gather_rows(rows_of, rows), kExact, "gather_rows");
+  const Tensor source = uniform({6, 13}, 9, -1, 1);
+  Tensor cpu_out = rows_of.clone(), cuda_out = gpu(rows_of);
+  scatter_add_rows(cpu_out, source, rows, &scales);
+  scatter_add_rows(cuda_out, gpu(source), rows, &scales);
+  require_match(cuda_out, cpu_out, kExact, "scatter_add_rows with repeats and scales");
+
+  std::vector<uint8_t> mask(18, 1);
+  mask[3] = mask[10] = mask[17] = 0;
+  Tensor cpu_masked = a.clone(), cuda_masked = gpu(a);
+  zero_masked_rows(cpu_masked, mask);
+  zero_masked_rows(cuda_masked, mask);
+  require_match(cuda_masked, cpu_masked, kExact, "zero_masked_rows");
+
+  require_match(sum(gpu(a)), sum(a), kSums, "sum");
+  require_match(mean(gpu(a)), mean(a), kSums, "mean");
+  require_match(standard_deviation(gpu(a)), standard_deviation(a), kSums, "standard_deviation");
+  require_match(max_abs(gpu(a)), max_abs(a), kExact, "max_abs");
+  Tensor with_nan = a.clone();
+  with_nan[5] = NAN;
+  CHECK(std::isnan(max_abs(gpu(with_nan))));
+}
+
+TEST_CASE("cuda: activations and the softmax family match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor x = uniform({33, 70}, 10, -6, 6), grad_y = uniform({33, 70}, 11, -1, 1);
+  require_match(gelu_forward(gpu(x)), gelu_forward(x), kElementwise, "gelu");
+  require_match(gelu_backward(gpu(grad_y), gpu(x)), gelu_backward(grad_y, x), kElementwise, "gelu backward");
+  require_match(silu_forward(gpu(x)), silu_forward(x), kElementwise, "silu");
+  require_match(silu_backward(gpu(grad_y), gpu(x)), silu_backward(grad_y, x), kElementwise, "silu backward");
+  require_match(sigmoid_forward(gpu(x)), sigmoid_forward(x), kElementwise, "sigmoid");
+  const Tensor y = softmax_forward(x);
+  require_match(softmax_forward(gpu(x)), y, kElementwise, "softmax");
+  require_match(softmax_backward(gpu(grad_y), gpu(y)), softmax_backward(grad_y, y), kElementwise, "softmax backward");
+  require_match(logsumexp_forward(gpu(x)), logsumexp_forward(x), kElementwise, "logsumexp");
+}
+
+TEST_CASE("cuda: rmsnorm and layernorm match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor x = uniform({3, 11, 45}, 12, -2, 2), weight = uniform({45}, 13, 0.5f, 1.5f);
+  const Tensor bias = uniform({45}, 14, -1, 1), grad_y = uniform({3, 11, 45}, 15, -1, 1);
+  Tensor inv_rms, cuda_inv_rms;
+  require_match(rmsnorm_forward(gpu(x), gpu(weight), &cuda_inv_rms), rmsnorm_forward(x, weight, &inv_rms), kElementwise,
+                "rmsnorm");
+  const RmsNormGrads rms = rmsnorm_backward(grad_y, x, weight, inv_rms);
+  const RmsNormGrads cuda_rms = rmsnorm_backward(gpu(grad_y), gpu(x), gpu(weight), cuda_inv_rms);
+  require_match(cuda_rms.input, rms.input, kElementwise, "rmsnorm dx");
+  require_match(cuda_rms.weight, rms.weight, kSums, "rmsnorm dweight");
+  Tensor mean_saved, inv_std, cuda_mean, cuda_inv_std;
+  require_match(layernorm_forward(gpu(x), gpu(weight), gpu(bias), &cuda_mean, &cuda_inv_std),
+                layernorm_forward(x, weight, bias, &mean_saved, &inv_std), kElementwise, "layernorm");
+  const LayerNormGrads ln = layernorm_backward(grad_y, x, weight, mean_saved, inv_std);
+  const LayerNormGrads cuda_ln = layernorm_backward(gpu(grad_y), gpu(x), gpu(weight), cuda_mean, cuda_inv_std);
+  require_match(cuda_ln.input, ln.input, kElementwise, "layernorm dx");
+  require_match(cuda_ln.weight, ln.weight, kSums, "layernorm dweight");
+  require_match(cuda_ln.bias, ln.bias, kSums, "layernorm dbias");
+}
+
+TEST_CASE("cuda: rotary, embedding and cross-entropy match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor x = uniform({2, 17, 10}, 16, -1, 1);
+  require_match(rotary_forward(gpu(x), 3), rotary_forward(x, 3), kExact, "rotary");
+  require_match(rotary_backward(gpu(x), 3), rotary_backward(x, 3), kExact, "rotary backward");
+
+  const std::vector<int32_t> ids{3, 0, 3, 7, 7, 7, 1, 0};
+  const Tensor table = uniform({9, 6}, 17, -1, 1), grad_out = uniform({2, 4, 6}, 18, -1, 1);
+  require_match(embedding_forward(ids, 2, 4, gpu(table)), embedding_forward(ids, 2, 4, table), kExact, "embedding");
+  require_match(embedding_backward(gpu(grad_out), ids, 9), embedding_backward(grad_out, ids, 9), kExact,
+                "embedding backward");
+
+  const Tensor logits = uniform({2, 5, 301}, 19, -5, 5);
+  std::vector<int32_t> targets{0, 300, -1, 17, 5, -1, 100, 2, 2, 299};
+  const CrossEntropyResult cpu = cross_entropy(logits, targets, true);
+  const CrossEntropyResult cuda = cross_entropy(gpu(logits), targets, true);
+  require_match(cuda.loss, cpu.loss, kSums, "cross-entropy loss");
+  CHECK(cuda.scored == cpu.scored);
+  CHECK(cuda.correct == cpu.correct);
+  require_match(cuda.grad_logits, cpu.grad_logits, kElementwise, "cross-entropy gradient");
+  CHECK(!cross_entropy(gpu(logits), targets, false).grad_logits.defined());
+}
+
+TEST_CASE("cuda: causal conv1d matches the CPU for every kernel width 1 to 8", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  for (int64_t K = 1; K <= 8; ++K) {
+    for (int64_t L : {1, 5, 70, 131}) {
+      const Tensor x = uniform({2, L, 133}, 20, -1, 1), weight = uniform({133, 1, K}, 21, -1, 1);
+      const Tensor bias = uniform({133}, 22, -1, 1), grad_y = uniform({2, L, 133}, 23, -1, 1);
+      const std::string shape = "K " + std::to_string(K) + " L " + std::to_string(L);
+      require_match(causal_conv1d_forward(gpu(x), gpu(weight), gpu(bias)), causal_conv1d_forward(x, weight, bias),
+                    kElementwise, "conv1d " + shape);
+      const CausalConv1dGrads cpu = causal_conv1d_backward(grad_y, x, weight);
+      const CausalConv1dGrads cuda = causal_conv1d_backward(gpu(grad_y), gpu(x), gpu(weight));
+      require_match(cuda.input, cpu.input, kElementwise, "conv1d dx " + shape);
+      require_match(cuda.weight, cpu.weight, kSums, "conv1d dweight " + shape);
+      require_match(cuda.bias, cpu.bias, kSums, "conv1d dbias " + shape);
+    }
+  }
+}
+
+namespace {
+
+// One scan case on both backends: forward (with the final state) and every gradient.
+void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool softplus) {
+  const std::string shape = "B " + std::to_string(B) + " L " + std::to_string(L) + " E " + std::to_string(E) + " N " +
+                            std::to_string(N) + (gated ? " with D, z, bias" : " plain") +
+                            (softplus ? "" : ", no softplus");
+  Tensor u = uniform({B, L, E}, 30, -1, 1), delta = uniform({B, L, E}, 31, softplus ? -1 : 0.001f, softplus ? 1 : 0.1f);
+  Tensor A({E, N});
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t n = 0; n < N; ++n)
+      A[e * N + n] = -static_cast<float>(n + 1) * (1.0f + 0.01f * static_cast<float>(e % 7));
+  }
+  Tensor Bm = uniform({B, L, N}, 32, -1, 1), Cm = uniform({B, L, N}, 33, -1, 1), D = uniform({E}, 34, 0.5f, 1.5f);
+  Tensor z = uniform({B, L, E}, 35, -2, 2), bias = uniform({E}, 36, -5, -2.5f);
+  const Tensor grad_out = uniform({B, L, E}, 37, -1, 1);
+  std::deque<Tensor> placed;  // a deque: the pointers stay valid as it grows
+  auto inputs = [&](bool on_gpu) {
+    auto place = [&](const Tensor& tensor) -> const Tensor* {
+      placed.push_back(on_gpu ? gpu(tensor) : tensor);
+      return &placed.back();
+    };
+    SelectiveScanInputs in;
+    in.u = place(u);
+    in.delta = place(delta);
+    in.A = place(A);
+    in.B = place(Bm);
+    in.C = place(Cm);
+    if (gated) {
+      in.D = place(D);
+      in.z = place(z);
+      in.delta_bias = place(bias);
+    }
+    in.delta_softplus = softplus;
+    return in;
+  };
+  const SelectiveScanInputs cpu_in = inputs(false), cuda_in = inputs(true);
+  Tensor state, cuda_state;
+  require_match(selective_scan_forward(cuda_in, &cuda_state), selective_scan_forward(cpu_in, &state), kScan,
+                "scan out " + shape);
+  require_match(cuda_state, state, kScan, "scan final state " + shape);
+  const SelectiveScanGrads cpu = selective_scan_backward(grad_out, cpu_in);
+  const SelectiveScanGrads cuda = selective_scan_backward(gpu(grad_out), cuda_in);
+  require_match(cuda.u, cpu.u, kScan, "scan du " + shape);
+  require_match(cuda.delta, cpu.delta, kScan, "scan ddelta " + shape);
+  require_match(cuda.A, cpu.A, kScan, "scan dA " + shape);
+  require_match(cuda.B, cpu.B, kScan, "scan dB " + shape);
+  require_match(cuda.C, cpu.C, kScan, "scan dC " + shape);
+  if (gated) {
+    require_match(cuda.D, cpu.D, kScan, "scan dD " + shape);
+    require_match(cuda.z, cpu.z, kScan, "scan dz " + shape);
+    require_match(cuda.delta_bias, cpu.delta_bias, kScan, "scan ddelta_bias " + shape);
+  } else {
+    CHECK(!cuda.D.defined());
+    CHECK(!cuda.z.defined());
+    CHECK(!cuda.delta_bias.defined());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda: the selective scan matches the CPU over state sizes 1 to 256 and lengths across checkpoints",
+          "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  // N: one lane (1, 5, 8), two (16), four (32 − 3), eight (64), thirty-two (256). L: one step, a partial chunk,
+  // more than one 64-step segment with a partial sub-chunk. E not a multiple of the channels per block.
+  for (int64_t N : {1, 5, 8, 16, 29, 64, 256}) {
+    for (int64_t L : {1, 13, 70, 200}) check_scan(2, L, 37, N, true, true);
+  }
+  check_scan(1, 65, 130, 16, false, true);
+  check_scan(3, 40, 20, 12, false, false);  // Δ = delta itself, in [0.001, 0.1]
+}
+
+TEST_CASE("cuda: the selective scan rejects state sizes above 256 in one line", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor u({1, 2, 3}, Device::cuda), A({3, 257}, Device::cuda), Bm({1, 2, 257}, Device::cuda);
+  SelectiveScanInputs in;
+  in.u = &u;
+  in.delta = &u;
+  in.A = &A;
+  in.B = &Bm;
+  in.C = &Bm;
+  REQUIRE_THROWS_WITH(selective_scan_forward(in), Catch::Matchers::Contains("d_state N from 1 to 256"));
+}
+
+TEST_CASE("cuda: small ops and optimizer updates match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const Tensor A_log = uniform({7, 5}, 40, -1, 3), a = uniform({9, 31}, 41, -1, 1), b = uniform({9, 31}, 42, -1, 1);
+  require_match(negative_exp(gpu(A_log)), negative_exp(A_log), kElementwise, "negative_exp");
+  const std::vector<float> dots = row_dot(gpu(a), gpu(b)), expected = row_dot(a, b);
+  CHECK(kElementwise.accepts(compare_values({dots.begin(), dots.end()}, {expected.begin(), expected.end()})));
+  const std::vector<float> scales{1, 0.5f, -2, 0, 3, 1, 1, 0.25f, -1};
+  require_match(scale_rows(gpu(a), scales), scale_rows(a, scales), kExact, "scale_rows");
+
+  Tensor p = a.clone(), m({9, 31}), v({9, 31}), cuda_p = gpu(a), cuda_m({9, 31}, Device::cuda),
+         cuda_v({9, 31}, Device::cuda);
+  for (int64_t step = 1; step <= 3; ++step) {
+    const Tensor grad = uniform({9, 31}, 43 + step, -1, 1);
+    const AdamWHyper hyper{1e-2, 0.9, 0.999, 1e-8, 0.1, step};
+    adamw_update(p, grad, m, v, hyper);
+    adamw_update(cuda_p, gpu(grad), cuda_m, cuda_v, hyper);
+  }
+  require_match(cuda_p, p, kElementwise, "adamw parameter");
+  require_match(cuda_m, m, kElementwise, "adamw m");
+  require_match(cuda_v, v, kElementwise, "adamw v");
+  Tensor buffer({9, 31}), cuda_buffer({9, 31}, Device::cuda);
+  const Tensor grad = uniform({9, 31}, 50, -1, 1);
+  sgd_update(p, grad, buffer, 0.1, 0.9, 0.01);
+  sgd_update(cuda_p, gpu(grad), cuda_buffer, 0.1, 0.9, 0.01);
+  require_match(cuda_p, p, kElementwise, "sgd parameter");
+  require_match(squared_norm(cuda_p), squared_norm(p), kSums, "squared_norm");
+}
+
+TEST_CASE("cuda: top-k and capacity match the CPU routing ops", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const int64_t T = 300, X = 6, k = 2;
+  Tensor scores = uniform({T, X}, 60, 0, 1);
+  scores[7 * X + 1] = scores[7 * X + 4] = 2.0f;  // a tie: the lower index first
+  std::vector<uint8_t> mask(T, 1);
+  for (int64_t t = 0; t < T; t += 11) mask[static_cast<size_t>(t)] = 0;
+  std::vector<int32_t> expert;
+  std::vector<float> value;
+  top_k(scores, k, expert, value);
+  const int64_t capacity = 60;
+  std::vector<int32_t> kept = expert;
+  const int64_t dropped = apply_capacity(kept, k, X, capacity, &mask);
+
+  const Tensor gpu_scores = gpu(scores);
+  cuda::DeviceBuffer index(T * k * sizeof(int32_t)), values(T * k * sizeof(float)), slot(T * k * sizeof(int32_t)),
+      routed(X * sizeof(int64_t)), kept_counts(X * sizeof(int64_t));
+  top_k_cuda(gpu_scores.data(), T, X, k, index.as<int32_t>(), values.as<float>(), cuda::stream());
+  CHECK(cuda::download<int32_t>(index, T * k) == expert);
+  CHECK(cuda::download<float>(values, T * k) == value);
+  const cuda::DeviceBuffer gpu_mask = cuda::upload(mask);
+  apply_capacity_cuda(index.as<int32_t>(), T, k, X, capacity, gpu_mask.as<uint8_t>(), slot.as<int32_t>(),
+                      routed.as<int64_t>(), kept_counts.as<int64_t>(), cuda::stream());
+  CHECK(cuda::download<int32_t>(index, T * k) == kept);
+  const std::vector<int64_t> routed_host = cuda::download<int64_t>(routed, X),
+                             kept_host = cuda::download<int64_t>(kept_counts, X);
+  int64_t gpu_dropped = 0;
+  for (int64_t j = 0; j < X; ++j) gpu_dropped += routed_host[j] - kept_host[j];
+  CHECK(gpu_dropped == dropped);
+
+  // Slots in claim order (r first, then t), and the expert-major permutation and combine.
+  std::vector<int64_t> used(X, 0), first_row(X + 1, 0);
+  std::vector<int32_t> expected_slot(T * k, -1);
+  for (int64_t r = 0; r < k; ++r) {
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t j = kept[t * k + r];
+      if (j >= 0) expected_slot[t * k + r] = static_cast<int32_t>(used[j]++);
+    }
+  }
+  CHECK(cuda::download<int32_t>(slot, T * k) == expected_slot);
+  for (int64_t j = 0; j < X; ++j) first_row[j + 1] = first_row[j] + used[j];
+  const cuda::DeviceBuffer first_rows = cuda::upload(first_row);
+  cuda::DeviceBuffer token_of_row(T * k * sizeof(int64_t)), position(T * k * sizeof(int64_t));
+  routing_permutation_cuda(index.as<int32_t>(), slot.as<int32_t>(), first_rows.as<int64_t>(), T, k,
+                           token_of_row.as<int64_t>(), position.as<int64_t>(), cuda::stream());
+  const std::vector<int64_t> positions = cuda::download<int64_t>(position, T * k);
+  const std::vector<int64_t> tokens = cuda::download<int64_t>(token_of_row, first_row[X]);
+  for (int64_t a = 0; a < T * k; ++a) {
+    if (kept[a] < 0) {
+      CHECK(positions[a] == -1);
+    } else {
+      CHECK(positions[a] == first_row[kept[a]] + expected_slot[a]);
+      CHECK(tokens[positions[a]] == a / k);
+    }
+  }
+  const int64_t D = 5;
+  const Tensor expert_out = uniform({std::max<int64_t>(first_row[X], 1), D}, 61, -1, 1);
+  const std::vector<float> gate(T * k, 0.5f);
+  const cuda::DeviceBuffer gpu_gate = cuda::upload(gate);
+  const Tensor gpu_expert_out = gpu(expert_out);
+  Tensor combined({T, D}, Device::cuda), expected({T, D});
+  combine_from_experts_cuda(gpu_expert_out.data(), position.as<int64_t>(), gpu_gate.as<float>(), combined.data(), T, k,
+                            D, cuda::stream());
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t r = 0; r < k; ++r) {
+      if (positions[t * k + r] < 0) continue;
+      for (int64_t d = 0; d < D; ++d) expected[t * D + d] += 0.5f * expert_out[positions[t * k + r] * D + d];
+    }
+  }
+  require_match(combined, expected, kExact, "combine_from_experts");
+}
+
+}  // namespace mr1

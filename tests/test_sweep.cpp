@@ -1,0 +1,416 @@
+// Sweeps: [sweep] read into axes, combinations in a stable order with readable names, values rendered
+// as TOML, the results table and CSV, the SVG plots, resuming a real (tiny) sweep, and the errors.
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <unistd.h>
+
+#include "experiments/files.h"
+#include "experiments/plot.h"
+#include "experiments/sweep.h"
+#include "test_util.h"
+
+using namespace mr1;
+using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
+
+namespace {
+
+std::vector<SweepAxis> axes_of(const std::string& text, const std::vector<std::string>& sets = {}) {
+  ExperimentFile file = ExperimentFile::parse(text, "sweep_test.toml");
+  for (const std::string& set : sets) file.set(set);
+  return read_sweep_axes(file);
+}
+
+std::vector<std::string> names_of(const std::vector<SweepRun>& runs) {
+  std::vector<std::string> names;
+  for (const SweepRun& run : runs) names.push_back(run.name);
+  return names;
+}
+
+// The value of `text` (a TOML value) as a node, for the rendering tests.
+std::string render(const std::string& text) {
+  const toml::table table = toml::parse("value = " + text);
+  return render_toml_value(*table.get("value"));
+}
+std::string show(const std::string& text) {
+  const toml::table table = toml::parse("value = " + text);
+  return show_toml_value(*table.get("value"));
+}
+
+// A fresh temporary folder.
+std::string temp_folder(const std::string& what) {
+  static int counter = 0;
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("mamba_r1_sweep_test_" + std::to_string(::getpid()) + "_" + what + "_" + std::to_string(counter++));
+  std::filesystem::remove_all(path);
+  std::filesystem::create_directories(path);
+  return path.string();
+}
+
+std::string write_text(const std::string& folder, const std::string& name, const std::string& text) {
+  const std::string path = folder + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+// Tags open and close in a proper nesting, and the document is one <svg> element.
+void require_well_formed_svg(const std::string& svg) {
+  REQUIRE_THAT(svg, StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+  std::vector<std::string> open;
+  const std::regex tag("<(/?)([a-zA-Z][a-zA-Z0-9]*)[^>]*?(/?)>");
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), tag); it != std::sregex_iterator(); ++it) {
+    const std::string closing = (*it)[1], name = (*it)[2], self_closing = (*it)[3];
+    if (!self_closing.empty()) continue;
+    if (closing.empty()) {
+      open.push_back(name);
+      continue;
+    }
+    INFO("closing </" << name << "> at offset " << it->position());
+    REQUIRE(!open.empty());
+    REQUIRE(open.back() == name);
+    open.pop_back();
+  }
+  CHECK(open.empty());
+  CHECK(svg.find("nan") == std::string::npos);
+  CHECK(svg.find("inf\"") == std::string::npos);
+}
+
+size_t count(const std::string& text, const std::string& part) {
+  size_t found = 0;
+  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++found;
+  return found;
+}
+
+// Synthetic results: what two finished runs and one pending run of a router sweep look like.
+std::vector<SweepResult> synthetic_results(const std::vector<SweepAxis>& axes) {
+  const std::vector<SweepRun> runs = expand_sweep(axes);
+  std::vector<SweepResult> results(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) results[i].run = runs[i];
+  auto summary = [](double eval_loss, double accuracy, double cv, double drop) {
+    return nlohmann::json{
+        {"final", {{"train_loss", eval_loss + 0.1}, {"eval_loss", eval_loss}, {"eval_accuracy", accuracy}}},
+        {"tokens_per_second", 12345.6},
+        {"parameters", 199752},
+        {"steps", 600},
+        {"routing",
+         {{{"layer", 1}, {"load", {0.4, 0.3, 0.2, 0.1}}}, {{"layer", 3}, {"load", {0.25, 0.25, 0.25, 0.25}}}}},
+        {"routing_overall", {{"load_cv", cv}, {"max_violation", 0.6}, {"dropped_fraction", drop}}}};
+  };
+  results[0].status = "done";
+  results[0].seconds = 61.4;
+  results[0].summary = summary(0.5, 0.75, 0.2236, 0.0123);
+  results[1].status = "done";
+  results[1].seconds = 70;
+  results[1].summary = summary(0.25, 0.9, 0.1, 0);
+  results[1].summary["final"]["eval_loss"] = 0.25;
+  for (int step = 10; step <= 50; step += 10) {
+    for (int r = 0; r < 2; ++r) {
+      nlohmann::json entry{{"step", step}, {"train_loss", 3.0 / step + r}};
+      if (step % 20 == 0) entry["eval_loss"] = 2.5 / step + r, entry["eval_accuracy"] = step / 60.0;
+      results[r].metrics.push_back(entry);
+    }
+  }
+  return results;
+}
+
+const char* kRouterSweep = R"(
+[sweep]
+"router.name" = ["switch", "topk", "hash"]
+)";
+
+// A model that trains 5 steps in a blink: for the real sweeps below.
+const char* kTinyExperiment = R"(
+[model]
+dim = 8
+depth = 1
+d_state = 2
+expand = 1
+num_experts = 2
+expert_dim = 8
+max_seq_len = 16
+vocab_size = 8
+positional = []
+
+[task]
+name = "induction_heads"
+batch_size = 2
+seq_len = 16
+
+[training]
+steps = 5
+log_every = 1
+eval_every = 0
+eval_batches = 1
+
+[run]
+threads = 1
+
+[sweep]
+seed = [0, 1]
+)";
+
+CommandLine sweep_line(const std::string& path, const std::string& out, bool resume,
+                       const std::vector<std::string>& sets = {}) {
+  CommandLine line;
+  line.command = "sweep";
+  line.positional = {path};
+  line.sets = sets;
+  line.options["out"] = out;
+  if (resume) line.flags.insert("resume");
+  return line;
+}
+
+}  // namespace
+
+TEST_CASE("sweep: combinations follow the file's key order, the last key varying fastest", "[sweep]") {
+  const auto axes = axes_of(R"(
+[sweep]
+"router.name" = ["switch", "topk"]
+model.d_state = [16, 32, 64]
+seed = [0, 1]
+)");
+  REQUIRE(axes.size() == 3);
+  CHECK(axes[0].key == "router.name");
+  CHECK(axes[1].key == "model.d_state");
+  CHECK(axes[2].key == "run.seed");  // `seed` is short for run.seed
+  const auto runs = expand_sweep(axes);
+  REQUIRE(runs.size() == 12);
+  CHECK(runs[0].name == "00-router.name=switch,model.d_state=16,run.seed=0");
+  CHECK(runs[1].name == "01-router.name=switch,model.d_state=16,run.seed=1");
+  CHECK(runs[2].name == "02-router.name=switch,model.d_state=32,run.seed=0");
+  CHECK(runs[11].name == "11-router.name=topk,model.d_state=64,run.seed=1");
+  CHECK(runs[11].label == "name=topk, d_state=64, seed=1");
+  CHECK(runs[3].assignments == std::vector<std::string>{"router.name=\"switch\"", "model.d_state=32", "run.seed=1"});
+  for (size_t i = 0; i < runs.size(); ++i) CHECK(runs[i].index == static_cast<int64_t>(i));
+}
+
+TEST_CASE("sweep: a nested [sweep.TABLE] and a quoted dotted key mean the same", "[sweep]") {
+  const auto quoted = axes_of(kRouterSweep);
+  const auto nested = axes_of("[sweep.router]\nname = [\"switch\", \"topk\", \"hash\"]\n");
+  REQUIRE(quoted.size() == 1);
+  REQUIRE(nested.size() == 1);
+  CHECK(quoted[0].key == nested[0].key);
+  CHECK(quoted[0].values == nested[0].values);
+  // One axis: the plot label is the value alone.
+  CHECK(expand_sweep(quoted)[2].label == "hash");
+  CHECK(names_of(expand_sweep(quoted)) == names_of(expand_sweep(nested)));
+}
+
+TEST_CASE("sweep: a --set of a swept key replaces the file's list in its place", "[sweep]") {
+  const auto axes = axes_of("[sweep]\n\"router.name\" = [\"switch\", \"topk\"]\n\"model.d_state\" = [8]\n",
+                            {"sweep.router.name=[\"hash\"]"});
+  REQUIRE(axes.size() == 2);
+  CHECK(axes[0].key == "router.name");
+  CHECK(axes[0].values == std::vector<std::string>{"\"hash\""});
+  CHECK(axes[1].key == "model.d_state");
+}
+
+TEST_CASE("sweep: run names are folder-safe and numbered with enough digits", "[sweep]") {
+  CHECK(sanitize_folder_name("router.name=a/b c*") == "router.name=a_b_c_");
+  CHECK(sanitize_folder_name(std::string(300, 'x')).size() == 100);
+  const auto runs = expand_sweep(axes_of("[sweep]\n\"run.seed\" = [" + [] {
+    std::string values;
+    for (int i = 0; i < 101; ++i) values += (i ? ", " : "") + std::to_string(i);
+    return values;
+  }() + "]\n"));
+  REQUIRE(runs.size() == 101);
+  CHECK(runs[0].name == "000-run.seed=0");
+  CHECK(runs[100].name == "100-run.seed=100");
+  const auto order = expand_sweep(axes_of("[sweep]\n\"model.order\" = [[\"mamba\", \"moe\"], [\"mlp\"]]\n"));
+  CHECK(order[0].name == "00-model.order=mamba+moe");
+  CHECK(order[0].assignments[0] == "model.order=[\"mamba\", \"moe\"]");
+}
+
+TEST_CASE("sweep: values are rendered as TOML that reads back the same", "[sweep]") {
+  CHECK(render("\"topk\"") == "\"topk\"");
+  CHECK(render("'a\"b\\c'") == "\"a\\\"b\\\\c\"");
+  CHECK(render("32") == "32");
+  CHECK(render("-7") == "-7");
+  CHECK(render("3e-3") == "0.003");
+  CHECK(render("1.0") == "1.0");
+  CHECK(render("1e-10") == "1e-10");
+  CHECK(render("0.1") == "0.1");
+  CHECK(render("true") == "true");
+  CHECK(render("false") == "false");
+  CHECK(render("[\"mamba\", 'moe']") == "[\"mamba\", \"moe\"]");
+  CHECK(render("[]") == "[]");
+  CHECK(render("[[1, 2], [3.5]]") == "[[1, 2], [3.5]]");
+  CHECK(render("{ k = 2, \"a b\" = true }") == "{ \"a b\" = true, k = 2 }");
+  CHECK(show("\"topk\"") == "topk");
+  CHECK(show("[\"mamba\", \"moe\"]") == "mamba+moe");
+  CHECK(show("[]") == "none");
+  CHECK(show("0.003") == "0.003");
+
+  // Through ExperimentFile::set, each rendering gives back the value it came from.
+  for (const std::string text : {"\"x\\\"y\"", "32", "3e-3", "0.1", "true", "[\"mamba\", \"moe\"]", "[]", "1e300"}) {
+    INFO(text);
+    ExperimentFile file = ExperimentFile::parse("", "x.toml");
+    file.set("model.value=" + render(text));
+    const toml::table expected = toml::parse("value = " + text);
+    CHECK(*file.root()["model"].as_table() == expected);
+  }
+}
+
+TEST_CASE("sweep: the Markdown table has a row per run with the swept values and the metrics", "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  const auto results = synthetic_results(axes);
+  const std::string table = results_markdown(axes, results);
+  INFO(table);
+  CHECK_THAT(table, StartsWith("| # | router.name | status | eval loss | eval acc | train loss | tokens/s | load CV | "
+                               "MaxVio | drop rate | parameters | steps | time (s) |\n"));
+  CHECK_THAT(table, Contains("| 0 | switch | done | 0.5000 | 0.750 | 0.6000 | 12,346 | 0.224 | 0.600 | 1.2% | "
+                             "199,752 | 600 | 61 |"));
+  // The best eval loss and accuracy are bold.
+  CHECK_THAT(table, Contains("| 1 | topk | done | **0.2500** | **0.900** | 0.3500 |"));
+  CHECK_THAT(table, Contains("| 2 | hash | pending | – | – | – | – | – | – | – | – | – | – |"));
+  CHECK(count(table, "\n") == 2 + 3);
+
+  // Without unfinished runs there is no status column.
+  std::vector<SweepResult> finished(results.begin(), results.begin() + 2);
+  CHECK_THAT(results_markdown(axes, finished), StartsWith("| # | router.name | eval loss |"));
+}
+
+TEST_CASE("sweep: the CSV has a header, a row per run, raw numbers and empty missing cells", "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  const std::string csv = results_csv(axes, synthetic_results(axes));
+  INFO(csv);
+  CHECK_THAT(csv, StartsWith("index,name,router.name,status,eval_loss,eval_accuracy,train_loss,tokens_per_second,"
+                             "load_cv,max_violation,dropped_fraction,parameters,steps,seconds\n"));
+  CHECK_THAT(csv, Contains("\n0,00-router.name=switch,switch,done,0.5,0.75,0.6,12345.6,0.2236,0.6,0.0123,199752,600,61.4\n"));
+  CHECK_THAT(csv, Contains("\n2,02-router.name=hash,hash,pending,,,,,,,,,,\n"));
+  CHECK(count(csv, "\n") == 4);
+  // Cells with commas are quoted.
+  const auto order = axes_of("[sweep]\n\"model.order\" = [\"a,b\"]\n");
+  std::vector<SweepResult> one(1);
+  one[0].run = expand_sweep(order)[0];
+  CHECK_THAT(results_csv(order, one), Contains(",\"a,b\",pending"));
+}
+
+TEST_CASE("sweep: the loss chart is a well-formed SVG with a line per run and the legend", "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  const auto results = synthetic_results(axes);
+  const std::string svg = loss_curves_svg(axes, results);
+  require_well_formed_svg(svg);
+  // Two runs with metrics: a train line each and an eval line each (dashed); the pending run has none.
+  CHECK(count(svg, "<polyline") == 4);
+  CHECK(svg.find(">hash</text>") == std::string::npos);
+  CHECK(count(svg, "stroke-dasharray") >= 2);
+  CHECK_THAT(svg, Contains(">switch</text>"));
+  CHECK_THAT(svg, Contains(">topk</text>"));
+  CHECK_THAT(svg, Contains(">train loss</text>"));
+  CHECK_THAT(svg, Contains(">eval loss</text>"));
+  CHECK_THAT(svg, Contains("(log scale)"));  // 3/10 .. 1.06: more than a factor of 10
+
+  const std::string accuracy = accuracy_curves_svg(axes, results);
+  require_well_formed_svg(accuracy);
+  CHECK_THAT(accuracy, Contains(">eval accuracy</text>"));
+  CHECK(accuracy_curves_svg(axes, {}).empty());
+}
+
+TEST_CASE("sweep: the expert-load chart has a panel per run with routing and the uniform line", "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  const std::string svg = expert_load_svg(axes, synthetic_results(axes));
+  require_well_formed_svg(svg);
+  CHECK_THAT(svg, Contains(">0: switch</text>"));
+  CHECK_THAT(svg, Contains(">1: topk</text>"));
+  CHECK(svg.find(">2: hash</text>") == std::string::npos);  // pending: no routing yet
+  CHECK(count(svg, ">1/4</text>") == 2);
+  CHECK_THAT(svg, Contains(">expert 3</text>"));
+  CHECK_THAT(svg, Contains(">block 3</text>"));
+  CHECK(count(svg, "<rect") >= 2 * 8);  // two panels of 2 layers × 4 experts
+  CHECK(expert_load_svg(axes, {}).empty());
+}
+
+TEST_CASE("plot: ticks are round numbers that cover the range", "[sweep]") {
+  const std::vector<double> unit = nice_ticks(0, 1, 5);
+  REQUIRE(unit.size() == 6);
+  for (size_t i = 0; i < unit.size(); ++i) CHECK(unit[i] == Approx(0.2 * i));
+  const auto ticks = nice_ticks(10, 600, 8);
+  CHECK(ticks.front() == 100);
+  CHECK(ticks.back() == 600);
+  const std::vector<double> expected{0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1};
+  const std::vector<double> logarithmic = log_ticks(0.01, 1);
+  REQUIRE(logarithmic.size() == expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) CHECK(logarithmic[i] == Approx(expected[i]));
+  CHECK(tick_label(0.25, 0.05) == "0.25");
+  CHECK(tick_label(1500, 500) == "1500");
+  CHECK(tick_label(0.0001, 0.0001) == "1e-04");
+  require_well_formed_svg(line_chart_svg(LineChart{}));  // no data still renders
+}
+
+TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finished runs", "[sweep]") {
+  const std::string folder = temp_folder("resume");
+  const std::string path = write_text(folder, "tiny.toml", kTinyExperiment);
+  const std::string out = folder + "/out";
+  REQUIRE(command_sweep(sweep_line(path, out, false)) == 0);
+  const std::string first = out + "/runs/00-run.seed=0", second = out + "/runs/01-run.seed=1";
+  for (const std::string& run : {first, second}) {
+    CHECK(std::filesystem::exists(run + "/summary.json"));
+    CHECK(std::filesystem::exists(run + "/metrics.jsonl"));
+    // A run's config.toml is that run alone: its seed set, its [sweep] emptied.
+    CHECK(read_file(run + "/config.toml").find("seed = [") == std::string::npos);
+  }
+  CHECK_THAT(read_file(second + "/config.toml"), Contains("seed = 1"));
+  for (const char* file : {"sweep.json", "results.md", "results.csv", "loss_curves.svg", "expert_load.svg"}) {
+    INFO(file);
+    CHECK(std::filesystem::exists(out + "/" + file));
+  }
+  CHECK(count(read_file(out + "/results.csv"), ",done,") == 2);
+  require_well_formed_svg(read_file(out + "/loss_curves.svg"));
+
+  // Rerunning into the same folder without --resume is refused.
+  CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false)), Contains("--resume"));
+
+  // Mark the first run's summary, and make the second look unfinished; --resume runs only the second.
+  nlohmann::json summary = nlohmann::json::parse(read_file(first + "/summary.json"));
+  summary["marker"] = "kept";
+  write_file_atomic(first + "/summary.json", summary.dump());
+  nlohmann::json state = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  REQUIRE(state["runs"].size() == 2);
+  CHECK(state["runs"][0]["status"] == "done");
+  state["runs"][1]["status"] = "pending";
+  write_file_atomic(out + "/sweep.json", state.dump());
+  std::filesystem::remove(second + "/summary.json");
+
+  REQUIRE(command_sweep(sweep_line(path, out, true)) == 0);
+  CHECK(nlohmann::json::parse(read_file(first + "/summary.json")).value("marker", "") == "kept");
+  CHECK(std::filesystem::exists(second + "/summary.json"));
+  const nlohmann::json resumed = nlohmann::json::parse(read_file(out + "/sweep.json"));
+  CHECK(resumed["runs"][0]["status"] == "done");
+  CHECK(resumed["runs"][1]["status"] == "done");
+
+  // --resume with other combinations is refused.
+  CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, true, {"sweep.seed=[5]"})), Contains("combinations differ"));
+  std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("sweep: a [sweep] key whose value is not a list is an error naming the key", "[sweep]") {
+  CHECK_THROWS_AS(axes_of("[sweep]\nmodel.d_state = 16\n"), ConfigError);
+  CHECK_THROWS_WITH(axes_of("[model]\n[sweep]\nmodel.d_state = 16\n"),
+                    Contains("sweep_test.toml:3: sweep.model.d_state: expected a list of values"));
+  CHECK_THROWS_WITH(axes_of("[sweep]\n\"model.d_state\" = []\n"), Contains("sweep.model.d_state: expected at least one"));
+  CHECK_THROWS_WITH(axes_of("[sweep]\nd_state = [1]\n"), Contains("sweep.d_state: a swept key is a dotted path"));
+  CHECK_THROWS_WITH(axes_of("[sweep]\n\"router.name\" = [\"a\"]\n[sweep.router]\nname = [\"b\"]\n"),
+                    Contains("swept twice"));
+  CHECK_THROWS_WITH(axes_of("[model]\ndim = 8\n"), Contains("no [sweep] table"));
+  CHECK_THROWS_WITH(axes_of("[sweep]\n"), Contains("[sweep] is empty"));
+}
+
+TEST_CASE("sweep: an unknown key or a bad value in any combination stops the sweep before it runs", "[sweep]") {
+  const std::string folder = temp_folder("errors");
+  const std::string path = write_text(folder, "tiny.toml", kTinyExperiment);
+  const std::string out = folder + "/out";
+  // An unknown key path, named in the message.
+  CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.model.bogus=[1, 2]"})),
+                    Contains("model.bogus") && Contains("unknown key") && Contains("nothing was run"));
+  CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.modle.dim=[8]"})), Contains("modle"));
+  CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.training.bogus=[1]"})),
+                    Contains("training.bogus") && Contains("unknown key"));
+  // The second combination is bad: the first does not run either.
+  CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.router.name=[\"switch\", \"nosuch\"]"})),
+                    Contains("sweep run 01-run.seed=0,router.name=nosuch") && Contains("router.name") && Contains("valid:"));
+  CHECK_FALSE(std::filesystem::exists(out));
+  std::filesystem::remove_all(folder);
+}
