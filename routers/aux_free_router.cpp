@@ -13,7 +13,7 @@
 // DeepSeek-V3's complementary balance loss (eqs. 17-20) taken over the batch instead of per sequence:
 // X · Σ_j f_j · P_j with f_j the fraction of the k·T choices and P_j the mean of s normalised over the X
 // experts. Capacity per assignment as topk (capacity_factor <= 0 drops nothing, as DeepSeek-V3).
-// Options: k, normalize_gates, bias_update_rate (default 0.001, DeepSeek-V3's γ).
+// Options: top_k, normalize_gates, bias_update_rate (default 0.001, DeepSeek-V3's γ).
 #include "routers/aux_free_router.h"
 
 #include "kernels/activation.h"

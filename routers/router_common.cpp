@@ -164,9 +164,9 @@ RouterGrads decision_backward(const std::vector<float>& grad_gate, const SavedAc
 }
 
 int64_t read_k(const RouterContext& context, int64_t fallback) {
-  const int64_t k = context.options.get_int("k", std::min(fallback, context.num_experts), 1);
+  const int64_t k = context.options.get_int("top_k", std::min(fallback, context.num_experts), 1);
   if (k > context.num_experts) {
-    context.options.fail("k", "expected at most num_experts = " + std::to_string(context.num_experts) +
+    context.options.fail("top_k", "expected at most num_experts = " + std::to_string(context.num_experts) +
                                   ", found " + std::to_string(k));
   }
   return k;

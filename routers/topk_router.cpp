@@ -6,7 +6,7 @@
 // top-1 mask before the top-2 mask); an assignment over capacity is dropped, the others of its token
 // stay (their gates are not renormalised, as in GShard). The aux loss is the switch formula with f_j
 // from the first choices, as GShard's l_aux counts the top-1 expert only.
-// Options: k (default 2), normalize_gates (default true when k > 1).
+// Options: top_k (default 2), normalize_gates (default true when top_k > 1).
 #include "routers/topk_router.h"
 
 namespace mr1 {

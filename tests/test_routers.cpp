@@ -239,7 +239,7 @@ TEST_CASE("topk: the k most probable experts, ties to the lowest index, gates re
     CHECK(routing.gate[3] == Approx(softmax_row(logits, 1)[1]));
   }
   SECTION("k = 3 of 3") {
-    RouterUnderTest router("name = \"topk\"\nk = 3\ncapacity_factor = 0.0\n", 3);
+    RouterUnderTest router("name = \"topk\"\ntop_k = 3\ncapacity_factor = 0.0\n", 3);
     const Routing routing = router->route(logits, Tensor(), batch_of(1, 2), nullptr);
     CHECK(routing.expert == std::vector<int32_t>{2, 1, 0, 0, 1, 2});
   }
@@ -655,7 +655,7 @@ TEST_CASE("aux_free: selection on sigmoid scores plus bias, gates from the unbia
     CHECK(bias.value[2] == Approx(0.001));
   }
   SECTION("k = 1 without normalisation: the gate is the raw score") {
-    RouterUnderTest top1("name = \"aux_free\"\nk = 1\ncapacity_factor = 0.0\n", 3);
+    RouterUnderTest top1("name = \"aux_free\"\ntop_k = 1\ncapacity_factor = 0.0\n", 3);
     const Routing single = top1->route(logits, Tensor(), batch_of(1, 2), nullptr);
     CHECK(single.expert == std::vector<int32_t>{2, 0});
     CHECK(single.gate[0] == Approx(s2));
@@ -670,7 +670,7 @@ TEST_CASE("aux_free: the bias update balances an imbalanced load without an aux 
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t j = 0; j < X; ++j) logits[t * X + j] += 2.0f - 1.0f * static_cast<float>(j);
   }
-  RouterUnderTest router("name = \"aux_free\"\nk = 1\nbias_update_rate = 0.005\ncapacity_factor = 0.0\n", X);
+  RouterUnderTest router("name = \"aux_free\"\ntop_k = 1\nbias_update_rate = 0.005\ncapacity_factor = 0.0\n", X);
   std::vector<double> violation;
   for (int step = 0; step < 300; ++step) {
     const Routing routing = router->route(logits, Tensor(), batch_of(4, 64), nullptr);
@@ -722,13 +722,13 @@ TEST_CASE("every router has a description and rejects keys it does not know", "[
   register_all();
   const std::map<std::string, std::string> known_keys{
       {"switch", ""},
-      {"topk", "k = 2\nnormalize_gates = false\n"},
-      {"noisy_topk", "k = 2\nnoise = \"fixed\"\nnoise_std = 0.3\nnormalize_gates = true\n"},
+      {"topk", "top_k = 2\nnormalize_gates = false\n"},
+      {"noisy_topk", "top_k = 2\nnoise = \"fixed\"\nnoise_std = 0.3\nnormalize_gates = true\n"},
       {"expert_choice", ""},
       {"hash", ""},
       {"random", ""},
       {"sinkhorn", "iterations = 4\n"},
-      {"aux_free", "k = 2\nnormalize_gates = true\nbias_update_rate = 0.01\n"}};
+      {"aux_free", "top_k = 2\nnormalize_gates = true\nbias_update_rate = 0.01\n"}};
   for (const auto& [name, keys] : known_keys) {
     INFO(name);
     REQUIRE(router_registry().contains(name));
@@ -742,15 +742,15 @@ TEST_CASE("every router has a description and rejects keys it does not know", "[
 
 TEST_CASE("bad router options are errors that name router.<key>", "[routers]") {
   const std::vector<std::pair<std::string, std::string>> cases{
-      {"name = \"topk\"\nk = 0\n", "router.k"},
-      {"name = \"topk\"\nk = 5\n", "router.k: expected at most num_experts = 4"},
-      {"name = \"topk\"\nk = 1\nnormalize_gates = true\n", "router.normalize_gates"},
+      {"name = \"topk\"\ntop_k = 0\n", "router.top_k"},
+      {"name = \"topk\"\ntop_k = 5\n", "router.top_k: expected at most num_experts = 4"},
+      {"name = \"topk\"\ntop_k = 1\nnormalize_gates = true\n", "router.normalize_gates"},
       {"name = \"noisy_topk\"\nnoise = \"gaussian\"\n", "router.noise"},
       {"name = \"noisy_topk\"\nnoise_std = 0.5\n", "router.noise_std: applies to noise = \"fixed\" only"},
       {"name = \"noisy_topk\"\nnoise = \"fixed\"\nnoise_std = -1.0\n", "router.noise_std"},
       {"name = \"sinkhorn\"\niterations = 0\n", "router.iterations"},
       {"name = \"aux_free\"\nbias_update_rate = -0.1\n", "router.bias_update_rate"},
-      {"name = \"aux_free\"\nk = \"two\"\n", "router.k"}};
+      {"name = \"aux_free\"\ntop_k = \"two\"\n", "router.top_k"}};
   for (const auto& [keys, message] : cases) {
     INFO(keys);
     CHECK_THROWS_AS(RouterUnderTest(keys, 4), ConfigError);
