@@ -2,12 +2,19 @@
 // Shape letters: T tokens (all leading axes flattened), I input features, O output features.
 #include "kernels/linear.h"
 
+#include <omp.h>
+
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
 #include "kernels/linear_cuda.h"
 
 namespace mr1 {
+
+namespace {
+// Up to this many input rows, the forward splits the output features across threads.
+constexpr int64_t kFewRows = 16;
+}  // namespace
 
 // y (..., O) = x (..., I) · weightᵀ (O, I) + bias (O)      (no bias when `bias` is null or undefined)
 Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias) {
@@ -25,7 +32,21 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias)
 
   Tensor y(with_last_axis(x.shape(), outputs));
   MatrixMap y_rows = matrix_of_rows(y);  // (T, O)
-  y_rows.noalias() = matrix_of_rows(x) * matrix_of_rows(weight).transpose();
+  const ConstMatrixMap x_rows = matrix_of_rows(x), w_rows = matrix_of_rows(weight);
+  const int64_t T = row_count(x);
+  if (T <= kFewRows && outputs * weight.size(1) >= kParallelMinimumWork * 4 && omp_get_max_threads() > 1) {
+    // A few rows (decoding) make a matrix-vector product, which Eigen runs on one thread: split the
+    // output features across the threads instead.
+#pragma omp parallel
+    {
+      const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+      const int64_t begin = outputs * id / threads, end = outputs * (id + 1) / threads;
+      y_rows.middleCols(begin, end - begin).noalias() =
+          x_rows * w_rows.middleRows(begin, end - begin).transpose();
+    }
+  } else {
+    y_rows.noalias() = x_rows * w_rows.transpose();
+  }
   if (bias) y_rows.rowwise() += row_vector(*bias);
   return y;
 }

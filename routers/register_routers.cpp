@@ -29,10 +29,10 @@ void register_routers() {
   auto& registry = router_registry();
   registry.add("switch", "top-1 softmax routing with capacity factor and dropping (Switch Transformer)",
                make<SwitchRouter>());
-  registry.add("topk", "top-k softmax routing (k, default 2; normalize_gates), capacity per assignment, first "
+  registry.add("topk", "top-k softmax routing (top_k, default 2; normalize_gates), capacity per assignment, first "
                "choices claim slots first (GShard)", make<TopKRouter>());
   registry.add("noisy_topk", "top-k over logits plus Gaussian noise in training, learned (tensor router.w_noise) or "
-               "fixed (noise, noise_std; k, normalize_gates) (Shazeer et al. 2017)", make<NoisyTopKRouter>());
+               "fixed (noise, noise_std; top_k, normalize_gates) (Shazeer et al. 2017)", make<NoisyTopKRouter>());
   registry.add("expert_choice", "each expert takes its top tokens of the batch up to capacity (Zhou et al. 2022); "
                "sees the whole batch, so it leaks the future in causal LM training", make<ExpertChoiceRouter>());
   registry.add("hash", "fixed hash of the token id (of the position for embedding input) picks the expert, gate 1, "

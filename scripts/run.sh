@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds, and runs a shipped experiment on the CPU
-# (default experiments/seed_example.toml). Extra arguments go to `mamba-r1 run`.
+# (default experiments/quickstart.toml: trains a small Mamba R1 to >= 0.9 accuracy in a minute or two).
+# Extra arguments go to `mamba-r1 run`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 "$root/scripts/build.sh"
 cd "$root"
-experiment="experiments/seed_example.toml"
+experiment="experiments/quickstart.toml"
 if [ $# -gt 0 ] && [[ "$1" == *.toml ]]; then experiment="$1"; shift; fi
 exec build/mamba-r1 run "$experiment" "$@"

@@ -98,6 +98,12 @@ TEST_CASE("linear_forward matches a double-precision loop") {
   require_close(linear_forward(in.x, in.weight, &in.bias),
                 linear_reference(to_double(in.x), to_double(in.weight), in.bias_values(), in.inputs()), 5e-5, 0,
                 "large");
+  // Few rows and a large weight: the output features are split across threads (decoding's path).
+  const LinearInputs few({"few rows", {3, 300}, 517, true}, 9);
+  // The same sums as "large" (I = 300 terms): the same bound.
+  require_close(linear_forward(few.x, few.weight, &few.bias),
+                linear_reference(to_double(few.x), to_double(few.weight), few.bias_values(), few.inputs()), 5e-5, 0,
+                "few rows");
 }
 
 TEST_CASE("linear_backward matches finite differences of the double loop") {
