@@ -148,18 +148,6 @@ void collect_sweep_keys(const toml::table& table, const std::string& prefix, std
   }
 }
 
-std::string type_name(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    default: return "a date or time";
-  }
-}
-
 [[noreturn]] void fail_sweep_key(const ExperimentFile& file, const FoundKey& found, const std::string& message) {
   std::string location = file.file();
   if (found.from_file && found.line > 0) location += ":" + std::to_string(found.line);

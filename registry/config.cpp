@@ -12,18 +12,6 @@ const toml::table& empty_table() {
   return empty;
 }
 
-std::string type_name(const toml::node& node) {
-  switch (node.type()) {
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::table: return "a table";
-    default: return "a date or time";
-  }
-}
-
 std::string render(const toml::node& node) {
   std::ostringstream out;
   node.visit([&](const auto& value) { out << value; });
@@ -39,6 +27,18 @@ std::string join(const std::vector<std::string>& items) {
 }
 
 }  // namespace
+
+std::string type_name(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a number";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::table: return "a table";
+    default: return "a date or time";
+  }
+}
 
 ConfigTable::ConfigTable(const toml::table* table, std::string file, std::string path)
     : table_(table ? table : &empty_table()),

@@ -22,6 +22,9 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// "an integer", "a string", ...: what a TOML value is, for error messages.
+std::string type_name(const toml::node& node);
+
 // A view of one TOML table ("model", "router", "task", ...) that reads typed values.
 // Copies share the record of which keys were read.
 class ConfigTable {
