@@ -19,18 +19,19 @@ FeedForward::FeedForward(ParameterStore& parameters, const std::string& prefix, 
       fc2_bias_(parameters.add(prefix + "fc2.bias", {dim}, false)) {}
 
 // y = fc2(gelu(x · fc1ᵀ + b1)) = gelu(x · fc1ᵀ + b1) · fc2ᵀ + b2
-Tensor FeedForward::forward(const Tensor& x, Tensor* hidden_pre) const {
+Tensor FeedForward::forward(const Tensor& x, FeedForwardSaved* saved) const {
   Tensor pre = linear_forward(x, fc1_weight_.value, &fc1_bias_.value);
-  Tensor y = linear_forward(gelu_forward(pre), fc2_weight_.value, &fc2_bias_.value);
-  if (hidden_pre) *hidden_pre = pre;
+  Tensor hidden = gelu_forward(pre);
+  Tensor y = linear_forward(hidden, fc2_weight_.value, &fc2_bias_.value);
+  if (saved) *saved = FeedForwardSaved{pre, hidden};
   return y;
 }
 
-Tensor FeedForward::backward(const Tensor& grad_y, const Tensor& x, const Tensor& hidden_pre) {
-  LinearGrads fc2 = linear_backward(grad_y, gelu_forward(hidden_pre), fc2_weight_.value, true);
+Tensor FeedForward::backward(const Tensor& grad_y, const Tensor& x, const FeedForwardSaved& saved) {
+  LinearGrads fc2 = linear_backward(grad_y, saved.hidden, fc2_weight_.value, true);
   add_inplace(fc2_weight_.grad, fc2.weight);
   add_inplace(fc2_bias_.grad, fc2.bias);
-  LinearGrads fc1 = linear_backward(gelu_backward(fc2.input, hidden_pre), x, fc1_weight_.value, true);
+  LinearGrads fc1 = linear_backward(gelu_backward(fc2.input, saved.hidden_pre), x, fc1_weight_.value, true);
   add_inplace(fc1_weight_.grad, fc1.weight);
   add_inplace(fc1_bias_.grad, fc1.bias);
   return fc1.input;

@@ -9,15 +9,21 @@ namespace mr1 {
 
 class Random;
 
+// What the forward keeps for the backward: fc1's output and its gelu (so backward need not recompute erf).
+struct FeedForwardSaved {
+  Tensor hidden_pre;  // (T, F) fc1(x)
+  Tensor hidden;      // (T, F) gelu(fc1(x))
+};
+
 class FeedForward {
  public:
   // Parameters prefix + "fc1.weight" (F, D), "fc1.bias" (F), "fc2.weight" (D, F), "fc2.bias" (D).
   FeedForward(ParameterStore& parameters, const std::string& prefix, int64_t dim, int64_t hidden);
 
-  // x (T, D) → (T, D); hidden_pre receives fc1(x) (T, F) for backward when given.
-  Tensor forward(const Tensor& x, Tensor* hidden_pre) const;
+  // x (T, D) → (T, D); `saved` receives what backward needs when given.
+  Tensor forward(const Tensor& x, FeedForwardSaved* saved) const;
   // dL/dy (T, D) → dL/dx; adds the parameters' gradients.
-  Tensor backward(const Tensor& grad_y, const Tensor& x, const Tensor& hidden_pre);
+  Tensor backward(const Tensor& grad_y, const Tensor& x, const FeedForwardSaved& saved);
   void initialize(Random& random);
 
  private:

@@ -22,10 +22,10 @@ struct MoeSaved : SavedActivations {
   std::vector<std::vector<int64_t>> rows;         // per expert: the tokens routed to it
   std::vector<std::vector<int64_t>> assignments;  // per expert: the assignment index t·k + r of each row
   std::vector<std::vector<float>> gates;          // per expert: the gate of each row
-  std::vector<Tensor> hidden_pre;                 // per expert: fc1 output (T_j, F)
+  std::vector<FeedForwardSaved> hidden;           // per expert: fc1 output and its gelu (T_j, F)
   std::vector<Tensor> expert_out;                 // per expert: expert output before gating (T_j, D)
   std::vector<int64_t> unmasked;                  // the tokens the shared experts see
-  std::vector<Tensor> shared_hidden_pre;          // per shared expert: fc1 output (T_unmasked, F)
+  std::vector<FeedForwardSaved> shared_hidden;    // per shared expert: the same over (T_unmasked, F)
 };
 
 }  // namespace
@@ -71,13 +71,13 @@ Tensor MoeLayer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& r
 
   // out[t] = Σ over t's assignments of gate · expert_j(u[t]); dropped and masked tokens get 0.
   Tensor out({T, dim_}, u.device());
-  saved->hidden_pre.resize(static_cast<size_t>(num_experts_));
+  saved->hidden.resize(static_cast<size_t>(num_experts_));
   saved->expert_out.resize(static_cast<size_t>(num_experts_));
   for (int64_t j = 0; j < num_experts_; ++j) {
     const auto& rows = saved->rows[static_cast<size_t>(j)];
     if (rows.empty()) continue;
     Tensor y = experts_[static_cast<size_t>(j)].forward(gather_rows(tokens, rows),
-                                                         &saved->hidden_pre[static_cast<size_t>(j)]);
+                                                         &saved->hidden[static_cast<size_t>(j)]);
     scatter_add_rows(out, y, rows, &saved->gates[static_cast<size_t>(j)]);
     saved->expert_out[static_cast<size_t>(j)] = y;
   }
@@ -87,11 +87,11 @@ Tensor MoeLayer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& r
     for (int64_t t = 0; t < T; ++t) {
       if (batch.kept(t)) saved->unmasked.push_back(t);
     }
-    saved->shared_hidden_pre.resize(shared_experts_.size());
+    saved->shared_hidden.resize(shared_experts_.size());
     if (!saved->unmasked.empty()) {
       const Tensor rows = gather_rows(tokens, saved->unmasked);
       for (size_t s = 0; s < shared_experts_.size(); ++s) {
-        scatter_add_rows(out, shared_experts_[s].forward(rows, &saved->shared_hidden_pre[s]), saved->unmasked,
+        scatter_add_rows(out, shared_experts_[s].forward(rows, &saved->shared_hidden[s]), saved->unmasked,
                          nullptr);
       }
     }
@@ -126,7 +126,7 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
     // dL/dexpert_out = gate · dL/dout
     Tensor grad_input = experts_[static_cast<size_t>(j)].backward(
         scale_rows(grad_rows, saved.gates[static_cast<size_t>(j)]), gather_rows(saved.u, rows),
-        saved.hidden_pre[static_cast<size_t>(j)]);
+        saved.hidden[static_cast<size_t>(j)]);
     scatter_add_rows(grad_tokens, grad_input, rows, nullptr);
   }
 
@@ -134,7 +134,7 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
     const Tensor grad_rows = gather_rows(grad, saved.unmasked);
     const Tensor rows = gather_rows(saved.u, saved.unmasked);
     for (size_t s = 0; s < shared_experts_.size(); ++s) {
-      scatter_add_rows(grad_tokens, shared_experts_[s].backward(grad_rows, rows, saved.shared_hidden_pre[s]),
+      scatter_add_rows(grad_tokens, shared_experts_[s].backward(grad_rows, rows, saved.shared_hidden[s]),
                        saved.unmasked, nullptr);
     }
   }

@@ -14,7 +14,8 @@ namespace {
 
 // The dense baseline: fc2(gelu(fc1(u))) on every token, with the names of one expert.
 struct MlpSaved : SavedActivations {
-  Tensor u, hidden_pre;
+  Tensor u;
+  FeedForwardSaved hidden;
 };
 
 class MlpBlock : public Mixer {
@@ -26,7 +27,7 @@ class MlpBlock : public Mixer {
   Tensor forward(const Tensor& u, const BatchInfo& batch, LayerRecord& record) override {
     Tensor tokens = u.reshape({batch.tokens_count(), dim_});
     auto saved = std::make_unique<MlpSaved>();
-    Tensor y = network_.forward(tokens, &saved->hidden_pre);
+    Tensor y = network_.forward(tokens, &saved->hidden);
     if (batch.keep_for_backward) {
       saved->u = tokens;
       record.saved = std::move(saved);
@@ -36,7 +37,7 @@ class MlpBlock : public Mixer {
 
   Tensor backward(const Tensor& grad_out, const BatchInfo& batch, const LayerRecord& record, float) override {
     const auto& saved = static_cast<const MlpSaved&>(*record.saved);
-    Tensor grad = network_.backward(grad_out.reshape({batch.tokens_count(), dim_}), saved.u, saved.hidden_pre);
+    Tensor grad = network_.backward(grad_out.reshape({batch.tokens_count(), dim_}), saved.u, saved.hidden);
     return grad.reshape(grad_out.shape());
   }
 

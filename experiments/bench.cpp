@@ -40,9 +40,7 @@ double median(std::vector<double> values) {
 }  // namespace
 
 int command_bench(const CommandLine& line) {
-  std::vector<std::string> assignments = line.sets;
-  if (!line.option("backend").empty()) assignments.push_back("run.backend=\"" + line.option("backend") + "\"");
-  Experiment experiment = load_experiment(line.experiment_path(), assignments);
+  Experiment experiment = load_experiment(line.experiment_path(), command_line_assignments(line));
   apply_thread_count(experiment.run.threads);
   BuiltExperiment built = build_experiment(experiment, false);
   const ConfigTable& task = experiment.table("task");
