@@ -64,7 +64,7 @@ TEST_CASE("dt_rank auto is ceil(dim / 16), an integer is taken as given", "[conf
   CHECK_THROWS_WITH(load_text("[model]\ndt_rank = \"big\"\n"), Contains("model.dt_rank") && Contains("\"auto\""));
 }
 
-TEST_CASE("--set overrides any key and creates missing tables", "[config]") {
+TEST_CASE("a --set override reaches any key and creates missing tables", "[config]") {
   const Experiment experiment =
       load_text("[model]\nd_state = 16\n", {"model.d_state=32", "router.capacity_factor=0.5", "model.order=[\"mlp\"]"});
   CHECK(experiment.model.d_state == 32);

@@ -160,7 +160,7 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
   std::filesystem::remove_all(folder);
 }
 
-TEST_CASE("--resume after an interruption ends exactly where an uninterrupted run ends", "[trainer]") {
+TEST_CASE("resuming after an interruption ends exactly where an uninterrupted run ends", "[trainer]") {
   const std::string whole = temporary_folder("whole"), parts = temporary_folder("parts");
   const Experiment experiment = training_experiment(whole);
 
