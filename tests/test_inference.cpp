@@ -26,6 +26,7 @@
 #include "kernels/ssm_step.h"
 #include "registry/config.h"
 #include "registry/model_config.h"
+#include "tests/model_fixture.h"
 #include "tests/test_util.h"
 
 using namespace mr1;
@@ -35,19 +36,9 @@ namespace {
 
 constexpr double kLogitTolerance = 1e-5;  // absolute and relative; see the top of the file
 
-// A model from [model] / [router] TOML text, initialised from seed 1.
-struct InferenceModel {
-  ExperimentFile file;
-  ModelConfig config;
-  RouterSettings router;
-  std::unique_ptr<Model> model;
-
-  explicit InferenceModel(const std::string& text) : file(ExperimentFile::parse(text, "test.toml")) {
-    config = read_model_config(file.table("model"));
-    router = read_router_settings(file.table("router"));
-    model = std::make_unique<Model>(config, router, file.table("router"));
-    model->initialize(1);
-  }
+// A small model (seed 1) and its parallel forward, the reference of step mode.
+struct InferenceModel : SmallModel {
+  using SmallModel::SmallModel;
 
   // The parallel forward's logits (1, L, V) of one sequence, routing dropless.
   Tensor forward_logits(const std::vector<int32_t>& tokens) const {

@@ -6,6 +6,7 @@
 #include "blocks/model.h"
 #include "blocks/random.h"
 #include "kernels/elementwise.h"
+#include "model_fixture.h"
 #include "test_util.h"
 
 using namespace mr1;
@@ -13,33 +14,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-// A small model from [model] / [router] TOML text, initialised from seed 1.
-struct SmallModel {
-  ExperimentFile file;
-  ModelConfig config;
-  RouterSettings router;
-  std::unique_ptr<Model> model;
-
-  explicit SmallModel(const std::string& text) : file(ExperimentFile::parse(text, "test.toml")) {
-    config = read_model_config(file.table("model"));
-    router = read_router_settings(file.table("router"));
-    model = std::make_unique<Model>(config, router, file.table("router"));
-    model->initialize(1);
-  }
-
-  ModelInput input(int64_t B, int64_t L, uint64_t seed) const {
-    ModelInput input;
-    input.batch = B;
-    input.length = L;
-    Random random(seed);
-    if (config.vocab_size > 0) {
-      for (int64_t i = 0; i < B * L; ++i) input.tokens.push_back(static_cast<int32_t>(random.below(config.vocab_size)));
-    } else {
-      input.embeddings = test::random_tensor({B, L, config.dim}, seed);
-    }
-    return input;
-  }
-};
+using test::SmallModel;
 
 const char* kSmall =
     "[model]\ndim = 16\nd_state = 4\nd_conv = 3\nexpand = 2\nnum_experts = 3\nexpert_dim = 24\nmax_seq_len = 32\n";
