@@ -6,7 +6,6 @@
 #include <cmath>
 #include <functional>
 #include <iomanip>
-#include <omp.h>
 #include <random>
 #include <sstream>
 
@@ -251,26 +250,11 @@ double probe(GradientModel& m, const GradientModel::Loss& base, Parameter& param
   return full.predicted;
 }
 
-// One OpenMP thread while in scope. The selective scan opens a parallel region for any B·E > 1,
-// whatever the work; for these tiny models on a loaded machine each region can wait a scheduler
-// time slice for its threads, turning a case of milliseconds into seconds.
-class SingleThread {
- public:
-  SingleThread() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SingleThread() { omp_set_num_threads(saved_); }
-  SingleThread(const SingleThread&) = delete;
-  SingleThread& operator=(const SingleThread&) = delete;
-
- private:
-  int saved_;
-};
-
 // Probes every parameter tensor of the case's model: single coordinates (the largest |gradient|
 // and random ones) and the whole tensor along sign(gradient). `tamper` may change the model's
 // gradients after the backward pass (to check that the check notices).
 CheckResult check_gradients(const GradientCase& c, uint64_t seed,
                             const std::function<void(GradientModel&)>& tamper = nullptr) {
-  const SingleThread single_thread;
   GradientModel m(c, seed);
   const GradientModel::Loss base = m.evaluate(true);
   if (tamper) tamper(m);
