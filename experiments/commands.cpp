@@ -4,7 +4,6 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -18,8 +17,6 @@
 #include "experiments/loss.h"
 #include "experiments/run.h"
 #include "experiments/safetensors.h"
-#include "kernels/cuda_device.h"
-#include "kernels/elementwise.h"
 
 namespace mr1 {
 
