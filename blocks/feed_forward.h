@@ -26,6 +26,12 @@ class FeedForward {
   Tensor backward(const Tensor& grad_y, const Tensor& x, const FeedForwardSaved& saved);
   void initialize(Random& random);
 
+  // The parameters of fc1 and fc2, for the MoE layer's grouped expert GEMMs.
+  Parameter& fc1_weight() { return fc1_weight_; }
+  Parameter& fc1_bias() { return fc1_bias_; }
+  Parameter& fc2_weight() { return fc2_weight_; }
+  Parameter& fc2_bias() { return fc2_bias_; }
+
  private:
   int64_t dim_, hidden_;
   Parameter& fc1_weight_;

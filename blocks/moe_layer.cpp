@@ -8,7 +8,9 @@
 #include <cmath>
 
 #include "blocks/random.h"
+#include "kernels/activation.h"
 #include "kernels/elementwise.h"
+#include "kernels/grouped_linear.h"
 #include "kernels/linear.h"
 #include "kernels/small_ops.h"
 
@@ -16,16 +18,67 @@ namespace mr1 {
 
 namespace {
 
+// The kept assignments sorted by expert, in token order within an expert: expert j's rows of the
+// grouped expert GEMMs are [offsets[j], offsets[j+1]).
+struct ExpertOrder {
+  std::vector<int64_t> tokens;       // the token of each sorted assignment
+  std::vector<int64_t> assignments;  // its index t·k + r in the routing
+  std::vector<float> gates;          // its gate
+  std::vector<int64_t> offsets;      // X + 1
+};
+
+ExpertOrder sort_by_expert(const Routing& routing, int64_t experts) {
+  ExpertOrder order;
+  order.offsets.assign(static_cast<size_t>(experts + 1), 0);
+  for (const int32_t j : routing.expert) {
+    if (j >= 0) ++order.offsets[static_cast<size_t>(j) + 1];
+  }
+  for (int64_t j = 0; j < experts; ++j) order.offsets[j + 1] += order.offsets[j];
+  const size_t kept = static_cast<size_t>(order.offsets.back());
+  order.tokens.resize(kept);
+  order.assignments.resize(kept);
+  order.gates.resize(kept);
+  std::vector<int64_t> next(order.offsets.begin(), order.offsets.end() - 1);
+  for (int64_t a = 0; a < static_cast<int64_t>(routing.expert.size()); ++a) {
+    const int32_t j = routing.expert[static_cast<size_t>(a)];
+    if (j < 0) continue;  // dropped or masked
+    const size_t slot = static_cast<size_t>(next[static_cast<size_t>(j)]++);
+    order.tokens[slot] = a / routing.k;
+    order.assignments[slot] = a;
+    order.gates[slot] = routing.gate[static_cast<size_t>(a)];
+  }
+  return order;
+}
+
+// One of the two linear layers of every expert, as the grouped linear op takes them.
+enum class ExpertLinear { fc1, fc2 };
+struct GroupedParameters {
+  std::vector<const Tensor*> weights, biases;
+  std::vector<Tensor*> grad_weights, grad_biases;
+};
+
+GroupedParameters grouped_parameters(std::vector<FeedForward>& experts, ExpertLinear which) {
+  GroupedParameters grouped;
+  for (FeedForward& expert : experts) {
+    Parameter& weight = which == ExpertLinear::fc1 ? expert.fc1_weight() : expert.fc2_weight();
+    Parameter& bias = which == ExpertLinear::fc1 ? expert.fc1_bias() : expert.fc2_bias();
+    grouped.weights.push_back(&weight.value);
+    grouped.biases.push_back(&bias.value);
+    grouped.grad_weights.push_back(&weight.grad);
+    grouped.grad_biases.push_back(&bias.grad);
+  }
+  return grouped;
+}
+
 struct MoeSaved : SavedActivations {
-  Tensor u;                                       // (T, D)
-  std::unique_ptr<SavedActivations> router;       // the router's own
-  std::vector<std::vector<int64_t>> rows;         // per expert: the tokens routed to it
-  std::vector<std::vector<int64_t>> assignments;  // per expert: the assignment index t·k + r of each row
-  std::vector<std::vector<float>> gates;          // per expert: the gate of each row
-  std::vector<FeedForwardSaved> hidden;           // per expert: fc1 output and its gelu (T_j, F)
-  std::vector<Tensor> expert_out;                 // per expert: expert output before gating (T_j, D)
-  std::vector<int64_t> unmasked;                  // the tokens the shared experts see
-  std::vector<FeedForwardSaved> shared_hidden;    // per shared expert: the same over (T_unmasked, F)
+  Tensor u;                                     // (T, D)
+  std::unique_ptr<SavedActivations> router;     // the router's own
+  ExpertOrder order;                            // A kept assignments sorted by expert
+  Tensor expert_in;                             // (A, D) their tokens
+  FeedForwardSaved hidden;                      // (A, F) fc1 outputs and their gelu
+  Tensor expert_out;                            // (A, D) expert outputs before gating
+  std::vector<int64_t> unmasked;                // the tokens the shared experts see
+  std::vector<FeedForwardSaved> shared_hidden;  // per shared expert: the same over (T_unmasked, F)
 };
 
 }  // namespace
@@ -57,29 +110,20 @@ Tensor MoeLayer::forward(const Tensor& u, const BatchInfo& batch, LayerRecord& r
   auto saved = std::make_unique<MoeSaved>();
   Routing routing = router_->route(logits, tokens, batch, batch.keep_for_backward ? &saved->router : nullptr);
 
-  // Group the assignments by expert, in token order.
-  saved->rows.assign(static_cast<size_t>(num_experts_), {});
-  saved->assignments.assign(static_cast<size_t>(num_experts_), {});
-  saved->gates.assign(static_cast<size_t>(num_experts_), {});
-  for (int64_t a = 0; a < static_cast<int64_t>(routing.expert.size()); ++a) {
-    const int32_t j = routing.expert[static_cast<size_t>(a)];
-    if (j < 0) continue;
-    saved->rows[static_cast<size_t>(j)].push_back(a / routing.k);
-    saved->assignments[static_cast<size_t>(j)].push_back(a);
-    saved->gates[static_cast<size_t>(j)].push_back(routing.gate[static_cast<size_t>(a)]);
-  }
-
-  // out[t] = Σ over t's assignments of gate · expert_j(u[t]); dropped and masked tokens get 0.
+  // out[t] = Σ over t's kept assignments of gate · expert_j(u[t]); dropped and masked tokens get 0.
+  // All experts at once: their tokens sorted by expert go through grouped GEMMs (one per layer of the
+  // experts), then come back to their places weighted by the gates.
+  saved->order = sort_by_expert(routing, num_experts_);
+  const ExpertOrder& order = saved->order;
   Tensor out({T, dim_}, u.device());
-  saved->hidden.resize(static_cast<size_t>(num_experts_));
-  saved->expert_out.resize(static_cast<size_t>(num_experts_));
-  for (int64_t j = 0; j < num_experts_; ++j) {
-    const auto& rows = saved->rows[static_cast<size_t>(j)];
-    if (rows.empty()) continue;
-    Tensor y = experts_[static_cast<size_t>(j)].forward(gather_rows(tokens, rows),
-                                                         &saved->hidden[static_cast<size_t>(j)]);
-    scatter_add_rows(out, y, rows, &saved->gates[static_cast<size_t>(j)]);
-    saved->expert_out[static_cast<size_t>(j)] = y;
+  if (!order.tokens.empty()) {
+    const GroupedParameters fc1 = grouped_parameters(experts_, ExpertLinear::fc1);
+    const GroupedParameters fc2 = grouped_parameters(experts_, ExpertLinear::fc2);
+    saved->expert_in = gather_rows(tokens, order.tokens);
+    saved->hidden.hidden_pre = grouped_linear_forward(saved->expert_in, order.offsets, fc1.weights, fc1.biases);
+    saved->hidden.hidden = gelu_forward(saved->hidden.hidden_pre);
+    saved->expert_out = grouped_linear_forward(saved->hidden.hidden, order.offsets, fc2.weights, fc2.biases);
+    scatter_add_rows(out, saved->expert_out, order.tokens, &order.gates);
   }
 
   // out[t] += Σ_s shared_s(u[t]) on the unmasked tokens
@@ -115,19 +159,21 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
   std::vector<float> grad_gate(record.routing.assignments > 0 ? static_cast<size_t>(record.routing.assignments) : 0,
                                0.0f);
 
-  for (int64_t j = 0; j < num_experts_; ++j) {
-    const auto& rows = saved.rows[static_cast<size_t>(j)];
-    if (rows.empty()) continue;
-    Tensor grad_rows = gather_rows(grad, rows);
+  const ExpertOrder& order = saved.order;
+  if (!order.tokens.empty()) {
+    const Tensor grad_rows = gather_rows(grad, order.tokens);
     // dL/dgate = <dL/dout[t], expert_j(u[t])>
-    std::vector<float> dots = row_dot(grad_rows, saved.expert_out[static_cast<size_t>(j)]);
-    const auto& assignments = saved.assignments[static_cast<size_t>(j)];
-    for (size_t i = 0; i < rows.size(); ++i) grad_gate[static_cast<size_t>(assignments[i])] = dots[i];
-    // dL/dexpert_out = gate · dL/dout
-    Tensor grad_input = experts_[static_cast<size_t>(j)].backward(
-        scale_rows(grad_rows, saved.gates[static_cast<size_t>(j)]), gather_rows(saved.u, rows),
-        saved.hidden[static_cast<size_t>(j)]);
-    scatter_add_rows(grad_tokens, grad_input, rows, nullptr);
+    const std::vector<float> dots = row_dot(grad_rows, saved.expert_out);
+    for (size_t i = 0; i < dots.size(); ++i) grad_gate[static_cast<size_t>(order.assignments[i])] = dots[i];
+    // dL/dexpert_out = gate · dL/dout, then back through fc2, gelu and fc1 of every expert at once.
+    const GroupedParameters fc1 = grouped_parameters(experts_, ExpertLinear::fc1);
+    const GroupedParameters fc2 = grouped_parameters(experts_, ExpertLinear::fc2);
+    const Tensor grad_hidden = grouped_linear_backward(scale_rows(grad_rows, order.gates), saved.hidden.hidden,
+                                                       order.offsets, fc2.weights, fc2.grad_weights, fc2.grad_biases);
+    const Tensor grad_input =
+        grouped_linear_backward(gelu_backward(grad_hidden, saved.hidden.hidden_pre), saved.expert_in, order.offsets,
+                                fc1.weights, fc1.grad_weights, fc1.grad_biases);
+    scatter_add_rows(grad_tokens, grad_input, order.tokens, nullptr);
   }
 
   if (!shared_experts_.empty() && !saved.unmasked.empty()) {

@@ -31,6 +31,7 @@
 #include "kernels/cuda_device.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/grouped_linear.h"
 #include "kernels/linear.h"
 #include "kernels/norm.h"
 #include "kernels/optimizer_ops.h"
@@ -234,6 +235,56 @@ void check_linear(Report& report, const ShapeConfig& c) {
       add(out, "dx", cuda.input, cpu.input, kSums);
       add(out, "dW", cuda.weight, cpu.weight, kSums);
       add(out, "db", cuda.bias, cpu.bias, kSums);
+    });
+  }
+}
+
+// The experts' GEMMs (fc1: D → F, fc2: F → D) as one grouped op over T·k routed rows, split unevenly
+// among the X experts (expert 0 gets none when X >= 4, as a collapsed router would leave it).
+void check_grouped_linear(Report& report, const ShapeConfig& c) {
+  const int64_t rows = c.B * c.L * c.k;
+  Random random(15);
+  std::vector<int64_t> counts(static_cast<size_t>(c.X), 0);
+  const int64_t first_used = c.X >= 4 ? 1 : 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    // Skewed: the lower experts are picked more often.
+    const int64_t j = first_used + std::min(random.below(c.X - first_used), random.below(c.X - first_used));
+    ++counts[static_cast<size_t>(j)];
+  }
+  std::vector<int64_t> offsets{0};
+  for (const int64_t count : counts) offsets.push_back(offsets.back() + count);
+  for (const auto& [I, O] : {std::pair<int64_t, int64_t>{c.D, c.F}, {c.F, c.D}}) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(I));
+    const Tensor x = uniform({rows, I}, 16, -1, 1), grad_y = uniform({rows, O}, 17, -1, 1);
+    std::vector<Tensor> cpu, cuda;  // per expert: weight, bias, grad weight, grad bias
+    for (int64_t j = 0; j < c.X; ++j) {
+      for (const Tensor& tensor :
+           {uniform({O, I}, 100 + j, -bound, bound), uniform({O}, 200 + j, -bound, bound), Tensor({O, I}), Tensor({O})}) {
+        cpu.push_back(tensor);
+        cuda.push_back(gpu(tensor));
+      }
+    }
+    const auto pick = [&](std::vector<Tensor>& tensors, size_t which) {
+      std::vector<Tensor*> picked;
+      for (size_t j = 0; j < static_cast<size_t>(c.X); ++j) picked.push_back(&tensors[4 * j + which]);
+      return picked;
+    };
+    const auto read_only = [](const std::vector<Tensor*>& tensors) {
+      return std::vector<const Tensor*>(tensors.begin(), tensors.end());
+    };
+    const std::string shape = dims({{"rows", rows}, {"X", c.X}, {"I", I}, {"O", O}});
+    report.run("grouped_linear_forward", c.name, shape, [&](Outputs& out) {
+      add(out, "y", grouped_linear_forward(gpu(x), offsets, read_only(pick(cuda, 0)), read_only(pick(cuda, 1))),
+          grouped_linear_forward(x, offsets, read_only(pick(cpu, 0)), read_only(pick(cpu, 1))), kSums);
+    });
+    report.run("grouped_linear_backward", c.name, shape, [&](Outputs& out) {
+      add(out, "dx",
+          grouped_linear_backward(gpu(grad_y), gpu(x), offsets, read_only(pick(cuda, 0)), pick(cuda, 2), pick(cuda, 3)),
+          grouped_linear_backward(grad_y, x, offsets, read_only(pick(cpu, 0)), pick(cpu, 2), pick(cpu, 3)), kSums);
+      for (int64_t j = 0; j < c.X; ++j) {
+        add(out, "dW" + std::to_string(j), cuda[4 * j + 2], cpu[4 * j + 2], kSums);
+        add(out, "db" + std::to_string(j), cuda[4 * j + 3], cpu[4 * j + 3], kSums);
+      }
     });
   }
 }
@@ -618,8 +669,9 @@ void check_routing(Report& report, const ShapeConfig& c) {
 
 using ShapeCheck = void (*)(Report&, const ShapeConfig&);
 const std::vector<ShapeCheck> kShapeChecks = {
-    check_linear, check_norms,          check_activations, check_rotary,    check_embedding, check_cross_entropy,
-    check_conv1d, check_selective_scan, check_elementwise, check_small_ops, check_optimizer, check_routing};
+    check_linear,        check_grouped_linear, check_norms,       check_activations, check_rotary,  check_embedding,
+    check_cross_entropy, check_conv1d,         check_selective_scan, check_elementwise, check_small_ops, check_optimizer,
+    check_routing};
 
 // The model of FILE.toml, or this seed-like one (with a vocabulary, so that logits and the LM loss run too).
 constexpr const char* kBuiltInModel = R"(

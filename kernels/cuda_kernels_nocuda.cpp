@@ -7,6 +7,7 @@
 #include "kernels/conv1d_cuda.h"
 #include "kernels/cross_entropy_cuda.h"
 #include "kernels/elementwise_cuda.h"
+#include "kernels/grouped_linear_cuda.h"
 #include "kernels/linear_cuda.h"
 #include "kernels/norm_cuda.h"
 #include "kernels/optimizer_ops_cuda.h"
@@ -30,6 +31,16 @@ void linear_forward_cuda(const float*, const float*, const float*, float*, int64
 void linear_backward_cuda(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t, int64_t,
                           void*) {
   no_backend("linear_backward_cuda");
+}
+
+void grouped_linear_forward_cuda(const float*, const std::vector<int64_t>&, const std::vector<const float*>&,
+                                 const std::vector<const float*>&, float*, int64_t, int64_t, void*) {
+  no_backend("grouped_linear_forward_cuda");
+}
+void grouped_linear_backward_cuda(const float*, const float*, const std::vector<int64_t>&,
+                                  const std::vector<const float*>&, float*, const std::vector<float*>&,
+                                  const std::vector<float*>&, int64_t, int64_t, void*) {
+  no_backend("grouped_linear_backward_cuda");
 }
 
 void add_scaled_cuda(float*, const float*, const float*, float, int64_t, void*) { no_backend("add_scaled_cuda"); }

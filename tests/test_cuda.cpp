@@ -18,6 +18,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/elementwise_cuda.h"
 #include "kernels/embedding.h"
+#include "kernels/grouped_linear.h"
 #include "kernels/linear.h"
 #include "kernels/norm.h"
 #include "kernels/optimizer_ops.h"
@@ -138,6 +139,43 @@ TEST_CASE("cuda: linear forward and backward match the CPU", "[cuda]") {
     const LinearGrads no_input = linear_backward(gpu(grad_y), gpu(x), gpu(weight), false, false);
     CHECK(!no_input.input.defined());
     CHECK(!no_input.bias.defined());
+  }
+}
+
+TEST_CASE("cuda: grouped linear (the experts' GEMMs) matches the CPU, empty groups included", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  // Row counts per group: empty groups first, between and last, and a single row.
+  const std::vector<int64_t> offsets{0, 0, 5, 5, 6, 70, 70};
+  const int64_t R = offsets.back(), I = 24, O = 40, G = static_cast<int64_t>(offsets.size()) - 1;
+  const Tensor x = uniform({R, I}, 6, -1, 1), grad_y = uniform({R, O}, 7, -1, 1);
+  std::deque<Tensor> cpu_tensors, gpu_tensors;  // stable addresses for the pointer lists
+  std::vector<const Tensor*> cpu_weights, cpu_biases, gpu_weights, gpu_biases;
+  std::vector<Tensor*> cpu_grad_weights, cpu_grad_biases, gpu_grad_weights, gpu_grad_biases;
+  for (int64_t g = 0; g < G; ++g) {
+    const Tensor weight = uniform({O, I}, 10 + g, -1, 1), bias = uniform({O}, 20 + g, -1, 1);
+    // Gradients that already hold values: the op adds to them.
+    const Tensor grad_weight = uniform({O, I}, 30 + g, -1, 1), grad_bias = uniform({O}, 40 + g, -1, 1);
+    cpu_weights.push_back(&cpu_tensors.emplace_back(weight));
+    cpu_biases.push_back(&cpu_tensors.emplace_back(bias));
+    cpu_grad_weights.push_back(&cpu_tensors.emplace_back(grad_weight.clone()));
+    cpu_grad_biases.push_back(&cpu_tensors.emplace_back(grad_bias.clone()));
+    gpu_weights.push_back(&gpu_tensors.emplace_back(gpu(weight)));
+    gpu_biases.push_back(&gpu_tensors.emplace_back(gpu(bias)));
+    gpu_grad_weights.push_back(&gpu_tensors.emplace_back(gpu(grad_weight)));
+    gpu_grad_biases.push_back(&gpu_tensors.emplace_back(gpu(grad_bias)));
+  }
+  require_match(grouped_linear_forward(gpu(x), offsets, gpu_weights, gpu_biases),
+                grouped_linear_forward(x, offsets, cpu_weights, cpu_biases), kSums, "y");
+  require_match(grouped_linear_forward(gpu(x), offsets, gpu_weights, {}),
+                grouped_linear_forward(x, offsets, cpu_weights, {}), kSums, "y without biases");
+  const Tensor cpu_dx =
+      grouped_linear_backward(grad_y, x, offsets, cpu_weights, cpu_grad_weights, cpu_grad_biases);
+  const Tensor gpu_dx =
+      grouped_linear_backward(gpu(grad_y), gpu(x), offsets, gpu_weights, gpu_grad_weights, gpu_grad_biases);
+  require_match(gpu_dx, cpu_dx, kSums, "dx");
+  for (int64_t g = 0; g < G; ++g) {
+    require_match(*gpu_grad_weights[g], *cpu_grad_weights[g], kSums, "dW of group " + std::to_string(g));
+    require_match(*gpu_grad_biases[g], *cpu_grad_biases[g], kSums, "db of group " + std::to_string(g));
   }
 }
 
