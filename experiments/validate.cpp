@@ -40,6 +40,7 @@
 #include "kernels/routing_cuda.h"
 #include "kernels/selective_scan.h"
 #include "kernels/small_ops.h"
+#include "kernels/ssm_step.h"
 
 namespace mr1 {
 
@@ -667,11 +668,46 @@ void check_routing(Report& report, const ShapeConfig& c) {
              [&](Outputs& out) { compare_routing(r, out); });
 }
 
+// Step-mode ops: three conv steps and scan steps from the same states, and a prompt batch's conv state.
+void check_ssm_step(Report& report, const ShapeConfig& c) {
+  const Tensor weight = uniform({c.E, 1, c.K}, 151, -0.5, 0.5), bias = uniform({c.E}, 152, -0.5, 0.5);
+  const Tensor A = uniform({c.E, c.N}, 153, -2, -0.1), D = uniform({c.E}, 154, -1, 1);
+  const Tensor delta_bias = uniform({c.E}, 155, -2, 0);
+  report.run("ssm step (conv, scan)", c.name, dims({{"B", c.B}, {"E", c.E}, {"N", c.N}, {"K", c.K}, {"steps", 3}}),
+             [&](Outputs& out) {
+               Tensor cpu_conv = uniform({c.B, c.E, c.K - 1}, 156, -1, 1), cuda_conv = gpu(cpu_conv);
+               Tensor cpu_ssm = uniform({c.B, c.E, c.N}, 157, -1, 1), cuda_ssm = gpu(cpu_ssm);
+               const Tensor cuda_weight = gpu(weight), cuda_bias = gpu(bias), cuda_A = gpu(A), cuda_D = gpu(D);
+               const Tensor cuda_delta_bias = gpu(delta_bias);
+               for (uint64_t s = 0; s < 3; ++s) {
+                 const Tensor x = uniform({c.B, c.E}, 160 + s, -1, 1), delta = uniform({c.B, c.E}, 170 + s, -3, 3);
+                 const Tensor z = uniform({c.B, c.E}, 180 + s, -3, 3), Bm = uniform({c.B, c.N}, 190 + s, -1, 1);
+                 const Tensor Cm = uniform({c.B, c.N}, 200 + s, -1, 1);
+                 const Tensor cpu_y = causal_conv1d_step(cpu_conv, x, weight, bias);
+                 add(out, "conv y", causal_conv1d_step(cuda_conv, gpu(x), cuda_weight, cuda_bias), cpu_y, kElementwise);
+                 add(out, "conv state", cuda_conv, cpu_conv, kExact);
+                 const Tensor cuda_u = gpu(cpu_y), cuda_delta = gpu(delta), cuda_z = gpu(z), cuda_B = gpu(Bm);
+                 const Tensor cuda_C = gpu(Cm);
+                 const SelectiveScanStepInputs cpu_in{&cpu_y, &delta, &A, &Bm, &Cm, &D, &z, &delta_bias, true};
+                 const SelectiveScanStepInputs cuda_in{&cuda_u, &cuda_delta, &cuda_A, &cuda_B, &cuda_C,
+                                                       &cuda_D, &cuda_z, &cuda_delta_bias, true};
+                 add(out, "scan out", selective_scan_step(cuda_ssm, cuda_in), selective_scan_step(cpu_ssm, cpu_in),
+                     kElementwise);
+                 add(out, "scan state", cuda_ssm, cpu_ssm, kElementwise);
+               }
+               const Tensor prompts = uniform({c.B, c.L, c.E}, 210, -1, 1);
+               std::vector<int64_t> lengths;
+               for (int64_t b = 0; b < c.B; ++b) lengths.push_back(1 + (c.L - 1) * (b + 1) / c.B);
+               add(out, "prompt conv state", causal_conv1d_final_state(gpu(prompts), c.K, &lengths),
+                   causal_conv1d_final_state(prompts, c.K, &lengths), kExact);
+             });
+}
+
 using ShapeCheck = void (*)(Report&, const ShapeConfig&);
 const std::vector<ShapeCheck> kShapeChecks = {
     check_linear,        check_grouped_linear, check_norms,       check_activations, check_rotary,  check_embedding,
     check_cross_entropy, check_conv1d,         check_selective_scan, check_elementwise, check_small_ops, check_optimizer,
-    check_routing};
+    check_routing,       check_ssm_step};
 
 // The model of FILE.toml, or this seed-like one (with a vocabulary, so that logits and the LM loss run too).
 constexpr const char* kBuiltInModel = R"(
@@ -777,6 +813,48 @@ void check_model(Report& report, const ModelCase& model_case) {
   });
 }
 
+// Recurrent inference: prefill of two prompts of different lengths, then four steps fed the CPU's greedy
+// tokens, on the CPU and then on CUDA; compares the logits of the prefill and of every step.
+void check_model_decode(Report& report, const ModelCase& model_case) {
+  const ModelConfig& config = model_case.config;
+  if (config.vocab_size <= 0) return;  // step mode needs token ids
+  Model model(config, model_case.router, model_case.router_table);
+  model.initialize(model_case.seed);
+  Random random(model_case.seed + 5);
+  std::vector<std::vector<int32_t>> prompts(2);
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    for (int64_t i = 0; i < (p == 0 ? 12 : 7); ++i) {
+      prompts[p].push_back(static_cast<int32_t>(random.below(config.vocab_size)));
+    }
+  }
+  constexpr int kSteps = 4;
+  report.run("model prefill and steps", model_case.label,
+             dims({{"B", 2}, {"prompt", 12}, {"steps", kSteps}, {"blocks", config.block_count()}}),
+             [&](Outputs& out) {
+               const ModelInput input = prompt_batch(prompts);
+               InferenceCache cpu_cache, cuda_cache;
+               std::vector<Tensor> cpu_logits{model.prefill(input, cpu_cache)};
+               std::vector<std::vector<int32_t>> fed;
+               for (int s = 0; s < kSteps; ++s) {
+                 // Greedy: each row's arg max.
+                 const Tensor& last = cpu_logits.back();
+                 std::vector<int32_t> tokens;
+                 for (int64_t b = 0; b < last.size(0); ++b) {
+                   const float* row = last.data() + b * last.size(1);
+                   tokens.push_back(static_cast<int32_t>(std::max_element(row, row + last.size(1)) - row));
+                 }
+                 fed.push_back(tokens);
+                 cpu_logits.push_back(model.step(tokens, cpu_cache));
+               }
+               model.to(Device::cuda);
+               add(out, "prefill logits", model.prefill(input, cuda_cache), cpu_logits[0], kModel);
+               for (int s = 0; s < kSteps; ++s) {
+                 add(out, "step " + std::to_string(s + 1) + " logits", model.step(fed[s], cuda_cache),
+                     cpu_logits[s + 1], kModel);
+               }
+             });
+}
+
 }  // namespace
 
 int command_validate(const CommandLine& line) {
@@ -826,7 +904,10 @@ int command_validate(const CommandLine& line) {
   for (const ShapeConfig& shape : kShapes) {
     for (ShapeCheck check : kShapeChecks) check(report, shape);
   }
-  for (const ModelCase& model_case : models) check_model(report, model_case);
+  for (const ModelCase& model_case : models) {
+    check_model(report, model_case);
+    check_model_decode(report, model_case);
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("validate: %d checks, %d passed, %d failed (%.1f s)\n", report.checks(),
               report.checks() - report.failures(), report.failures(), seconds);

@@ -218,9 +218,10 @@ cublasHandle_t cublas_handle(cudaStream_t on_stream) {
 void copy_host_to_device(void* destination, const void* source, std::size_t bytes) {
   if (bytes == 0) return;
   cudaStream_t s = as_stream(stream());
+  // Every host buffer here is pageable memory (none is pinned): such a copy returns once the driver has
+  // staged the source, so the caller may free it on return, and no stream synchronisation is needed (CUDA
+  // runtime API, "API synchronization behavior"). Queued work keeps running while the host goes on.
   CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyHostToDevice, s));
-  // The source is pageable host memory that the caller may free on return.
-  CUDA_CHECK(cudaStreamSynchronize(s));
 }
 
 void copy_device_to_host(void* destination, const void* source, std::size_t bytes) {

@@ -15,6 +15,7 @@
 #include "kernels/routing_cuda.h"
 #include "kernels/selective_scan_cuda.h"
 #include "kernels/small_ops_cuda.h"
+#include "kernels/ssm_step_cuda.h"
 
 namespace mr1 {
 
@@ -131,6 +132,17 @@ void routing_permutation_cuda(const int32_t*, const int32_t*, const int64_t*, in
 }
 void combine_from_experts_cuda(const float*, const int64_t*, const float*, float*, int64_t, int64_t, int64_t, void*) {
   no_backend("combine_from_experts_cuda");
+}
+
+void causal_conv1d_step_cuda(float*, const float*, const float*, const float*, float*, int64_t, int64_t, int64_t,
+                             void*) {
+  no_backend("causal_conv1d_step_cuda");
+}
+void causal_conv1d_final_state_cuda(const float*, const int64_t*, float*, int64_t, int64_t, int64_t, int64_t, void*) {
+  no_backend("causal_conv1d_final_state_cuda");
+}
+void selective_scan_step_cuda(float*, const SelectiveScanStepPointers&, float*, int64_t, int64_t, int64_t, void*) {
+  no_backend("selective_scan_step_cuda");
 }
 
 }  // namespace mr1

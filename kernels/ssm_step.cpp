@@ -1,4 +1,5 @@
-// The single-step ops of the Mamba mixer on the CPU: plain loops over (batch row, channel), the state
+// The single-step ops of the Mamba mixer, dispatched to CUDA (kernels/ssm_step.cu) for device tensors;
+// on the CPU: plain loops over (batch row, channel), the state
 // index n vectorised with Eigen arrays. The formulas repeat those of causal_conv1d_forward and
 // selective_scan_forward at one position, in the same order, so that step mode follows the parallel
 // forward to rounding.
@@ -10,8 +11,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/ssm_step_cuda.h"
 
 namespace mr1 {
 
@@ -53,7 +56,10 @@ Tensor causal_conv1d_step(Tensor& conv_state, const Tensor& x, const Tensor& wei
   check_shape(bias, {channels}, "causal_conv1d_step: bias");
   check_shape(conv_state, {batch, channels, K - 1}, "causal_conv1d_step: conv_state (B, E, K-1)");
   if (common_device("causal_conv1d_step", {&conv_state, &x, &weight, &bias}) == Device::cuda) {
-    no_cuda_kernel("causal_conv1d_step");
+    Tensor y({batch, channels}, Device::cuda);
+    causal_conv1d_step_cuda(conv_state.data(), x.data(), weight.data(), bias.data(), y.data(), batch, channels, K,
+                            cuda::stream());
+    return y;
   }
   const float* input = x.data();     // (B, E)
   const float* taps = weight.data();  // (E, K)
@@ -123,7 +129,14 @@ Tensor causal_conv1d_final_state(const Tensor& x, int64_t width, const std::vect
       }
     }
   }
-  if (common_device("causal_conv1d_final_state", {&x}) == Device::cuda) no_cuda_kernel("causal_conv1d_final_state");
+  if (common_device("causal_conv1d_final_state", {&x}) == Device::cuda) {
+    Tensor state({batch, channels, K - 1}, Device::cuda);
+    const cuda::DeviceBuffer device_lengths =
+        cuda::upload(lengths ? *lengths : std::vector<int64_t>(static_cast<size_t>(batch), L));
+    causal_conv1d_final_state_cuda(x.data(), device_lengths.as<int64_t>(), state.data(), batch, L, channels, K,
+                                   cuda::stream());
+    return state;
+  }
   Tensor state({batch, channels, K - 1});
   const float* input = x.data();
   float* out = state.data();
@@ -161,7 +174,13 @@ Tensor selective_scan_step(Tensor& ssm_state, const SelectiveScanStepInputs& in)
   check_shape(ssm_state, {batch, E, N}, "selective_scan_step: ssm_state (B, E, N)");
   if (common_device("selective_scan_step", {&ssm_state, in.u, in.delta, in.A, in.B, in.C, in.D, in.z,
                                             in.delta_bias}) == Device::cuda) {
-    no_cuda_kernel("selective_scan_step");
+    Tensor out({batch, E}, Device::cuda);
+    const auto pointer = [](const Tensor* t) { return present(t) ? t->data() : nullptr; };
+    const SelectiveScanStepPointers pointers{in.u->data(),    in.delta->data(), in.A->data(),
+                                             in.B->data(),    in.C->data(),     pointer(in.D),
+                                             pointer(in.z),   pointer(in.delta_bias), in.delta_softplus};
+    selective_scan_step_cuda(ssm_state.data(), pointers, out.data(), batch, E, N, cuda::stream());
+    return out;
   }
 
   const float* A = in.A->data();

@@ -27,6 +27,7 @@
 #include "kernels/routing_cuda.h"
 #include "kernels/selective_scan.h"
 #include "kernels/small_ops.h"
+#include "kernels/ssm_step.h"
 #include "tests/test_util.h"
 
 namespace mr1 {
@@ -381,6 +382,51 @@ TEST_CASE("cuda: the selective scan rejects state sizes above 256 in one line", 
   in.B = &Bm;
   in.C = &Bm;
   REQUIRE_THROWS_WITH(selective_scan_forward(in), Catch::Matchers::Contains("d_state N from 1 to 256"));
+}
+
+TEST_CASE("cuda: step-mode conv, prompt conv state and scan step match the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  struct StepShape {
+    int64_t B, E, N, K;
+    bool gated;
+  };
+  for (const StepShape& c : std::vector<StepShape>{{1, 64, 16, 4, true}, {3, 37, 5, 1, false}, {2, 96, 256, 3, true}}) {
+    const std::string shape = "B " + std::to_string(c.B) + " E " + std::to_string(c.E) + " N " +
+                              std::to_string(c.N) + " K " + std::to_string(c.K);
+    // Three steps from the same states on both backends: outputs and states after each.
+    const Tensor weight = uniform({c.E, 1, c.K}, 81, -0.5, 0.5), bias = uniform({c.E}, 82, -0.5, 0.5);
+    const Tensor gpu_weight = gpu(weight), gpu_bias = gpu(bias);
+    Tensor cpu_conv = uniform({c.B, c.E, c.K - 1}, 83, -1, 1), gpu_conv = gpu(cpu_conv);
+    const Tensor A = uniform({c.E, c.N}, 84, -2, -0.1), D = uniform({c.E}, 85, -1, 1);
+    const Tensor delta_bias = uniform({c.E}, 86, -2, 0);
+    const Tensor gpu_A = gpu(A), gpu_D = gpu(D), gpu_delta_bias = gpu(delta_bias);
+    Tensor cpu_ssm = uniform({c.B, c.E, c.N}, 87, -1, 1), gpu_ssm = gpu(cpu_ssm);
+    for (uint64_t step = 0; step < 3; ++step) {
+      const Tensor x = uniform({c.B, c.E}, 90 + step, -1, 1);
+      const Tensor cpu_y = causal_conv1d_step(cpu_conv, x, weight, bias);
+      require_match(causal_conv1d_step(gpu_conv, gpu(x), gpu_weight, gpu_bias), cpu_y, kElementwise,
+                    "conv y " + shape);
+      require_match(gpu_conv, cpu_conv, kExact, "conv state " + shape);
+
+      const Tensor delta = uniform({c.B, c.E}, 100 + step, -3, 3), z = uniform({c.B, c.E}, 110 + step, -3, 3);
+      const Tensor Bm = uniform({c.B, c.N}, 120 + step, -1, 1), Cm = uniform({c.B, c.N}, 130 + step, -1, 1);
+      const Tensor gpu_cpu_y = gpu(cpu_y), gpu_delta = gpu(delta), gpu_z = gpu(z), gpu_B = gpu(Bm), gpu_C = gpu(Cm);
+      SelectiveScanStepInputs cpu_in{&cpu_y, &delta, &A, &Bm, &Cm, &D, c.gated ? &z : nullptr, &delta_bias, true};
+      SelectiveScanStepInputs gpu_in{&gpu_cpu_y, &gpu_delta, &gpu_A, &gpu_B, &gpu_C, &gpu_D,
+                                     c.gated ? &gpu_z : nullptr, &gpu_delta_bias, true};
+      require_match(selective_scan_step(gpu_ssm, gpu_in), selective_scan_step(cpu_ssm, cpu_in), kElementwise,
+                    "scan out " + shape);
+      require_match(gpu_ssm, cpu_ssm, kElementwise, "scan state " + shape);
+    }
+    // The conv state a right-padded batch of prompts leaves: lengths 7, 2, 5 of L = 7.
+    const Tensor prompts = uniform({c.B, 7, c.E}, 140, -1, 1);
+    const std::vector<int64_t> all_lengths{7, 2, 5};
+    const std::vector<int64_t> lengths(all_lengths.begin(), all_lengths.begin() + c.B);
+    require_match(causal_conv1d_final_state(gpu(prompts), c.K, &lengths),
+                  causal_conv1d_final_state(prompts, c.K, &lengths), kExact, "prompt conv state " + shape);
+    require_match(causal_conv1d_final_state(gpu(prompts), c.K), causal_conv1d_final_state(prompts, c.K), kExact,
+                  "full-length conv state " + shape);
+  }
 }
 
 TEST_CASE("cuda: small ops and optimizer updates match the CPU", "[cuda]") {
