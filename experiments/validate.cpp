@@ -92,7 +92,7 @@ constexpr Tolerance kElementwise{1e-11, 1e-5};
 // errors of about √K · 2⁻²⁴.
 constexpr Tolerance kSums{1e-9, 1e-4};
 // The selective scan: exp2f(Δ·log2e·A) against the CPU's exp(Δ·A) through up to 1000 recurrent steps;
-// in the backward, sums over B·L (dA, dB, dC) added by atomics in the order blocks finish.
+// in the backward, sums over B·L (dA) and over E (dB, dC) in another order than the CPU's.
 constexpr Tolerance kScan{1e-8, 1e-3};
 // The whole model: all of the above through every block, forward and backward.
 constexpr Tolerance kModel{1e-6, 1e-2};

@@ -16,10 +16,11 @@
 // keeping one every 8 steps in shared memory, then for each 8-step sub-chunk in reverse recomputes its
 // states into registers and runs the reverse-time recurrence on them. du, d(delta) and dz are written
 // directly; dB and dC (sums over the channels) are reduced across the warp's channels with shuffles,
-// then across the block in shared memory, then added to global memory with one atomicAdd per block,
-// step and state; dA, dD and d(delta_bias) (sums over batch rows) are added with atomicAdd at the end.
-// The atomics make dA, dB, dC, dD and d(delta_bias) depend on the order in which blocks finish, in
-// the last bits of float; everything else is deterministic.
+// the warps' results added in warp order through shared memory, and each block stores its part (one
+// per block of channels);
+// dA, dD and d(delta_bias) (sums over batch rows) are stored per batch row at the end. Two small
+// kernels then add the parts in a fixed order, so every gradient is bit-reproducible from run to run
+// (no atomics).
 //
 // Shape letters: B batch, L length, E channels, N state size, P lanes per channel.
 #include <cuda_pipeline.h>
@@ -37,6 +38,7 @@ namespace {
 
 constexpr int kStates = 8;     // states per lane
 constexpr int kThreads = 128;  // threads per block
+constexpr int kWarps = kThreads / 32;
 constexpr int kChunk = 16;     // forward: steps per shared-memory chunk
 constexpr int kSegment = 64;   // steps between checkpoints (a multiple of kChunk and kSub)
 constexpr int kSub = 8;        // backward: steps recomputed into registers at once
@@ -246,8 +248,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // Adds v (16 values: 8 of dB then 8 of dC, for the thread's 8 states at one step) over the channels of
 // the warp, by recursive halving: at each level a lane keeps half of its values, sends the other half to
-// the lane of the partner channel and adds what it receives; then adds the results to the block's sums
-// [2 (dB, dC)][kSub][padded] in shared memory.
+// the lane of the partner channel and adds what it receives; then stores the results in the warp's own
+// sums [2 (dB, dC)][kSub][padded] in shared memory (exactly one lane of the warp holds each entry).
 __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const ScanShape& s, int group, int step,
                                                   float* sums) {
   const int lane = threadIdx.x & 31;
@@ -284,15 +286,24 @@ __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const
     if (j < held) {
       const int index = base + j;
       const int which = index / kStates, n = (group * kStates) + index % kStates;
-      if (n < s.state) atomicAdd(sums + (which * kSub + step) * s.padded + n, v[j]);
+      if (n < s.state) sums[(which * kSub + step) * s.padded + n] = v[j];
     }
   }
 }
 
+// Where the backward kernel stores its parts of the sums across blocks, before reduce_parts_kernel adds them.
+struct ScanGradParts {
+  float* rows;      // (2 (dB, dC), X channel blocks, B, L, N)
+  float* A;         // (B, E, N)
+  float* D;         // (B, E) or null
+  float* bias;      // (B, E) or null
+};
+
 __global__ void __launch_bounds__(kThreads)
-    selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, const float* grad_out,
-                                   ScanShape s, const float* checkpoints) {
-  // [kSubsPerSegment][kStates][kThreads] saved states | [2 (B, C)][kSub][padded] rows | [2][kSub][padded] sums
+    selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, ScanGradParts parts,
+                                   const float* grad_out, ScanShape s, const float* checkpoints) {
+  // [kSubsPerSegment][kStates][kThreads] saved states | [2 (B, C)][kSub][padded] rows |
+  // [kWarps][2][kSub][padded] sums of each warp
   extern __shared__ __align__(16) float shared[];
   float* saved = shared;
   float* rows = saved + kSubsPerSegment * kStates * kThreads;
@@ -345,8 +356,8 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
         const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
         rows[i] = k < steps && n < N ? (which ? p.C : p.B)[(row0 + t0 + k) * N + n] : 0.0f;
-        sums[i] = 0.0f;
       }
+      for (int i = threadIdx.x; i < kWarps * 2 * kSub * s.padded; i += kThreads) sums[i] = 0.0f;
       __syncthreads();
       const float* B_rows = rows;
       const float* C_rows = rows + kSub * s.padded;
@@ -425,33 +436,70 @@ __global__ void __launch_bounds__(kThreads)
           if (grads.z) grads.z[index] = dz;
           dbias += d_delta;
         }
-        add_over_channels(channel_terms, s, at.group, k, sums);
+        add_over_channels(channel_terms, s, at.group, k, sums + (threadIdx.x / 32) * 2 * kSub * s.padded);
       }
       __syncthreads();
+      // This block's part of dB and dC for the sub-chunk's steps.
+      const int64_t blocks = gridDim.x, rows_size = s.batch * L * N;
       for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
         const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
-        if (k < steps && n < N) atomicAdd((which ? grads.C : grads.B) + (row0 + t0 + k) * N + n, sums[i]);
+        if (k < steps && n < N) {
+          float total = 0.0f;  // the warps' sums in warp order
+          for (int w = 0; w < kWarps; ++w) total += sums[w * 2 * kSub * s.padded + i];
+          parts.rows[(which * blocks + blockIdx.x) * rows_size + (row0 + t0 + k) * N + n] = total;
+        }
       }
       // h holds the state after the sub-chunk's last step; pass 2 only needs the saved ones.
     }
   }
 
+  // This batch row's part of dA, dD and d(delta_bias).
   if (!at.valid) return;
+  const int64_t channel = at.b * E + at.e;
 #pragma unroll
   for (int i = 0; i < kStates; ++i) {
     const int n = at.first_state + i;
-    if (n < N) atomicAdd(grads.A + at.e * N + n, dA[i]);
+    if (n < N) parts.A[channel * N + n] = dA[i];
   }
   if (at.group == 0) {
-    if (grads.D) atomicAdd(grads.D + at.e, dD);
-    if (grads.delta_bias) atomicAdd(grads.delta_bias + at.e, dbias);
+    if (parts.D) parts.D[channel] = dD;
+    if (parts.bias) parts.bias[channel] = dbias;
+  }
+}
+
+// Adds the parts in a fixed order: dB, dC over the X channel blocks; dA, dD, d(delta_bias) over the
+// B batch rows. One thread per output value, sums in double.
+__global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointers grads, int64_t blocks,
+                                    int64_t batch, int64_t rows_size, int64_t E, int64_t N) {
+  const int64_t total = 2 * rows_size + E * N + 2 * E;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    double sum = 0;
+    if (i < 2 * rows_size) {
+      const int64_t which = i / rows_size, j = i % rows_size;
+      for (int64_t x = 0; x < blocks; ++x) sum += parts.rows[(which * blocks + x) * rows_size + j];
+      (which ? grads.C : grads.B)[j] += static_cast<float>(sum);
+    } else if (i < 2 * rows_size + E * N) {
+      const int64_t j = i - 2 * rows_size;  // e·N + n
+      for (int64_t b = 0; b < batch; ++b) sum += parts.A[b * E * N + j];
+      grads.A[j] += static_cast<float>(sum);
+    } else {
+      const int64_t j = i - 2 * rows_size - E * N;  // D for j < E, then delta_bias
+      const bool skip = j < E;
+      const float* part = skip ? parts.D : parts.bias;
+      float* out = skip ? grads.D : grads.delta_bias;
+      if (!part) continue;
+      const int64_t e = skip ? j : j - E;
+      for (int64_t b = 0; b < batch; ++b) sum += part[b * E + e];
+      out[e] += static_cast<float>(sum);
+    }
   }
 }
 
 size_t forward_shared_bytes(const ScanShape& s) { return sizeof(float) * 2 * 2 * kChunk * s.padded; }
 
 size_t backward_shared_bytes(const ScanShape& s) {
-  return sizeof(float) * (kSubsPerSegment * kStates * kThreads + 2 * 2 * kSub * s.padded);
+  return sizeof(float) * (kSubsPerSegment * kStates * kThreads + (2 + 2 * kWarps) * kSub * s.padded);
 }
 
 // Launches the forward kernel (out, final_state and checkpoints each optional).
@@ -486,9 +534,22 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
   const size_t shared_bytes = backward_shared_bytes(s);
   CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
-  selective_scan_backward_kernel<<<scan_grid(s), kThreads, shared_bytes, on_stream>>>(in, grads, grad_out, s,
-                                                                                      checkpoints.as<float>());
+  // The parts of the sums across blocks (see ScanGradParts); every entry is stored before it is read.
+  const dim3 grid = scan_grid(s);
+  const int64_t blocks = grid.x, rows_size = B * L * N;
+  cuda::DeviceBuffer row_parts(static_cast<size_t>(2 * blocks * rows_size) * sizeof(float));
+  cuda::DeviceBuffer A_parts(static_cast<size_t>(B * E * N) * sizeof(float));
+  cuda::DeviceBuffer D_parts(grads.D ? static_cast<size_t>(B * E) * sizeof(float) : 0);
+  cuda::DeviceBuffer bias_parts(grads.delta_bias ? static_cast<size_t>(B * E) * sizeof(float) : 0);
+  const ScanGradParts parts{row_parts.as<float>(), A_parts.as<float>(), grads.D ? D_parts.as<float>() : nullptr,
+                            grads.delta_bias ? bias_parts.as<float>() : nullptr};
+  selective_scan_backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(in, grads, parts, grad_out, s,
+                                                                             checkpoints.as<float>());
   cuda::check_launch("selective_scan_backward_kernel");
+  const int64_t outputs = 2 * rows_size + E * N + 2 * E;
+  reduce_parts_kernel<<<cuda::blocks_for(outputs, 256, 65536), 256, 0, on_stream>>>(parts, grads, blocks, B, rows_size,
+                                                                                     E, N);
+  cuda::check_launch("reduce_parts_kernel");
 }
 
 }  // namespace mr1
