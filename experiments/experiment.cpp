@@ -9,6 +9,7 @@
 
 #include "blocks/catalog.h"
 #include "experiments/safetensors.h"
+#include "experiments/validate.h"
 #include "kernels/cuda_device.h"
 
 namespace mr1 {
@@ -86,15 +87,6 @@ void load_weights(Model& model, const std::string& path) {
   model.parameters().load(file);
 }
 
-namespace {
-
-// Whether `auto` runs on a usable GPU. Every op the model calls has a CUDA kernel, but none of them has
-// run on a GPU yet: until scripts/gpu_check.sh (the [cuda] tests and `mamba-r1 validate`) has passed on
-// hardware, `auto` stays on the CPU and says so; `--backend cuda` uses the GPU regardless.
-constexpr bool kAutoSelectsCuda = false;
-
-}  // namespace
-
 Device resolve_backend(const std::string& requested) {
   if (requested == "cpu") {
     spdlog::info("backend: cpu ({} threads)", Eigen::nbThreads());
@@ -110,13 +102,17 @@ Device resolve_backend(const std::string& requested) {
     spdlog::info("backend: cpu ({} threads); CUDA not used: {}", Eigen::nbThreads(), reason);
     return Device::cpu;
   }
-  if (!kAutoSelectsCuda) {
-    spdlog::info("backend: cpu ({} threads); CUDA device {} found, but auto stays on the CPU until the CUDA backend "
-                 "has been validated on hardware (scripts/gpu_check.sh); --backend cuda uses it",
-                 Eigen::nbThreads(), cuda::device_description());
+  // auto: the GPU when its kernels agree with the CPU on a small model (forward and backward, well under
+  // a second); otherwise the CPU, saying why.
+  const std::string failure = cuda_self_check();
+  if (!failure.empty()) {
+    spdlog::warn("backend: cpu ({} threads); CUDA device {} found, but its self-check against the CPU failed: {}. "
+                 "`mamba-r1 validate` compares every op; --backend cuda uses the device anyway",
+                 Eigen::nbThreads(), cuda::device_description(), failure);
     return Device::cpu;
   }
-  spdlog::info("backend: cuda (auto), {}{}", cuda::device_description(), cuda::tf32() ? ", TF32 GEMMs" : "");
+  spdlog::info("backend: cuda (auto), {}{}; self-check against the CPU passed", cuda::device_description(),
+               cuda::tf32() ? ", TF32 GEMMs" : "");
   return Device::cuda;
 }
 

@@ -739,12 +739,15 @@ struct ModelCase {
 };
 
 // Forward with a tape, the LM loss (or a fixed projection of the output when V = 0), backward: on the CPU,
-// then the same model moved to CUDA; compares the outputs (one line), then loss and every parameter
-// gradient (another line).
-void check_model(Report& report, const ModelCase& model_case) {
+// then the same model moved to CUDA. Returns the comparisons of the outputs (hidden, logits, aux loss) and
+// of the backward (loss and every parameter gradient).
+struct ModelComparison {
+  Outputs forward, backward;
+};
+
+ModelComparison compare_model(const ModelCase& model_case) {
   const ModelConfig& config = model_case.config;
   const int64_t B = model_case.batch, L = model_case.length;
-  const std::string shape = dims({{"B", B}, {"L", L}, {"D", config.dim}, {"blocks", config.block_count()}});
   Model model(config, model_case.router, model_case.router_table);
   model.initialize(model_case.seed);
 
@@ -761,20 +764,19 @@ void check_model(Report& report, const ModelCase& model_case) {
   if (B > 1 && L > 4) std::fill(input.mask.end() - 3, input.mask.end(), 0);  // padding at the end of the last row
   const Tensor projection = uniform({B, L, config.dim}, model_case.seed + 3, -1, 1);
 
-  // Forward with a tape, then the loss and backward; the gradients are copied to the host.
   struct Result {
     ModelOutput output;
     double loss = 0;
-    std::vector<Tensor> grads;
+    std::vector<Tensor> grads;  // copied to the host
   };
-  auto forward = [&](ForwardTape& tape, Result& result) {
+  auto run = [&](Device device) {
+    Result result;
+    ForwardTape tape;
     Random routing_random(model_case.seed + 4);
     ForwardOptions options;
     options.training = true;
     options.random = &routing_random;
     result.output = model.forward(input, options, &tape);
-  };
-  auto backward = [&](ForwardTape& tape, Result& result, Device device) {
     model.parameters().zero_grad();
     if (config.vocab_size > 0) {
       const LossResult loss = language_model_loss(result.output, next_token_targets(input), true);
@@ -786,31 +788,37 @@ void check_model(Report& report, const ModelCase& model_case) {
       model.backward(tape, nullptr, &grad_hidden, 1.0f);
     }
     for (const auto& parameter : model.parameters().all()) result.grads.push_back(parameter->grad.to(Device::cpu));
+    return result;
   };
 
-  Result cpu, cuda;
-  ForwardTape cuda_tape;
-  bool forward_ran = false;
+  const Result cpu = run(Device::cpu);
+  model.to(Device::cuda);
+  const Result cuda = run(Device::cuda);
+  ModelComparison comparison;
+  add(comparison.forward, "hidden", cuda.output.hidden, cpu.output.hidden, kModel);
+  if (cpu.output.logits.defined()) add(comparison.forward, "logits", cuda.output.logits, cpu.output.logits, kModel);
+  add_scalar(comparison.forward, "aux_loss", cuda.output.aux_loss, cpu.output.aux_loss, kModel);
+  add_scalar(comparison.backward, "loss", cuda.loss, cpu.loss, kModel);
+  const auto& parameters = model.parameters().all();
+  for (size_t i = 0; i < parameters.size(); ++i) {
+    add(comparison.backward, "grad." + parameters[i]->name, cuda.grads[i], cpu.grads[i], kModel);
+  }
+  return comparison;
+}
+
+// The whole model on both backends: one line for the forward's outputs, one for the backward's.
+void check_model(Report& report, const ModelCase& model_case) {
+  const ModelConfig& config = model_case.config;
+  const std::string shape = dims({{"B", model_case.batch}, {"L", model_case.length}, {"D", config.dim},
+                                  {"blocks", config.block_count()}});
+  ModelComparison comparison;
+  bool ran = false;
   report.run("model forward", model_case.label, shape, [&](Outputs& out) {
-    ForwardTape cpu_tape;
-    forward(cpu_tape, cpu);
-    backward(cpu_tape, cpu, Device::cpu);
-    model.to(Device::cuda);
-    forward(cuda_tape, cuda);
-    forward_ran = true;
-    add(out, "hidden", cuda.output.hidden, cpu.output.hidden, kModel);
-    if (cpu.output.logits.defined()) add(out, "logits", cuda.output.logits, cpu.output.logits, kModel);
-    add_scalar(out, "aux_loss", cuda.output.aux_loss, cpu.output.aux_loss, kModel);
+    comparison = compare_model(model_case);
+    ran = true;
+    out = comparison.forward;
   });
-  if (!forward_ran) return;
-  report.run("model backward", model_case.label, shape, [&](Outputs& out) {
-    backward(cuda_tape, cuda, Device::cuda);
-    add_scalar(out, "loss", cuda.loss, cpu.loss, kModel);
-    const auto& parameters = model.parameters().all();
-    for (size_t i = 0; i < parameters.size(); ++i) {
-      add(out, "grad." + parameters[i]->name, cuda.grads[i], cpu.grads[i], kModel);
-    }
-  });
+  if (ran) report.run("model backward", model_case.label, shape, [&](Outputs& out) { out = comparison.backward; });
 }
 
 // Recurrent inference: prefill of two prompts of different lengths, then four steps fed the CPU's greedy
@@ -856,6 +864,52 @@ void check_model_decode(Report& report, const ModelCase& model_case) {
 }
 
 }  // namespace
+
+std::string cuda_self_check() {
+  static const std::string result = [] {
+    // A small model with every kind of block: mamba (conv, scan, norms), moe (routing, grouped GEMMs) and
+    // mlp, with token ids and the LM head.
+    const ExperimentFile file = ExperimentFile::parse(R"(
+[model]
+dim = 64
+depth = 3
+order = ["mamba", "moe", "mlp"]
+d_state = 16
+d_conv = 4
+num_experts = 4
+expert_dim = 128
+vocab_size = 64
+
+[router]
+name = "topk"
+top_k = 2
+)",
+                                                      "<CUDA self-check model>");
+    register_all();
+    const ModelCase model_case{"self-check", read_model_config(file.table("model")),
+                               read_router_settings(file.table("router")), file.table("router"), 2, 40, 7};
+    const bool tf32 = cuda::tf32();
+    cuda::set_tf32(false);  // the model tolerance assumes float32 GEMMs
+    std::string failure;
+    try {
+      const ModelComparison comparison = compare_model(model_case);
+      for (const Outputs* outputs : {&comparison.forward, &comparison.backward}) {
+        for (const Output& output : *outputs) {
+          if (output.tolerance.accepts(output.comparison) || !failure.empty()) continue;
+          std::ostringstream message;
+          message << output.name << " differs from the CPU: nmse " << output.comparison.nmse << " (<= "
+                  << output.tolerance.nmse << "), max|d| " << output.comparison.max_abs;
+          failure = message.str();
+        }
+      }
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+    cuda::set_tf32(tf32);
+    return failure;
+  }();
+  return result;
+}
 
 int command_validate(const CommandLine& line) {
   const std::string reason = cuda::unavailable_reason();

@@ -29,4 +29,10 @@ struct Tolerance {
   bool accepts(const Comparison& comparison) const;
 };
 
+// The check behind backend "auto": a small model (mamba, moe and mlp blocks, LM head) forward and backward
+// on the CPU and on CUDA. Empty when every output and gradient agrees within the model tolerance of
+// `mamba-r1 validate`; otherwise what differed, or the error CUDA raised. Computed once per process.
+// Needs a usable GPU.
+std::string cuda_self_check();
+
 }  // namespace mr1
