@@ -299,7 +299,9 @@ int decode_benchmark(Model& model, uint64_t seed, int64_t decode_length) {
   std::printf("%-52s %14.2f\n", "decode tokens/s, batch 1", narrow_rate);
   std::printf("%-52s %14.2f\n", "weight GB/s read at batch 1", weight_bytes * narrow_rate / 1e9);
   std::printf("%-52s %14.2f\n", ("decode tokens/s, batch " + std::to_string(kWideBatch)).c_str(), wide_rate);
-  std::printf("%-52s %14.2f\n", "ms per token at 100 generated (median 90-110)", 1e3 * median_step(narrow, 89, 110));
+  if (late >= 110) {
+    std::printf("%-52s %14.2f\n", "ms per token at 100 generated (median 90-110)", 1e3 * median_step(narrow, 89, 110));
+  }
   std::printf("%-52s %14.2f\n",
               ("ms per token at " + std::to_string(late) + " generated (median of last 20)").c_str(),
               1e3 * median_step(narrow, late - 20, late));

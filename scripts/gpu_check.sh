@@ -6,6 +6,8 @@
 #   4. the scan bandwidth bench (B=8, L=2048, E=2048, N=16) against the device's peak
 #   5. mamba-r1 bench on the seed example: CUDA, the CPU, and CUDA with dense MLP blocks for the MoE
 #   6. the NumPy cross-check of `mamba-r1 forward --backend cuda` (when numpy and safetensors are installed)
+#   7. decoding on CUDA: generate --bench on the 91M-parameter model (step-mode kernels), 500 tokens
+#   8. backend auto: its self-check picks the GPU
 # then a summary table, last. Each step has a time limit; a failed step does not stop the others.
 # Exit 0 when every step passed.      Usage: scripts/gpu_check.sh [BUILD_DIR]
 set -uo pipefail
@@ -130,6 +132,27 @@ else
     fi
   else
     record "cross-check (numpy), cuda" SKIPPED "python3 lacks numpy or safetensors"
+  fi
+
+  # 7. Decoding on CUDA (the step-mode kernels), batch 1 and batch 16.
+  run decode_cuda 150 "$bin" generate "$root/experiments/decode_100m.toml" --bench --backend cuda --max-new-tokens 500
+  if [ "$status" -eq 0 ]; then
+    narrow="$(grep "decode tokens/s, batch 1 " "$logs/decode_cuda.log" | awk '{print $NF}')"
+    wide="$(grep -E "decode tokens/s, batch [0-9]{2}" "$logs/decode_cuda.log" | awk '{print $NF}')"
+    prefill="$(grep "^prefill tokens/s" "$logs/decode_cuda.log" | awk '{print $NF}')"
+    record "decode 91M model, cuda" pass "batch 1 $narrow tokens/s, batch 16 $wide tokens/s, prefill $prefill tokens/s"
+  else
+    record "decode 91M model, cuda" FAIL "exit $status: $(grep -E "error|failed" "$logs/decode_cuda.log" | tail -n 1)"
+  fi
+
+  # 8. backend auto: the self-check against the CPU must pick the GPU.
+  run auto_backend 120 "$bin" run "$root/experiments/quickstart.toml" --backend auto --set training.steps=20 \
+    --out "$logs/auto_run"
+  chosen="$(grep -m1 "backend:" "$logs/auto_backend.log" | sed -E 's/.*backend: //')"
+  if [ "$status" -eq 0 ] && grep -q "backend: cuda (auto)" "$logs/auto_backend.log"; then
+    record "backend auto (self-check)" pass "$chosen"
+  else
+    record "backend auto (self-check)" FAIL "exit $status: $chosen"
   fi
 fi
 
