@@ -40,7 +40,7 @@ void register_routers() {
   registry.add("random", "a uniformly random expert per token, re-drawn each training step (fixed per position at "
                "evaluation), gate 1: the baseline", make<RandomRouter>());
   registry.add("sinkhorn", "top-1 on a Sinkhorn-balanced assignment in training (iterations), arg-max at "
-               "evaluation (BASE layers, S-BASE, BlackMamba)", make<SinkhornRouter>());
+               "evaluation, gate softmax or sigmoid (gate) (BASE layers, S-BASE, BlackMamba)", make<SinkhornRouter>());
   registry.add("aux_free", "DeepSeek-V3 aux-loss-free balancing: sigmoid scores, top-k (top_k, default 2) on scores + "
                "bias (tensor router.balance_bias), bias moved by bias_update_rate per step", make<AuxFreeRouter>());
 }

@@ -13,6 +13,7 @@ class SinkhornRouter : public DecisionRouter {
 
  private:
   int64_t iterations_;
+  GateScores gate_;  // softmax, or sigmoid as BASE layers and Megatron-LM
 };
 
 }  // namespace mr1

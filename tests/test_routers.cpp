@@ -601,6 +601,13 @@ TEST_CASE("sinkhorn: balanced top-1 in training, arg-max at evaluation, gate = s
   CHECK(eval.expert == std::vector<int32_t>{0, 0, 0, 0});
   CHECK(eval.stats.load == std::vector<double>{1.0, 0.0});
 
+  SECTION("gate = \"sigmoid\": the same choices, gate = sigmoid(logit) of the chosen expert") {
+    RouterUnderTest sigmoid("name = \"sinkhorn\"\ncapacity_factor = 0.0\ngate = \"sigmoid\"\n", 2);
+    const Routing routed = sigmoid->route(logits, Tensor(), batch_of(1, 4, nullptr, true), nullptr);
+    CHECK(routed.expert == std::vector<int32_t>{0, 0, 1, 1});
+    CHECK(routed.gate[0] == Approx(1.0 / (1.0 + std::exp(-2.0))));
+    CHECK(routed.gate[3] == Approx(0.5));  // sigmoid(0) of expert 1
+  }
   SECTION("capacity still applies after balancing") {
     RouterUnderTest bounded("name = \"sinkhorn\"\ncapacity_factor = 1.0\nmin_capacity = 0\n", 2);
     const Routing dropped = bounded->route(logits, Tensor(), batch_of(1, 4, nullptr, false), nullptr);
@@ -626,6 +633,17 @@ TEST_CASE("sinkhorn: backward matches finite differences of gates, aux and z los
   reference.scale = 0.7;
   reference.weights = test::to_double(test::random_tensor({T}, 82));
   check_logit_gradient(*router.router, *saved, reference, logits, 0.7f, "sinkhorn");
+
+  RouterUnderTest sigmoid("name = \"sinkhorn\"\ncapacity_factor = 1.0\nmin_capacity = 1\naux_loss_coef = 0.3\n"
+                          "z_loss_coef = 0.05\niterations = 5\ngate = \"sigmoid\"\n",
+                          3);
+  std::unique_ptr<SavedActivations> sigmoid_saved;
+  const Routing sigmoid_routing = sigmoid->route(logits, Tensor(), batch_of(2, 3, &mask), &sigmoid_saved);
+  Reference sigmoid_reference = reference;
+  sigmoid_reference.kind = GateScores::sigmoid;
+  sigmoid_reference.chosen = sigmoid_reference.kept = sigmoid_routing.expert;
+  sigmoid_reference.fraction = sigmoid_routing.stats.load;
+  check_logit_gradient(*sigmoid.router, *sigmoid_saved, sigmoid_reference, logits, 0.7f, "sinkhorn, sigmoid gate");
 }
 
 // ---- aux_free ------------------------------------------------------------------------------------
@@ -727,7 +745,7 @@ TEST_CASE("every router has a description and rejects keys it does not know", "[
       {"expert_choice", ""},
       {"hash", ""},
       {"random", ""},
-      {"sinkhorn", "iterations = 4\n"},
+      {"sinkhorn", "iterations = 4\ngate = \"sigmoid\"\n"},
       {"aux_free", "top_k = 2\nnormalize_gates = true\nbias_update_rate = 0.01\n"}};
   for (const auto& [name, keys] : known_keys) {
     INFO(name);
@@ -749,6 +767,7 @@ TEST_CASE("bad router options are errors that name router.<key>", "[routers]") {
       {"name = \"noisy_topk\"\nnoise_std = 0.5\n", "router.noise_std: applies to noise = \"fixed\" only"},
       {"name = \"noisy_topk\"\nnoise = \"fixed\"\nnoise_std = -1.0\n", "router.noise_std"},
       {"name = \"sinkhorn\"\niterations = 0\n", "router.iterations"},
+      {"name = \"sinkhorn\"\ngate = \"tanh\"\n", "router.gate"},
       {"name = \"aux_free\"\nbias_update_rate = -0.1\n", "router.bias_update_rate"},
       {"name = \"aux_free\"\ntop_k = \"two\"\n", "router.top_k"}};
   for (const auto& [keys, message] : cases) {
