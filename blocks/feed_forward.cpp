@@ -28,13 +28,10 @@ Tensor FeedForward::forward(const Tensor& x, FeedForwardSaved* saved) const {
 }
 
 Tensor FeedForward::backward(const Tensor& grad_y, const Tensor& x, const FeedForwardSaved& saved) {
-  LinearGrads fc2 = linear_backward(grad_y, saved.hidden, fc2_weight_.value, true);
-  add_inplace(fc2_weight_.grad, fc2.weight);
-  add_inplace(fc2_bias_.grad, fc2.bias);
-  LinearGrads fc1 = linear_backward(gelu_backward(fc2.input, saved.hidden_pre), x, fc1_weight_.value, true);
-  add_inplace(fc1_weight_.grad, fc1.weight);
-  add_inplace(fc1_bias_.grad, fc1.bias);
-  return fc1.input;
+  const Tensor grad_hidden =
+      linear_backward_accumulate(grad_y, saved.hidden, fc2_weight_.value, fc2_weight_.grad, &fc2_bias_.grad);
+  return linear_backward_accumulate(gelu_backward(grad_hidden, saved.hidden_pre), x, fc1_weight_.value,
+                                    fc1_weight_.grad, &fc1_bias_.grad);
 }
 
 // PyTorch's nn.Linear default: weight and bias U(±1/√fan_in).

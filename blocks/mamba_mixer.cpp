@@ -176,8 +176,7 @@ Tensor MambaMixer::step(const Tensor& u, const BatchInfo& batch, std::unique_ptr
 Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const LayerRecord& record, float) {
   const auto& saved = static_cast<const MambaSaved&>(*record.saved);
 
-  LinearGrads out_grads = linear_backward(grad_out, saved.y, out_proj_.value, false);
-  add_inplace(out_proj_.grad, out_grads.weight);
+  const Tensor grad_y = linear_backward_accumulate(grad_out, saved.y, out_proj_.value, out_proj_.grad, nullptr);
 
   SelectiveScanInputs scan;
   scan.u = &saved.xa;
@@ -189,29 +188,25 @@ Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const Laye
   scan.z = &saved.z;
   scan.delta_bias = &dt_proj_bias_.value;
   scan.delta_softplus = true;
-  SelectiveScanGrads scan_grads = selective_scan_backward(out_grads.input, scan);
+  SelectiveScanGrads scan_grads = selective_scan_backward(grad_y, scan);
   // A = −exp(A_log): dL/dA_log = dL/dA ⊙ A
   add_inplace(A_log_.grad, multiply(scan_grads.A, saved.A));
   add_inplace(D_.grad, scan_grads.D);
   add_inplace(dt_proj_bias_.grad, scan_grads.delta_bias);
 
-  LinearGrads dt_grads = linear_backward(scan_grads.delta, saved.dt, dt_proj_weight_.value, false);
-  add_inplace(dt_proj_weight_.grad, dt_grads.weight);
+  const Tensor grad_dt =
+      linear_backward_accumulate(scan_grads.delta, saved.dt, dt_proj_weight_.value, dt_proj_weight_.grad, nullptr);
 
-  Tensor grad_projected = concat_last(concat_last(dt_grads.input, scan_grads.B), scan_grads.C);
-  LinearGrads x_proj_grads = linear_backward(grad_projected, saved.xa, x_proj_.value, false);
-  add_inplace(x_proj_.grad, x_proj_grads.weight);
-
-  Tensor grad_xa = add(x_proj_grads.input, scan_grads.u);
+  Tensor grad_projected = concat_last(concat_last(grad_dt, scan_grads.B), scan_grads.C);
+  Tensor grad_xa = linear_backward_accumulate(grad_projected, saved.xa, x_proj_.value, x_proj_.grad, nullptr);
+  add_inplace(grad_xa, scan_grads.u);
   Tensor grad_xc = silu_backward(grad_xa, saved.xc);
   CausalConv1dGrads conv_grads = causal_conv1d_backward(grad_xc, saved.x, conv_weight_.value);
   add_inplace(conv_weight_.grad, conv_grads.weight);
   add_inplace(conv_bias_.grad, conv_grads.bias);
 
   Tensor grad_xz = concat_last(conv_grads.input, scan_grads.z);
-  LinearGrads in_grads = linear_backward(grad_xz, saved.u, in_proj_.value, false);
-  add_inplace(in_proj_.grad, in_grads.weight);
-  return in_grads.input;
+  return linear_backward_accumulate(grad_xz, saved.u, in_proj_.value, in_proj_.grad, nullptr);
 }
 
 // mamba_ssm's initialisation (Mamba.__init__ and _init_weights).

@@ -239,9 +239,7 @@ void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const T
   Tensor grad = grad_hidden ? grad_hidden->clone() : Tensor(tape.hidden.shape(), device_);
   if (grad_logits) {
     // logits = hidden · Hᵀ
-    LinearGrads head_grads = linear_backward(*grad_logits, tape.hidden, head(), false);
-    add_inplace(head_parameter().grad, head_grads.weight);
-    add_inplace(grad, head_grads.input);
+    add_inplace(grad, linear_backward_accumulate(*grad_logits, tape.hidden, head(), head_parameter().grad, nullptr));
   }
   grad = final_norm_->backward(grad, tape.final_norm_saved.get());
   for (size_t i = mixers_.size(); i-- > 0;) {

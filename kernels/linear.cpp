@@ -55,33 +55,38 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias)
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                             bool need_input) {
   check_shape(weight, {-1, -1}, "linear_backward: weight");
+  LinearGrads grads;
+  grads.weight = Tensor(weight.shape(), weight.device());
+  if (has_bias) grads.bias = Tensor({weight.size(0)}, weight.device());
+  grads.input = linear_backward_accumulate(grad_y, x, weight, grads.weight, has_bias ? &grads.bias : nullptr,
+                                           need_input);
+  return grads;
+}
+
+// dL/dx (..., I) = dy · weight,  grad_weight (O, I) += dyᵀ · x,  grad_bias (O) += Σ_t dy[t]
+Tensor linear_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
+                                  Tensor* grad_bias, bool need_input) {
+  check_shape(weight, {-1, -1}, "linear_backward: weight");
   const int64_t outputs = weight.size(0);
   check_last_axis(x, weight.size(1), "linear_backward: x");
   check_shape(grad_y, with_last_axis(x.shape(), outputs), "linear_backward: grad_y");
-  if (common_device("linear_backward", {&grad_y, &x, &weight}) == Device::cuda) {
-    LinearGrads grads;
-    if (need_input) grads.input = Tensor(x.shape(), Device::cuda);
-    grads.weight = Tensor(weight.shape(), Device::cuda);
-    if (has_bias) grads.bias = Tensor({outputs}, Device::cuda);
-    linear_backward_cuda(grad_y.data(), x.data(), weight.data(), need_input ? grads.input.data() : nullptr,
-                         grads.weight.data(), has_bias ? grads.bias.data() : nullptr, row_count(x), weight.size(1),
+  check_shape(grad_weight, weight.shape(), "linear_backward: grad_weight");
+  if (grad_bias) check_shape(*grad_bias, {outputs}, "linear_backward: grad_bias");
+  const Device device = common_device("linear_backward", {&grad_y, &x, &weight, &grad_weight, grad_bias});
+  Tensor grad_x;
+  if (need_input) grad_x = Tensor(x.shape(), device);
+  if (device == Device::cuda) {
+    linear_backward_cuda(grad_y.data(), x.data(), weight.data(), need_input ? grad_x.data() : nullptr,
+                         grad_weight.data(), grad_bias ? grad_bias->data() : nullptr, row_count(x), weight.size(1),
                          outputs, cuda::stream());
-    return grads;
+    return grad_x;
   }
 
   const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
-  LinearGrads grads;
-  if (need_input) {
-    grads.input = Tensor(x.shape());
-    matrix_of_rows(grads.input).noalias() = dy * matrix_of_rows(weight);
-  }
-  grads.weight = Tensor(weight.shape());
-  matrix_of_rows(grads.weight).noalias() = dy.transpose() * matrix_of_rows(x);
-  if (has_bias) {
-    grads.bias = Tensor({outputs});
-    row_vector(grads.bias) = dy.colwise().sum();
-  }
-  return grads;
+  if (need_input) matrix_of_rows(grad_x).noalias() = dy * matrix_of_rows(weight);
+  matrix_of_rows(grad_weight).noalias() += dy.transpose() * matrix_of_rows(x);
+  if (grad_bias) row_vector(*grad_bias) += dy.colwise().sum();
+  return grad_x;
 }
 
 }  // namespace mr1

@@ -10,16 +10,16 @@ namespace mr1 {
 
 namespace {
 
-// C (m × n, column-major, leading dimension ldc) = op(A) · op(B), float32 in and out.
+// C (m × n, column-major, leading dimension ldc) = op(A) · op(B) + beta · C, float32 in and out.
 void gemm(cudaStream_t stream, cublasOperation_t transpose_a, cublasOperation_t transpose_b, int64_t m, int64_t n,
           int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-          const char* what) {
-  const float one = 1.0f, zero = 0.0f;
+          const char* what, float beta = 0.0f) {
+  const float one = 1.0f;
   const cublasComputeType_t compute = cuda::tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   const cublasStatus_t status = cublasGemmEx(
       cuda::cublas_handle(stream), transpose_a, transpose_b, cuda::as_int(m, what), cuda::as_int(n, what),
       cuda::as_int(k, what), &one, a, CUDA_R_32F, cuda::as_int(lda, what), b, CUDA_R_32F, cuda::as_int(ldb, what),
-      &zero, c, CUDA_R_32F, cuda::as_int(ldc, what), compute, CUBLAS_GEMM_DEFAULT);
+      &beta, c, CUDA_R_32F, cuda::as_int(ldc, what), compute, CUBLAS_GEMM_DEFAULT);
   cuda::check_cublas(status, what);
 }
 
@@ -49,17 +49,17 @@ void linear_forward_cuda(const float* x, const float* weight, const float* bias,
 }
 
 // grad_x (T, I) = dy (T, O) · W (O, I):   column-major dxᵀ (I × T) = W_cm (I × O) · dy_cm (O × T)
-// grad_W (O, I) = dyᵀ · x:                column-major dWᵀ (I × O) = x_cm (I × T) · dy_cm(O × T)ᵀ
+// grad_W (O, I) += dyᵀ · x:               column-major dWᵀ (I × O) += x_cm (I × T) · dy_cm(O × T)ᵀ
 void linear_backward_cuda(const float* grad_y, const float* x, const float* weight, float* grad_x, float* grad_weight,
                           float* grad_bias, int64_t T, int64_t I, int64_t O, void* stream) {
   cudaStream_t s = cuda::as_stream(stream);
   if (T <= 0 || I <= 0 || O <= 0) {
-    // Empty products: every gradient is zero (the caller's tensors are zero-filled already).
+    // Empty products: nothing to add (grad_x is zero-filled by the caller).
     return;
   }
   if (grad_x) gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, I, T, O, weight, I, grad_y, O, grad_x, I, "cublasGemmEx (linear dx)");
-  gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, I, O, T, x, I, grad_y, O, grad_weight, I, "cublasGemmEx (linear dW)");
-  if (grad_bias) cuda::column_sums(cuda::MatrixEntries{grad_y, O}, T, O, grad_bias, false, s, "linear bias gradient");
+  gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, I, O, T, x, I, grad_y, O, grad_weight, I, "cublasGemmEx (linear dW)", 1.0f);
+  if (grad_bias) cuda::column_sums(cuda::MatrixEntries{grad_y, O}, T, O, grad_bias, true, s, "linear bias gradient");
 }
 
 }  // namespace mr1

@@ -18,4 +18,10 @@ struct LinearGrads {
 LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, bool has_bias,
                             bool need_input = true);
 
+// The same, adding dL/dW into grad_weight (O, I) and dL/db into *grad_bias (O; skipped when null) where a
+// parameter's gradient accumulates: the GEMM adds in place, with no temporary. Returns dL/dx (..., I), or
+// an undefined tensor when `need_input` is false.
+Tensor linear_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
+                                  Tensor* grad_bias, bool need_input = true);
+
 }  // namespace mr1

@@ -148,6 +148,26 @@ TEST_CASE("linear_backward skips dL/dx when it is not needed") {
   CHECK(grads.bias.shape() == Shape{3});
 }
 
+TEST_CASE("linear_backward_accumulate adds dL/dW and dL/db onto gradients already there") {
+  const LinearInputs in(kConfigs[1], 7);
+  const Tensor grad_y = random_tensor({5, 3}, 8);
+  const LinearGrads fresh = linear_backward(grad_y, in.x, in.weight, true);
+  Tensor grad_weight = random_tensor({3, 7}, 9), grad_bias = random_tensor({3}, 10);
+  const std::vector<double> weight_before = to_double(grad_weight), bias_before = to_double(grad_bias);
+  const Tensor grad_x = linear_backward_accumulate(grad_y, in.x, in.weight, grad_weight, &grad_bias);
+  std::vector<double> expected_weight = to_double(fresh.weight), expected_bias = to_double(fresh.bias);
+  for (size_t i = 0; i < expected_weight.size(); ++i) expected_weight[i] += weight_before[i];
+  for (size_t i = 0; i < expected_bias.size(); ++i) expected_bias[i] += bias_before[i];
+  // One float32 addition apart from the fresh gradient plus the old value.
+  require_close(grad_weight, expected_weight, 1e-6, 1e-6, "dL/dW added");
+  require_close(grad_bias, expected_bias, 1e-6, 1e-6, "dL/db added");
+  require_close(grad_x, fresh.input, 0, 0, "dL/dx");
+  CHECK_FALSE(linear_backward_accumulate(grad_y, in.x, in.weight, grad_weight, nullptr, false).defined());
+  Tensor wrong_grad({2, 7});
+  CHECK_THROWS_WITH(linear_backward_accumulate(grad_y, in.x, in.weight, wrong_grad, nullptr),
+                    Catch::Contains("linear_backward: grad_weight"));
+}
+
 TEST_CASE("linear rejects wrong shapes, naming the argument") {
   const Tensor x({5, 7}), weight({3, 7}), bias({3}), grad_y({5, 3});
   const Tensor wrong_bias({4}), wrong_x({5, 6}), flat_weight({21}), wrong_grad_y({5, 4});
