@@ -22,8 +22,16 @@ struct BatchInfo {
   bool dropless = false;                         // routers ignore capacity (recurrent inference)
   Random* random = nullptr;                      // for routers that sample
   int64_t start_position = 0;                    // absolute position of l = 0 (step mode)
+  const std::vector<int64_t>* row_start_positions = nullptr;  // B; when given, row b's position of l = 0
+                                                              // (step mode, sequences at different positions)
 
   int64_t tokens_count() const { return batch * length; }
+  // The absolute position of token flat_position = b·L + l.
+  int64_t position(int64_t flat_position) const {
+    const int64_t start =
+        row_start_positions ? (*row_start_positions)[static_cast<size_t>(flat_position / length)] : start_position;
+    return start + flat_position % length;
+  }
   bool kept(int64_t flat_position) const { return !mask || (*mask)[static_cast<size_t>(flat_position)] != 0; }
 };
 

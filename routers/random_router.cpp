@@ -29,7 +29,7 @@ Routing RandomRouter::route(const Tensor& logits, const Tensor&, const BatchInfo
       chosen[static_cast<size_t>(t)] = static_cast<int32_t>(batch.random->below(X));
     } else {
       const uint64_t sequence = static_cast<uint64_t>(t / batch.length);
-      const uint64_t position = static_cast<uint64_t>(batch.start_position + t % batch.length);
+      const uint64_t position = static_cast<uint64_t>(batch.position(t));
       chosen[static_cast<size_t>(t)] =
           static_cast<int32_t>(splitmix64(splitmix64(sequence) + position) % static_cast<uint64_t>(X));
     }

@@ -270,6 +270,39 @@ TEST_CASE("a batch of prompts of different lengths prefills and steps like each 
   }
 }
 
+TEST_CASE("routers keyed by position route each batched sequence at its own position in step mode",
+          "[inference]") {
+  // random routes row b at position p by (b, p) at evaluation; in step mode the rows are at different
+  // positions, so the reference is the parallel forward of the same two rows, not each row alone.
+  InferenceModel small(model_text("[\"mamba\", \"moe\"]", 4, "[]") + "[router]\nname = \"random\"\n");
+  const int64_t V = small.config.vocab_size, total = 12;
+  const std::vector<std::vector<int32_t>> sequences{random_tokens(total, V, 7), random_tokens(total, V, 8)};
+  ModelInput whole;
+  whole.batch = 2;
+  whole.length = total;
+  for (const auto& sequence : sequences) whole.tokens.insert(whole.tokens.end(), sequence.begin(), sequence.end());
+  ForwardOptions options;
+  options.dropless = true;
+  const Tensor expected = small.model->forward(whole, options).logits;  // (2, 12, V)
+
+  const std::vector<int64_t> prompt_length{3, 8};
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t b = 0; b < 2; ++b) prompts.emplace_back(sequences[b].begin(), sequences[b].begin() + prompt_length[b]);
+  InferenceCache cache;
+  Tensor logits = small.model->prefill(prompt_batch(prompts), cache);
+  for (int64_t step = 0; step < total - 8; ++step) {
+    std::vector<int32_t> next;
+    for (int64_t b = 0; b < 2; ++b) {
+      const int64_t position = prompt_length[static_cast<size_t>(b)] + step - 1;
+      const Tensor row = expected.slice_rows(b, b + 1).reshape({total, V}).slice_rows(position, position + 1);
+      require_close(batch_row(logits, b), to_double(row), kLogitTolerance, kLogitTolerance,
+                    "row " + std::to_string(b) + " at position " + std::to_string(position));
+      next.push_back(sequences[static_cast<size_t>(b)][static_cast<size_t>(position + 1)]);
+    }
+    logits = small.model->step(next, cache);
+  }
+}
+
 TEST_CASE("the inference state does not grow with the length", "[inference]") {
   InferenceModel small(model_text("[\"mamba\", \"moe\"]", 4, "[\"rotary\"]"));
   InferenceCache cache;
