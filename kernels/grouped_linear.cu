@@ -54,12 +54,15 @@ class GroupedGemm {
         cuda::cublas_handle(stream), transpose_a.data(), transpose_b.data(), m_.data(), n_.data(), k_.data(),
         alpha.data(), a, CUDA_R_32F, lda_.data(), a + problems, CUDA_R_32F, ldb_.data(), beta.data(),
         const_cast<void* const*>(a + 2 * problems), CUDA_R_32F, ldc_.data(), problems, group_size.data(), compute);
-    if (status != CUBLAS_STATUS_NOT_SUPPORTED) return cuda::check_cublas(status, what_);
-    // A cuBLAS without grouped GEMMs for this compute type: one GEMM per group, said once.
+    // A cuBLAS that refuses the grouped GEMM for this compute type (NOT_SUPPORTED; with TF32, any refusal,
+    // since the TF32 compute type is the one its tables may lack) gets one GEMM per group instead, said once.
+    const bool refused = status == CUBLAS_STATUS_NOT_SUPPORTED ||
+                         (status != CUBLAS_STATUS_SUCCESS && compute == CUBLAS_COMPUTE_32F_FAST_TF32);
+    if (!refused) return cuda::check_cublas(status, what_);
     static bool said = false;
     if (!said) {
-      std::fprintf(stderr, "warning: %s: cublasGemmGroupedBatchedEx is not supported here; one GEMM per group\n",
-                   what_);
+      std::fprintf(stderr, "warning: %s: cublasGemmGroupedBatchedEx refused (%s); one GEMM per group instead\n",
+                   what_, cublasGetStatusName(status));
       said = true;
     }
     for (int p = 0; p < problems; ++p) {
