@@ -25,7 +25,7 @@ namespace {
 // Options that take a value, and flags that do not.
 const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "output", "backend", "seed",
                                           "threads", "log-level", "prompt", "prompts-file", "max-new-tokens",
-                                          "temperature", "top-k", "top-p", "stop-byte"};
+                                          "temperature", "top-k", "top-p", "stop-byte", "only"};
 const std::set<std::string> kFlags{"backward", "resume", "help", "greedy", "bench"};
 
 }  // namespace
@@ -36,7 +36,8 @@ std::string usage() {
          "  mamba-r1 forward FILE.toml --weights W.safetensors --input I.safetensors --output O.safetensors\n"
          "                   [--backward] [--backend cpu|cuda] [--set key=value]...\n"
          "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n"
-         "  mamba-r1 validate [FILE.toml]      CUDA against the CPU reference\n"
+         "  mamba-r1 validate [FILE.toml] [--only TEXT]   CUDA against the CPU reference, every op or\n"
+         "                   those whose name contains TEXT\n"
          "  mamba-r1 list                      everything in the registry\n"
          "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]]   every combination of [sweep]\n"
          "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput\n"

@@ -1,8 +1,9 @@
-// mamba-r1 validate [FILE.toml]: CUDA against the CPU reference. Every op runs on both backends from the
-// same random inputs over a table of named shapes, then the whole model forward and backward (the file's,
-// or a built-in seed-like one); one line per op and shape gives the worst of its outputs: normalised error
-// and largest absolute difference against the stated tolerance, and pass or fail. Exit 0 when all pass,
-// 1 on any mismatch or error, 3 when no GPU can be used.
+// mamba-r1 validate [FILE.toml] [--only TEXT]: CUDA against the CPU reference. Every op runs on both
+// backends from the same random inputs over a table of named shapes, then the whole model forward and
+// backward and its recurrent inference (the file's model, or a built-in seed-like one); one line per op
+// and shape gives the worst of its outputs: normalised error and largest absolute difference against the
+// stated tolerance, and pass or fail. --only keeps the ops whose name contains TEXT. Exit 0 when all
+// pass, 1 on any mismatch or error, 3 when no GPU can be used.
 // Shape letters: B batch, L length, T = B·L tokens, D dim, E d_inner, N d_state, K d_conv, R dt_rank,
 // X experts, F expert_dim, k choices per token, V vocabulary.
 #include "experiments/validate.h"
@@ -158,9 +159,11 @@ void add_scalar(Outputs& outputs, const std::string& name, double actual, double
   outputs.push_back({name, compare_values({actual}, {reference}), tolerance});
 }
 
-// Runs each check and prints its line; counts failures.
+// Runs each check and prints its line; counts failures. With a filter, only the ops whose name contains it.
 class Report {
  public:
+  explicit Report(std::string only = "") : only_(std::move(only)) {}
+
   void header() const {
     std::printf("%-28s %-16s %-34s %-20s %9s %9s  %8s %9s  %s\n", "op", "shape", "dimensions", "worst output", "nmse",
                 "max|d|", "<= nmse", "<= max|d|", "result");
@@ -169,6 +172,7 @@ class Report {
   // `body` computes the op's outputs on both backends; an exception is a failure that prints its message.
   void run(const std::string& op, const std::string& config, const std::string& dimensions,
            const std::function<void(Outputs&)>& body) {
+    if (op.find(only_) == std::string::npos) return;
     ++checks_;
     Outputs outputs;
     try {
@@ -215,6 +219,7 @@ class Report {
   int failures() const { return failures_; }
 
  private:
+  std::string only_;
   int checks_ = 0, failures_ = 0;
 };
 
@@ -953,7 +958,7 @@ int command_validate(const CommandLine& line) {
   const auto start = std::chrono::steady_clock::now();
   std::printf("validate: CUDA on %s against the CPU (%d threads), float32 GEMMs (TF32 off)\n",
               cuda::device_description().c_str(), omp_get_max_threads());
-  Report report;
+  Report report(line.option("only"));
   report.header();
   for (const ShapeConfig& shape : kShapes) {
     for (ShapeCheck check : kShapeChecks) check(report, shape);
@@ -961,6 +966,9 @@ int command_validate(const CommandLine& line) {
   for (const ModelCase& model_case : models) {
     check_model(report, model_case);
     check_model_decode(report, model_case);
+  }
+  if (report.checks() == 0) {
+    throw UsageError("validate: --only '" + line.option("only") + "' matches no op (op names are the first column)");
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("validate: %d checks, %d passed, %d failed (%.1f s)\n", report.checks(),
