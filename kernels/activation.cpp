@@ -1,6 +1,9 @@
-// Activations and the softmax family on the CPU: plain loops, parallel over values or rows.
+// Activations and the softmax family on the CPU: plain loops or Eigen array expressions (vectorised exp),
+// parallel over values or rows.
 // Shape letters: T rows (all leading axes flattened), F features (the last axis).
 #include "kernels/activation.h"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -63,6 +66,50 @@ Tensor map_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, F
   return grad_x;
 }
 
+// y = f(x) over Eigen arrays: `f(in, out)` assigns an array expression of `in` to `out` (vectorised, as
+// Eigen's exp is), over one chunk of the values per thread; or `launcher` on CUDA tensors.
+template <typename ArrayFunction>
+Tensor map_arrays(const char* op, const Tensor& x, ArrayFunction f, MapLauncher launcher) {
+  if (common_device(op, {&x}) == Device::cuda) {
+    Tensor y(x.shape(), Device::cuda);
+    launcher(x.data(), y.data(), x.numel(), cuda::stream());
+    return y;
+  }
+  Tensor y(x.shape());
+  const int64_t n = x.numel();
+#pragma omp parallel if (n >= kParallelMinimumWork)
+  {
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = n * id / threads, end = n * (id + 1) / threads;
+    Eigen::Map<Eigen::ArrayXf> out(y.data() + begin, end - begin);
+    f(Eigen::Map<const Eigen::ArrayXf>(x.data() + begin, end - begin), out);
+  }
+  return y;
+}
+
+// dx = f(dy, saved) over Eigen arrays, as map_arrays.
+template <typename ArrayFunction>
+Tensor map_array_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, ArrayFunction f,
+                          GradientLauncher launcher) {
+  check_shape(grad_y, saved.shape(), std::string(op) + ": grad_y");
+  if (common_device(op, {&grad_y, &saved}) == Device::cuda) {
+    Tensor grad_x(saved.shape(), Device::cuda);
+    launcher(grad_y.data(), saved.data(), grad_x.data(), saved.numel(), cuda::stream());
+    return grad_x;
+  }
+  Tensor grad_x(saved.shape());
+  const int64_t n = saved.numel();
+#pragma omp parallel if (n >= kParallelMinimumWork)
+  {
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = n * id / threads, end = n * (id + 1) / threads;
+    Eigen::Map<Eigen::ArrayXf> out(grad_x.data() + begin, end - begin);
+    f(Eigen::Map<const Eigen::ArrayXf>(grad_y.data() + begin, end - begin),
+      Eigen::Map<const Eigen::ArrayXf>(saved.data() + begin, end - begin), out);
+  }
+  return grad_x;
+}
+
 // max_j row[j] over F values (−inf for an empty row).
 float row_max(const float* row, int64_t features) {
   float largest = -INFINITY;
@@ -90,19 +137,19 @@ Tensor gelu_backward(const Tensor& grad_y, const Tensor& x) {
       gelu_backward_cuda);
 }
 
-// silu(x) = x · σ(x)
+// silu(x) = x · σ(x) = x / (1 + exp(−x)); where exp(−x) overflows to inf the quotient is the right 0.
 Tensor silu_forward(const Tensor& x) {
-  return map_values(
-      "silu_forward", x, [](float v) { return v * stable_sigmoid(v); }, silu_forward_cuda);
+  return map_arrays(
+      "silu_forward", x, [](const auto& v, auto& y) { y = v / (1.0f + (-v).exp()); }, silu_forward_cuda);
 }
 
-// dL/dx = dy · σ(x) (1 + x (1 − σ(x)))
+// dL/dx = dy · σ(x) (1 + x (1 − σ(x))),  σ(x) = 1 / (1 + exp(−x))
 Tensor silu_backward(const Tensor& grad_y, const Tensor& x) {
-  return map_gradient(
+  return map_array_gradient(
       "silu_backward", grad_y, x,
-      [](float dy, float v) {
-        const float s = stable_sigmoid(v);
-        return dy * s * (1.0f + v * (1.0f - s));
+      [](const auto& dy, const auto& v, auto& dx) {
+        const Eigen::ArrayXf s = 1.0f / (1.0f + (-v).exp());
+        dx = dy * s * (1.0f + v * (1.0f - s));
       },
       silu_backward_cuda);
 }
