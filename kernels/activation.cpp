@@ -32,42 +32,21 @@ float stable_sigmoid(float x) {
 using MapLauncher = void (*)(const float* x, float* y, int64_t n, void* stream);
 using GradientLauncher = void (*)(const float* grad_y, const float* saved, float* grad_x, int64_t n, void* stream);
 
-// y[i] = f(x[i]) on the CPU, or `launcher` on CUDA tensors.
-template <typename Function>
-Tensor map_values(const char* op, const Tensor& x, Function f, MapLauncher launcher) {
-  if (common_device(op, {&x}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda);
-    launcher(x.data(), y.data(), x.numel(), cuda::stream());
-    return y;
-  }
-  Tensor y(x.shape());
-  const float* in = x.data();
-  float* out = y.data();
-#pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
-  for (int64_t i = 0; i < x.numel(); ++i) out[i] = f(in[i]);
-  return y;
-}
+using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
+using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 
-// dx[i] = f(dy[i], saved[i]), where `saved` is what the forward kept (its input or output).
-template <typename Function>
-Tensor map_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, Function f, GradientLauncher launcher) {
-  check_shape(grad_y, saved.shape(), std::string(op) + ": grad_y");
-  if (common_device(op, {&grad_y, &saved}) == Device::cuda) {
-    Tensor grad_x(saved.shape(), Device::cuda);
-    launcher(grad_y.data(), saved.data(), grad_x.data(), saved.numel(), cuda::stream());
-    return grad_x;
+// chunk(begin, end) over [0, n) in one contiguous chunk per thread (one thread for small n).
+template <typename Chunk>
+void for_each_chunk(int64_t n, Chunk chunk) {
+#pragma omp parallel if (n >= kParallelMinimumWork)
+  {
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    chunk(n * id / threads, n * (id + 1) / threads);
   }
-  Tensor grad_x(saved.shape());
-  const float* dy = grad_y.data();
-  const float* in = saved.data();
-  float* out = grad_x.data();
-#pragma omp parallel for if (saved.numel() >= kParallelMinimumWork)
-  for (int64_t i = 0; i < saved.numel(); ++i) out[i] = f(dy[i], in[i]);
-  return grad_x;
 }
 
 // y = f(x) over Eigen arrays: `f(in, out)` assigns an array expression of `in` to `out` (vectorised, as
-// Eigen's exp is), over one chunk of the values per thread; or `launcher` on CUDA tensors.
+// Eigen's exp is), chunk by chunk; or `launcher` on CUDA tensors.
 template <typename ArrayFunction>
 Tensor map_arrays(const char* op, const Tensor& x, ArrayFunction f, MapLauncher launcher) {
   if (common_device(op, {&x}) == Device::cuda) {
@@ -76,18 +55,14 @@ Tensor map_arrays(const char* op, const Tensor& x, ArrayFunction f, MapLauncher 
     return y;
   }
   Tensor y(x.shape());
-  const int64_t n = x.numel();
-#pragma omp parallel if (n >= kParallelMinimumWork)
-  {
-    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t begin = n * id / threads, end = n * (id + 1) / threads;
-    Eigen::Map<Eigen::ArrayXf> out(y.data() + begin, end - begin);
-    f(Eigen::Map<const Eigen::ArrayXf>(x.data() + begin, end - begin), out);
-  }
+  for_each_chunk(x.numel(), [&](int64_t begin, int64_t end) {
+    ArrayMap out(y.data() + begin, end - begin);
+    f(ConstArrayMap(x.data() + begin, end - begin), out);
+  });
   return y;
 }
 
-// dx = f(dy, saved) over Eigen arrays, as map_arrays.
+// dx = f(dy, saved, dx) over Eigen arrays, as map_arrays; `saved` is what the forward kept.
 template <typename ArrayFunction>
 Tensor map_array_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, ArrayFunction f,
                           GradientLauncher launcher) {
@@ -98,16 +73,33 @@ Tensor map_array_gradient(const char* op, const Tensor& grad_y, const Tensor& sa
     return grad_x;
   }
   Tensor grad_x(saved.shape());
-  const int64_t n = saved.numel();
-#pragma omp parallel if (n >= kParallelMinimumWork)
-  {
-    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
-    const int64_t begin = n * id / threads, end = n * (id + 1) / threads;
-    Eigen::Map<Eigen::ArrayXf> out(grad_x.data() + begin, end - begin);
-    f(Eigen::Map<const Eigen::ArrayXf>(grad_y.data() + begin, end - begin),
-      Eigen::Map<const Eigen::ArrayXf>(saved.data() + begin, end - begin), out);
-  }
+  for_each_chunk(saved.numel(), [&](int64_t begin, int64_t end) {
+    ArrayMap out(grad_x.data() + begin, end - begin);
+    f(ConstArrayMap(grad_y.data() + begin, end - begin), ConstArrayMap(saved.data() + begin, end - begin), out);
+  });
   return grad_x;
+}
+
+// y[i] = f(x[i]), one value at a time (for functions without an Eigen array form).
+template <typename Function>
+Tensor map_values(const char* op, const Tensor& x, Function f, MapLauncher launcher) {
+  return map_arrays(
+      op, x,
+      [&](const auto& in, auto& out) {
+        for (Eigen::Index i = 0; i < in.size(); ++i) out[i] = f(in[i]);
+      },
+      launcher);
+}
+
+// dx[i] = f(dy[i], saved[i]), where `saved` is what the forward kept (its input or output).
+template <typename Function>
+Tensor map_gradient(const char* op, const Tensor& grad_y, const Tensor& saved, Function f, GradientLauncher launcher) {
+  return map_array_gradient(
+      op, grad_y, saved,
+      [&](const auto& dy, const auto& in, auto& dx) {
+        for (Eigen::Index i = 0; i < in.size(); ++i) dx[i] = f(dy[i], in[i]);
+      },
+      launcher);
 }
 
 // max_j row[j] over F values (−inf for an empty row).
