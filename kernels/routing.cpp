@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/top_k_row.h"
+
 namespace mr1 {
 
 namespace {
@@ -46,22 +48,7 @@ void top_k(const Tensor& scores, int64_t k, std::vector<int32_t>& index, std::ve
   }
   index.assign(static_cast<size_t>(T * k), -1);
   value.assign(static_cast<size_t>(T * k), 0.0f);
-  for (int64_t t = 0; t < T; ++t) {
-    const float* row = scores.data() + t * X;
-    int32_t* chosen = index.data() + t * k;
-    // Selection by repeated arg-max: k is small, and a strict '>' keeps the lowest index on ties.
-    for (int64_t r = 0; r < k; ++r) {
-      int32_t best = -1;
-      for (int32_t j = 0; j < X; ++j) {
-        bool taken = false;
-        for (int64_t q = 0; q < r; ++q) taken = taken || chosen[q] == j;
-        if (taken) continue;
-        if (best < 0 || row[j] > row[best]) best = j;
-      }
-      chosen[r] = best;
-      value[static_cast<size_t>(t * k + r)] = row[best];
-    }
-  }
+  for (int64_t t = 0; t < T; ++t) top_k_row(scores.data() + t * X, X, k, index.data() + t * k, value.data() + t * k);
 }
 
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t experts, int64_t min_capacity) {

@@ -3,6 +3,7 @@
 // k choices per token, D features.
 #include "kernels/cuda_device.cuh"
 #include "kernels/routing_cuda.h"
+#include "kernels/top_k_row.h"
 
 namespace mr1 {
 
@@ -10,23 +11,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One thread per row: repeated arg-max, a strict '>' keeping the lowest index on ties (the CPU's top_k).
+// One thread per row, with the CPU's selection (kernels/top_k_row.h).
 __global__ void top_k_kernel(const float* scores, int64_t T, int64_t X, int64_t k, int32_t* index, float* value) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= T) return;
-  const float* row = scores + t * X;
-  int32_t* chosen = index + t * k;
-  for (int64_t r = 0; r < k; ++r) {
-    int32_t best = -1;
-    for (int32_t j = 0; j < X; ++j) {
-      bool taken = false;
-      for (int64_t q = 0; q < r; ++q) taken = taken || chosen[q] == j;
-      if (taken) continue;
-      if (best < 0 || row[j] > row[best]) best = j;
-    }
-    chosen[r] = best;
-    value[t * k + r] = row[best];
-  }
+  top_k_row(scores + t * X, X, k, index + t * k, value + t * k);
 }
 
 // slot = −1 everywhere; expert = −1 for every assignment of a masked token.

@@ -1,6 +1,7 @@
 // GPU routing ops: top-k choice, expert capacity, and the permutation of tokens to experts and back.
-// Not wired into the routers yet (they route on the CPU from logits copied to the host, which works for
-// every router); these are the pieces a device-side router and the MoE layer's grouped experts use.
+// Not wired into the routers: they route on the host from the router logits copied there, which serves
+// every router, and the MoE layer's grouped GEMMs need each expert's row count on the host anyway. These
+// are the pieces of a routing path on the device, checked against the CPU ops by the [cuda] tests.
 // Raw device pointers; plain C++ header. Shape letters: T tokens, X experts, k choices per token,
 // S kept assignments, D features.
 #pragma once

@@ -79,13 +79,7 @@ struct ScanShape {
 
 // Checks every shape relation, naming the argument; returns B, L, E, N.
 ScanShape check_scan_inputs(const SelectiveScanInputs& in) {
-  const char* missing = !present(in.u)       ? "u"
-                        : !present(in.delta) ? "delta"
-                        : !present(in.A)     ? "A"
-                        : !present(in.B)     ? "B"
-                        : !present(in.C)     ? "C"
-                                             : nullptr;
-  if (missing) throw std::invalid_argument(std::string("selective_scan: input ") + missing + " is missing");
+  require_scan_inputs(in, "selective_scan");
   check_shape(*in.u, {-1, -1, -1}, "selective_scan: u");
   const int64_t batch = in.u->size(0), length = in.u->size(1), channels = in.u->size(2);
   check_shape(*in.A, {channels, -1}, "selective_scan: A");

@@ -3,6 +3,9 @@
 // Shape letters: B batch, L length, E channels (d_inner), N state size (d_state).
 #pragma once
 
+#include <stdexcept>
+#include <string>
+
 #include "kernels/tensor.h"
 
 namespace mr1 {
@@ -47,5 +50,19 @@ constexpr int64_t kSelectiveScanChunk = 64;
 // Besides the checkpoints, each thread keeps O(chunk·N + L) values per block of channels, and
 // per-thread partial sums of the shared gradients (A, D, delta_bias, B, C).
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk);
+
+// Throws std::invalid_argument "<op>: input <name> is missing" for the first of u, delta, A, B, C that is
+// null or undefined (of SelectiveScanInputs, or of the step's SelectiveScanStepInputs).
+template <typename Inputs>
+void require_scan_inputs(const Inputs& in, const char* op) {
+  const auto absent = [](const Tensor* tensor) { return !tensor || !tensor->defined(); };
+  const char* missing = absent(in.u)       ? "u"
+                        : absent(in.delta) ? "delta"
+                        : absent(in.A)     ? "A"
+                        : absent(in.B)     ? "B"
+                        : absent(in.C)     ? "C"
+                                           : nullptr;
+  if (missing) throw std::invalid_argument(std::string(op) + ": input " + missing + " is missing");
+}
 
 }  // namespace mr1

@@ -14,6 +14,7 @@
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/selective_scan.h"
 #include "kernels/ssm_step_cuda.h"
 
 namespace mr1 {
@@ -154,13 +155,7 @@ Tensor causal_conv1d_final_state(const Tensor& x, int64_t width, const std::vect
 
 // Δ = softplus(delta + delta_bias);  h ← exp(Δ A) h + Δ u B;  y = h · C + D u;  out = y ⊙ silu(z)
 Tensor selective_scan_step(Tensor& ssm_state, const SelectiveScanStepInputs& in) {
-  const char* missing = !present(in.u)       ? "u"
-                        : !present(in.delta) ? "delta"
-                        : !present(in.A)     ? "A"
-                        : !present(in.B)     ? "B"
-                        : !present(in.C)     ? "C"
-                                             : nullptr;
-  if (missing) throw std::invalid_argument(std::string("selective_scan_step: input ") + missing + " is missing");
+  require_scan_inputs(in, "selective_scan_step");
   check_shape(*in.u, {-1, -1}, "selective_scan_step: u");
   const int64_t batch = in.u->size(0), E = in.u->size(1);
   check_shape(*in.A, {E, -1}, "selective_scan_step: A");
