@@ -73,10 +73,11 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
 
 RunResult run_experiment(const Experiment& experiment, const std::string& folder, bool resume) {
   BuiltExperiment built = build_experiment(experiment);
+  // Before the run folder: a backend that cannot be used leaves no empty folder behind.
+  const Device device = resolve_backend(experiment.run.backend);
   make_directories(folder);
   spdlog::info("experiment {} -> {}", experiment.file.file(), folder);
   spdlog::info("task: {}", built.task->describe());
-  const Device device = resolve_backend(experiment.run.backend);
   built.model->initialize(experiment.run.seed);
   built.model->to(device);
   log_model(experiment, *built.model);
