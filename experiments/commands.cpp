@@ -147,12 +147,10 @@ Experiment load_for(const CommandLine& line) {
   return experiment;
 }
 
-// The run's output folder: --out DIR, else [output] dir / name-timestamp.
+// The run's output folder: --out DIR, else [output] dir / name-timestamp (run_experiment makes it).
 std::string output_folder(const CommandLine& line, const Experiment& experiment) {
-  std::string folder = line.option("out");
-  if (folder.empty()) folder = experiment.output.dir + "/" + experiment.output.name + "-" + timestamp();
-  make_directories(folder);
-  return folder;
+  const std::string folder = line.option("out");
+  return folder.empty() ? experiment.output.dir + "/" + experiment.output.name + "-" + timestamp() : folder;
 }
 
 }  // namespace
