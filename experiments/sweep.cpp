@@ -390,6 +390,90 @@ std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vect
   return out.str();
 }
 
+std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  const auto seed_axis = std::find_if(axes.begin(), axes.end(), [](const SweepAxis& a) { return a.key == "run.seed"; });
+  if (seed_axis == axes.end() || seed_axis->values.size() < 2) return "";
+  const size_t seed_index = static_cast<size_t>(seed_axis - axes.begin());
+
+  // The finished runs of each combination of the other axes, in the order the combinations first appear.
+  std::vector<std::vector<size_t>> group_keys;
+  std::vector<std::vector<const SweepResult*>> groups;
+  for (const SweepResult& result : results) {
+    std::vector<size_t> key;
+    for (size_t a = 0; a < axes.size() && a < result.run.choice.size(); ++a) {
+      if (a != seed_index) key.push_back(result.run.choice[a]);
+    }
+    auto found = std::find(group_keys.begin(), group_keys.end(), key);
+    if (found == group_keys.end()) {
+      group_keys.push_back(key);
+      groups.emplace_back();
+      found = group_keys.end() - 1;
+    }
+    if (result.status == "done") groups[static_cast<size_t>(found - group_keys.begin())].push_back(&result);
+  }
+
+  std::vector<const ResultColumn*> columns;
+  for (const ResultColumn& column : result_columns()) {
+    const std::string pointer = column.pointer;
+    if (pointer.rfind("/final/", 0) == 0 || pointer.rfind("/routing_overall/", 0) == 0 ||
+        pointer == "/tokens_per_second") {
+      columns.push_back(&column);
+    }
+  }
+  const ResultColumn* accuracy = nullptr;
+  for (const ResultColumn* column : columns) {
+    if (std::string(column->pointer) == "/final/eval_accuracy") accuracy = column;
+  }
+
+  std::ostringstream out;
+  out << "|";
+  for (size_t a = 0; a < axes.size(); ++a) {
+    if (a != seed_index) out << " " << markdown_cell(axes[a].key) << " |";
+  }
+  out << " seeds |";
+  for (const ResultColumn* column : columns) {
+    out << " " << column->title << " |";
+    if (column == accuracy) out << " worst eval acc |";
+  }
+  out << "\n|";
+  for (size_t a = 0; a + 1 < axes.size(); ++a) out << "---|";
+  out << "--:|";
+  for (const ResultColumn* column : columns) out << (column == accuracy ? "--:|--:|" : "--:|");
+  out << "\n";
+  for (size_t g = 0; g < groups.size(); ++g) {
+    out << "|";
+    for (size_t i = 0, a = 0; a < axes.size(); ++a) {
+      if (a != seed_index) out << " " << markdown_cell(axes[a].shown[group_keys[g][i++]]) << " |";
+    }
+    out << " " << groups[g].size() << " |";
+    for (const ResultColumn* column : columns) {
+      // mean ± sample standard deviation (n − 1) over the seeds that have the value
+      std::vector<double> values;
+      for (const SweepResult* result : groups[g]) {
+        if (const auto value = column_value(*column, *result)) values.push_back(*value);
+      }
+      std::string cell = "–";
+      if (!values.empty()) {
+        double mean = 0;
+        for (double v : values) mean += v / static_cast<double>(values.size());
+        cell = show_number(*column, mean);
+        if (values.size() >= 2) {
+          double squares = 0;
+          for (double v : values) squares += (v - mean) * (v - mean);
+          cell += " ± " + show_number(*column, std::sqrt(squares / static_cast<double>(values.size() - 1)));
+        }
+      }
+      out << " " << cell << " |";
+      if (column == accuracy) {
+        out << " " << (values.empty() ? "–" : show_number(*column, *std::min_element(values.begin(), values.end())))
+            << " |";
+      }
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
 std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
   std::ostringstream out;
   out << "index,name";
@@ -650,6 +734,13 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
               "tokens/s: training throughput; load CV (coefficient of variation of the experts' load), MaxVio "
               "(max load / mean load − 1) and drop rate (assignments dropped for capacity): the mean over MoE "
               "layers, measured on the eval batches at the end; time: wall time of the run.\n";
+  const std::string over_seeds = results_over_seeds_markdown(axes, results);
+  if (!over_seeds.empty()) {
+    markdown << "\n## Over seeds\n\n"
+             << over_seeds << "\n"
+             << "Each combination of the other swept values over its finished seeds: mean ± sample standard "
+                "deviation, and the lowest eval accuracy of any seed.\n";
+  }
   for (const auto& [file, svg] : plots) {
     if (svg.empty()) continue;
     write_file_atomic(folder + "/" + file, svg);

@@ -272,6 +272,38 @@ TEST_CASE("sweep: the Markdown table has a row per run with the swept values and
   CHECK_THAT(results_markdown(axes, finished), StartsWith("| # | router.name | eval loss |"));
 }
 
+TEST_CASE("sweep: with seeds swept, a table over seeds gives mean ± standard deviation per combination",
+          "[sweep]") {
+  const auto axes = axes_of("[sweep]\n\"router.name\" = [\"switch\", \"topk\"]\n\"run.seed\" = [0, 1, 2]\n");
+  std::vector<SweepResult> results;
+  for (const SweepRun& run : expand_sweep(axes)) {
+    SweepResult result;
+    result.run = run;
+    results.push_back(result);
+  }
+  REQUIRE(results.size() == 6);
+  // switch: eval loss 0.2, 0.4, 0.6 and accuracy 1.0, 0.5, 0.9 over its three seeds; topk: one seed finished.
+  const double losses[] = {0.2, 0.4, 0.6}, accuracies[] = {1.0, 0.5, 0.9};
+  for (int s = 0; s < 3; ++s) {
+    results[static_cast<size_t>(s)].status = "done";
+    results[static_cast<size_t>(s)].summary = {{"final", {{"eval_loss", losses[s]}, {"eval_accuracy", accuracies[s]}}},
+                                               {"tokens_per_second", 1000.0 * (s + 1)}};
+  }
+  results[3].status = "done";
+  results[3].summary = {{"final", {{"eval_loss", 0.3}, {"eval_accuracy", 0.8}}}};
+  const std::string table = results_over_seeds_markdown(axes, results);
+  INFO(table);
+  CHECK_THAT(table, StartsWith("| router.name | seeds | eval loss | eval acc | worst eval acc | train loss | tokens/s | "
+                               "load CV | MaxVio | drop rate |\n"));
+  // mean 0.4, sample std 0.2; accuracy mean 0.8, std √0.07 = 0.265, worst 0.5; tokens/s 2,000 ± 1,000
+  CHECK_THAT(table, Contains("| switch | 3 | 0.4000 ± 0.2000 | 0.800 ± 0.265 | 0.500 | – | 2,000 ± 1,000 | – | – | – |"));
+  CHECK_THAT(table, Contains("| topk | 1 | 0.3000 | 0.800 | 0.800 | – | – | – | – | – |"));
+  CHECK(count(table, "\n") == 2 + 2);
+  // Without a seed axis, or with one seed, there is no such table.
+  CHECK(results_over_seeds_markdown(axes_of(kRouterSweep), synthetic_results(axes_of(kRouterSweep))).empty());
+  CHECK(results_over_seeds_markdown(axes_of("[sweep]\n\"run.seed\" = [4]\n"), {}).empty());
+}
+
 TEST_CASE("sweep: the CSV has a header, a row per run, raw numbers and empty missing cells", "[sweep]") {
   const auto axes = axes_of(kRouterSweep);
   const std::string csv = results_csv(axes, synthetic_results(axes));
