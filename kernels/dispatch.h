@@ -1,5 +1,5 @@
-// Backend dispatch helpers shared by every op: which device the inputs live on, and the
-// loud failure for a backend that lacks an op (never a silent fallback).
+// Backend dispatch shared by every op: which device the inputs live on (every op has a CUDA kernel,
+// so there is no fallback to choose).
 #pragma once
 
 #include <initializer_list>
@@ -23,10 +23,6 @@ inline Device common_device(const char* op, std::initializer_list<const Tensor*>
     found = true;
   }
   return device;
-}
-
-[[noreturn]] inline void no_cuda_kernel(const char* op) {
-  throw std::runtime_error(std::string(op) + ": no CUDA kernel in this build; use --backend cpu");
 }
 
 }  // namespace mr1

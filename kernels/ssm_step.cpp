@@ -1,8 +1,7 @@
-// The single-step ops of the Mamba mixer, dispatched to CUDA (kernels/ssm_step.cu) for device tensors;
-// on the CPU: plain loops over (batch row, channel), the state
-// index n vectorised with Eigen arrays. The formulas repeat those of causal_conv1d_forward and
+// The single-step ops of the Mamba mixer. On the CPU: plain loops over (batch row, channel), the state
+// index n vectorised with Eigen arrays; the formulas repeat those of causal_conv1d_forward and
 // selective_scan_forward at one position, in the same order, so that step mode follows the parallel
-// forward to rounding.
+// forward to rounding. Device tensors go to the kernels of kernels/ssm_step.cu.
 // Shape letters: B batch, L length, E channels (d_inner), N state size (d_state), K kernel width (d_conv).
 #include "kernels/ssm_step.h"
 
