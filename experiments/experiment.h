@@ -55,8 +55,8 @@ BuiltExperiment build_experiment(const Experiment& experiment, bool with_task = 
 void load_weights(Model& model, const std::string& path);
 
 // Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
-// device throws one clear line. auto falls back to the CPU without a usable device (and, until the
-// CUDA backend is validated on hardware, also with one: see kAutoSelectsCuda in experiment.cpp).
+// device throws one clear line. auto takes a usable GPU whose self-check against the CPU passes
+// (cuda_self_check, experiments/validate.h), and otherwise the CPU, saying why.
 Device resolve_backend(const std::string& requested);
 
 // Applies [run] threads to OpenMP and Eigen.
