@@ -41,7 +41,8 @@ expect "seq_len above max_seq_len" 2 "task.seq_len.*max_seq_len" -- \
 expect "missing file" 2 "cannot open" -- "$BIN" run "$WORK/none.toml"
 expect "unknown command" 2 "unknown command" -- "$BIN" fly
 expect "unknown option" 2 "unknown option --wings" -- "$BIN" run "$seed" --wings 2
-expect "cuda backend without a GPU" 1 "backend cuda requested" -- "$BIN" run "$seed" --backend cuda --out "$WORK/bad"
+expect "cuda backend without a GPU" 1 "backend cuda requested" -- "$BIN" run "$seed" --backend cuda --out "$WORK/refused"
+expect "a refused backend leaves no run folder" 0 "" -- test ! -e "$WORK/refused"
 
 # init, then forward on the written weights
 small="$WORK/small.toml"
