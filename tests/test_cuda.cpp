@@ -465,6 +465,11 @@ TEST_CASE("cuda: small ops and optimizer updates match the CPU", "[cuda]") {
   require_match(squared_norm(cuda_p), squared_norm(p), kSums, "squared_norm");
 }
 
+TEST_CASE("cuda: the self-check of backend auto passes (a small model forward and backward)", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  CHECK(cuda_self_check() == "");
+}
+
 TEST_CASE("cuda: top-k and capacity match the CPU routing ops", "[cuda]") {
   SKIP_WITHOUT_GPU();
   const int64_t T = 300, X = 6, k = 2;

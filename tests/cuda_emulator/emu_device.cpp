@@ -1,0 +1,99 @@
+// The CUDA emulator's kernels/cuda_device.cu: host memory stands for device memory, copies are memcpy,
+// and the caching allocator keeps released blocks per size bucket as the real one does. Every block
+// handed out is filled with NaN, so a kernel that reads memory nobody wrote shows it in its results.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_device.cuh"
+
+namespace mr1::cuda {
+
+namespace {
+
+bool tf32_enabled = false;
+AllocatorStats stats;
+std::map<std::size_t, std::vector<void*>> free_blocks;  // bucket size → released blocks
+std::map<void*, std::size_t> in_use;                    // block → its bucket size
+
+}  // namespace
+
+void check(cudaError_t status, const char* call) {
+  if (status != cudaSuccess) throw std::runtime_error(std::string(call) + " failed: " + cudaGetErrorString(status));
+}
+
+void check_cublas(cublasStatus_t status, const char* call) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(std::string(call) + " failed: " + cublasGetStatusName(status));
+  }
+}
+
+cublasHandle_t cublas_handle(cudaStream_t) { return reinterpret_cast<cublasHandle_t>(1); }
+bool compiled() { return true; }
+std::string unavailable_reason() { return ""; }
+std::string device_description() { return "the CUDA emulator (CPU)"; }
+DeviceInfo device_info() { return DeviceInfo{"CUDA emulator", 9, 0, 1, std::size_t{1} << 30, 1e12}; }
+
+void* allocate(std::size_t bytes) {
+  const std::size_t size = allocation_bucket(bytes);
+  void* block = nullptr;
+  auto& cached = free_blocks[size];
+  if (!cached.empty()) {
+    block = cached.back();
+    cached.pop_back();
+    ++stats.cache_hits;
+  } else {
+    block = std::aligned_alloc(256, size);
+    if (!block) throw std::runtime_error("emulator: out of host memory for " + std::to_string(size) + " bytes");
+    ++stats.device_allocations;
+    stats.reserved_bytes += size;
+  }
+  float* values = static_cast<float*>(block);
+  for (std::size_t i = 0; i < size / sizeof(float); ++i) values[i] = NAN;
+  in_use[block] = size;
+  stats.in_use_bytes += size;
+  return block;
+}
+
+void release(void* pointer) {
+  const auto found = in_use.find(pointer);
+  if (found == in_use.end()) return;
+  stats.in_use_bytes -= found->second;
+  free_blocks[found->second].push_back(pointer);
+  in_use.erase(found);
+}
+
+void release_cached_memory() {
+  for (auto& [size, blocks] : free_blocks) {
+    for (void* block : blocks) std::free(block);
+    stats.reserved_bytes -= size * blocks.size();
+    blocks.clear();
+  }
+}
+
+AllocatorStats allocator_stats() { return stats; }
+void* stream() { return reinterpret_cast<void*>(2); }
+void copy_host_to_device(void* destination, const void* source, std::size_t bytes) {
+  if (bytes) std::memcpy(destination, source, bytes);
+}
+void copy_device_to_host(void* destination, const void* source, std::size_t bytes) {
+  if (bytes) std::memcpy(destination, source, bytes);
+}
+void copy_device_to_device(void* destination, const void* source, std::size_t bytes) {
+  if (bytes) std::memmove(destination, source, bytes);
+}
+void memset_zero(void* pointer, std::size_t bytes) {
+  if (bytes) std::memset(pointer, 0, bytes);
+}
+void fill(float* values, float value, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) values[i] = value;
+}
+void synchronize() {}
+void set_tf32(bool enabled) { tf32_enabled = enabled; }
+bool tf32() { return tf32_enabled; }
+
+}  // namespace mr1::cuda

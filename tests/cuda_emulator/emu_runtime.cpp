@@ -1,0 +1,168 @@
+// The CUDA emulator's scheduler: a launch runs block after block; in a block every thread is a fiber
+// (ucontext) that runs until it reaches __syncthreads, a warp shuffle or its end; a barrier releases
+// when all live threads (or all lanes of the warp) wait at it, and a state where nothing can run is
+// reported as a deadlock. EMU_ORDER=1 runs the fibers in reverse order, EMU_ORDER=2 in a shuffled order,
+// so that a missing barrier shows up as a changed result.
+#include "emu_runtime.h"
+
+dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+namespace emu {
+namespace {
+enum class State { runnable, block_barrier, warp_barrier, done };
+struct Fiber {
+  ucontext_t context;
+  State state = State::runnable;
+  dim3 index;
+  int linear = 0;
+};
+struct WarpSlots {
+  unsigned char values[2][32][8];
+  int generation = 0;
+};
+constexpr size_t kStack = 256 * 1024;
+std::vector<Fiber> fibers;
+std::vector<std::vector<char>> stacks;
+std::vector<WarpSlots> warps;
+ucontext_t scheduler;
+int current = -1;
+const std::function<void()>* body = nullptr;
+std::vector<float> shared_memory;
+
+void trampoline() {
+  (*body)();
+  fibers[current].state = State::done;
+}
+
+void yield() { swapcontext(&fibers[current].context, &scheduler); }
+
+const char* name(State s) {
+  switch (s) {
+    case State::runnable: return "runnable";
+    case State::block_barrier: return "__syncthreads";
+    case State::warp_barrier: return "shuffle";
+    default: return "done";
+  }
+}
+}  // namespace
+
+int lane() { return fibers[current].linear % 32; }
+
+void block_barrier() {
+  fibers[current].state = State::block_barrier;
+  yield();
+}
+
+void warp_exchange(const void* value, void* result, int size, int arg, int mode, int width) {
+  Fiber& f = fibers[current];
+  const int lane_id = f.linear % 32, warp = f.linear / 32;
+  WarpSlots& slots = warps[warp];
+  const int generation = slots.generation;
+  std::memcpy(slots.values[generation & 1][lane_id], value, size);
+  f.state = State::warp_barrier;
+  yield();
+  int source;
+  if (mode == 0) {
+    source = lane_id ^ arg;
+    if (source / width != lane_id / width || source >= 32) source = lane_id;
+  } else {
+    source = lane_id - arg;
+    if (source < (lane_id / width) * width) source = lane_id;
+  }
+  std::memcpy(result, slots.values[generation & 1][source], size);
+}
+
+float* dynamic_shared_float() { return shared_memory.data(); }
+
+void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0) {
+    std::fprintf(stderr, "emu: invalid launch configuration (grid %u %u %u, block %u)\n", grid.x, grid.y, grid.z, block.x);
+    std::abort();
+  }
+  if (grid.y > 65535 || grid.z > 65535) { std::fprintf(stderr, "emu: grid y/z too large\n"); std::abort(); }
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  if (threads > 1024) { std::fprintf(stderr, "emu: block too large\n"); std::abort(); }
+  gridDim = grid;
+  blockDim = block;
+  body = &kernel;
+  fibers.assign(threads, Fiber());
+  if (stacks.size() < static_cast<size_t>(threads)) stacks.resize(threads, std::vector<char>(kStack));
+  warps.assign((threads + 31) / 32, WarpSlots());
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = dim3(bx, by, bz);
+        shared_memory.assign(shared_bytes / sizeof(float) + 1, NAN);  // uninitialised shared memory reads as NaN
+        for (int t = 0; t < threads; ++t) {
+          Fiber& f = fibers[t];
+          f.state = State::runnable;
+          f.linear = t;
+          f.index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+          getcontext(&f.context);
+          f.context.uc_stack.ss_sp = stacks[t].data();
+          f.context.uc_stack.ss_size = kStack;
+          f.context.uc_link = &scheduler;
+          makecontext(&f.context, trampoline, 0);
+        }
+        for (auto& w : warps) w.generation = 0;
+        while (true) {
+          bool ran = false;
+          static const int order_mode = std::getenv("EMU_ORDER") ? std::atoi(std::getenv("EMU_ORDER")) : 0;
+          static unsigned seed = 12345;
+          std::vector<int> order(threads);
+          for (int t = 0; t < threads; ++t) order[t] = t;
+          if (order_mode == 1) std::reverse(order.begin(), order.end());
+          if (order_mode == 2) {
+            for (int t = threads - 1; t > 0; --t) {
+              seed = seed * 1103515245u + 12345u;
+              std::swap(order[t], order[(seed >> 8) % (t + 1)]);
+            }
+          }
+          for (int t : order) {
+            if (fibers[t].state != State::runnable) continue;
+            current = t;
+            threadIdx = fibers[t].index;
+            swapcontext(&scheduler, &fibers[t].context);
+            ran = true;
+          }
+          int live = 0, at_block = 0;
+          for (const Fiber& f : fibers) {
+            live += f.state != State::done;
+            at_block += f.state == State::block_barrier;
+          }
+          if (live == 0) break;
+          bool released = false;
+          if (at_block > 0 && at_block == live) {
+            for (Fiber& f : fibers)
+              if (f.state == State::block_barrier) f.state = State::runnable;
+            released = true;
+          } else {
+            for (size_t w = 0; w < warps.size(); ++w) {
+              int lanes = 0, waiting = 0, done = 0;
+              for (int t = static_cast<int>(w) * 32; t < std::min(threads, static_cast<int>(w) * 32 + 32); ++t) {
+                ++lanes;
+                waiting += fibers[t].state == State::warp_barrier;
+                done += fibers[t].state == State::done;
+              }
+              if (waiting > 0 && waiting + done == lanes) {
+                if (done > 0) {
+                  std::fprintf(stderr, "emu: shuffle in warp %zu of block (%u, %u, %u) with %d exited lanes\n", w, bx, by,
+                               bz, done);
+                  std::abort();
+                }
+                for (int t = static_cast<int>(w) * 32; t < static_cast<int>(w) * 32 + 32; ++t) fibers[t].state = State::runnable;
+                ++warps[w].generation;
+                released = true;
+              }
+            }
+          }
+          if (!ran && !released) {
+            std::fprintf(stderr, "emu: deadlock in block (%u, %u, %u):", bx, by, bz);
+            for (int t = 0; t < threads; ++t) std::fprintf(stderr, " %d:%s", t, name(fibers[t].state));
+            std::fprintf(stderr, "\n");
+            std::abort();
+          }
+        }
+      }
+}
+}  // namespace emu

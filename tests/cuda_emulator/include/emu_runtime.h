@@ -1,0 +1,71 @@
+// A CUDA emulator for testing kernels on the CPU: each CUDA thread is a ucontext fiber; blocks run one
+// after another; __syncthreads and warp shuffles are barriers of fibers (divergence is reported).
+#pragma once
+#include <ucontext.h>
+#include <algorithm>
+#include <cmath>
+#include <math.h>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct float4 { float x, y, z, w; };
+
+extern dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __align__(x) alignas(x)
+#define __shared__ static
+
+using std::max;
+using std::min;
+
+namespace emu {
+void block_barrier();
+void warp_exchange(const void* value, void* result, int size, int source_lane_xor, int mode, int width);
+float* dynamic_shared_float();
+void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+int lane();
+}  // namespace emu
+
+inline void __syncthreads() { emu::block_barrier(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T value, int offset, int width = 32) {
+  T result;
+  emu::warp_exchange(&value, &result, sizeof(T), offset, 0, width);
+  return result;
+}
+template <typename T>
+T __shfl_up_sync(unsigned, T value, unsigned delta, int width = 32) {
+  T result;
+  emu::warp_exchange(&value, &result, sizeof(T), static_cast<int>(delta), 1, width);
+  return result;
+}
+template <typename T>
+T atomicAdd(T* address, T value) {
+  T old = *address;
+  *address = old + value;
+  return old;
+}
+template <typename T>
+T __ldg(const T* p) { return *p; }
+
+inline void __pipeline_memcpy_async(void* destination, const void* source, size_t bytes, size_t = 0) {
+  std::memcpy(destination, source, bytes);
+}
+inline void __pipeline_commit() {}
+inline void __pipeline_wait_prior(size_t) {}
