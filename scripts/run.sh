@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
-"$root/scripts/build.sh"
+MAMBA_R1_BUILD_TARGET=mamba-r1 "$root/scripts/build.sh"  # the program alone; scripts/test.sh builds the tests
 cd "$root"
 experiment="experiments/quickstart.toml"
 if [ $# -gt 0 ] && [[ "$1" == *.toml ]]; then experiment="$1"; shift; fi
