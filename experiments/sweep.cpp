@@ -511,10 +511,47 @@ std::string swept_keys(const std::vector<SweepAxis>& axes) {
   return join(keys, ", ");
 }
 
-// (step, value) of `key` over the metrics lines of a run that have it.
-LineSeries metric_series(const SweepResult& result, const std::string& key) {
+// The axis of run.seed when it is swept over two or more values beside other keys, else axes.size().
+size_t grouped_seed_axis(const std::vector<SweepAxis>& axes) {
+  for (size_t a = 0; a < axes.size(); ++a) {
+    if (axes[a].key == "run.seed" && axes[a].values.size() >= 2 && axes.size() >= 2) return a;
+  }
+  return axes.size();
+}
+
+// A run's colour and legend text. With seeds grouped (grouped_seed_axis), the seeds of one combination
+// of the other values share a colour and are named by that combination; otherwise each run has its own.
+std::pair<size_t, std::string> run_style(const std::vector<SweepAxis>& axes, const SweepRun& run) {
+  const size_t seed = grouped_seed_axis(axes);
+  if (seed == axes.size()) return {static_cast<size_t>(run.index), run.label};
+  size_t colour = 0;
+  std::vector<std::string> parts;
+  for (size_t a = 0; a < axes.size(); ++a) {
+    if (a == seed) continue;
+    colour = colour * axes[a].values.size() + run.choice[a];
+    const std::string& shown = axes[a].shown[run.choice[a]];
+    parts.push_back(axes.size() == 2 ? shown : last_component(axes[a].key) + "=" + shown);
+  }
+  return {colour, join(parts, ", ")};
+}
+
+// The legend text of a run's line: with seeds grouped, only the first line of each colour has one.
+std::string legend_label(const std::vector<SweepAxis>& axes, const SweepRun& run, std::set<size_t>& labelled) {
+  const auto [colour, label] = run_style(axes, run);
+  if (grouped_seed_axis(axes) == axes.size()) return label;
+  return labelled.insert(colour).second ? label : "";
+}
+
+std::string chart_subtitle(const std::vector<SweepAxis>& axes) {
+  std::string subtitle = "swept: " + swept_keys(axes);
+  if (grouped_seed_axis(axes) != axes.size()) subtitle += "; one colour per combination, one line per seed";
+  return subtitle;
+}
+
+// (step, value) of `key` over the metrics lines of a run that have it, in the run's colour.
+LineSeries metric_series(const std::vector<SweepAxis>& axes, const SweepResult& result, const std::string& key) {
   LineSeries series;
-  series.colour = static_cast<size_t>(result.run.index);
+  series.colour = run_style(axes, result.run).first;
   if (!result.metrics.is_array()) return series;
   for (const nlohmann::json& entry : result.metrics) {
     if (!entry.contains(key) || !entry[key].is_number() || !entry.contains("step")) continue;
@@ -529,15 +566,16 @@ LineSeries metric_series(const SweepResult& result, const std::string& key) {
 std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
   LineChart chart;
   chart.title = "Loss per run";
-  chart.subtitle = "swept: " + swept_keys(axes);
+  chart.subtitle = chart_subtitle(axes);
   chart.x_label = "step";
   chart.y_label = "loss";
   bool any_eval = false;
   double low = INFINITY, high = 0;
+  std::set<size_t> labelled;
   for (const SweepResult& result : results) {
-    LineSeries train = metric_series(result, "train_loss");
-    train.label = result.run.label;
-    LineSeries eval = metric_series(result, "eval_loss");
+    LineSeries train = metric_series(axes, result, "train_loss");
+    if (!train.y.empty()) train.label = legend_label(axes, result.run, labelled);
+    LineSeries eval = metric_series(axes, result, "eval_loss");
     eval.dashed = true;
     any_eval = any_eval || !eval.y.empty();
     for (const LineSeries* series : {&train, &eval}) {
@@ -557,16 +595,17 @@ std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vecto
 std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
   LineChart chart;
   chart.title = "Eval accuracy per run";
-  chart.subtitle = "swept: " + swept_keys(axes);
+  chart.subtitle = chart_subtitle(axes);
   chart.x_label = "step";
   chart.y_label = "eval accuracy";
   chart.y_low = 0;
   chart.y_high = 1;
   bool any = false;
+  std::set<size_t> labelled;
   for (const SweepResult& result : results) {
-    LineSeries series = metric_series(result, "eval_accuracy");
-    series.label = result.run.label;
+    LineSeries series = metric_series(axes, result, "eval_accuracy");
     if (series.y.empty()) continue;
+    series.label = legend_label(axes, result.run, labelled);
     any = true;
     chart.series.push_back(std::move(series));
   }

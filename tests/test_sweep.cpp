@@ -304,6 +304,31 @@ TEST_CASE("sweep: with seeds swept, a table over seeds gives mean ± standard de
   CHECK(results_over_seeds_markdown(axes_of("[sweep]\n\"run.seed\" = [4]\n"), {}).empty());
 }
 
+TEST_CASE("sweep: with seeds swept, the seeds of a combination share a colour and one legend entry", "[sweep]") {
+  const auto axes = axes_of("[sweep]\n\"router.name\" = [\"switch\", \"topk\"]\n\"run.seed\" = [0, 1]\n");
+  std::vector<SweepResult> results;
+  for (const SweepRun& run : expand_sweep(axes)) {
+    SweepResult result;
+    result.run = run;
+    result.status = "done";
+    for (int step = 10; step <= 30; step += 10) {
+      result.metrics.push_back({{"step", step}, {"train_loss", 1.0 / step}, {"eval_accuracy", step / 40.0}});
+    }
+    results.push_back(result);
+  }
+  const std::string svg = accuracy_curves_svg(axes, results);
+  require_well_formed_svg(svg);
+  CHECK(count(svg, "<polyline") == 4);
+  CHECK(count(svg, ">switch</text>") == 1);
+  CHECK(count(svg, ">topk</text>") == 1);
+  CHECK(svg.find("seed=") == std::string::npos);
+  CHECK_THAT(svg, Contains("one colour per combination, one line per seed"));
+  // switch's two seeds in the first colour, topk's in the second
+  CHECK(count(svg, "stroke=\"" + plot_colour(0) + "\"") >= 2);
+  CHECK(count(svg, "stroke=\"" + plot_colour(1) + "\"") >= 2);
+  CHECK(count(svg, "stroke=\"" + plot_colour(2) + "\"") == 0);
+}
+
 TEST_CASE("sweep: the CSV has a header, a row per run, raw numbers and empty missing cells", "[sweep]") {
   const auto axes = axes_of(kRouterSweep);
   const std::string csv = results_csv(axes, synthetic_results(axes));
