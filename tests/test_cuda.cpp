@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "blocks/random.h"
+#include "experiments/experiment.h"
 #include "experiments/validate.h"
 #include "kernels/activation.h"
 #include "kernels/conv1d.h"
@@ -108,6 +109,18 @@ TEST_CASE("cuda: without a usable device, CUDA tensors fail in one clear line", 
   CHECK(reason.find('\n') == std::string::npos);
   REQUIRE_THROWS_WITH(Tensor({4}, Device::cuda),
                       Catch::Matchers::Contains("CUDA unavailable") || Catch::Matchers::Contains("no CUDA backend"));
+}
+
+TEST_CASE("cuda: backend auto takes a usable GPU whose self-check passes, else the CPU", "[cuda][host]") {
+  CHECK(resolve_backend("cpu") == Device::cpu);
+  if (cuda::usable()) {
+    CHECK(resolve_backend("cuda") == Device::cuda);
+    CHECK(resolve_backend("auto") == Device::cuda);  // the self-check passed (its own test is below)
+  } else {
+    CHECK(resolve_backend("auto") == Device::cpu);
+    CHECK_THROWS_WITH(resolve_backend("cuda"), Catch::Matchers::Contains("backend cuda requested, but") &&
+                                                   Catch::Matchers::Contains(cuda::unavailable_reason()));
+  }
 }
 
 TEST_CASE("cuda: tensors copy to the device and back, fill, and reuse cached blocks", "[cuda]") {
