@@ -30,7 +30,7 @@ Tensor FeedForward::forward(const Tensor& x, FeedForwardSaved* saved) const {
 Tensor FeedForward::backward(const Tensor& grad_y, const Tensor& x, const FeedForwardSaved& saved) {
   const Tensor grad_hidden =
       linear_backward_accumulate(grad_y, saved.hidden, fc2_weight_.value, fc2_weight_.grad, &fc2_bias_.grad);
-  return linear_backward_accumulate(gelu_backward(grad_hidden, saved.hidden_pre), x, fc1_weight_.value,
+  return linear_backward_accumulate(gelu_backward(grad_hidden, saved.hidden_pre, saved.hidden), x, fc1_weight_.value,
                                     fc1_weight_.grad, &fc1_bias_.grad);
 }
 

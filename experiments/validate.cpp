@@ -328,7 +328,8 @@ void check_activations(Report& report, const ShapeConfig& c) {
   const std::string shape = dims({{"T", T}, {"F", c.F}});
   report.run("gelu", c.name, shape, [&](Outputs& out) {
     add(out, "y", gelu_forward(gpu(x)), gelu_forward(x), kElementwise);
-    add(out, "dx", gelu_backward(gpu(grad_y), gpu(x)), gelu_backward(grad_y, x), kElementwise);
+    const Tensor y = gelu_forward(x);
+    add(out, "dx", gelu_backward(gpu(grad_y), gpu(x), gpu(y)), gelu_backward(grad_y, x, y), kElementwise);
   });
   report.run("silu", c.name, shape, [&](Outputs& out) {
     add(out, "y", silu_forward(gpu(x)), silu_forward(x), kElementwise);

@@ -54,7 +54,8 @@ TEST_CASE("activation: gelu, silu and sigmoid, by hand") {
   const Tensor x = Tensor::from({3}, {0, 1, -1});
   const double rounding = 1e-6;  // float32 erf and exp: a few ulps of values below 1.1
   require_close(gelu_forward(x), {0, 0.8413447461, -0.1586552539}, rounding, 0, "gelu");
-  require_close(gelu_backward(Tensor::full({3}, 1), x), {0.5, 1.0833154706, -0.0833154706}, rounding, 0, "gelu'");
+  require_close(gelu_backward(Tensor::full({3}, 1), x, gelu_forward(x)), {0.5, 1.0833154706, -0.0833154706}, rounding,
+                0, "gelu'");
   // silu(x) = x σ(x): σ(1) = 0.7310585786, silu(1) = 0.7310586, silu(−1) = −σ(−1) = −0.2689414.
   // silu'(x) = σ(x)(1 + x(1 − σ(x))): silu'(0) = 0.5, silu'(1) = 0.7310586 · 1.2689414 = 0.9276705,
   // silu'(−1) = 0.2689414 · (1 − 0.7310586) = 0.0723295.
@@ -122,7 +123,7 @@ TEST_CASE("activation: backwards match finite differences of the double loops") 
     const auto softmax = [&](const Values& v) { return softmax_reference(v, features); };
     // float32 derivative formulas (a few ulps of values below 4) against double differences (error ~1e-9).
     const double tolerance = 2e-6;
-    require_close(gelu_backward(grad_y, x), numeric(gelu), tolerance, tolerance, "gelu dL/dx");
+    require_close(gelu_backward(grad_y, x, gelu_forward(x)), numeric(gelu), tolerance, tolerance, "gelu dL/dx");
     require_close(silu_backward(grad_y, x), numeric(silu), tolerance, tolerance, "silu dL/dx");
     require_close(softmax_backward(grad_y, softmax_forward(x)), numeric(softmax), tolerance, tolerance,
                   "softmax dL/dx");
@@ -132,7 +133,8 @@ TEST_CASE("activation: backwards match finite differences of the double loops") 
 TEST_CASE("activation rejects wrong shapes, naming the argument") {
   const Tensor x({3, 4}), wrong({4, 3}), scalar(Shape{});
   const std::vector<std::pair<const char*, std::function<void()>>> calls{
-      {"gelu_backward: grad_y", [&] { gelu_backward(wrong, x); }},
+      {"gelu_backward: grad_y", [&] { gelu_backward(wrong, x, x); }},
+      {"gelu_backward: y", [&] { gelu_backward(x, x, wrong); }},
       {"silu_backward: grad_y", [&] { silu_backward(wrong, x); }},
       {"softmax_backward: grad_y", [&] { softmax_backward(wrong, x); }},
       {"softmax_forward: x", [&] { softmax_forward(scalar); }},
