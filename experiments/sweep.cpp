@@ -390,28 +390,23 @@ std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vect
   return out.str();
 }
 
-std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
-  const auto seed_axis = std::find_if(axes.begin(), axes.end(), [](const SweepAxis& a) { return a.key == "run.seed"; });
-  if (seed_axis == axes.end() || seed_axis->values.size() < 2) return "";
-  const size_t seed_index = static_cast<size_t>(seed_axis - axes.begin());
+namespace {
 
-  // The finished runs of each combination of the other axes, in the order the combinations first appear.
-  std::vector<std::vector<size_t>> group_keys;
-  std::vector<std::vector<const SweepResult*>> groups;
-  for (const SweepResult& result : results) {
-    std::vector<size_t> key;
-    for (size_t a = 0; a < axes.size() && a < result.run.choice.size(); ++a) {
-      if (a != seed_index) key.push_back(result.run.choice[a]);
-    }
-    auto found = std::find(group_keys.begin(), group_keys.end(), key);
-    if (found == group_keys.end()) {
-      group_keys.push_back(key);
-      groups.emplace_back();
-      found = group_keys.end() - 1;
-    }
-    if (result.status == "done") groups[static_cast<size_t>(found - group_keys.begin())].push_back(&result);
-  }
+// A column's values over the finished seeds of one combination.
+struct SeedStatistics {
+  size_t count = 0;
+  double mean = NAN, deviation = NAN, lowest = NAN;  // deviation: sample standard deviation (n − 1)
+};
 
+// One combination of the swept values other than run.seed, over its finished seeds.
+struct SeedGroup {
+  std::vector<std::string> shown;      // the other axes' values, as shown
+  std::vector<const SweepResult*> runs;  // its finished runs
+  std::vector<SeedStatistics> columns;   // per seed_columns() entry
+};
+
+// The columns summarised over seeds: the final losses and accuracy, tokens/s and the routing figures.
+std::vector<const ResultColumn*> seed_columns() {
   std::vector<const ResultColumn*> columns;
   for (const ResultColumn& column : result_columns()) {
     const std::string pointer = column.pointer;
@@ -420,56 +415,137 @@ std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, cons
       columns.push_back(&column);
     }
   }
-  const ResultColumn* accuracy = nullptr;
-  for (const ResultColumn* column : columns) {
-    if (std::string(column->pointer) == "/final/eval_accuracy") accuracy = column;
-  }
+  return columns;
+}
 
+// The axis of run.seed when it is swept over two or more values, else axes.size().
+size_t seed_axis_index(const std::vector<SweepAxis>& axes) {
+  for (size_t a = 0; a < axes.size(); ++a) {
+    if (axes[a].key == "run.seed" && axes[a].values.size() >= 2) return a;
+  }
+  return axes.size();
+}
+
+// The combinations in the order they first appear, with their statistics; empty without a seed axis.
+std::vector<SeedGroup> seed_groups(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  const size_t seed = seed_axis_index(axes);
+  std::vector<SeedGroup> groups;
+  if (seed == axes.size()) return groups;
+  std::vector<std::vector<size_t>> keys;
+  for (const SweepResult& result : results) {
+    std::vector<size_t> key;
+    for (size_t a = 0; a < axes.size() && a < result.run.choice.size(); ++a) {
+      if (a != seed) key.push_back(result.run.choice[a]);
+    }
+    auto found = std::find(keys.begin(), keys.end(), key);
+    if (found == keys.end()) {
+      keys.push_back(key);
+      SeedGroup group;
+      for (size_t i = 0, a = 0; a < axes.size(); ++a) {
+        if (a != seed) group.shown.push_back(axes[a].shown[key[i++]]);
+      }
+      groups.push_back(group);
+      found = keys.end() - 1;
+    }
+    if (result.status == "done") groups[static_cast<size_t>(found - keys.begin())].runs.push_back(&result);
+  }
+  for (SeedGroup& group : groups) {
+    for (const ResultColumn* column : seed_columns()) {
+      std::vector<double> values;
+      for (const SweepResult* result : group.runs) {
+        if (const auto value = column_value(*column, *result)) values.push_back(*value);
+      }
+      SeedStatistics statistics;
+      statistics.count = values.size();
+      if (!values.empty()) {
+        statistics.mean = 0;
+        for (double v : values) statistics.mean += v / static_cast<double>(values.size());
+        statistics.lowest = *std::min_element(values.begin(), values.end());
+      }
+      if (values.size() >= 2) {
+        double squares = 0;
+        for (double v : values) squares += (v - statistics.mean) * (v - statistics.mean);
+        statistics.deviation = std::sqrt(squares / static_cast<double>(values.size() - 1));
+      }
+      group.columns.push_back(statistics);
+    }
+  }
+  return groups;
+}
+
+bool is_accuracy(const ResultColumn* column) { return std::string(column->pointer) == "/final/eval_accuracy"; }
+
+}  // namespace
+
+std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  const std::vector<SeedGroup> groups = seed_groups(axes, results);
+  if (groups.empty()) return "";
+  const size_t seed = seed_axis_index(axes);
+  const auto columns = seed_columns();
   std::ostringstream out;
   out << "|";
   for (size_t a = 0; a < axes.size(); ++a) {
-    if (a != seed_index) out << " " << markdown_cell(axes[a].key) << " |";
+    if (a != seed) out << " " << markdown_cell(axes[a].key) << " |";
   }
   out << " seeds |";
-  for (const ResultColumn* column : columns) {
-    out << " " << column->title << " |";
-    if (column == accuracy) out << " worst eval acc |";
-  }
+  for (const ResultColumn* column : columns) out << " " << column->title << (is_accuracy(column) ? " | worst eval acc |" : " |");
   out << "\n|";
   for (size_t a = 0; a + 1 < axes.size(); ++a) out << "---|";
   out << "--:|";
-  for (const ResultColumn* column : columns) out << (column == accuracy ? "--:|--:|" : "--:|");
+  for (const ResultColumn* column : columns) out << (is_accuracy(column) ? "--:|--:|" : "--:|");
   out << "\n";
-  for (size_t g = 0; g < groups.size(); ++g) {
+  for (const SeedGroup& group : groups) {
     out << "|";
-    for (size_t i = 0, a = 0; a < axes.size(); ++a) {
-      if (a != seed_index) out << " " << markdown_cell(axes[a].shown[group_keys[g][i++]]) << " |";
-    }
-    out << " " << groups[g].size() << " |";
-    for (const ResultColumn* column : columns) {
-      // mean ± sample standard deviation (n − 1) over the seeds that have the value
-      std::vector<double> values;
-      for (const SweepResult* result : groups[g]) {
-        if (const auto value = column_value(*column, *result)) values.push_back(*value);
-      }
-      std::string cell = "–";
-      if (!values.empty()) {
-        double mean = 0;
-        for (double v : values) mean += v / static_cast<double>(values.size());
-        cell = show_number(*column, mean);
-        if (values.size() >= 2) {
-          double squares = 0;
-          for (double v : values) squares += (v - mean) * (v - mean);
-          cell += " ± " + show_number(*column, std::sqrt(squares / static_cast<double>(values.size() - 1)));
-        }
-      }
+    for (const std::string& shown : group.shown) out << " " << markdown_cell(shown) << " |";
+    out << " " << group.runs.size() << " |";
+    for (size_t c = 0; c < columns.size(); ++c) {
+      const SeedStatistics& statistics = group.columns[c];
+      // mean ± sample standard deviation over the seeds that have the value
+      std::string cell = statistics.count == 0 ? "–" : show_number(*columns[c], statistics.mean);
+      if (statistics.count >= 2) cell += " ± " + show_number(*columns[c], statistics.deviation);
       out << " " << cell << " |";
-      if (column == accuracy) {
-        out << " " << (values.empty() ? "–" : show_number(*column, *std::min_element(values.begin(), values.end())))
-            << " |";
+      if (is_accuracy(columns[c])) {
+        out << " " << (statistics.count == 0 ? "–" : show_number(*columns[c], statistics.lowest)) << " |";
       }
     }
     out << "\n";
+  }
+  return out.str();
+}
+
+std::string results_over_seeds_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  const std::vector<SeedGroup> groups = seed_groups(axes, results);
+  if (groups.empty()) return "";
+  const size_t seed = seed_axis_index(axes);
+  const auto columns = seed_columns();
+  std::ostringstream out;
+  std::vector<std::string> header;
+  for (size_t a = 0; a < axes.size(); ++a) {
+    if (a != seed) header.push_back(csv_cell(axes[a].key));
+  }
+  header.push_back("seeds");
+  for (const ResultColumn* column : columns) {
+    header.push_back(std::string(column->csv) + "_mean");
+    header.push_back(std::string(column->csv) + "_std");
+    if (is_accuracy(column)) header.push_back(std::string(column->csv) + "_min");
+  }
+  out << join(header, ",") << "\n";
+  const auto number = [](double value) {
+    if (!std::isfinite(value)) return std::string();
+    char buffer[48];
+    std::snprintf(buffer, sizeof buffer, "%.8g", value);
+    return std::string(buffer);
+  };
+  for (const SeedGroup& group : groups) {
+    std::vector<std::string> row;
+    for (const std::string& shown : group.shown) row.push_back(csv_cell(shown));
+    row.push_back(std::to_string(group.runs.size()));
+    for (size_t c = 0; c < columns.size(); ++c) {
+      row.push_back(number(group.columns[c].mean));
+      row.push_back(number(group.columns[c].deviation));
+      if (is_accuracy(columns[c])) row.push_back(number(group.columns[c].lowest));
+    }
+    out << join(row, ",") << "\n";
   }
   return out.str();
 }
@@ -513,10 +589,7 @@ std::string swept_keys(const std::vector<SweepAxis>& axes) {
 
 // The axis of run.seed when it is swept over two or more values beside other keys, else axes.size().
 size_t grouped_seed_axis(const std::vector<SweepAxis>& axes) {
-  for (size_t a = 0; a < axes.size(); ++a) {
-    if (axes[a].key == "run.seed" && axes[a].values.size() >= 2 && axes.size() >= 2) return a;
-  }
-  return axes.size();
+  return axes.size() >= 2 ? seed_axis_index(axes) : axes.size();
 }
 
 // A run's colour and legend text. With seeds grouped (grouped_seed_axis), the seeds of one combination
@@ -775,6 +848,7 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
               "layers, measured on the eval batches at the end; time: wall time of the run.\n";
   const std::string over_seeds = results_over_seeds_markdown(axes, results);
   if (!over_seeds.empty()) {
+    write_file_atomic(folder + "/results_over_seeds.csv", results_over_seeds_csv(axes, results));
     markdown << "\n## Over seeds\n\n"
              << over_seeds << "\n"
              << "Each combination of the other swept values over its finished seeds: mean ± sample standard "

@@ -14,8 +14,8 @@
 // the file with the command line's --set overrides, then the combination's values (so a swept seed
 // wins over --seed); a --set sweep.KEY=[..] replaces that key's list. The sweep folder holds
 // sweep.json (the combinations and the status of each: pending, running, done, interrupted, failed),
-// results.md (with a table over seeds when run.seed is swept), results.csv, loss_curves.svg,
-// eval_accuracy.svg, expert_load.svg, and runs/NAME/ (each
+// results.md (with a table over seeds when run.seed is swept, also as results_over_seeds.csv),
+// results.csv, loss_curves.svg, eval_accuracy.svg, expert_load.svg, and runs/NAME/ (each
 // run's config.toml, metrics.jsonl, summary.json, checkpoint). Rerunning needs --resume: finished runs
 // (done, with their summary.json) are skipped, an interrupted run continues from its checkpoint, and
 // pending or failed runs start again.
@@ -85,8 +85,10 @@ std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<Sw
 // When run.seed is swept over two or more values: one row per combination of the other swept values,
 // over its finished runs: the number of seeds, mean ± sample standard deviation (n − 1) of eval loss,
 // eval accuracy, train loss, tokens/s, load CV, MaxVio and drop rate, and the worst seed's eval
-// accuracy. Empty otherwise. results.md adds it under "Over seeds".
+// accuracy. Empty otherwise. results.md adds it under "Over seeds"; results_over_seeds.csv holds the
+// same figures unrounded (columns NAME_mean, NAME_std, and eval_accuracy_min).
 std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
+std::string results_over_seeds_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 
 // Train loss of every run against the step on one chart (eval loss dashed, same colour), log scale
 // when the losses span more than a factor of 10.

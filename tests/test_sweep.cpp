@@ -299,6 +299,13 @@ TEST_CASE("sweep: with seeds swept, a table over seeds gives mean ± standard de
   CHECK_THAT(table, Contains("| switch | 3 | 0.4000 ± 0.2000 | 0.800 ± 0.265 | 0.500 | – | 2,000 ± 1,000 | – | – | – |"));
   CHECK_THAT(table, Contains("| topk | 1 | 0.3000 | 0.800 | 0.800 | – | – | – | – | – |"));
   CHECK(count(table, "\n") == 2 + 2);
+  // The same figures unrounded in CSV.
+  const std::string csv = results_over_seeds_csv(axes, results);
+  INFO(csv);
+  CHECK_THAT(csv, StartsWith("router.name,seeds,eval_loss_mean,eval_loss_std,eval_accuracy_mean,eval_accuracy_std,"
+                             "eval_accuracy_min,train_loss_mean,train_loss_std,tokens_per_second_mean,"));
+  CHECK_THAT(csv, Contains("\nswitch,3,0.4,0.2,0.8,0.26457513,0.5,,,2000,1000,"));
+  CHECK_THAT(csv, Contains("\ntopk,1,0.3,,0.8,,0.8,,,,,"));
   // Without a seed axis, or with one seed, there is no such table.
   CHECK(results_over_seeds_markdown(axes_of(kRouterSweep), synthetic_results(axes_of(kRouterSweep))).empty());
   CHECK(results_over_seeds_markdown(axes_of("[sweep]\n\"run.seed\" = [4]\n"), {}).empty());
