@@ -47,7 +47,8 @@ record() {
 
 # 1. Build.
 step_start=$SECONDS
-run configure 120 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON
+run configure 120 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON \
+  -DMAMBA_R1_CUDA_EMULATOR=OFF  # the real device is here: no need for the emulated [cuda] tests
 if [ "$status" -eq 0 ] && ! grep -q "^CMAKE_CUDA_COMPILER:.*nvcc" "$build/CMakeCache.txt" 2>/dev/null; then
   echo "=== configure: nvcc was not found, so this build has no CUDA backend"
   status=1
