@@ -400,7 +400,7 @@ struct SeedStatistics {
 
 // One combination of the swept values other than run.seed, over its finished seeds.
 struct SeedGroup {
-  std::vector<std::string> shown;      // the other axes' values, as shown
+  std::vector<std::string> shown;        // the other axes' values, as shown
   std::vector<const SweepResult*> runs;  // its finished runs
   std::vector<SeedStatistics> columns;   // per seed_columns() entry
 };
