@@ -21,7 +21,7 @@ struct BatchInfo {
   bool keep_for_backward = false;                // layers fill their saved activations
   bool dropless = false;                         // routers ignore capacity (recurrent inference)
   Random* random = nullptr;                      // for routers that sample
-  int64_t start_position = 0;                    // absolute position of l = 0 (step mode)
+  int64_t start_position = 0;                    // absolute position of l = 0
   const std::vector<int64_t>* row_start_positions = nullptr;  // B; when given, row b's position of l = 0
                                                               // (step mode, sequences at different positions)
 

@@ -34,7 +34,7 @@ class Mixer {
   // Called once after each optimizer step with this step's forward record (aux_free's bias update).
   virtual void after_step(const LayerRecord& record) {}
 
-  // Step mode: u (B, 1, D), one new token per sequence at position batch.start_position; `state` is what
+  // Step mode: u (B, 1, D), one new token per sequence, row b at batch.position(b); `state` is what
   // the block carries between steps (null before the first step). Stateless blocks (moe, mlp) run their
   // forward and leave it null; the caller sets batch.dropless. Returns (B, 1, D).
   virtual Tensor step(const Tensor& u, const BatchInfo& batch, std::unique_ptr<InferenceState>& state) {

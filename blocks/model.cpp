@@ -207,8 +207,7 @@ Tensor Model::step(const std::vector<int32_t>& tokens, InferenceCache& cache) {
   batch.length = 1;
   batch.tokens = &tokens;
   batch.dropless = true;
-  // When the sequences' positions differ there is no one start position: each row has its own.
-  batch.start_position = same_position ? cache.positions[0] : -1;
+  // Each row at its own position (BatchInfo::position), whether or not they differ.
   batch.row_start_positions = &cache.positions;
 
   // x: the token embeddings (B, 1, D), each positional encoding at each sequence's own position

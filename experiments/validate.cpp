@@ -327,8 +327,8 @@ void check_activations(Report& report, const ShapeConfig& c) {
   const Tensor x = uniform({T, c.F}, 31, -4, 4), grad_y = uniform({T, c.F}, 32, -1, 1);
   const std::string shape = dims({{"T", T}, {"F", c.F}});
   report.run("gelu", c.name, shape, [&](Outputs& out) {
-    add(out, "y", gelu_forward(gpu(x)), gelu_forward(x), kElementwise);
     const Tensor y = gelu_forward(x);
+    add(out, "y", gelu_forward(gpu(x)), y, kElementwise);
     add(out, "dx", gelu_backward(gpu(grad_y), gpu(x), gpu(y)), gelu_backward(grad_y, x, y), kElementwise);
   });
   report.run("silu", c.name, shape, [&](Outputs& out) {
