@@ -832,19 +832,19 @@ void check_model(Report& report, const ModelCase& model_case) {
 void check_model_decode(Report& report, const ModelCase& model_case) {
   const ModelConfig& config = model_case.config;
   if (config.vocab_size <= 0) return;  // step mode needs token ids
-  Model model(config, model_case.router, model_case.router_table);
-  model.initialize(model_case.seed);
-  Random random(model_case.seed + 5);
-  std::vector<std::vector<int32_t>> prompts(2);
-  for (size_t p = 0; p < prompts.size(); ++p) {
-    for (int64_t i = 0; i < (p == 0 ? 12 : 7); ++i) {
-      prompts[p].push_back(static_cast<int32_t>(random.below(config.vocab_size)));
-    }
-  }
   constexpr int kSteps = 4;
   report.run("model prefill and steps", model_case.label,
              dims({{"B", 2}, {"prompt", 12}, {"steps", kSteps}, {"blocks", config.block_count()}}),
              [&](Outputs& out) {
+               Model model(config, model_case.router, model_case.router_table);
+               model.initialize(model_case.seed);
+               Random random(model_case.seed + 5);
+               std::vector<std::vector<int32_t>> prompts(2);
+               for (size_t p = 0; p < prompts.size(); ++p) {
+                 for (int64_t i = 0; i < (p == 0 ? 12 : 7); ++i) {
+                   prompts[p].push_back(static_cast<int32_t>(random.below(config.vocab_size)));
+                 }
+               }
                const ModelInput input = prompt_batch(prompts);
                InferenceCache cpu_cache, cuda_cache;
                std::vector<Tensor> cpu_logits{model.prefill(input, cpu_cache)};
