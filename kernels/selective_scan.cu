@@ -5,11 +5,14 @@
 // y = Σ_n h[n] C[n] is summed over the P lanes with shuffles. A block of 128 threads holds 128/P channels
 // of one batch row; the grid is (E / (128/P), B). States past N have A = B = C = 0 and stay 0.
 //
-// Forward: the sequence is walked in chunks of 16 steps. While a chunk is computed, the next chunk's
-// u, delta and z are loaded into registers and its B and C rows are copied into the other half of a
-// double-buffered shared-memory tile (cp.async), so loads overlap the arithmetic. softplus(delta + bias),
-// the D skip and the silu(z) gate are fused. Optionally writes the state at every 64th step (the
-// checkpoints of the backward) and the final state.
+// Forward: the sequence is walked in chunks of 16 steps. At the start of a chunk the block writes the
+// chunk's u, Δ = softplus(delta + bias) and gate silu(z) of its channels into shared memory, each value
+// computed once by one thread from coalesced loads (the P lanes of a channel then read it there), and
+// starts loading the next chunk: its u, delta and z into registers, its B and C rows into the other half
+// of a double-buffered shared-memory tile (cp.async), so loads overlap the arithmetic. Each channel's
+// lane group 0 leaves y in shared memory, and after the chunk the block stores out = (y + D u) ⊙ silu(z)
+// with coalesced writes. Optionally writes the state at every 64th step (the checkpoints of the
+// backward) and the final state.
 //
 // Backward: a forward pass of the kernel above writes a checkpoint every 64 steps. The backward kernel
 // visits those segments in reverse; within one it recomputes the states forward from the checkpoint,
@@ -160,29 +163,96 @@ __device__ __forceinline__ void stage_rows(const SelectiveScanPointers& p, const
   __pipeline_commit();
 }
 
+// The forward kernel's per-chunk values in shared memory: [kChunk][channels_per_block] each, written
+// and read back by thread threadIdx.x at the indices threadIdx.x + j · kThreads (its own values).
+struct ChunkValues {
+  float* u;      // u
+  float* delta;  // Δ = softplus(delta + bias) (or delta + bias)
+  float* gate;   // silu(z) (1 without z)
+  float* y;      // Σ_n h C_t, written by each channel's lane group 0
+};
+
+// The most values of one array a thread owns: kChunk · 128/P values over 128 threads, at most kChunk (P = 1).
+constexpr int kOwned = kChunk;
+
+// A chunk's raw inputs of the values the thread owns, loaded into registers a chunk ahead.
+struct RawValues {
+  float u[kOwned], delta[kOwned], z[kOwned];
+};
+
+// Loads the raw u, delta and z of the values the thread owns in the chunk starting at t0 (0 past L or E).
+__device__ __forceinline__ void load_values(const SelectiveScanPointers& p, const ScanShape& s, bool want_z,
+                                            int64_t t0, RawValues& raw) {
+  const int per_chunk = kChunk * s.channels_per_block;
+#pragma unroll
+  for (int j = 0; j < kOwned; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    const int step = i / s.channels_per_block;
+    const int64_t t = t0 + step, e = static_cast<int64_t>(blockIdx.x) * s.channels_per_block + i % s.channels_per_block;
+    const bool inside = i < per_chunk && t < s.length && e < s.channels;
+    const int64_t index = (static_cast<int64_t>(blockIdx.y) * s.length + t) * s.channels + e;
+    raw.u[j] = inside ? p.u[index] : 0.0f;
+    raw.delta[j] = inside ? p.delta[index] : 0.0f;
+    raw.z[j] = inside && want_z ? p.z[index] : 0.0f;
+  }
+}
+
+// Writes the chunk's u, Δ and gate from the raw values: each softplus and silu computed once, by one thread.
+// Values past L or E get u = Δ = 0 (their states stay 0).
+__device__ __forceinline__ void stage_values(const SelectiveScanPointers& p, const ScanShape& s, bool want_gate,
+                                             int64_t t0, const float* bias, const RawValues& raw,
+                                             const ChunkValues& values) {
+  const int per_chunk = kChunk * s.channels_per_block;
+#pragma unroll
+  for (int j = 0; j < kOwned; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    if (i >= per_chunk) break;
+    const int c = i % s.channels_per_block;
+    const bool inside = t0 + i / s.channels_per_block < s.length &&
+                        static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c < s.channels;
+    const float v = raw.delta[j] + bias[c];
+    values.u[i] = raw.u[j];
+    values.delta[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
+    if (want_gate) values.gate[i] = p.z ? raw.z[j] * cuda::stable_sigmoid(raw.z[j]) : 1.0f;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     selective_scan_forward_kernel(SelectiveScanPointers p, ScanShape s, float* out, float* final_state,
                                   float* checkpoints) {
-  extern __shared__ __align__(16) float tiles[];  // [2 buffers][2 (B, C)][kChunk][padded]
+  // [2 buffers][2 (B, C)][kChunk][padded] rows | 4 ChunkValues arrays | [2 (D, delta_bias)][channels_per_block]
+  extern __shared__ __align__(16) float shared[];
+  const int tile_size = 2 * kChunk * s.padded, per_chunk = kChunk * s.channels_per_block;
+  float* tiles = shared;
+  const ChunkValues values{tiles + 2 * tile_size, tiles + 2 * tile_size + per_chunk,
+                           tiles + 2 * tile_size + 2 * per_chunk, tiles + 2 * tile_size + 3 * per_chunk};
+  float* skip = values.y + per_chunk;
+  float* bias = skip + s.channels_per_block;
   const Position at = locate(s);
   const ChannelConstants constants = channel_constants(p, s, at);
-  const int tile_size = 2 * kChunk * s.padded;
+  const int channel = threadIdx.x / s.lanes;  // within the block
   for (int i = threadIdx.x; i < 2 * tile_size; i += kThreads) tiles[i] = 0.0f;
+  if (at.group == 0) {
+    skip[channel] = constants.skip;
+    bias[channel] = constants.bias;
+  }
   __syncthreads();
 
   float h[kStates];
 #pragma unroll
   for (int i = 0; i < kStates; ++i) h[i] = 0.0f;
   const int64_t L = s.length, chunks = (L + kChunk - 1) / kChunk;
-  float u[kChunk], delta_raw[kChunk], z[kChunk];
-  load_steps<kChunk>(p, s, at, 0, u, delta_raw, z);
+  RawValues raw;
+  load_values(p, s, out && p.z, 0, raw);
   stage_rows(p, s, at.b, 0, tiles);
 
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t t0 = chunk * kChunk;
-    // Start the next chunk's loads, then wait for this chunk's tile.
-    float next_u[kChunk], next_delta[kChunk], next_z[kChunk];
-    load_steps<kChunk>(p, s, at, t0 + kChunk, next_u, next_delta, next_z);
+    // This chunk's values into shared memory (a thread rewrites only its own values, which it alone read
+    // after the last barrier), then the next chunk's loads and rows are started, and this chunk's rows
+    // awaited.
+    stage_values(p, s, out != nullptr, t0, bias, raw, values);
+    load_values(p, s, out && p.z, t0 + kChunk, raw);
     if (chunk + 1 < chunks) {
       stage_rows(p, s, at.b, t0 + kChunk, tiles + ((chunk + 1) & 1) * tile_size);
     } else {
@@ -203,10 +273,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int step = 0; step < kChunk; ++step) {
       const int64_t t = t0 + step;
       if (t >= L) break;
-      // Δ = softplus(delta + bias);  h ← exp(Δ A) h + Δ u B_t;  y = Σ_n h C_t
-      const float v = delta_raw[step] + constants.bias;
-      const float delta = p.delta_softplus ? softplus(v) : v;
-      const float delta_u = delta * u[step], delta_log2e = delta * kLog2e;
+      // h ← exp(Δ A) h + Δ u B_t;  y = Σ_n h C_t
+      const int value = step * s.channels_per_block + channel;
+      const float delta = values.delta[value];
+      const float delta_u = delta * values.u[value], delta_log2e = delta * kLog2e;
       const float4 b_low = *reinterpret_cast<const float4*>(B_tile + step * s.padded + at.first_state);
       const float4 b_high = *reinterpret_cast<const float4*>(B_tile + step * s.padded + at.first_state + 4);
       const float4 c_low = *reinterpret_cast<const float4*>(C_tile + step * s.padded + at.first_state);
@@ -220,21 +290,21 @@ __global__ void __launch_bounds__(kThreads)
         y += h[i] * C_t[i];
       }
       if (out) {
-        // out = (y + D u) ⊙ silu(z)
         y = lanes_sum(y, s.lanes);
-        if (at.group == 0 && at.valid) {
-          y += constants.skip * u[step];
-          if (p.z) y *= z[step] * cuda::stable_sigmoid(z[step]);
-          out[(at.b * L + t) * s.channels + at.e] = y;
-        }
+        if (at.group == 0) values.y[value] = y;
       }
     }
-    __syncthreads();  // every thread is done with this tile before the next iteration refills it
-#pragma unroll
-    for (int k = 0; k < kChunk; ++k) {
-      u[k] = next_u[k];
-      delta_raw[k] = next_delta[k];
-      z[k] = next_z[k];
+    __syncthreads();  // the rows and y are complete; the next iteration may refill the other row tile
+    if (out) {
+      // out = (y + D u) ⊙ silu(z), one coalesced store per owned value.
+      for (int i = threadIdx.x; i < per_chunk; i += kThreads) {
+        const int64_t t = t0 + i / s.channels_per_block;
+        const int c = i % s.channels_per_block;
+        const int64_t e = static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c;
+        if (t < L && e < s.channels) {
+          out[(at.b * L + t) * s.channels + e] = (values.y[i] + skip[c] * values.u[i]) * values.gate[i];
+        }
+      }
     }
   }
   if (final_state && at.valid) {
@@ -496,7 +566,9 @@ __global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointe
   }
 }
 
-size_t forward_shared_bytes(const ScanShape& s) { return sizeof(float) * 2 * 2 * kChunk * s.padded; }
+size_t forward_shared_bytes(const ScanShape& s) {
+  return sizeof(float) * (2 * 2 * kChunk * s.padded + 4 * kChunk * s.channels_per_block + 2 * s.channels_per_block);
+}
 
 size_t backward_shared_bytes(const ScanShape& s) {
   return sizeof(float) * (kSubsPerSegment * kStates * kThreads + (2 + 2 * kWarps) * kSub * s.padded);
