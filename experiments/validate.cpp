@@ -165,8 +165,8 @@ class Report {
   explicit Report(std::string only = "") : only_(std::move(only)) {}
 
   void header() const {
-    std::printf("%-28s %-16s %-34s %-20s %9s %9s  %8s %9s  %s\n", "op", "shape", "dimensions", "worst output", "nmse",
-                "max|d|", "<= nmse", "<= max|d|", "result");
+    std::printf("%-28s %-17s %-34s %9s %9s  %8s %9s  %-6s %s\n", "op", "shape", "dimensions", "nmse", "max|d|",
+                "<= nmse", "<= max|d|", "result", "worst output");
   }
 
   // `body` computes the op's outputs on both backends; an exception is a failure that prints its message.
@@ -179,7 +179,7 @@ class Report {
       body(outputs);
     } catch (const std::exception& error) {
       ++failures_;
-      std::printf("%-28s %-16s %-34s FAIL: %s\n", op.c_str(), config.c_str(), dimensions.c_str(), error.what());
+      std::printf("%-28s %-17s %-34s FAIL: %s\n", op.c_str(), config.c_str(), dimensions.c_str(), error.what());
       std::fflush(stdout);
       return;
     }
@@ -198,12 +198,12 @@ class Report {
     }
     if (!passed) ++failures_;
     if (!worst) {
-      std::printf("%-28s %-16s %-34s (no outputs)\n", op.c_str(), config.c_str(), dimensions.c_str());
+      std::printf("%-28s %-17s %-34s (no outputs)\n", op.c_str(), config.c_str(), dimensions.c_str());
       return;
     }
-    std::printf("%-28s %-16s %-34s %-20s %9.2e %9.2e  %8.0e %9.2e  %s\n", op.c_str(), config.c_str(),
-                dimensions.c_str(), worst->name.c_str(), worst->comparison.nmse, worst->comparison.max_abs,
-                worst->tolerance.nmse, worst->tolerance.absolute_limit(worst->comparison), passed ? "pass" : "FAIL");
+    std::printf("%-28s %-17s %-34s %9.2e %9.2e  %8.0e %9.2e  %-6s %s\n", op.c_str(), config.c_str(),
+                dimensions.c_str(), worst->comparison.nmse, worst->comparison.max_abs, worst->tolerance.nmse,
+                worst->tolerance.absolute_limit(worst->comparison), passed ? "pass" : "FAIL", worst->name.c_str());
     if (!passed) {
       for (const Output& output : outputs) {
         if (output.tolerance.accepts(output.comparison)) continue;
