@@ -15,7 +15,9 @@
 // backward) and the final state.
 //
 // Backward: a forward pass of the kernel above writes a checkpoint every 64 steps. The backward kernel
-// visits those segments in reverse; within one it recomputes the states forward from the checkpoint,
+// visits those segments in reverse. The block first writes the segment's Δ into shared memory (each
+// softplus computed once, as in the forward; the slopes σ(delta + bias) and σ(z) follow per sub-chunk);
+// within the segment it recomputes the states forward from the checkpoint,
 // keeping one every 8 steps in shared memory, then for each 8-step sub-chunk in reverse recomputes its
 // states into registers and runs the reverse-time recurrence on them. du, d(delta) and dz are written
 // directly; dB and dC (sums over the channels) are reduced across the warp's channels with shuffles,
@@ -373,12 +375,18 @@ __global__ void __launch_bounds__(kThreads)
     selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, ScanGradParts parts,
                                    const float* grad_out, ScanShape s, const float* checkpoints) {
   // [kSubsPerSegment][kStates][kThreads] saved states | [2 (B, C)][kSub][padded] rows |
-  // [kWarps][2][kSub][padded] sums of each warp
+  // [kWarps][2][kSub][padded] sums of each warp | [kSegment][channels_per_block] the segment's Δ |
+  // [kSub][channels_per_block] the sub-chunk's σ(delta + bias) (softplus' slope) | the same of σ(z)
   extern __shared__ __align__(16) float shared[];
+  const int per_block = s.channels_per_block;
   float* saved = shared;
   float* rows = saved + kSubsPerSegment * kStates * kThreads;
   float* sums = rows + 2 * kSub * s.padded;
+  float* deltas = sums + kWarps * 2 * kSub * s.padded;
+  float* slopes = deltas + kSegment * per_block;
+  float* gates = slopes + kSub * per_block;
   const Position at = locate(s);
+  const int channel = threadIdx.x / s.lanes;  // within the block
   const ChannelConstants constants = channel_constants(p, s, at);
   const int64_t L = s.length, E = s.channels, N = s.state;
   const int64_t row0 = at.b * L;  // token index of t = 0
@@ -391,6 +399,15 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t segment = s.segments - 1; segment >= 0; --segment) {
     const int64_t s0 = segment * kSegment, s1 = min(L, s0 + kSegment);
     const int subs = static_cast<int>((s1 - s0 + kSub - 1) / kSub);
+    // The segment's Δ, each computed once (the last reader of the previous segment's passed the barrier
+    // after its reverse steps); 0 past L or E.
+    for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
+      const int64_t t = s0 + i / per_block, e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block;
+      const bool inside = t < s1 && e < E;
+      const float v = inside ? p.delta[(row0 + t) * E + e] + (p.delta_bias ? p.delta_bias[e] : 0.0f) : 0.0f;
+      deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
+    }
+    __syncthreads();
 
     // Pass 1: from the checkpoint through the segment, keeping the state before each sub-chunk.
     float h[kStates];
@@ -401,13 +418,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < kStates; ++i) saved[(sub * kStates + i) * kThreads + threadIdx.x] = h[i];
       if (sub + 1 == subs) break;  // the last sub-chunk's states are recomputed below
-      float u[kSub], delta_raw[kSub], unused_z[kSub];
-      load_steps<kSub>(p, s, at, s0 + sub * kSub, u, delta_raw, unused_z);
+      float u[kSub], unused_delta[kSub], unused_z[kSub];  // (loads left unused are dropped by the compiler)
+      load_steps<kSub>(p, s, at, s0 + sub * kSub, u, unused_delta, unused_z);
 #pragma unroll
       for (int k = 0; k < kSub; ++k) {
         const int64_t t = s0 + sub * kSub + k;  // < s1: only whole sub-chunks come here
-        const float v = delta_raw[k] + constants.bias;
-        const float delta = p.delta_softplus ? softplus(v) : v;
+        const float delta = deltas[(sub * kSub + k) * per_block + channel];
         const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
 #pragma unroll
         for (int i = 0; i < kStates; ++i) {
@@ -428,12 +444,22 @@ __global__ void __launch_bounds__(kThreads)
         rows[i] = k < steps && n < N ? (which ? p.C : p.B)[(row0 + t0 + k) * N + n] : 0.0f;
       }
       for (int i = threadIdx.x; i < kWarps * 2 * kSub * s.padded; i += kThreads) sums[i] = 0.0f;
+      // The sub-chunk's slopes σ(delta + bias) and σ(z), each computed once.
+      for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
+        const int k = i / per_block;
+        const int64_t e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block, index = (row0 + t0 + k) * E + e;
+        const bool inside = k < steps && e < E;
+        if (p.delta_softplus) {
+          slopes[i] = inside ? cuda::stable_sigmoid(p.delta[index] + (p.delta_bias ? p.delta_bias[e] : 0.0f)) : 0.0f;
+        }
+        if (p.z) gates[i] = inside ? cuda::stable_sigmoid(p.z[index]) : 0.0f;
+      }
       __syncthreads();
       const float* B_rows = rows;
       const float* C_rows = rows + kSub * s.padded;
 
-      float u[kSub], delta_raw[kSub], z[kSub], dout[kSub];
-      load_steps<kSub>(p, s, at, t0, u, delta_raw, z);
+      float u[kSub], unused_delta[kSub], z[kSub], dout[kSub];
+      load_steps<kSub>(p, s, at, t0, u, unused_delta, z);
 #pragma unroll
       for (int k = 0; k < kSub; ++k) {
         const bool inside = at.valid && k < steps;
@@ -446,8 +472,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < kSub; ++k) {
         if (k < steps) {
-          const float v = delta_raw[k] + constants.bias;
-          const float delta = p.delta_softplus ? softplus(v) : v;
+          const float delta = deltas[(sub * kSub + k) * per_block + channel];
           const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
 #pragma unroll
           for (int i = 0; i < kStates; ++i) {
@@ -466,9 +491,9 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t index = (row0 + t0 + k) * E + at.e;
         const float* B_t = B_rows + k * s.padded + at.first_state;
         const float* C_t = C_rows + k * s.padded + at.first_state;
-        const float v = delta_raw[k] + constants.bias;
-        const float delta = p.delta_softplus ? softplus(v) : v;
-        const float slope = p.delta_softplus ? cuda::stable_sigmoid(v) : 1.0f;
+        const int value = k * per_block + channel;  // in slopes and gates
+        const float delta = deltas[(sub * kSub + k) * per_block + channel];
+        const float slope = p.delta_softplus ? slopes[value] : 1.0f;
         const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
 
         float dy = dout[k], dz = 0.0f;
@@ -477,7 +502,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int i = 0; i < kStates; ++i) y += states[k][i] * C_t[i];
           y = lanes_sum(y, s.lanes) + constants.skip * u[k];
-          const float sigma = cuda::stable_sigmoid(z[k]);
+          const float sigma = gates[value];
           dz = dy * y * sigma * (1.0f + z[k] * (1.0f - sigma));
           dy *= z[k] * sigma;
         }
@@ -525,15 +550,15 @@ __global__ void __launch_bounds__(kThreads)
 
   // This batch row's part of dA, dD and d(delta_bias).
   if (!at.valid) return;
-  const int64_t channel = at.b * E + at.e;
+  const int64_t part = at.b * E + at.e;  // (b, e)
 #pragma unroll
   for (int i = 0; i < kStates; ++i) {
     const int n = at.first_state + i;
-    if (n < N) parts.A[channel * N + n] = dA[i];
+    if (n < N) parts.A[part * N + n] = dA[i];
   }
   if (at.group == 0) {
-    if (parts.D) parts.D[channel] = dD;
-    if (parts.bias) parts.bias[channel] = dbias;
+    if (parts.D) parts.D[part] = dD;
+    if (parts.bias) parts.bias[part] = dbias;
   }
 }
 
@@ -571,7 +596,8 @@ size_t forward_shared_bytes(const ScanShape& s) {
 }
 
 size_t backward_shared_bytes(const ScanShape& s) {
-  return sizeof(float) * (kSubsPerSegment * kStates * kThreads + (2 + 2 * kWarps) * kSub * s.padded);
+  return sizeof(float) * (kSubsPerSegment * kStates * kThreads + (2 + 2 * kWarps) * kSub * s.padded +
+                          (kSegment + 2 * kSub) * s.channels_per_block);
 }
 
 // Launches the forward kernel (out, final_state and checkpoints each optional).
