@@ -170,9 +170,9 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
     const GroupedParameters fc2 = grouped_parameters(experts_, ExpertLinear::fc2);
     const Tensor grad_hidden = grouped_linear_backward(scale_rows(grad_rows, order.gates), saved.hidden.hidden,
                                                        order.offsets, fc2.weights, fc2.grad_weights, fc2.grad_biases);
-    const Tensor grad_input =
-        grouped_linear_backward(gelu_backward(grad_hidden, saved.hidden.hidden_pre, saved.hidden.hidden), saved.expert_in, order.offsets,
-                                fc1.weights, fc1.grad_weights, fc1.grad_biases);
+    const Tensor grad_hidden_pre = gelu_backward(grad_hidden, saved.hidden.hidden_pre, saved.hidden.hidden);
+    const Tensor grad_input = grouped_linear_backward(grad_hidden_pre, saved.expert_in, order.offsets, fc1.weights,
+                                                      fc1.grad_weights, fc1.grad_biases);
     scatter_add_rows(grad_tokens, grad_input, order.tokens, nullptr);
   }
 

@@ -264,8 +264,8 @@ void check_grouped_linear(Report& report, const ShapeConfig& c) {
     const Tensor x = uniform({rows, I}, 16, -1, 1), grad_y = uniform({rows, O}, 17, -1, 1);
     std::vector<Tensor> cpu, cuda;  // per expert: weight, bias, grad weight, grad bias
     for (int64_t j = 0; j < c.X; ++j) {
-      for (const Tensor& tensor :
-           {uniform({O, I}, 100 + j, -bound, bound), uniform({O}, 200 + j, -bound, bound), Tensor({O, I}), Tensor({O})}) {
+      const Tensor weight = uniform({O, I}, 100 + j, -bound, bound), bias = uniform({O}, 200 + j, -bound, bound);
+      for (const Tensor& tensor : {weight, bias, Tensor({O, I}), Tensor({O})}) {
         cpu.push_back(tensor);
         cuda.push_back(gpu(tensor));
       }
@@ -711,9 +711,9 @@ void check_ssm_step(Report& report, const ShapeConfig& c) {
 
 using ShapeCheck = void (*)(Report&, const ShapeConfig&);
 const std::vector<ShapeCheck> kShapeChecks = {
-    check_linear,        check_grouped_linear, check_norms,       check_activations, check_rotary,  check_embedding,
-    check_cross_entropy, check_conv1d,         check_selective_scan, check_elementwise, check_small_ops, check_optimizer,
-    check_routing,       check_ssm_step};
+    check_linear,        check_grouped_linear, check_norms,          check_activations, check_rotary,
+    check_embedding,     check_cross_entropy,  check_conv1d,         check_selective_scan, check_elementwise,
+    check_small_ops,     check_optimizer,      check_routing,        check_ssm_step};
 
 // The model of FILE.toml, or this seed-like one (with a vocabulary, so that logits and the LM loss run too).
 constexpr const char* kBuiltInModel = R"(

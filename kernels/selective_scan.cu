@@ -399,8 +399,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t segment = s.segments - 1; segment >= 0; --segment) {
     const int64_t s0 = segment * kSegment, s1 = min(L, s0 + kSegment);
     const int subs = static_cast<int>((s1 - s0 + kSub - 1) / kSub);
-    // The segment's Δ, each computed once (the last reader of the previous segment's passed the barrier
-    // after its reverse steps); 0 past L or E.
+    // The segment's Δ, each computed once; 0 past L or E. (Every reader of the previous segment's Δ has
+    // passed the barrier after that segment's last reverse steps.)
     for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
       const int64_t t = s0 + i / per_block, e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block;
       const bool inside = t < s1 && e < E;
@@ -447,7 +447,8 @@ __global__ void __launch_bounds__(kThreads)
       // The sub-chunk's slopes σ(delta + bias) and σ(z), each computed once.
       for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
         const int k = i / per_block;
-        const int64_t e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block, index = (row0 + t0 + k) * E + e;
+        const int64_t e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block;
+        const int64_t index = (row0 + t0 + k) * E + e;
         const bool inside = k < steps && e < E;
         if (p.delta_softplus) {
           slopes[i] = inside ? cuda::stable_sigmoid(p.delta[index] + (p.delta_bias ? p.delta_bias[e] : 0.0f)) : 0.0f;
