@@ -3,7 +3,7 @@
 #   1. configure and build (Release, CUDA on) into BUILD_DIR (default: build-gpu)
 #   2. the [cuda] Catch2 tests: every kernel against the CPU reference
 #   3. mamba-r1 validate: every op over the named shapes, and the whole model, CUDA against the CPU
-#   4. the scan bandwidth bench (B=8, L=2048, E=2048, N=16) against the device's peak
+#   4. the scan bandwidth bench (B=8, L=2048, E=2048, N=16) against the device's peak, and two more shapes
 #   5. mamba-r1 bench on the seed example: CUDA, the CPU, and CUDA with dense MLP blocks for the MoE
 #   6. the NumPy cross-check of `mamba-r1 forward --backend cuda` (when numpy and safetensors are installed)
 #   7. decoding on CUDA: generate --bench on the 91M-parameter model (step-mode kernels), 500 tokens
@@ -104,6 +104,19 @@ else
   else
     record "scan bench" FAIL "exit $status: $(tail -n 1 "$logs/scan_bench.log")"
   fi
+
+  # The scan at two more shapes, for the record (no target): the seed example's, and d_state 64.
+  for shape in "4 512 256 16" "8 2048 2048 64"; do
+    read -r b l e n <<< "$shape"
+    run "scan_bench_B${b}_L${l}_E${e}_N${n}" 60 "$build/mamba-r1-scan-bench" "$b" "$l" "$e" "$n"
+    if [ "$status" -eq 0 ]; then
+      forward_line="$(grep "selective scan forward" "$logs/scan_bench_B${b}_L${l}_E${e}_N${n}.log" | sed -E 's/.*: +//')"
+      backward_line="$(grep "selective scan backward" "$logs/scan_bench_B${b}_L${l}_E${e}_N${n}.log" | sed -E 's/.*: +//')"
+      record "scan B$b L$l E$e N$n" pass "forward $forward_line; backward $backward_line"
+    elif [ "$status" -ne 3 ]; then
+      record "scan B$b L$l E$e N$n" FAIL "exit $status: $(tail -n 1 "$logs/scan_bench_B${b}_L${l}_E${e}_N${n}.log")"
+    fi
+  done
 
   # 5. The seed example's throughput: forward and a training step, CUDA next to the CPU.
   bench() {  # bench NAME LABEL ARGS...

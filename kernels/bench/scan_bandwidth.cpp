@@ -28,17 +28,19 @@ mr1::cuda::DeviceBuffer random_buffer(int64_t count, std::mt19937& generator, fl
   return mr1::cuda::upload(values);
 }
 
-// Median milliseconds of `repeats` runs after two warm-up runs, each run waited for.
+// Median milliseconds per run over `repeats` samples, after two warm-up runs. A sample times 10 runs
+// launched back to back and waits once, so the wait's own latency is spread over them.
 double median_milliseconds(int repeats, const std::function<void()>& run) {
+  constexpr int kRunsPerSample = 10;
   run();
   run();
   mr1::cuda::synchronize();
   std::vector<double> times;
   for (int i = 0; i < repeats; ++i) {
     const auto start = Clock::now();
-    run();
+    for (int r = 0; r < kRunsPerSample; ++r) run();
     mr1::cuda::synchronize();
-    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count());
+    times.push_back(std::chrono::duration<double, std::milli>(Clock::now() - start).count() / kRunsPerSample);
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
