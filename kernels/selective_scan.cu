@@ -94,11 +94,16 @@ struct Position {
   bool valid;  // e < E (threads past E run along with zeros, for the block's barriers and shuffles)
 };
 
+// The channel e of the block's c-th channel.
+__device__ __forceinline__ int64_t block_channel(const ScanShape& s, int c) {
+  return static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c;
+}
+
 __device__ __forceinline__ Position locate(const ScanShape& s) {
   Position at;
   at.group = threadIdx.x % s.lanes;
   at.first_state = at.group * kStates;
-  at.e = static_cast<int64_t>(blockIdx.x) * s.channels_per_block + threadIdx.x / s.lanes;
+  at.e = block_channel(s, threadIdx.x / s.lanes);
   at.b = blockIdx.y;
   at.valid = at.e < s.channels;
   return at;
@@ -190,7 +195,7 @@ __device__ __forceinline__ void load_values(const SelectiveScanPointers& p, cons
   for (int j = 0; j < kOwned; ++j) {
     const int i = threadIdx.x + j * kThreads;
     const int step = i / s.channels_per_block;
-    const int64_t t = t0 + step, e = static_cast<int64_t>(blockIdx.x) * s.channels_per_block + i % s.channels_per_block;
+    const int64_t t = t0 + step, e = block_channel(s, i % s.channels_per_block);
     const bool inside = i < per_chunk && t < s.length && e < s.channels;
     const int64_t index = (static_cast<int64_t>(blockIdx.y) * s.length + t) * s.channels + e;
     raw.u[j] = inside ? p.u[index] : 0.0f;
@@ -210,8 +215,7 @@ __device__ __forceinline__ void stage_values(const SelectiveScanPointers& p, con
     const int i = threadIdx.x + j * kThreads;
     if (i >= per_chunk) break;
     const int c = i % s.channels_per_block;
-    const bool inside = t0 + i / s.channels_per_block < s.length &&
-                        static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c < s.channels;
+    const bool inside = t0 + i / s.channels_per_block < s.length && block_channel(s, c) < s.channels;
     const float v = raw.delta[j] + bias[c];
     values.u[i] = raw.u[j];
     values.delta[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
@@ -302,7 +306,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int i = threadIdx.x; i < per_chunk; i += kThreads) {
         const int64_t t = t0 + i / s.channels_per_block;
         const int c = i % s.channels_per_block;
-        const int64_t e = static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c;
+        const int64_t e = block_channel(s, c);
         if (t < L && e < s.channels) {
           out[(at.b * L + t) * s.channels + e] = (values.y[i] + skip[c] * values.u[i]) * values.gate[i];
         }
@@ -402,7 +406,7 @@ __global__ void __launch_bounds__(kThreads)
     // The segment's Δ, each computed once; 0 past L or E. (Every reader of the previous segment's Δ has
     // passed the barrier after that segment's last reverse steps.)
     for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
-      const int64_t t = s0 + i / per_block, e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block;
+      const int64_t t = s0 + i / per_block, e = block_channel(s, i % per_block);
       const bool inside = t < s1 && e < E;
       const float v = inside ? p.delta[(row0 + t) * E + e] + (p.delta_bias ? p.delta_bias[e] : 0.0f) : 0.0f;
       deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
@@ -447,7 +451,7 @@ __global__ void __launch_bounds__(kThreads)
       // The sub-chunk's slopes σ(delta + bias) and σ(z), each computed once.
       for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
         const int k = i / per_block;
-        const int64_t e = static_cast<int64_t>(blockIdx.x) * per_block + i % per_block;
+        const int64_t e = block_channel(s, i % per_block);
         const int64_t index = (row0 + t0 + k) * E + e;
         const bool inside = k < steps && e < E;
         if (p.delta_softplus) {
