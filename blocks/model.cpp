@@ -115,9 +115,16 @@ ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, F
   const BatchInfo& batch = record.batch;
 
   // x: token embeddings or the given embeddings, then each positional encoding in order
-  Tensor r = config_.vocab_size > 0 ? embedding_forward(input.tokens, B, L, embedding_->value)
-                                    : input.embeddings.to(device_).clone();
-  for (auto& encoding : positional_) r = encoding->forward(r, options.start_position);
+  Tensor r;
+  {
+    const PartTimer timer(part_times_, config_.vocab_size > 0 ? "embedding" : "input", Pass::forward);
+    r = config_.vocab_size > 0 ? embedding_forward(input.tokens, B, L, embedding_->value)
+                               : input.embeddings.to(device_).clone();
+  }
+  if (!positional_.empty()) {
+    const PartTimer timer(part_times_, "positional encodings", Pass::forward);
+    for (auto& encoding : positional_) r = encoding->forward(r, options.start_position);
+  }
 
   ModelOutput output;
   record.norm_saved.clear();
@@ -125,6 +132,7 @@ ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, F
   record.records.clear();
   record.records.resize(mixers_.size());
   for (size_t i = 0; i < mixers_.size(); ++i) {
+    const PartTimer timer(part_times_, config_.block_kind(static_cast<int64_t>(i)), Pass::forward);
     // r ← r with masked positions set to 0;  r ← r + Mixer_i(Norm_i(r))
     if (batch.mask) zero_masked_rows(r, *batch.mask);
     Tensor normed = norms_[i]->forward(r, keep ? &record.norm_saved[i] : nullptr);
@@ -134,6 +142,7 @@ ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, F
     output.aux_loss += record.records[i].aux_loss;
     output.routing.push_back(record.records[i].routing);
   }
+  const PartTimer timer(part_times_, "final norm and LM head", Pass::forward);
   output.hidden = final_norm_->forward(r, keep ? &record.final_norm_saved : nullptr);
   if (config_.vocab_size > 0 && !cache) output.logits = linear_forward(output.hidden, head(), nullptr);
   if (keep) record.hidden = output.hidden;
@@ -236,19 +245,28 @@ void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const T
                      float aux_loss_scale) {
   if (!tape.hidden.defined()) throw std::logic_error("Model::backward needs the tape of a forward pass");
   const BatchInfo& batch = tape.batch;
-  Tensor grad = grad_hidden ? grad_hidden->clone() : Tensor(tape.hidden.shape(), device_);
-  if (grad_logits) {
-    // logits = hidden · Hᵀ
-    add_inplace(grad, linear_backward_accumulate(*grad_logits, tape.hidden, head(), head_parameter().grad, nullptr));
+  Tensor grad;
+  {
+    const PartTimer timer(part_times_, "final norm and LM head", Pass::backward);
+    grad = grad_hidden ? grad_hidden->clone() : Tensor(tape.hidden.shape(), device_);
+    if (grad_logits) {
+      // logits = hidden · Hᵀ
+      add_inplace(grad, linear_backward_accumulate(*grad_logits, tape.hidden, head(), head_parameter().grad, nullptr));
+    }
+    grad = final_norm_->backward(grad, tape.final_norm_saved.get());
   }
-  grad = final_norm_->backward(grad, tape.final_norm_saved.get());
   for (size_t i = mixers_.size(); i-- > 0;) {
+    const PartTimer timer(part_times_, config_.block_kind(static_cast<int64_t>(i)), Pass::backward);
     Tensor grad_normed = mixers_[i]->backward(grad, batch, tape.records[i], aux_loss_scale);
     add_inplace(grad, norms_[i]->backward(grad_normed, tape.norm_saved[i].get()));
     if (batch.mask) zero_masked_rows(grad, *batch.mask);
   }
-  for (size_t p = positional_.size(); p-- > 0;) grad = positional_[p]->backward(grad, batch.start_position);
+  if (!positional_.empty()) {
+    const PartTimer timer(part_times_, "positional encodings", Pass::backward);
+    for (size_t p = positional_.size(); p-- > 0;) grad = positional_[p]->backward(grad, batch.start_position);
+  }
   if (config_.vocab_size > 0) {
+    const PartTimer timer(part_times_, "embedding", Pass::backward);
     add_inplace(embedding_->grad, embedding_backward(grad, tape.tokens, config_.vocab_size));
   }
 }

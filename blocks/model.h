@@ -8,6 +8,7 @@
 
 #include "blocks/mixer.h"
 #include "blocks/norm_layer.h"
+#include "blocks/part_times.h"
 #include "blocks/positional.h"
 
 namespace mr1 {
@@ -83,6 +84,10 @@ class Model {
   void backward(const ForwardTape& tape, const Tensor* grad_logits, const Tensor* grad_hidden, float aux_loss_scale);
   // After an optimizer step: lets routers update their state from the step's routing (aux_free).
   void after_step(const ForwardTape& tape);
+  // From now on, forward and backward add their parts' times to `times` (null: no timing, the default):
+  // "embedding" (or "input": the given embeddings' copy), "positional encodings", each block kind with
+  // its norm (by name: "mamba", "moe", ...), "final norm and LM head".
+  void set_part_times(PartTimes* times) { part_times_ = times; }
 
   // Recurrent inference, for models with token ids (vocab_size > 0); routing is dropless.
   // prefill: the parallel forward over prompts (B, L). input.mask, when given, marks each prompt as the
@@ -112,6 +117,7 @@ class Model {
   std::vector<std::unique_ptr<Mixer>> mixers_;
   std::unique_ptr<Norm> final_norm_;
   Device device_ = Device::cpu;
+  PartTimes* part_times_ = nullptr;
 };
 
 }  // namespace mr1

@@ -40,7 +40,8 @@ std::string usage() {
          "                   those whose name contains TEXT\n"
          "  mamba-r1 list                      everything in the registry\n"
          "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]]   every combination of [sweep]\n"
-         "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput\n"
+         "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput,\n"
+         "                   and where a training step's time goes\n"
          "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"
          "                   [--greedy | --temperature T --top-k K --top-p P --seed S] [--stop-byte B] [--bench]\n"
          "common options: --threads N (CPU threads), --log-level debug|info|warn\n";

@@ -124,10 +124,13 @@ else
     shift 2
     run "$name" 150 "$bin" bench "$seed" --set run.repeats=3 "$@"
     if [ "$status" -eq 0 ]; then
-      local forward train
+      local forward train parts
       forward="$(grep "forward (inference)" "$logs/$name.log" | awk '{print $NF}')"
       train="$(grep "training step" "$logs/$name.log" | awk '{print $NF}')"
-      record "$label" pass "forward $forward tokens/s, training step $train tokens/s"
+      # The step's parts (name: the first 30 columns), total ms each.
+      parts="$(awk '/^part /{on=1; next} /^sum /{on=0} on {n=substr($0,1,30); sub(/ +$/,"",n);
+                    printf "%s%s %s ms", sep, n, $(NF-1); sep=", "}' "$logs/$name.log")"
+      record "$label" pass "forward $forward tokens/s, training step $train tokens/s; step parts: $parts"
     else
       record "$label" FAIL "exit $status: $(grep -E "error|failed" "$logs/$name.log" | tail -n 1)"
     fi

@@ -153,3 +153,61 @@ TEST_CASE("bad inputs are refused with the shape that was expected", "[model]") 
   CHECK_THROWS_WITH(tokens.model->forward(bad, ForwardOptions{}), Contains("10"));
   CHECK_THROWS_WITH(tokens.model->forward(embeddings.input(1, 4, 1), ForwardOptions{}), Contains("token ids"));
 }
+
+TEST_CASE("part times add up per part and pass, in the order first timed", "[model]") {
+  PartTimes times;
+  times.add("mamba", Pass::forward, 0.5);
+  times.add("head", Pass::forward, 0.125);
+  times.add("mamba", Pass::forward, 0.25);
+  times.add("mamba", Pass::backward, 1.0);
+  times.add("AdamW update", Pass::other, 2.0);
+  REQUIRE(times.parts().size() == 3);
+  const PartTimes::Part& mamba = times.parts()[0];
+  CHECK(mamba.name == "mamba");
+  CHECK(mamba.seconds[0] == 0.75);
+  CHECK(mamba.count[0] == 2);
+  CHECK(mamba.seconds[1] == 1.0);
+  CHECK(mamba.count[1] == 1);
+  CHECK(mamba.total_seconds() == 1.75);
+  CHECK(times.parts()[1].name == "head");
+  CHECK(times.parts()[2].total_seconds() == 2.0);
+  CHECK(times.parts()[2].count[2] == 1);
+}
+
+TEST_CASE("timing the model's parts names each part and leaves every result unchanged", "[model]") {
+  SmallModel small(std::string(kSmall) + "depth = 2\norder = [\"mamba\", \"moe\"]\nvocab_size = 11\n");
+  const ModelInput input = small.input(2, 6, 4);
+  const Tensor grad_logits = test::random_tensor({2, 6, 11}, 5);
+  const auto run = [&](PartTimes* times) {
+    small.model->set_part_times(times);
+    small.model->parameters().zero_grad();
+    ForwardTape tape;
+    const ModelOutput output = small.model->forward(input, ForwardOptions{}, &tape);
+    small.model->backward(tape, &grad_logits, nullptr, 1.0f);
+    small.model->set_part_times(nullptr);
+    std::vector<double> values = test::to_double(output.logits);
+    for (const auto& parameter : small.model->parameters().all()) {
+      const std::vector<double> grad = test::to_double(parameter->grad);
+      values.insert(values.end(), grad.begin(), grad.end());
+    }
+    return values;
+  };
+  const std::vector<double> untimed = run(nullptr);
+  PartTimes times;
+  CHECK(run(&times) == untimed);
+
+  std::vector<std::string> names;
+  for (const PartTimes::Part& part : times.parts()) {
+    names.push_back(part.name);
+    CHECK(part.total_seconds() >= 0);
+  }
+  CHECK(names ==
+        std::vector<std::string>{"embedding", "positional encodings", "mamba", "moe", "final norm and LM head"});
+  for (const PartTimes::Part& part : times.parts()) {
+    INFO(part.name);
+    const int64_t per_pass = part.name == "mamba" || part.name == "moe" ? 2 : 1;  // depth 2
+    CHECK(part.count[0] == per_pass);
+    CHECK(part.count[1] == per_pass);
+    CHECK(part.count[2] == 0);
+  }
+}
