@@ -145,11 +145,11 @@ void register_optimizers() {
 }
 
 double clip_gradient_norm(ParameterStore& parameters, double max_norm) {
-  double total = 0;
+  std::vector<const Tensor*> grads;
   for (const auto& parameter : parameters.all()) {
-    if (parameter->trainable) total += squared_norm(parameter->grad);
+    if (parameter->trainable) grads.push_back(&parameter->grad);
   }
-  const double norm = std::sqrt(total);
+  const double norm = std::sqrt(squared_norm(grads));
   if (max_norm > 0 && norm > max_norm) {
     const float factor = static_cast<float>(max_norm / (norm + 1e-6));
     for (const auto& parameter : parameters.all()) {

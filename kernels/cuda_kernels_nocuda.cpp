@@ -58,6 +58,7 @@ void scatter_add_rows_cuda(float*, const float*, const int64_t*, const int64_t*,
 void zero_masked_rows_cuda(float*, const uint8_t*, int64_t, int64_t, void*) { no_backend("zero_masked_rows_cuda"); }
 double sum_cuda(const float*, int64_t, void*) { no_backend("sum_cuda"); }
 double sum_squared_deviation_cuda(const float*, int64_t, double, void*) { no_backend("sum_squared_deviation_cuda"); }
+void sum_squares_cuda(const float* const*, const int64_t*, int64_t, double*, void*) { no_backend("sum_squares_cuda"); }
 float max_abs_cuda(const float*, int64_t, void*) { no_backend("max_abs_cuda"); }
 
 void gelu_forward_cuda(const float*, float*, int64_t, void*) { no_backend("gelu_forward_cuda"); }

@@ -10,8 +10,10 @@
 
 namespace mr1 {
 
-// The device all defined tensors share; throws naming the op when they differ.
-inline Device common_device(const char* op, std::initializer_list<const Tensor*> tensors) {
+// The device all defined tensors share; throws naming the op when they differ. Tensors: a range of
+// const Tensor*.
+template <typename Tensors>
+Device common_device(const char* op, const Tensors& tensors) {
   bool found = false;
   Device device = Device::cpu;
   for (const Tensor* tensor : tensors) {
@@ -23,6 +25,10 @@ inline Device common_device(const char* op, std::initializer_list<const Tensor*>
     found = true;
   }
   return device;
+}
+
+inline Device common_device(const char* op, std::initializer_list<const Tensor*> tensors) {
+  return common_device<std::initializer_list<const Tensor*>>(op, tensors);
 }
 
 }  // namespace mr1

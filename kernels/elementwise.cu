@@ -1,6 +1,9 @@
 // CUDA kernels of the elementwise and layout ops, the row gather / grouped scatter-add, the masked-row
 // zeroing and the reductions to one number. Shape letters: T rows, F features, n values.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include "kernels/cuda_device.cuh"
 #include "kernels/elementwise_cuda.h"
@@ -121,35 +124,47 @@ struct ReduceOp {
   }
 };
 
-// Each block reduces a fixed grid-stride subset to partial[blockIdx.x]; the last pass reduces the partials
-// with one block. The same grid for the same n: the same order of operations.
-__global__ void reduce_kernel(const float* x, int64_t n, ReduceOp op, double* partial) {
+// The block's threads' values combined in a fixed tree order; thread 0 gets the result.
+__device__ double block_combine(double value, ReduceOp op) {
   __shared__ double scratch[kThreads];
+  scratch[threadIdx.x] = value;
+  __syncthreads();
+  for (int width = blockDim.x / 2; width > 0; width >>= 1) {
+    if (threadIdx.x < width) scratch[threadIdx.x] = op.combine(scratch[threadIdx.x], scratch[threadIdx.x + width]);
+    __syncthreads();
+  }
+  return scratch[0];
+}
+
+// Each block reduces a fixed grid-stride subset of x (n) to its partial. The same grid for the same n:
+// the same order of operations.
+__device__ void reduce_part(const float* x, int64_t n, ReduceOp op, double* partial) {
   double value = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     value = op.combine(value, op.map(x[i]));
   }
-  scratch[threadIdx.x] = value;
-  __syncthreads();
-  for (int width = blockDim.x / 2; width > 0; width >>= 1) {
-    if (threadIdx.x < width) scratch[threadIdx.x] = op.combine(scratch[threadIdx.x], scratch[threadIdx.x + width]);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = scratch[0];
+  value = block_combine(value, op);
+  if (threadIdx.x == 0) *partial = value;
 }
 
+// partial[blockIdx.x]; the last pass reduces the partials with one block.
+__global__ void reduce_kernel(const float* x, int64_t n, ReduceOp op, double* partial) {
+  reduce_part(x, n, op, partial + blockIdx.x);
+}
+
+// Many arrays at once: row blockIdx.y reduces arrays[y] (sizes[y] values) to partial[y · gridDim.x + blockIdx.x].
+__global__ void reduce_many_kernel(const float* const* arrays, const int64_t* sizes, ReduceOp op, double* partial) {
+  reduce_part(arrays[blockIdx.y], sizes[blockIdx.y], op, partial + blockIdx.y * gridDim.x + blockIdx.x);
+}
+
+// Block b reduces the count partials of row b to result[b].
 __global__ void reduce_partials_kernel(const double* partial, int64_t count, ReduceOp op, double* result) {
-  __shared__ double scratch[kThreads];
+  const double* row = partial + blockIdx.x * count;
   double value = 0;
-  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) value = op.combine(value, partial[i]);
-  scratch[threadIdx.x] = value;
-  __syncthreads();
-  for (int width = blockDim.x / 2; width > 0; width >>= 1) {
-    if (threadIdx.x < width) scratch[threadIdx.x] = op.combine(scratch[threadIdx.x], scratch[threadIdx.x + width]);
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *result = scratch[0];
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) value = op.combine(value, row[i]);
+  value = block_combine(value, op);
+  if (threadIdx.x == 0) result[blockIdx.x] = value;
 }
 
 double reduce(const float* x, int64_t n, ReduceOp op, void* stream) {
@@ -170,6 +185,37 @@ double sum_cuda(const float* x, int64_t n, void* stream) { return reduce(x, n, R
 
 double sum_squared_deviation_cuda(const float* x, int64_t n, double center, void* stream) {
   return reduce(x, n, ReduceOp{ReduceOp::squared_deviation, center}, stream);
+}
+
+void sum_squares_cuda(const float* const* arrays, const int64_t* sizes, int64_t count, double* sums, void* stream) {
+  if (count <= 0) return;
+  const int64_t longest = *std::max_element(sizes, sizes + count);
+  const unsigned blocks = cuda::blocks_for(std::max<int64_t>(longest, 1), kThreads, kReduceBlocks);
+  // The table of arrays and sizes, copied once (the host arrays are staged before the copy returns).
+  std::vector<int64_t> table(static_cast<size_t>(2 * count));
+  for (int64_t i = 0; i < count; ++i) {
+    table[static_cast<size_t>(i)] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(arrays[i]));
+    table[static_cast<size_t>(count + i)] = sizes[i];
+  }
+  const cuda::DeviceBuffer device_table = cuda::upload(table);
+  const auto* device_arrays = device_table.as<const float* const>();
+  const int64_t* device_sizes = device_table.as<const int64_t>() + count;
+  cuda::DeviceBuffer partial(static_cast<size_t>(count) * blocks * sizeof(double));
+  cuda::DeviceBuffer result(static_cast<size_t>(count) * sizeof(double));
+  cudaStream_t s = cuda::as_stream(stream);
+  const ReduceOp op{ReduceOp::squared_deviation, 0.0};
+  constexpr int64_t kMaxRows = 65535;  // gridDim.y
+  for (int64_t first = 0; first < count; first += kMaxRows) {
+    const int64_t rows = std::min(kMaxRows, count - first);
+    reduce_many_kernel<<<dim3(blocks, static_cast<unsigned>(rows)), kThreads, 0, s>>>(
+        device_arrays + first, device_sizes + first, op, partial.as<double>() + first * blocks);
+    cuda::check_launch("reduce_many_kernel");
+  }
+  reduce_partials_kernel<<<static_cast<unsigned>(count), kThreads, 0, s>>>(partial.as<double>(), blocks, op,
+                                                                           result.as<double>());
+  cuda::check_launch("reduce_partials_kernel");
+  const std::vector<double> values = cuda::download<double>(result, count);
+  std::copy(values.begin(), values.end(), sums);
 }
 
 float max_abs_cuda(const float* x, int64_t n, void* stream) {

@@ -63,5 +63,9 @@ void zero_masked_rows_cuda(float* x, const uint8_t* mask, int64_t T, int64_t row
 double sum_cuda(const float* x, int64_t n, void* stream);
 double sum_squared_deviation_cuda(const float* x, int64_t n, double center, void* stream);  // Σ (x − center)²
 float max_abs_cuda(const float* x, int64_t n, void* stream);  // NaN when any value is NaN; 0 when n = 0
+// sums[i] = Σ arrays[i][j]² over j < sizes[i], for i < count, with one wait for the device (each sum as
+// sum_squared_deviation_cuda's, though its order of additions may differ). arrays: device pointers in a
+// host array; sizes, sums: host arrays.
+void sum_squares_cuda(const float* const* arrays, const int64_t* sizes, int64_t count, double* sums, void* stream);
 
 }  // namespace mr1

@@ -72,4 +72,26 @@ double squared_norm(const Tensor& x) {
   return total;
 }
 
+double squared_norm(const std::vector<const Tensor*>& tensors) {
+  std::vector<const Tensor*> defined;  // undefined tensors add nothing
+  for (const Tensor* x : tensors) {
+    if (x && x->defined()) defined.push_back(x);
+  }
+  std::vector<double> sums(defined.size());
+  if (!defined.empty() && common_device("squared_norm", defined) == Device::cuda) {
+    std::vector<const float*> arrays;
+    std::vector<int64_t> sizes;
+    for (const Tensor* x : defined) {
+      arrays.push_back(x->data());
+      sizes.push_back(x->numel());
+    }
+    sum_squares_cuda(arrays.data(), sizes.data(), static_cast<int64_t>(defined.size()), sums.data(), cuda::stream());
+  } else {
+    for (size_t i = 0; i < defined.size(); ++i) sums[i] = squared_norm(*defined[i]);
+  }
+  double total = 0;
+  for (const double sum : sums) total += sum;
+  return total;
+}
+
 }  // namespace mr1

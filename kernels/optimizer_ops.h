@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/tensor.h"
 
@@ -28,5 +29,7 @@ void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, 
 
 // Σ x², accumulated in double.
 double squared_norm(const Tensor& x);
+// Σ over the tensors of Σ x², added in their order; on CUDA with one wait for the device, not one each.
+double squared_norm(const std::vector<const Tensor*>& tensors);
 
 }  // namespace mr1

@@ -480,6 +480,26 @@ TEST_CASE("cuda: small ops and optimizer updates match the CPU", "[cuda]") {
   require_match(squared_norm(cuda_p), squared_norm(p), kSums, "squared_norm");
 }
 
+TEST_CASE("cuda: the squared norm of many tensors at once matches the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  // Sizes from empty to more than one block row of the reduction (512 blocks of 256 values).
+  std::vector<Tensor> cpu, cuda;
+  for (const int64_t n : {0, 1, 7, 256, 1000, 140000}) {
+    cpu.push_back(uniform({n}, 60 + static_cast<uint64_t>(n), -2, 2));
+    cuda.push_back(gpu(cpu.back()));
+  }
+  std::vector<const Tensor*> cpu_list, cuda_list{nullptr};  // a null entry adds nothing
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    cpu_list.push_back(&cpu[i]);
+    cuda_list.push_back(&cuda[i]);
+  }
+  double one_by_one = 0;
+  for (const Tensor& x : cpu) one_by_one += squared_norm(x);
+  require_match(squared_norm(cuda_list), one_by_one, kSums, "squared_norm of the list on CUDA");
+  CHECK(squared_norm(cpu_list) == one_by_one);  // the CPU adds the same sums in the same order
+  CHECK(squared_norm(std::vector<const Tensor*>{}) == 0.0);
+}
+
 TEST_CASE("cuda: the self-check of backend auto passes (a small model forward and backward)", "[cuda]") {
   SKIP_WITHOUT_GPU();
   CHECK(cuda_self_check() == "");

@@ -61,6 +61,12 @@ TEST_CASE("the schedule warms up linearly, then decays by cosine to final_ratio"
   CHECK(schedule.at(13) == Approx(1.0));
 }
 
+TEST_CASE("the squared norm of a list of tensors adds each tensor's", "[trainer]") {
+  const Tensor a = Tensor::from({2}, {3.0f, -1.0f}), b = Tensor::from({1}, {4.0f}), empty({0});
+  CHECK(squared_norm(std::vector<const Tensor*>{&a, &b, &empty, nullptr}) == 26.0);
+  CHECK(squared_norm(std::vector<const Tensor*>{}) == 0.0);
+}
+
 TEST_CASE("clipping scales the global gradient norm down to the limit", "[trainer]") {
   ParameterStore parameters;
   parameters.add("a", {2}, true).grad = Tensor::from({2}, {3.0f, 0.0f});

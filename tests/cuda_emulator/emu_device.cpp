@@ -39,6 +39,7 @@ std::string device_description() { return "the CUDA emulator (CPU)"; }
 DeviceInfo device_info() { return DeviceInfo{"CUDA emulator", 9, 0, 1, std::size_t{1} << 30, 1e12}; }
 
 void* allocate(std::size_t bytes) {
+  ++emu::counters().allocations;
   const std::size_t size = allocation_bucket(bytes);
   void* block = nullptr;
   auto& cached = free_blocks[size];
@@ -78,18 +79,25 @@ void release_cached_memory() {
 AllocatorStats allocator_stats() { return stats; }
 void* stream() { return reinterpret_cast<void*>(2); }
 void copy_host_to_device(void* destination, const void* source, std::size_t bytes) {
+  ++emu::counters().host_to_device;
+  emu::counters().host_to_device_bytes += static_cast<long long>(bytes);
   if (bytes) std::memcpy(destination, source, bytes);
 }
 void copy_device_to_host(void* destination, const void* source, std::size_t bytes) {
+  ++emu::counters().device_to_host;
+  emu::counters().device_to_host_bytes += static_cast<long long>(bytes);
   if (bytes) std::memcpy(destination, source, bytes);
 }
 void copy_device_to_device(void* destination, const void* source, std::size_t bytes) {
+  ++emu::counters().device_to_device;
   if (bytes) std::memmove(destination, source, bytes);
 }
 void memset_zero(void* pointer, std::size_t bytes) {
+  ++emu::counters().memsets;
   if (bytes) std::memset(pointer, 0, bytes);
 }
 void fill(float* values, float value, int64_t count) {
+  ++emu::counters().fills;
   for (int64_t i = 0; i < count; ++i) values[i] = value;
 }
 void synchronize() {}

@@ -48,6 +48,26 @@ const char* name(State s) {
 
 int lane() { return fibers[current].linear % 32; }
 
+namespace {
+// Prints the counters at exit when EMU_STATS is set.
+struct CountersAtExit {
+  Counters counters;
+  ~CountersAtExit() {
+    if (!std::getenv("EMU_STATS")) return;
+    const Counters& c = counters;
+    std::fprintf(stderr,
+                 "emu stats: %lld kernel launches, %lld cublasGemmEx, %lld grouped GEMMs, %lld host-to-device copies "
+                 "(%lld bytes), %lld device-to-host copies (%lld bytes), %lld device-to-device copies, %lld memsets, "
+                 "%lld fills, %lld allocations\n",
+                 c.launches, c.gemms, c.grouped_gemms, c.host_to_device, c.host_to_device_bytes, c.device_to_host,
+                 c.device_to_host_bytes, c.device_to_device, c.memsets, c.fills, c.allocations);
+  }
+};
+CountersAtExit counters_at_exit;
+}  // namespace
+
+Counters& counters() { return counters_at_exit.counters; }
+
 void block_barrier() {
   fibers[current].state = State::block_barrier;
   yield();
@@ -75,6 +95,7 @@ void warp_exchange(const void* value, void* result, int size, int arg, int mode,
 float* dynamic_shared_float() { return shared_memory.data(); }
 
 void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
+  ++counters().launches;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0) {
     std::fprintf(stderr, "emu: invalid launch configuration (grid %u %u %u, block %u)\n", grid.x, grid.y, grid.z, block.x);
     std::abort();

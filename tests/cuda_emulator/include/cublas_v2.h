@@ -19,6 +19,7 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasO
   const float* b = static_cast<const float*>(B);
   float* c = static_cast<float*>(C);
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  ++emu::counters().gemms;
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k) || ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -41,11 +42,17 @@ inline cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasO
     const void* const B[], cudaDataType bt, const int ldb[], const void* beta, void* const C[], cudaDataType ct,
     const int ldc[], int group_count, const int group_size[], cublasComputeType_t compute) {
   int p = 0;
+  ++emu::counters().grouped_gemms;
+  const long long gemms_before = emu::counters().gemms;  // its groups' GEMMs below are not cublasGemmEx calls
   for (int g = 0; g < group_count; ++g)
     for (int i = 0; i < group_size[g]; ++i, ++p) {
       cublasStatus_t s = cublasGemmEx(h, ta[g], tb[g], m[g], n[g], k[g], static_cast<const float*>(alpha) + g, A[p], at, lda[g],
                                       B[p], bt, ldb[g], static_cast<const float*>(beta) + g, C[p], ct, ldc[g], compute, CUBLAS_GEMM_DEFAULT);
-      if (s != CUBLAS_STATUS_SUCCESS) return s;
+      if (s != CUBLAS_STATUS_SUCCESS) {
+        emu::counters().gemms = gemms_before;
+        return s;
+      }
     }
+  emu::counters().gemms = gemms_before;
   return CUBLAS_STATUS_SUCCESS;
 }

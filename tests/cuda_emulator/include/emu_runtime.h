@@ -34,6 +34,18 @@ using std::max;
 using std::min;
 
 namespace emu {
+// What the program asked of the "device", counted for EMU_STATS=1 (printed to stderr at exit): a
+// measure of a GPU run's launch and synchronisation overheads, which the emulator cannot time.
+struct Counters {
+  long long launches = 0;              // kernels (each block of each launch runs here)
+  long long gemms = 0;                 // cublasGemmEx calls
+  long long grouped_gemms = 0;         // cublasGemmGroupedBatchedEx calls
+  long long host_to_device = 0, host_to_device_bytes = 0;
+  long long device_to_host = 0, device_to_host_bytes = 0;  // each one waits for the device
+  long long device_to_device = 0, memsets = 0, fills = 0;
+  long long allocations = 0;           // handed out by the caching allocator (hits and misses)
+};
+Counters& counters();
 void block_barrier();
 void warp_exchange(const void* value, void* result, int size, int source_lane_xor, int mode, int width);
 float* dynamic_shared_float();
