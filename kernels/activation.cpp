@@ -50,11 +50,11 @@ void for_each_chunk(int64_t n, Chunk chunk) {
 template <typename ArrayFunction>
 Tensor map_arrays(const char* op, const Tensor& x, ArrayFunction f, MapLauncher launcher) {
   if (common_device(op, {&x}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda);
     launcher(x.data(), y.data(), x.numel(), cuda::stream());
     return y;
   }
-  Tensor y(x.shape());
+  Tensor y = Tensor::empty(x.shape());
   for_each_chunk(x.numel(), [&](int64_t begin, int64_t end) {
     ArrayMap out(y.data() + begin, end - begin);
     f(ConstArrayMap(x.data() + begin, end - begin), out);
@@ -68,11 +68,11 @@ Tensor map_array_gradient(const char* op, const Tensor& grad_y, const Tensor& sa
                           GradientLauncher launcher) {
   check_shape(grad_y, saved.shape(), std::string(op) + ": grad_y");
   if (common_device(op, {&grad_y, &saved}) == Device::cuda) {
-    Tensor grad_x(saved.shape(), Device::cuda);
+    Tensor grad_x = Tensor::empty(saved.shape(), Device::cuda);
     launcher(grad_y.data(), saved.data(), grad_x.data(), saved.numel(), cuda::stream());
     return grad_x;
   }
-  Tensor grad_x(saved.shape());
+  Tensor grad_x = Tensor::empty(saved.shape());
   for_each_chunk(saved.numel(), [&](int64_t begin, int64_t end) {
     ArrayMap out(grad_x.data() + begin, end - begin);
     f(ConstArrayMap(grad_y.data() + begin, end - begin), ConstArrayMap(saved.data() + begin, end - begin), out);
@@ -113,11 +113,11 @@ Tensor gelu_backward(const Tensor& grad_y, const Tensor& x, const Tensor& y) {
   check_shape(grad_y, x.shape(), "gelu_backward: grad_y");
   check_shape(y, x.shape(), "gelu_backward: y");
   if (common_device("gelu_backward", {&grad_y, &x, &y}) == Device::cuda) {
-    Tensor grad_x(x.shape(), Device::cuda);
+    Tensor grad_x = Tensor::empty(x.shape(), Device::cuda);
     gelu_backward_cuda(grad_y.data(), x.data(), grad_x.data(), x.numel(), cuda::stream());
     return grad_x;
   }
-  Tensor grad_x(x.shape());
+  Tensor grad_x = Tensor::empty(x.shape());
   for_each_chunk(x.numel(), [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;
     const ConstArrayMap dy(grad_y.data() + begin, n), v(x.data() + begin, n), gelu(y.data() + begin, n);
@@ -156,11 +156,11 @@ Tensor softmax_forward(const Tensor& x) {
   const int64_t rows = row_count(x);
   const int64_t features = x.size(-1);
   if (common_device("softmax_forward", {&x}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda);
     softmax_forward_cuda(x.data(), y.data(), rows, features, cuda::stream());
     return y;
   }
-  Tensor y(x.shape());
+  Tensor y = Tensor::empty(x.shape());
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;
@@ -184,11 +184,11 @@ Tensor softmax_backward(const Tensor& grad_y, const Tensor& y) {
   const int64_t rows = row_count(y);
   const int64_t features = y.size(-1);
   if (common_device("softmax_backward", {&grad_y, &y}) == Device::cuda) {
-    Tensor grad_x(y.shape(), Device::cuda);
+    Tensor grad_x = Tensor::empty(y.shape(), Device::cuda);
     softmax_backward_cuda(grad_y.data(), y.data(), grad_x.data(), rows, features, cuda::stream());
     return grad_x;
   }
-  Tensor grad_x(y.shape());
+  Tensor grad_x = Tensor::empty(y.shape());
 #pragma omp parallel for if (y.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* dy = grad_y.data() + t * features;

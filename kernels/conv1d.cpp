@@ -60,14 +60,14 @@ Tensor causal_conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor
   const ConvShape s = check_conv_inputs(x, weight, &bias);
   const int64_t L = s.length, E = s.channels, K = s.width;
   if (common_device("causal_conv1d", {&x, &weight, &bias}) == Device::cuda) {
-    Tensor y({s.batch, L, E}, Device::cuda);
+    Tensor y = Tensor::empty({s.batch, L, E}, Device::cuda);
     causal_conv1d_forward_cuda(x.data(), weight.data(), bias.data(), y.data(), s.batch, L, E, K, cuda::stream());
     return y;
   }
   const std::vector<float> taps = taps_by_channel(weight, E, K);
   const float* input = x.data();
   const float* bias_data = bias.data();
-  Tensor y({s.batch, L, E});
+  Tensor y = Tensor::empty({s.batch, L, E});
   float* output = y.data();
   const int64_t blocks = channel_blocks(E);
 

@@ -75,7 +75,7 @@ void add_scaled_inplace(Tensor& a, const Tensor& b, float scale) {
 // out = a + b
 Tensor add(const Tensor& a, const Tensor& b) {
   const Device device = check_same_shape("add", a, b);
-  Tensor out(a.shape(), device);
+  Tensor out = Tensor::empty(a.shape(), device);
   if (device == Device::cuda) {
     add_scaled_cuda(out.data(), a.data(), b.data(), 1.0f, a.numel(), cuda::stream());
     return out;
@@ -87,7 +87,7 @@ Tensor add(const Tensor& a, const Tensor& b) {
 // out = a ⊙ b
 Tensor multiply(const Tensor& a, const Tensor& b) {
   const Device device = check_same_shape("multiply", a, b);
-  Tensor out(a.shape(), device);
+  Tensor out = Tensor::empty(a.shape(), device);
   if (device == Device::cuda) {
     multiply_cuda(out.data(), a.data(), b.data(), a.numel(), cuda::stream());
     return out;
@@ -98,7 +98,7 @@ Tensor multiply(const Tensor& a, const Tensor& b) {
 
 // out = factor · a
 Tensor scale(const Tensor& a, float factor) {
-  Tensor out(a.shape(), a.device());
+  Tensor out = Tensor::empty(a.shape(), a.device());
   if (on_cuda("scale", a)) {
     scale_cuda(out.data(), a.data(), factor, a.numel(), cuda::stream());
     return out;
@@ -158,7 +158,7 @@ Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows) {
   check_shape(x, {-1, -1}, "gather_rows: x");
   check_row_indices("gather_rows", rows, x.size(0));
   const int64_t count = static_cast<int64_t>(rows.size());
-  Tensor out({count, x.size(1)}, x.device());
+  Tensor out = Tensor::empty({count, x.size(1)}, x.device());
   if (on_cuda("gather_rows", x)) {
     const cuda::DeviceBuffer device_rows = cuda::upload(rows);
     gather_rows_cuda(x.data(), device_rows.as<int64_t>(), out.data(), count, x.size(1), cuda::stream());

@@ -40,12 +40,12 @@ Tensor embedding_forward(const std::vector<int32_t>& ids, int64_t batch, int64_t
   const int64_t features = table.size(1);
   if (common_device("embedding_forward", {&table}) == Device::cuda) {
     // A row gather of the table (the launcher of gather_rows).
-    Tensor out({batch, length, features}, Device::cuda);
+    Tensor out = Tensor::empty({batch, length, features}, Device::cuda);
     const cuda::DeviceBuffer rows = cuda::upload(std::vector<int64_t>(ids.begin(), ids.end()));
     gather_rows_cuda(table.data(), rows.as<int64_t>(), out.data(), batch * length, features, cuda::stream());
     return out;
   }
-  Tensor out({batch, length, features});
+  Tensor out = Tensor::empty({batch, length, features});
   const ConstMatrixMap rows = matrix_of_rows(table);
   MatrixMap destination = matrix_of_rows(out);
 #pragma omp parallel for if (out.numel() >= kParallelMinimumWork)

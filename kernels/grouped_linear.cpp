@@ -75,7 +75,7 @@ Tensor grouped_linear_forward(const Tensor& x, const std::vector<int64_t>& offse
   }
   const Device device = group_device("grouped_linear_forward", x, nullptr, weights);
   group_device("grouped_linear_forward", x, nullptr, biases);
-  Tensor y({x.size(0), outputs}, device);
+  Tensor y = Tensor::empty({x.size(0), outputs}, device);
   if (device == Device::cuda) {
     grouped_linear_forward_cuda(x.data(), offsets, as_const(data_pointers(weights)), as_const(data_pointers(biases)),
                                 y.data(), x.size(1), outputs, cuda::stream());

@@ -24,13 +24,15 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias)
   check_last_axis(x, weight.size(1), "linear_forward: x");
   if (bias) check_shape(*bias, {outputs}, "linear_forward: bias");
   if (common_device("linear_forward", {&x, &weight, bias}) == Device::cuda) {
-    Tensor y(with_last_axis(x.shape(), outputs), Device::cuda);
+    // Every value is written when there are inputs to sum (I > 0).
+    Tensor y = weight.size(1) > 0 ? Tensor::empty(with_last_axis(x.shape(), outputs), Device::cuda)
+                                  : Tensor(with_last_axis(x.shape(), outputs), Device::cuda);
     linear_forward_cuda(x.data(), weight.data(), bias ? bias->data() : nullptr, y.data(), row_count(x), weight.size(1),
                         outputs, cuda::stream());
     return y;
   }
 
-  Tensor y(with_last_axis(x.shape(), outputs));
+  Tensor y = Tensor::empty(with_last_axis(x.shape(), outputs));  // Eigen zeroes it for I = 0
   MatrixMap y_rows = matrix_of_rows(y);  // (T, O)
   const ConstMatrixMap x_rows = matrix_of_rows(x), w_rows = matrix_of_rows(weight);
   const int64_t T = row_count(x);
@@ -74,7 +76,8 @@ Tensor linear_backward_accumulate(const Tensor& grad_y, const Tensor& x, const T
   if (grad_bias) check_shape(*grad_bias, {outputs}, "linear_backward: grad_bias");
   const Device device = common_device("linear_backward", {&grad_y, &x, &weight, &grad_weight, grad_bias});
   Tensor grad_x;
-  if (need_input) grad_x = Tensor(x.shape(), device);
+  // Every value of dx is written when there are outputs to sum over (O > 0).
+  if (need_input) grad_x = outputs > 0 ? Tensor::empty(x.shape(), device) : Tensor(x.shape(), device);
   if (device == Device::cuda) {
     linear_backward_cuda(grad_y.data(), x.data(), weight.data(), need_input ? grad_x.data() : nullptr,
                          grad_weight.data(), grad_bias ? grad_bias->data() : nullptr, row_count(x), weight.size(1),

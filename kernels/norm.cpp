@@ -25,7 +25,7 @@ int64_t check_norm_shapes(const char* op, const Tensor& x, const Tensor& weight)
 // threads write one value and the order of each sum is fixed.
 template <typename Term>
 Tensor column_sums(int64_t rows, int64_t features, Term term) {
-  Tensor out({features});
+  Tensor out = Tensor::empty({features});
 #pragma omp parallel for if (rows * features >= kParallelMinimumWork)
   for (int64_t j = 0; j < features; ++j) {
     double total = 0;
@@ -42,13 +42,13 @@ Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
   const int64_t features = check_norm_shapes("rmsnorm_forward", x, weight);
   const int64_t rows = row_count(x);
   if (common_device("rmsnorm_forward", {&x, &weight}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda), saved({rows}, Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda), saved = Tensor::empty({rows}, Device::cuda);
     rmsnorm_forward_cuda(x.data(), weight.data(), y.data(), saved.data(), rows, features, cuda::stream());
     if (inv_rms) *inv_rms = saved;
     return y;
   }
-  Tensor y(x.shape());
-  Tensor saved({rows});
+  Tensor y = Tensor::empty(x.shape());
+  Tensor saved = Tensor::empty({rows});
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;
@@ -104,16 +104,17 @@ Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bi
   check_shape(bias, {features}, "layernorm_forward: bias");
   const int64_t rows = row_count(x);
   if (common_device("layernorm_forward", {&x, &weight, &bias}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda), saved_mean({rows}, Device::cuda), saved_inv_std({rows}, Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda), saved_mean = Tensor::empty({rows}, Device::cuda),
+           saved_inv_std = Tensor::empty({rows}, Device::cuda);
     layernorm_forward_cuda(x.data(), weight.data(), bias.data(), y.data(), saved_mean.data(), saved_inv_std.data(),
                            rows, features, cuda::stream());
     if (mean) *mean = saved_mean;
     if (inv_std) *inv_std = saved_inv_std;
     return y;
   }
-  Tensor y(x.shape());
-  Tensor saved_mean({rows});
-  Tensor saved_inv_std({rows});
+  Tensor y = Tensor::empty(x.shape());
+  Tensor saved_mean = Tensor::empty({rows});
+  Tensor saved_inv_std = Tensor::empty({rows});
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;

@@ -36,7 +36,7 @@ Tensor rotate(const char* op, const char* argument, const Tensor& x, int64_t sta
   const int64_t features = x.size(2);
   const int64_t half = features / 2;
   if (common_device(op, {&x}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda);
     rotate_cuda(x.data(), y.data(), batch, length, features, start_position, sign, cuda::stream());
     return y;
   }
@@ -53,7 +53,7 @@ Tensor rotate(const char* op, const char* argument, const Tensor& x, int64_t sta
     }
   }
 
-  Tensor y(x.shape());
+  Tensor y = Tensor::empty(x.shape());
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t row = 0; row < batch * length; ++row) {
     const int64_t l = row % length;

@@ -191,14 +191,14 @@ Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state
   const int64_t L = s.length, E = s.channels, N = s.state;
   if (common_device("selective_scan", {in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
       Device::cuda) {
-    Tensor out({s.batch, L, E}, Device::cuda);
+    Tensor out = Tensor::empty({s.batch, L, E}, Device::cuda);
     if (final_state) *final_state = Tensor({s.batch, E, N}, Device::cuda);
     selective_scan_forward_cuda(cuda_pointers(in), out.data(), final_state ? final_state->data() : nullptr, s.batch, L,
                                 E, N, cuda::stream());
     return out;
   }
   const ScanPointers p = scan_pointers(in);
-  Tensor out({s.batch, L, E});
+  Tensor out = Tensor::empty({s.batch, L, E});
   float* out_data = out.data();
   float* state_data = nullptr;
   if (final_state) {

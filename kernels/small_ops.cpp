@@ -21,11 +21,11 @@ void check_rows(const Tensor& x, int64_t rows, const char* op, const char* name)
 
 Tensor negative_exp(const Tensor& x) {
   if (common_device("negative_exp", {&x}) == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda);
     negative_exp_cuda(x.data(), y.data(), x.numel(), cuda::stream());
     return y;
   }
-  Tensor y(x.shape());
+  Tensor y = Tensor::empty(x.shape());
   for (int64_t i = 0; i < x.numel(); ++i) y[i] = -std::exp(x[i]);
   return y;
 }
@@ -55,12 +55,12 @@ Tensor scale_rows(const Tensor& x, const std::vector<float>& scales) {
   check_rows(x, static_cast<int64_t>(scales.size()), "scale_rows", "x");
   const int64_t T = x.size(0), F = x.size(1);
   if (device == Device::cuda) {
-    Tensor y(x.shape(), Device::cuda);
+    Tensor y = Tensor::empty(x.shape(), Device::cuda);
     const cuda::DeviceBuffer device_scales = cuda::upload(scales);
     scale_rows_cuda(x.data(), device_scales.as<float>(), y.data(), T, F, cuda::stream());
     return y;
   }
-  Tensor y(x.shape());
+  Tensor y = Tensor::empty(x.shape());
 #pragma omp parallel for if (T * F > 65536)
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t f = 0; f < F; ++f) y.data()[t * F + f] = scales[static_cast<size_t>(t)] * x.data()[t * F + f];

@@ -56,7 +56,7 @@ Tensor causal_conv1d_step(Tensor& conv_state, const Tensor& x, const Tensor& wei
   check_shape(bias, {channels}, "causal_conv1d_step: bias");
   check_shape(conv_state, {batch, channels, K - 1}, "causal_conv1d_step: conv_state (B, E, K-1)");
   if (common_device("causal_conv1d_step", {&conv_state, &x, &weight, &bias}) == Device::cuda) {
-    Tensor y({batch, channels}, Device::cuda);
+    Tensor y = Tensor::empty({batch, channels}, Device::cuda);
     causal_conv1d_step_cuda(conv_state.data(), x.data(), weight.data(), bias.data(), y.data(), batch, channels, K,
                             cuda::stream());
     return y;
@@ -65,7 +65,7 @@ Tensor causal_conv1d_step(Tensor& conv_state, const Tensor& x, const Tensor& wei
   const float* taps = weight.data();  // (E, K)
   const float* bias_data = bias.data();
   float* state = conv_state.data();  // (B, E, K−1)
-  Tensor y({batch, channels});
+  Tensor y = Tensor::empty({batch, channels});
   float* output = y.data();  // (B, E)
 
 #pragma omp parallel for schedule(static) if (batch * channels * K >= kStepParallelMinimumWork)
@@ -168,7 +168,7 @@ Tensor selective_scan_step(Tensor& ssm_state, const SelectiveScanStepInputs& in)
   check_shape(ssm_state, {batch, E, N}, "selective_scan_step: ssm_state (B, E, N)");
   if (common_device("selective_scan_step", {&ssm_state, in.u, in.delta, in.A, in.B, in.C, in.D, in.z,
                                             in.delta_bias}) == Device::cuda) {
-    Tensor out({batch, E}, Device::cuda);
+    Tensor out = Tensor::empty({batch, E}, Device::cuda);
     const auto pointer = [](const Tensor* t) { return present(t) ? t->data() : nullptr; };
     const SelectiveScanStepPointers pointers{in.u->data(),    in.delta->data(), in.A->data(),
                                              in.B->data(),    in.C->data(),     pointer(in.D),
@@ -182,7 +182,7 @@ Tensor selective_scan_step(Tensor& ssm_state, const SelectiveScanStepInputs& in)
   const float* bias = present(in.delta_bias) ? in.delta_bias->data() : nullptr;
   const float* z = present(in.z) ? in.z->data() : nullptr;
   float* state = ssm_state.data();
-  Tensor out({batch, E});
+  Tensor out = Tensor::empty({batch, E});
 
   // Δ for every (b, e) at once: softplus(v) = max(v, 0) + log1p(exp(−|v|)), as selective_scan_forward
   // writes it (exp never overflows).

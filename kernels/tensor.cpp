@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "kernels/cuda_device.h"
@@ -31,26 +32,41 @@ int64_t shape_numel(const Shape& shape) {
 
 namespace {
 
-std::shared_ptr<float> allocate_storage(int64_t count, Device device) {
+bool poison_empty_tensors = false;
+
+// Zero-filled, or left as it is when `zero` is false.
+std::shared_ptr<float> allocate_storage(int64_t count, Device device, bool zero) {
   const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(float);
   if (device == Device::cuda) {
     void* pointer = cuda::allocate(bytes);
-    cuda::memset_zero(pointer, bytes);
+    if (zero) cuda::memset_zero(pointer, bytes);
     return std::shared_ptr<float>(static_cast<float*>(pointer), [](float* p) { cuda::release(p); });
   }
   // 64-byte alignment for AVX-512 loads; aligned_alloc wants a multiple of the alignment.
   const size_t rounded = (bytes + 63) / 64 * 64;
   void* pointer = std::aligned_alloc(64, rounded);
   if (!pointer) throw std::bad_alloc();
-  std::memset(pointer, 0, rounded);
+  if (zero) std::memset(pointer, 0, rounded);
   return std::shared_ptr<float>(static_cast<float*>(pointer), [](float* p) { std::free(p); });
 }
 
 }  // namespace
 
+void set_poison_empty_tensors(bool poison) { poison_empty_tensors = poison; }
+
 Tensor::Tensor(Shape shape, Device device)
     : shape_(std::move(shape)), numel_(shape_numel(shape_)), device_(device) {
-  storage_ = allocate_storage(numel_, device_);
+  storage_ = allocate_storage(numel_, device_, true);
+}
+
+Tensor Tensor::empty(Shape shape, Device device) {
+  Tensor tensor;
+  tensor.shape_ = std::move(shape);
+  tensor.numel_ = shape_numel(tensor.shape_);
+  tensor.device_ = device;
+  tensor.storage_ = allocate_storage(tensor.numel_, device, false);
+  if (poison_empty_tensors) tensor.fill(std::numeric_limits<float>::quiet_NaN());
+  return tensor;
 }
 
 Tensor Tensor::full(Shape shape, float value) {

@@ -26,6 +26,10 @@ class ShapeError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// Tests call this with true: Tensor::empty then fills with NaN, so that a value an op forgets to write
+// shows in its result.
+void set_poison_empty_tensors(bool poison);
+
 class Tensor {
  public:
   Tensor() = default;
@@ -33,6 +37,9 @@ class Tensor {
   explicit Tensor(Shape shape, Device device = Device::cpu);
 
   static Tensor zeros(Shape shape, Device device = Device::cpu) { return Tensor(std::move(shape), device); }
+  // A tensor whose values are unspecified, for an op that writes every one of them (it saves the
+  // zero-fill: on CUDA, one memset launch). NaN everywhere after set_poison_empty_tensors(true).
+  static Tensor empty(Shape shape, Device device = Device::cpu);
   static Tensor full(Shape shape, float value);
   // A CPU tensor holding these values, in row-major order; their count must match the shape.
   static Tensor from(Shape shape, const std::vector<float>& values);
