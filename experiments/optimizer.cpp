@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "experiments/safetensors.h"
-#include "kernels/elementwise.h"
 #include "kernels/optimizer_ops.h"
 
 namespace mr1 {
@@ -65,13 +64,16 @@ class AdamW : public Optimizer {
     if (weight_decay_ < 0) table.fail("weight_decay", "expected a number >= 0");
   }
 
+  // Every parameter in one update (on CUDA, one launch).
   void step(ParameterStore& parameters, double learning_rate) override {
     ++steps_;
+    std::vector<AdamWTensors> tensors;
     for (const auto& parameter : parameters.all()) {
       if (!parameter->trainable) continue;
-      AdamWHyper hyper{learning_rate, beta1_, beta2_, epsilon_, parameter->weight_decay ? weight_decay_ : 0.0, steps_};
-      adamw_update(parameter->value, parameter->grad, first_.get(*parameter), second_.get(*parameter), hyper);
+      tensors.push_back(AdamWTensors{&parameter->value, &parameter->grad, &first_.get(*parameter),
+                                     &second_.get(*parameter), parameter->weight_decay ? weight_decay_ : 0.0});
     }
+    adamw_update(tensors, AdamWHyper{learning_rate, beta1_, beta2_, epsilon_, 0.0, steps_});
   }
 
   std::map<std::string, StoredTensor> state() const override {
@@ -151,10 +153,11 @@ double clip_gradient_norm(ParameterStore& parameters, double max_norm) {
   }
   const double norm = std::sqrt(squared_norm(grads));
   if (max_norm > 0 && norm > max_norm) {
-    const float factor = static_cast<float>(max_norm / (norm + 1e-6));
+    std::vector<Tensor*> scaled;
     for (const auto& parameter : parameters.all()) {
-      if (parameter->trainable) parameter->grad = scale(parameter->grad, factor);
+      if (parameter->trainable) scaled.push_back(&parameter->grad);
     }
+    scale_inplace(scaled, static_cast<float>(max_norm / (norm + 1e-6)));
   }
   return norm;
 }

@@ -121,6 +121,11 @@ void adamw_update_cuda(float*, const float*, float*, float*, int64_t, float, flo
 void sgd_update_cuda(float*, const float*, float*, int64_t, float, float, float, void*) {
   no_backend("sgd_update_cuda");
 }
+void adamw_update_many_cuda(const AdamWSlot*, int64_t, float, float, float, float, float, void*) {
+  no_backend("adamw_update_many_cuda");
+}
+void scale_many_cuda(float* const*, const int64_t*, int64_t, float, void*) { no_backend("scale_many_cuda"); }
+void fill_many_cuda(float* const*, const int64_t*, int64_t, float, void*) { no_backend("fill_many_cuda"); }
 
 void top_k_cuda(const float*, int64_t, int64_t, int64_t, int32_t*, float*, void*) { no_backend("top_k_cuda"); }
 void apply_capacity_cuda(int32_t*, int64_t, int64_t, int64_t, int64_t, const uint8_t*, int32_t*, int64_t*, int64_t*,

@@ -10,17 +10,41 @@
 
 namespace mr1 {
 
-void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& hyper) {
+namespace {
+
+// AdamW's float constants of one step (decay: that of hyper.weight_decay).
+struct AdamWConstants {
+  float decay, beta1, beta2, step_size, root_correction2, epsilon;
+
+  explicit AdamWConstants(const AdamWHyper& hyper) {
+    const double correction1 = 1.0 - std::pow(hyper.beta1, static_cast<double>(hyper.step));
+    const double correction2 = 1.0 - std::pow(hyper.beta2, static_cast<double>(hyper.step));
+    decay = decay_for(hyper, hyper.weight_decay);
+    beta1 = static_cast<float>(hyper.beta1);
+    beta2 = static_cast<float>(hyper.beta2);
+    step_size = static_cast<float>(hyper.learning_rate / correction1);
+    root_correction2 = static_cast<float>(std::sqrt(correction2));
+    epsilon = static_cast<float>(hyper.epsilon);
+  }
+  static float decay_for(const AdamWHyper& hyper, double weight_decay) {
+    return static_cast<float>(1.0 - hyper.learning_rate * weight_decay);
+  }
+};
+
+void check_adamw_shapes(const Tensor& parameter, const Tensor& grad, const Tensor& m, const Tensor& v) {
   check_shape(grad, parameter.shape(), "adamw_update: grad");
   check_shape(m, parameter.shape(), "adamw_update: m");
   check_shape(v, parameter.shape(), "adamw_update: v");
-  const double correction1 = 1.0 - std::pow(hyper.beta1, static_cast<double>(hyper.step));
-  const double correction2 = 1.0 - std::pow(hyper.beta2, static_cast<double>(hyper.step));
-  const float decay = static_cast<float>(1.0 - hyper.learning_rate * hyper.weight_decay);
-  const float beta1 = static_cast<float>(hyper.beta1), beta2 = static_cast<float>(hyper.beta2);
-  const float step_size = static_cast<float>(hyper.learning_rate / correction1);
-  const float root_correction2 = static_cast<float>(std::sqrt(correction2));
-  const float epsilon = static_cast<float>(hyper.epsilon);
+}
+
+}  // namespace
+
+void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& hyper) {
+  check_adamw_shapes(parameter, grad, m, v);
+  const AdamWConstants constants(hyper);
+  const float decay = constants.decay, beta1 = constants.beta1, beta2 = constants.beta2;
+  const float step_size = constants.step_size, root_correction2 = constants.root_correction2;
+  const float epsilon = constants.epsilon;
   if (common_device("adamw_update", {&parameter, &grad, &m, &v}) == Device::cuda) {
     return adamw_update_cuda(parameter.data(), grad.data(), m.data(), v.data(), parameter.numel(), decay, beta1, beta2,
                              step_size, root_correction2, epsilon, cuda::stream());
@@ -37,6 +61,31 @@ void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, c
     second[i] = beta2 * second[i] + (1.0f - beta2) * g[i] * g[i];
     p[i] -= step_size * first[i] / (std::sqrt(second[i]) / root_correction2 + epsilon);
   }
+}
+
+void adamw_update(const std::vector<AdamWTensors>& tensors, const AdamWHyper& hyper) {
+  std::vector<const Tensor*> all;
+  for (const AdamWTensors& entry : tensors) {
+    check_adamw_shapes(*entry.parameter, *entry.grad, *entry.m, *entry.v);
+    all.insert(all.end(), {entry.parameter, entry.grad, entry.m, entry.v});
+  }
+  if (tensors.empty()) return;
+  if (common_device("adamw_update", all) != Device::cuda) {
+    for (const AdamWTensors& entry : tensors) {
+      AdamWHyper own = hyper;
+      own.weight_decay = entry.weight_decay;
+      adamw_update(*entry.parameter, *entry.grad, *entry.m, *entry.v, own);
+    }
+    return;
+  }
+  const AdamWConstants constants(hyper);
+  std::vector<AdamWSlot> slots;
+  for (const AdamWTensors& entry : tensors) {
+    slots.push_back(AdamWSlot{entry.parameter->data(), entry.grad->data(), entry.m->data(), entry.v->data(),
+                              entry.parameter->numel(), AdamWConstants::decay_for(hyper, entry.weight_decay)});
+  }
+  adamw_update_many_cuda(slots.data(), static_cast<int64_t>(slots.size()), constants.beta1, constants.beta2,
+                         constants.step_size, constants.root_correction2, constants.epsilon, cuda::stream());
 }
 
 void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, double learning_rate,
@@ -93,5 +142,40 @@ double squared_norm(const std::vector<const Tensor*>& tensors) {
   for (const double sum : sums) total += sum;
   return total;
 }
+
+namespace {
+
+// x ← value · x, or x ← value when `overwrite`, for each defined tensor; on CUDA in one launch.
+void scale_or_fill(const char* op, const std::vector<Tensor*>& tensors, float value, bool overwrite) {
+  std::vector<const Tensor*> defined;
+  std::vector<float*> arrays;
+  std::vector<int64_t> sizes;
+  for (Tensor* x : tensors) {
+    if (!x || !x->defined()) continue;
+    defined.push_back(x);
+    arrays.push_back(x->data());
+    sizes.push_back(x->numel());
+  }
+  if (defined.empty()) return;
+  if (common_device(op, defined) == Device::cuda) {
+    (overwrite ? fill_many_cuda : scale_many_cuda)(arrays.data(), sizes.data(), static_cast<int64_t>(arrays.size()),
+                                                   value, cuda::stream());
+    return;
+  }
+  for (size_t a = 0; a < arrays.size(); ++a) {
+    float* data = arrays[a];
+    const int64_t n = sizes[a];
+#pragma omp parallel for simd if (n > 65536)
+    for (int64_t i = 0; i < n; ++i) data[i] = overwrite ? value : value * data[i];
+  }
+}
+
+}  // namespace
+
+void scale_inplace(const std::vector<Tensor*>& tensors, float factor) {
+  scale_or_fill("scale_inplace", tensors, factor, false);
+}
+
+void fill_inplace(const std::vector<Tensor*>& tensors, float value) { scale_or_fill("fill_inplace", tensors, value, true); }
 
 }  // namespace mr1

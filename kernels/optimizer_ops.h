@@ -22,6 +22,18 @@ struct AdamWHyper {
 //   p ← p − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + eps)
 void adamw_update(Tensor& parameter, const Tensor& grad, Tensor& m, Tensor& v, const AdamWHyper& hyper);
 
+// One parameter's tensors for the AdamW update of many at once, and its own weight decay.
+struct AdamWTensors {
+  Tensor* parameter;
+  const Tensor* grad;
+  Tensor* m;
+  Tensor* v;
+  double weight_decay;
+};
+// adamw_update of each entry with hyper and the entry's weight decay (hyper.weight_decay is not used);
+// on CUDA all in one launch, with the same arithmetic per value.
+void adamw_update(const std::vector<AdamWTensors>& tensors, const AdamWHyper& hyper);
+
 // SGD with momentum and decoupled weight decay:  p ← p − lr·wd·p;  b ← μ b + g;  p ← p − lr · b
 // (momentum 0: p ← p − lr · g; the buffer is then unused and may be undefined).
 void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, double learning_rate,
@@ -31,5 +43,9 @@ void sgd_update(Tensor& parameter, const Tensor& grad, Tensor& momentum_buffer, 
 double squared_norm(const Tensor& x);
 // Σ over the tensors of Σ x², added in their order; on CUDA with one wait for the device, not one each.
 double squared_norm(const std::vector<const Tensor*>& tensors);
+// x ← factor · x for each tensor (gradient clipping); on CUDA in one launch.
+void scale_inplace(const std::vector<Tensor*>& tensors, float factor);
+// x ← value for each tensor (zeroing the gradients); on CUDA in one launch.
+void fill_inplace(const std::vector<Tensor*>& tensors, float value);
 
 }  // namespace mr1

@@ -480,6 +480,47 @@ TEST_CASE("cuda: small ops and optimizer updates match the CPU", "[cuda]") {
   require_match(squared_norm(cuda_p), squared_norm(p), kSums, "squared_norm");
 }
 
+TEST_CASE("cuda: AdamW, scaling and filling of many tensors at once give the bits of one at a time", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  // Sizes around the kernels' chunk of 65536 values, and an empty tensor.
+  const std::vector<int64_t> sizes{5, 0, 65536, 70001};
+  std::vector<Tensor> one_p, one_m, one_v, many_p, many_m, many_v, grads;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const Tensor p = uniform({sizes[i]}, 70 + i, -1, 1), g = uniform({sizes[i]}, 80 + i, -1, 1);
+    grads.push_back(gpu(g));
+    for (auto* list : {&one_p, &many_p}) list->push_back(gpu(p));
+    for (auto* list : {&one_m, &one_v, &many_m, &many_v}) list->push_back(Tensor({sizes[i]}, Device::cuda));
+  }
+  const std::vector<double> decays{0.1, 0.0, 0.1, 0.05};
+  for (int64_t step = 1; step <= 2; ++step) {
+    std::vector<AdamWTensors> entries;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const AdamWHyper hyper{1e-2, 0.9, 0.999, 1e-8, decays[i], step};
+      adamw_update(one_p[i], grads[i], one_m[i], one_v[i], hyper);
+      entries.push_back(AdamWTensors{&many_p[i], &grads[i], &many_m[i], &many_v[i], decays[i]});
+    }
+    adamw_update(entries, AdamWHyper{1e-2, 0.9, 0.999, 1e-8, 0.0, step});
+  }
+  std::vector<Tensor*> scaled;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("tensor " << i);
+    CHECK(test::to_double(many_p[i]) == test::to_double(one_p[i]));
+    CHECK(test::to_double(many_m[i]) == test::to_double(one_m[i]));
+    CHECK(test::to_double(many_v[i]) == test::to_double(one_v[i]));
+    scaled.push_back(&many_p[i]);
+  }
+  scale_inplace(scaled, 0.375f);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("tensor " << i);
+    CHECK(test::to_double(many_p[i]) == test::to_double(scale(one_p[i].to(Device::cpu), 0.375f)));
+  }
+  fill_inplace(scaled, -1.5f);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    INFO("tensor " << i);
+    CHECK(test::to_double(many_p[i]) == std::vector<double>(static_cast<size_t>(sizes[i]), -1.5));
+  }
+}
+
 TEST_CASE("cuda: the squared norm of many tensors at once matches the CPU", "[cuda]") {
   SKIP_WITHOUT_GPU();
   // Sizes from empty to more than one block row of the reduction (512 blocks of 256 values).

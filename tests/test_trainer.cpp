@@ -3,6 +3,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include <unistd.h>
 
@@ -65,6 +66,30 @@ TEST_CASE("the squared norm of a list of tensors adds each tensor's", "[trainer]
   const Tensor a = Tensor::from({2}, {3.0f, -1.0f}), b = Tensor::from({1}, {4.0f}), empty({0});
   CHECK(squared_norm(std::vector<const Tensor*>{&a, &b, &empty, nullptr}) == 26.0);
   CHECK(squared_norm(std::vector<const Tensor*>{}) == 0.0);
+}
+
+TEST_CASE("AdamW over a list of tensors is each one's update with its own weight decay", "[trainer]") {
+  Tensor p1 = Tensor::from({2}, {1.0f, -2.0f}), p2 = Tensor::from({1}, {0.5f});
+  Tensor q1 = p1.clone(), q2 = p2.clone();
+  const Tensor g1 = Tensor::from({2}, {0.25f, -1.0f}), g2 = Tensor::from({1}, {3.0f});
+  Tensor m1({2}), v1({2}), m2({1}), v2({1}), n1({2}), w1({2}), n2({1}), w2({1});
+  adamw_update(std::vector<AdamWTensors>{{&p1, &g1, &m1, &v1, 0.1}, {&p2, &g2, &m2, &v2, 0.0}},
+               AdamWHyper{0.01, 0.9, 0.999, 1e-8, 0.5, 1});
+  adamw_update(q1, g1, n1, w1, AdamWHyper{0.01, 0.9, 0.999, 1e-8, 0.1, 1});
+  adamw_update(q2, g2, n2, w2, AdamWHyper{0.01, 0.9, 0.999, 1e-8, 0.0, 1});
+  CHECK(test::to_double(p1) == test::to_double(q1));
+  CHECK(test::to_double(p2) == test::to_double(q2));
+  // The first step moves each value by lr against the sign of its gradient, after the decay:
+  // p ← p (1 − lr·wd) − lr · g/|g| (to within eps).
+  CHECK(p1[0] == Approx(1.0 * (1 - 0.001) - 0.01).epsilon(1e-6));
+  CHECK(p2[0] == Approx(0.5 - 0.01).epsilon(1e-6));
+  std::vector<Tensor*> both{&p1, &p2};
+  scale_inplace(both, 2.0f);
+  CHECK(p2[0] == Approx(2 * (0.5 - 0.01)).epsilon(1e-6));
+  p1[1] = std::numeric_limits<float>::quiet_NaN();
+  fill_inplace(both, 0.0f);  // overwrites, NaN included
+  CHECK(test::to_double(p1) == std::vector<double>{0, 0});
+  CHECK(p2[0] == 0.0f);
 }
 
 TEST_CASE("clipping scales the global gradient norm down to the limit", "[trainer]") {
