@@ -1,4 +1,4 @@
-// CPU implementations of the optimizer updates.
+// The optimizer updates and the gradient-wide ops: CPU implementations, and the dispatch to CUDA.
 #include "kernels/optimizer_ops.h"
 
 #include <cmath>
@@ -176,6 +176,8 @@ void scale_inplace(const std::vector<Tensor*>& tensors, float factor) {
   scale_or_fill("scale_inplace", tensors, factor, false);
 }
 
-void fill_inplace(const std::vector<Tensor*>& tensors, float value) { scale_or_fill("fill_inplace", tensors, value, true); }
+void fill_inplace(const std::vector<Tensor*>& tensors, float value) {
+  scale_or_fill("fill_inplace", tensors, value, true);
+}
 
 }  // namespace mr1

@@ -1,4 +1,5 @@
-// The optimizer updates on CUDA: one thread per parameter value, the CPU's float formulas term by term.
+// The optimizer updates on CUDA: one thread per parameter value, the CPU's float formulas term by term;
+// the many-tensor kernels give each block one chunk of 65536 values of one tensor.
 #include <cmath>
 #include <cstdint>
 #include <vector>

@@ -1,4 +1,5 @@
-// The parameter updates of the optimizers, one op each, and the squared norm for gradient clipping.
+// The parameter updates of the optimizers, one op each (AdamW also over many tensors at once), and the
+// ops over all of a model's gradients: their squared norm, scaling and filling (clipping, zeroing).
 #pragma once
 
 #include <cstdint>

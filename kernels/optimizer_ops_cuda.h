@@ -1,4 +1,5 @@
-// CUDA launchers of the optimizer updates (the squared norm uses sum_squared_deviation_cuda).
+// CUDA launchers of the optimizer updates and of the many-tensor scaling and filling (the squared norms
+// use sum_squared_deviation_cuda and sum_squares_cuda).
 // Raw device pointers; plain C++ header. n: the parameter's element count.
 #pragma once
 
