@@ -126,7 +126,7 @@ else
     if [ "$status" -eq 0 ]; then
       local forward train parts
       forward="$(grep "forward (inference)" "$logs/$name.log" | awk '{print $NF}')"
-      train="$(grep "training step" "$logs/$name.log" | awk '{print $NF}')"
+      train="$(grep "^training step (" "$logs/$name.log" | awk '{print $NF}')"
       # The step's parts (name: the first 30 columns), total ms each.
       parts="$(awk '/^part /{on=1; next} /^sum /{on=0} on {n=substr($0,1,30); sub(/ +$/,"",n);
                     printf "%s%s %s ms", sep, n, $(NF-1); sep=", "}' "$logs/$name.log")"
