@@ -111,8 +111,8 @@ Tensor scale(const Tensor& a, float factor) {
 std::pair<Tensor, Tensor> split_last(const Tensor& x, int64_t at) {
   check_column_range("split_last", x, at, at);
   const int64_t features = x.size(-1);
-  Tensor left(with_last_axis(x.shape(), at), x.device());
-  Tensor right(with_last_axis(x.shape(), features - at), x.device());
+  Tensor left = Tensor::empty(with_last_axis(x.shape(), at), x.device());
+  Tensor right = Tensor::empty(with_last_axis(x.shape(), features - at), x.device());
   copy_columns(x, 0, left, 0, at);
   copy_columns(x, at, right, 0, features - at);
   return {left, right};
@@ -121,7 +121,7 @@ std::pair<Tensor, Tensor> split_last(const Tensor& x, int64_t at) {
 // x (..., F) → x[..., begin:end] (..., end − begin)
 Tensor columns(const Tensor& x, int64_t begin, int64_t end) {
   check_column_range("columns", x, begin, end);
-  Tensor out(with_last_axis(x.shape(), end - begin), x.device());
+  Tensor out = Tensor::empty(with_last_axis(x.shape(), end - begin), x.device());
   copy_columns(x, begin, out, 0, end - begin);
   return out;
 }
@@ -133,7 +133,7 @@ Tensor concat_last(const Tensor& a, const Tensor& b) {
   const Device device = common_device("concat_last", {&a, &b});
   const int64_t a_features = a.size(-1);
   const int64_t b_features = b.size(-1);
-  Tensor out(with_last_axis(a.shape(), a_features + b_features), device);
+  Tensor out = Tensor::empty(with_last_axis(a.shape(), a_features + b_features), device);
   copy_columns(a, 0, out, 0, a_features);
   copy_columns(b, 0, out, a_features, b_features);
   return out;

@@ -132,14 +132,14 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::clone() const {
-  Tensor copy(shape_, device_);
+  Tensor copy = empty(shape_, device_);
   copy.copy_from(*this);
   return copy;
 }
 
 Tensor Tensor::to(Device device) const {
   if (device == device_) return *this;
-  Tensor moved(shape_, device);
+  Tensor moved = empty(shape_, device);
   moved.copy_from(*this);
   return moved;
 }
