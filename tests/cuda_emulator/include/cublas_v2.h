@@ -10,16 +10,14 @@ enum cudaDataType { CUDA_R_32F };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT };
 inline const char* cublasGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS_EMULATED"; }
 inline const char* cublasGetStatusString(cublasStatus_t) { return "emulated"; }
-// Column-major C (m × n) = alpha op(A) op(B) + beta C, in double.
-inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
-                                   const void* alpha, const void* A, cudaDataType, int lda, const void* B, cudaDataType,
-                                   int ldb, const void* beta, void* C, cudaDataType, int ldc, cublasComputeType_t,
-                                   cublasGemmAlgo_t) {
+namespace emu {
+// Column-major C (m × n) = alpha op(A) op(B) + beta C, in double (not counted: the callers count).
+inline cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void* alpha,
+                           const void* A, int lda, const void* B, int ldb, const void* beta, void* C, int ldc) {
   const float* a = static_cast<const float*>(A);
   const float* b = static_cast<const float*>(B);
   float* c = static_cast<float*>(C);
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-  ++emu::counters().gemms;
   if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
   if (lda < std::max(1, ta == CUBLAS_OP_N ? m : k) || ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -35,6 +33,14 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasO
     }
   return CUBLAS_STATUS_SUCCESS;
 }
+}  // namespace emu
+inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                                   const void* alpha, const void* A, cudaDataType, int lda, const void* B, cudaDataType,
+                                   int ldb, const void* beta, void* C, cudaDataType, int ldc, cublasComputeType_t,
+                                   cublasGemmAlgo_t) {
+  ++emu::counters().gemms;
+  return emu::gemm(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 typedef cudaDataType cudaDataType_t;
 // Grouped GEMM: host arrays of sizes; the pointer arrays are "device" memory (host here).
 inline cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasOperation_t ta[], const cublasOperation_t tb[],
@@ -43,16 +49,11 @@ inline cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasO
     const int ldc[], int group_count, const int group_size[], cublasComputeType_t compute) {
   int p = 0;
   ++emu::counters().grouped_gemms;
-  const long long gemms_before = emu::counters().gemms;  // its groups' GEMMs below are not cublasGemmEx calls
   for (int g = 0; g < group_count; ++g)
     for (int i = 0; i < group_size[g]; ++i, ++p) {
-      cublasStatus_t s = cublasGemmEx(h, ta[g], tb[g], m[g], n[g], k[g], static_cast<const float*>(alpha) + g, A[p], at, lda[g],
-                                      B[p], bt, ldb[g], static_cast<const float*>(beta) + g, C[p], ct, ldc[g], compute, CUBLAS_GEMM_DEFAULT);
-      if (s != CUBLAS_STATUS_SUCCESS) {
-        emu::counters().gemms = gemms_before;
-        return s;
-      }
+      cublasStatus_t s = emu::gemm(ta[g], tb[g], m[g], n[g], k[g], static_cast<const float*>(alpha) + g, A[p], lda[g],
+                                   B[p], ldb[g], static_cast<const float*>(beta) + g, C[p], ldc[g]);
+      if (s != CUBLAS_STATUS_SUCCESS) return s;
     }
-  emu::counters().gemms = gemms_before;
   return CUBLAS_STATUS_SUCCESS;
 }
