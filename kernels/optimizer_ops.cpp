@@ -2,6 +2,8 @@
 #include "kernels/optimizer_ops.h"
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
@@ -121,56 +123,59 @@ double squared_norm(const Tensor& x) {
   return total;
 }
 
-double squared_norm(const std::vector<const Tensor*>& tensors) {
-  std::vector<const Tensor*> defined;  // undefined tensors add nothing
-  for (const Tensor* x : tensors) {
-    if (x && x->defined()) defined.push_back(x);
-  }
-  std::vector<double> sums(defined.size());
-  if (!defined.empty() && common_device("squared_norm", defined) == Device::cuda) {
-    std::vector<const float*> arrays;
-    std::vector<int64_t> sizes;
-    for (const Tensor* x : defined) {
+namespace {
+
+// The defined tensors of a list (undefined or null entries take no part), with their data pointers and
+// value counts, and the device they share. TensorType: Tensor or const Tensor.
+template <typename TensorType>
+struct DefinedTensors {
+  std::vector<const Tensor*> tensors;
+  std::vector<decltype(std::declval<TensorType&>().data())> arrays;
+  std::vector<int64_t> sizes;
+  Device device = Device::cpu;  // that of the defined tensors (the CPU when there are none)
+
+  DefinedTensors(const char* op, const std::vector<TensorType*>& all) {
+    for (TensorType* x : all) {
+      if (!x || !x->defined()) continue;
+      tensors.push_back(x);
       arrays.push_back(x->data());
       sizes.push_back(x->numel());
     }
-    sum_squares_cuda(arrays.data(), sizes.data(), static_cast<int64_t>(defined.size()), sums.data(), cuda::stream());
-  } else {
-    for (size_t i = 0; i < defined.size(); ++i) sums[i] = squared_norm(*defined[i]);
+    if (!tensors.empty()) device = common_device(op, tensors);
   }
-  double total = 0;
-  for (const double sum : sums) total += sum;
-  return total;
-}
-
-namespace {
+  int64_t count() const { return static_cast<int64_t>(tensors.size()); }
+};
 
 // x ← value · x, or x ← value when `overwrite`, for each defined tensor; on CUDA in one launch.
 void scale_or_fill(const char* op, const std::vector<Tensor*>& tensors, float value, bool overwrite) {
-  std::vector<const Tensor*> defined;
-  std::vector<float*> arrays;
-  std::vector<int64_t> sizes;
-  for (Tensor* x : tensors) {
-    if (!x || !x->defined()) continue;
-    defined.push_back(x);
-    arrays.push_back(x->data());
-    sizes.push_back(x->numel());
-  }
-  if (defined.empty()) return;
-  if (common_device(op, defined) == Device::cuda) {
-    (overwrite ? fill_many_cuda : scale_many_cuda)(arrays.data(), sizes.data(), static_cast<int64_t>(arrays.size()),
-                                                   value, cuda::stream());
+  const DefinedTensors<Tensor> defined(op, tensors);
+  if (defined.device == Device::cuda) {
+    (overwrite ? fill_many_cuda : scale_many_cuda)(defined.arrays.data(), defined.sizes.data(), defined.count(), value,
+                                                   cuda::stream());
     return;
   }
-  for (size_t a = 0; a < arrays.size(); ++a) {
-    float* data = arrays[a];
-    const int64_t n = sizes[a];
+  for (int64_t a = 0; a < defined.count(); ++a) {
+    float* data = defined.arrays[static_cast<size_t>(a)];
+    const int64_t n = defined.sizes[static_cast<size_t>(a)];
 #pragma omp parallel for simd if (n > 65536)
     for (int64_t i = 0; i < n; ++i) data[i] = overwrite ? value : value * data[i];
   }
 }
 
 }  // namespace
+
+double squared_norm(const std::vector<const Tensor*>& tensors) {
+  const DefinedTensors<const Tensor> defined("squared_norm", tensors);
+  std::vector<double> sums(defined.tensors.size());
+  if (defined.device == Device::cuda) {
+    sum_squares_cuda(defined.arrays.data(), defined.sizes.data(), defined.count(), sums.data(), cuda::stream());
+  } else {
+    for (size_t i = 0; i < sums.size(); ++i) sums[i] = squared_norm(*defined.tensors[i]);
+  }
+  double total = 0;
+  for (const double sum : sums) total += sum;
+  return total;
+}
 
 void scale_inplace(const std::vector<Tensor*>& tensors, float factor) {
   scale_or_fill("scale_inplace", tensors, factor, false);
