@@ -10,10 +10,19 @@
 #   8. backend auto: its self-check picks the GPU
 # then a summary table, last. Each step has a time limit; a failed step does not stop the others.
 # Exit 0 when every step passed.      Usage: scripts/gpu_check.sh [BUILD_DIR]
+#
+# The C++ libraries: where the machine has no package registry (the lent GPU machine has none), fetch
+# them here first with scripts/device_deps.sh and bring .device-deps along; this script then unpacks
+# them into BUILD_DIR/deps and builds against them.
+# Environment: GPU_CHECK_BUDGET (seconds, default 540): steps that would run past it are skipped, so
+# that the summary is printed inside a caller's time limit; GPU_CHECK_LOGS: the folder for the logs
+# (default: a new temporary folder).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${1:-$root/build-gpu}"
-logs="$(mktemp -d)"
+logs="${GPU_CHECK_LOGS:-$(mktemp -d)}"
+mkdir -p "$logs"
+budget="${GPU_CHECK_BUDGET:-540}"
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="/usr/local/cuda/bin:$PATH"
 fi
@@ -26,11 +35,23 @@ results=()
 details=()
 
 # run NAME LIMIT_SECONDS COMMAND...: runs the command with its output shown and saved to $logs/NAME.log;
-# sets $status to its exit code (124 when it ran past the limit).
+# sets $status to its exit code (124 when it ran past the limit). The limit is cut to what is left of
+# the budget, less 15 s for the summary; with under 20 s left the command is not run, and the next
+# record says so.
+out_of_time=0
 run() {
   local name="$1" limit="$2"
   shift 2
+  local left=$((budget - (SECONDS - started) - 15))
   echo
+  if [ "$left" -lt 20 ]; then
+    echo "=== $name: skipped, ${budget} s budget spent"
+    : >"$logs/$name.log"
+    status=125
+    out_of_time=1
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit="$left"
   echo "=== $name: $*"
   timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$logs/$name.log"
   status=${PIPESTATUS[0]}
@@ -38,17 +59,45 @@ run() {
   return 0
 }
 
-# record NAME RESULT DETAIL
+# record NAME RESULT DETAIL (SKIPPED instead when the step's command was not run for want of time)
 record() {
   names+=("$1")
-  results+=("$2")
-  details+=("$3")
+  if [ "$out_of_time" -eq 1 ]; then
+    results+=(SKIPPED)
+    details+=("the ${budget} s budget (GPU_CHECK_BUDGET) was spent")
+    out_of_time=0
+  else
+    results+=("$2")
+    details+=("$3")
+  fi
 }
 
-# 1. Build.
+# 1. Build, against the libraries in .device-deps when they came along.
 step_start=$SECONDS
-run configure 120 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON \
-  -DMAMBA_R1_CUDA_EMULATOR=OFF  # the real device is here: no need for the emulated [cuda] tests
+deps_args=()
+if compgen -G "$root/.device-deps/*.deb" >/dev/null; then
+  prefix="$build/deps"
+  rm -rf "$prefix"
+  mkdir -p "$prefix"
+  for deb in "$root"/.device-deps/*.deb; do
+    if command -v dpkg-deb >/dev/null 2>&1; then
+      dpkg-deb -x "$deb" "$prefix"
+    else
+      (cd "$prefix" && ar p "$deb" "$(ar t "$deb" | grep '^data\.tar')" | tar -xJf -)
+    fi
+  done
+  echo "=== libraries: $(ls "$root"/.device-deps/*.deb | wc -l) packages of .device-deps unpacked into $prefix"
+  deps_args=(-DCMAKE_PREFIX_PATH="$prefix/usr")
+  export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+# Ninja where there is one and the build folder is new (a configured folder keeps its generator).
+generator=()
+if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/CMakeCache.txt" ]; then
+  generator=(-G Ninja)
+fi
+echo "=== tools: $(cmake --version | head -n 1); $(nvcc --version 2>/dev/null | tail -n 1); $(c++ --version | head -n 1)"
+run configure 120 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON \
+  -DMAMBA_R1_CUDA_EMULATOR=OFF "${deps_args[@]}"  # the real device is here: no emulated [cuda] tests
 if [ "$status" -eq 0 ] && ! grep -q "^CMAKE_CUDA_COMPILER:.*nvcc" "$build/CMakeCache.txt" 2>/dev/null; then
   echo "=== configure: nvcc was not found, so this build has no CUDA backend"
   status=1
