@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
 #include "blocks/random.h"
@@ -131,10 +132,11 @@ ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, F
   record.norm_saved.resize(mixers_.size());
   record.records.clear();
   record.records.resize(mixers_.size());
+  const std::optional<RowMask> mask = batch.mask ? std::optional<RowMask>(*batch.mask) : std::nullopt;
   for (size_t i = 0; i < mixers_.size(); ++i) {
     const PartTimer timer(part_times_, config_.block_kind(static_cast<int64_t>(i)), Pass::forward);
     // r ← r with masked positions set to 0;  r ← r + Mixer_i(Norm_i(r))
-    if (batch.mask) zero_masked_rows(r, *batch.mask);
+    if (mask) zero_masked_rows(r, *mask);
     Tensor normed = norms_[i]->forward(r, keep ? &record.norm_saved[i] : nullptr);
     Tensor mixed = cache ? mixers_[i]->prefill(normed, batch, cache->states[i])
                          : mixers_[i]->forward(normed, batch, record.records[i]);
@@ -255,11 +257,12 @@ void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const T
     }
     grad = final_norm_->backward(grad, tape.final_norm_saved.get());
   }
+  const std::optional<RowMask> mask = batch.mask ? std::optional<RowMask>(*batch.mask) : std::nullopt;
   for (size_t i = mixers_.size(); i-- > 0;) {
     const PartTimer timer(part_times_, config_.block_kind(static_cast<int64_t>(i)), Pass::backward);
     Tensor grad_normed = mixers_[i]->backward(grad, batch, tape.records[i], aux_loss_scale);
     add_inplace(grad, norms_[i]->backward(grad_normed, tape.norm_saved[i].get()));
-    if (batch.mask) zero_masked_rows(grad, *batch.mask);
+    if (mask) zero_masked_rows(grad, *mask);
   }
   if (!positional_.empty()) {
     const PartTimer timer(part_times_, "positional encodings", Pass::backward);

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace mr1::cuda {
@@ -65,8 +67,9 @@ inline std::size_t allocation_bucket(std::size_t bytes) {
 // The stream of every op and copy, as an opaque cudaStream_t (a .cu file casts it back).
 void* stream();
 
-// Copies, ordered on the stream. Host to device returns once the host buffer may be reused; device to
-// host returns once the values have arrived (both wait for the stream); device to device does not wait.
+// Copies, ordered on the stream. Host to device returns once the host buffer may be reused, without
+// waiting for the stream; device to host waits for the stream and returns once the values have arrived;
+// device to device does not wait.
 void copy_host_to_device(void* device_destination, const void* host_source, std::size_t bytes);
 void copy_device_to_host(void* host_destination, const void* device_source, std::size_t bytes);
 void copy_device_to_device(void* destination, const void* source, std::size_t bytes);
@@ -124,6 +127,42 @@ DeviceBuffer upload(const std::vector<T>& values) {
   DeviceBuffer buffer(values.size() * sizeof(T));
   if (!values.empty()) copy_host_to_device(buffer.as<void>(), values.data(), buffer.bytes());
   return buffer;
+}
+
+namespace detail {
+constexpr std::size_t kPackAlignment = 16;
+inline std::size_t packed_size(std::size_t bytes) {
+  return (bytes + kPackAlignment - 1) / kPackAlignment * kPackAlignment;
+}
+template <typename... T, std::size_t... I>
+std::tuple<T*...> upload_together(DeviceBuffer& buffer, std::index_sequence<I...>, const std::vector<T>&... arrays) {
+  constexpr std::size_t count = sizeof...(T);
+  const std::size_t sizes[count] = {arrays.size() * sizeof(T)...};
+  const unsigned char* sources[count] = {reinterpret_cast<const unsigned char*>(arrays.data())...};
+  std::size_t offsets[count] = {}, total = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    offsets[i] = total;
+    total += packed_size(sizes[i]);
+  }
+  std::vector<unsigned char> staging;
+  staging.reserve(total);
+  for (std::size_t i = 0; i < count; ++i) {
+    staging.insert(staging.end(), sources[i], sources[i] + sizes[i]);
+    staging.resize(offsets[i] + packed_size(sizes[i]));
+  }
+  buffer = DeviceBuffer(total);
+  if (total > 0) copy_host_to_device(buffer.as<void>(), staging.data(), total);
+  unsigned char* base = buffer.as<unsigned char>();
+  return std::tuple<T*...>{sizes[I] ? reinterpret_cast<T*>(base + offsets[I]) : nullptr...};
+}
+}  // namespace detail
+
+// Device copies of several host arrays in one buffer, filled by one copy (16-byte aligned offsets): a
+// device pointer to each, null for an empty array. `buffer` receives the memory, which the pointers
+// share.      const auto [rows, scales] = cuda::upload_together(buffer, row_list, scale_list);
+template <typename... T>
+std::tuple<T*...> upload_together(DeviceBuffer& buffer, const std::vector<T>&... arrays) {
+  return detail::upload_together(buffer, std::index_sequence_for<T...>(), arrays...);
 }
 
 // The first `count` values of a device buffer, copied to the host.

@@ -182,13 +182,7 @@ void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& 
   }
   check_row_indices("scatter_add_rows", rows, out.size(0));
   if (common_device("scatter_add_rows", {&out, &x}) == Device::cuda) {
-    const RowGroups groups = group_rows_by_destination(rows, out.size(0));
-    const cuda::DeviceBuffer destinations = cuda::upload(groups.destinations), offsets = cuda::upload(groups.offsets),
-                             sources = cuda::upload(groups.sources),
-                             scales = scale ? cuda::upload(*scale) : cuda::DeviceBuffer();
-    scatter_add_rows_cuda(out.data(), x.data(), destinations.as<int64_t>(), offsets.as<int64_t>(),
-                          sources.as<int64_t>(), scales.as<float>(), static_cast<int64_t>(groups.destinations.size()),
-                          out.size(1), cuda::stream());
+    scatter_add_rows_by_destination_cuda(out.data(), x.data(), rows, out.size(0), scale, out.size(1), cuda::stream());
     return;
   }
   const ConstMatrixMap source = matrix_of_rows(x);
@@ -199,8 +193,14 @@ void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& 
   }
 }
 
+const uint8_t* RowMask::device() const {
+  if (!device_.as<void>() && !values_.empty()) device_ = cuda::upload(values_);
+  return device_.as<uint8_t>();
+}
+
 // x[b, l, ...] = 0 where mask[b·L + l] == 0     x (B, L, ...), mask (B·L)
-void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask) {
+void zero_masked_rows(Tensor& x, const RowMask& row_mask) {
+  const std::vector<uint8_t>& mask = row_mask.values();
   if (x.rank() < 2) throw ShapeError("zero_masked_rows: x: expected shape (B, L, ...), found " + x.shape_string());
   const int64_t tokens = x.size(0) * x.size(1);
   if (static_cast<int64_t>(mask.size()) != tokens) {
@@ -209,14 +209,15 @@ void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask) {
   }
   const int64_t row_size = tokens == 0 ? 0 : x.numel() / tokens;
   if (on_cuda("zero_masked_rows", x)) {
-    const cuda::DeviceBuffer device_mask = cuda::upload(mask);
-    return zero_masked_rows_cuda(x.data(), device_mask.as<uint8_t>(), tokens, row_size, cuda::stream());
+    return zero_masked_rows_cuda(x.data(), row_mask.device(), tokens, row_size, cuda::stream());
   }
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < tokens; ++t) {
     if (mask[t] == 0) std::fill(x.data() + t * row_size, x.data() + (t + 1) * row_size, 0.0f);
   }
 }
+
+void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask) { zero_masked_rows(x, RowMask(mask)); }
 
 // Σ_i x[i], accumulated in double
 double sum(const Tensor& x) {

@@ -191,15 +191,10 @@ void sum_squares_cuda(const float* const* arrays, const int64_t* sizes, int64_t 
   if (count <= 0) return;
   const int64_t longest = *std::max_element(sizes, sizes + count);
   const unsigned blocks = cuda::blocks_for(std::max<int64_t>(longest, 1), kThreads, kReduceBlocks);
-  // The table of arrays and sizes, copied once (the host arrays are staged before the copy returns).
-  std::vector<int64_t> table(static_cast<size_t>(2 * count));
-  for (int64_t i = 0; i < count; ++i) {
-    table[static_cast<size_t>(i)] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(arrays[i]));
-    table[static_cast<size_t>(count + i)] = sizes[i];
-  }
-  const cuda::DeviceBuffer device_table = cuda::upload(table);
-  const auto* device_arrays = device_table.as<const float* const>();
-  const int64_t* device_sizes = device_table.as<const int64_t>() + count;
+  // The arrays and their sizes, copied at once.
+  cuda::DeviceBuffer tables;
+  const auto [device_arrays, device_sizes] = cuda::upload_together(
+      tables, std::vector<const float*>(arrays, arrays + count), std::vector<int64_t>(sizes, sizes + count));
   cuda::DeviceBuffer partial(static_cast<size_t>(count) * blocks * sizeof(double));
   cuda::DeviceBuffer result(static_cast<size_t>(count) * sizeof(double));
   cudaStream_t s = cuda::as_stream(stream);

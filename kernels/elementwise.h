@@ -1,6 +1,7 @@
 // Elementwise and layout helpers: sums, products, splitting and joining the feature axis.
 #pragma once
 
+#include "kernels/cuda_device.h"
 #include "kernels/tensor.h"
 
 namespace mr1 {
@@ -24,7 +25,21 @@ Tensor concat_last(const Tensor& a, const Tensor& b);
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows);
 void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& rows, const std::vector<float>* scale);
 
+// A keep-mask of B·L bytes (1 = keep) with its device copy, made when a CUDA tensor first needs it: the
+// blocks of a model pass share one copy. Refers to `values`, which must outlive it.
+class RowMask {
+ public:
+  explicit RowMask(const std::vector<uint8_t>& values) : values_(values) {}
+  const std::vector<uint8_t>& values() const { return values_; }
+  const uint8_t* device() const;
+
+ private:
+  const std::vector<uint8_t>& values_;
+  mutable cuda::DeviceBuffer device_;
+};
+
 // Zero the rows (tokens) of x (B, L, ...) whose mask entry (B·L) is 0.
+void zero_masked_rows(Tensor& x, const RowMask& mask);
 void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask);
 
 double sum(const Tensor& x);

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cuda_device.h"
+
 namespace mr1 {
 
 // out[i] = a[i] + scale · b[i]   (add, add_inplace with out = a, add_scaled_inplace)
@@ -55,6 +57,21 @@ RowGroups group_rows_by_destination(const std::vector<Index>& destination_of, in
 // out (*, F), x (*, F); destinations (G), offsets (G + 1), sources, scale: device arrays.
 void scatter_add_rows_cuda(float* out, const float* x, const int64_t* destinations, const int64_t* offsets,
                            const int64_t* sources, const float* scale, int64_t G, int64_t F, void* stream);
+
+// out[destination_of[i]] += scale[i] · x[i] for every source row i (scale 1 when null): the rows grouped
+// by destination here, the groups' tables copied to the device at once, then scatter_add_rows_cuda.
+// out (row_count, F), x (destination_of.size(), F) on the device; scale: host values, one per row.
+template <typename Index>
+void scatter_add_rows_by_destination_cuda(float* out, const float* x, const std::vector<Index>& destination_of,
+                                          int64_t row_count, const std::vector<float>* scale, int64_t F,
+                                          void* stream) {
+  const RowGroups groups = group_rows_by_destination(destination_of, row_count);
+  cuda::DeviceBuffer tables;
+  const auto [destinations, offsets, sources, scales] = cuda::upload_together(
+      tables, groups.destinations, groups.offsets, groups.sources, scale ? *scale : std::vector<float>());
+  scatter_add_rows_cuda(out, x, destinations, offsets, sources, scales,
+                        static_cast<int64_t>(groups.destinations.size()), F, stream);
+}
 
 // x[t] = 0 where mask[t] == 0     x (T, row_size), mask: T device bytes
 void zero_masked_rows_cuda(float* x, const uint8_t* mask, int64_t T, int64_t row_size, void* stream);

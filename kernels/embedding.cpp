@@ -68,12 +68,8 @@ Tensor embedding_backward(const Tensor& grad_out, const std::vector<int32_t>& id
     // A scatter-add of the gradient rows into the table rows of their ids, in position order per row
     // (the launcher of scatter_add_rows: deterministic, the CPU's order).
     Tensor grad_table({vocab_size, grad_out.size(2)}, Device::cuda);
-    const RowGroups groups = group_rows_by_destination(ids, vocab_size);
-    const cuda::DeviceBuffer destinations = cuda::upload(groups.destinations), offsets = cuda::upload(groups.offsets),
-                             sources = cuda::upload(groups.sources);
-    scatter_add_rows_cuda(grad_table.data(), grad_out.data(), destinations.as<int64_t>(), offsets.as<int64_t>(),
-                          sources.as<int64_t>(), nullptr, static_cast<int64_t>(groups.destinations.size()),
-                          grad_out.size(2), cuda::stream());
+    scatter_add_rows_by_destination_cuda(grad_table.data(), grad_out.data(), ids, vocab_size, nullptr,
+                                         grad_out.size(2), cuda::stream());
     return grad_table;
   }
   Tensor grad_table({vocab_size, grad_out.size(2)});

@@ -61,8 +61,8 @@ std::vector<float*> data_pointers(const std::vector<TensorPointer>& tensors) {
   return pointers;
 }
 
-std::vector<const float*> as_const(const std::vector<float*>& pointers) { return {pointers.begin(), pointers.end()}; }
-std::vector<const Tensor*> as_const(const std::vector<Tensor*>& tensors) { return {tensors.begin(), tensors.end()}; }
+std::vector<const float*> read_only(const std::vector<float*>& pointers) { return {pointers.begin(), pointers.end()}; }
+std::vector<const Tensor*> read_only(const std::vector<Tensor*>& tensors) { return {tensors.begin(), tensors.end()}; }
 
 }  // namespace
 
@@ -77,7 +77,7 @@ Tensor grouped_linear_forward(const Tensor& x, const std::vector<int64_t>& offse
   group_device("grouped_linear_forward", x, nullptr, biases);
   Tensor y = Tensor::empty({x.size(0), outputs}, device);
   if (device == Device::cuda) {
-    grouped_linear_forward_cuda(x.data(), offsets, as_const(data_pointers(weights)), as_const(data_pointers(biases)),
+    grouped_linear_forward_cuda(x.data(), offsets, read_only(data_pointers(weights)), read_only(data_pointers(biases)),
                                 y.data(), x.size(1), outputs, cuda::stream());
     return y;
   }
@@ -104,8 +104,8 @@ Tensor grouped_linear_backward(const Tensor& grad_y, const Tensor& x, const std:
                      std::to_string(weights.size()) + "), found " + std::to_string(grad_weights.size()));
   }
   const Device device = group_device("grouped_linear_backward", x, &grad_y, weights);
-  group_device("grouped_linear_backward", x, nullptr, as_const(grad_weights));
-  group_device("grouped_linear_backward", x, nullptr, as_const(grad_biases));
+  group_device("grouped_linear_backward", x, nullptr, read_only(grad_weights));
+  group_device("grouped_linear_backward", x, nullptr, read_only(grad_biases));
   for (size_t g = 0; g < weights.size(); ++g) {
     check_shape(*grad_weights[g], weights[g]->shape(), "grouped_linear_backward: grad_weight of group " +
                                                            std::to_string(g));
@@ -116,7 +116,7 @@ Tensor grouped_linear_backward(const Tensor& grad_y, const Tensor& x, const std:
   Tensor grad_x;
   if (need_input) grad_x = Tensor(x.shape(), device);
   if (device == Device::cuda) {
-    grouped_linear_backward_cuda(grad_y.data(), x.data(), offsets, as_const(data_pointers(weights)),
+    grouped_linear_backward_cuda(grad_y.data(), x.data(), offsets, read_only(data_pointers(weights)),
                                  need_input ? grad_x.data() : nullptr, data_pointers(grad_weights),
                                  data_pointers(grad_biases), x.size(1), outputs, cuda::stream());
     return grad_x;

@@ -35,7 +35,16 @@ class GroupedGemm {
     c_.push_back(c);
   }
 
-  void run(cudaStream_t stream) const {
+  // The pointer arrays A | B | C (3 per problem), for the caller to upload with its other tables.
+  std::vector<const void*> pointers() const {
+    std::vector<const void*> all(a_.begin(), a_.end());
+    all.insert(all.end(), b_.begin(), b_.end());
+    all.insert(all.end(), c_.begin(), c_.end());
+    return all;
+  }
+
+  // a: a device copy of pointers().
+  void run(cudaStream_t stream, const void* const* a) const {
     const int problems = static_cast<int>(a_.size());
     if (problems == 0) return;
     const cublasComputeType_t compute = cuda::tf32() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
@@ -44,12 +53,6 @@ class GroupedGemm {
     const std::vector<cublasOperation_t> transpose_a(problems, transpose_a_), transpose_b(problems, transpose_b_);
     const std::vector<float> alpha(problems, 1.0f), beta(problems, beta_);
     const std::vector<int> group_size(problems, 1);
-    std::vector<const void*> pointers;
-    pointers.insert(pointers.end(), a_.begin(), a_.end());
-    pointers.insert(pointers.end(), b_.begin(), b_.end());
-    pointers.insert(pointers.end(), c_.begin(), c_.end());
-    const cuda::DeviceBuffer device_pointers = cuda::upload(pointers);
-    const void* const* a = device_pointers.as<const void*>();
     const cublasStatus_t status = cublasGemmGroupedBatchedEx(
         cuda::cublas_handle(stream), transpose_a.data(), transpose_b.data(), m_.data(), n_.data(), k_.data(),
         alpha.data(), a, CUDA_R_32F, lda_.data(), a + problems, CUDA_R_32F, ldb_.data(), beta.data(),
@@ -139,20 +142,23 @@ void grouped_linear_forward_cuda(const float* x, const std::vector<int64_t>& off
   const int64_t R = row_total(offsets);
   if (R <= 0 || O <= 0) return;
   cudaStream_t s = cuda::as_stream(stream);
+  GroupedGemm gemm(CUBLAS_OP_T, CUBLAS_OP_N, 0.0f, "cublasGemmGroupedBatchedEx (grouped_linear_forward)");
+  for (size_t g = 0; I > 0 && g + 1 < offsets.size(); ++g) {
+    const int64_t rows = offsets[g + 1] - offsets[g];
+    if (rows > 0) gemm.add(O, rows, I, weights[g], I, x + offsets[g] * I, I, y + offsets[g] * O, O);
+  }
+  // One copy for the GEMM's pointers and the bias kernel's tables (none without biases).
+  cuda::DeviceBuffer tables;
+  const auto [pointers, device_offsets, device_biases] = cuda::upload_together(
+      tables, gemm.pointers(), biases.empty() ? std::vector<int64_t>() : offsets, biases);
   if (I == 0) {
     CUDA_CHECK(cudaMemsetAsync(y, 0, R * O * sizeof(float), s));
   } else {
-    GroupedGemm gemm(CUBLAS_OP_T, CUBLAS_OP_N, 0.0f, "cublasGemmGroupedBatchedEx (grouped_linear_forward)");
-    for (size_t g = 0; g + 1 < offsets.size(); ++g) {
-      const int64_t rows = offsets[g + 1] - offsets[g];
-      if (rows > 0) gemm.add(O, rows, I, weights[g], I, x + offsets[g] * I, I, y + offsets[g] * O, O);
-    }
-    gemm.run(s);
+    gemm.run(s, pointers);
   }
   if (!biases.empty()) {
-    const cuda::DeviceBuffer device_offsets = cuda::upload(offsets), device_biases = cuda::upload(biases);
-    grouped_bias_kernel<<<cuda::blocks_for(R * O, 256, 65536), 256, 0, s>>>(
-        y, device_biases.as<const float*>(), device_offsets.as<int64_t>(), static_cast<int>(biases.size()), R, O);
+    grouped_bias_kernel<<<cuda::blocks_for(R * O, 256, 65536), 256, 0, s>>>(y, device_biases, device_offsets,
+                                                                             static_cast<int>(biases.size()), R, O);
     cuda::check_launch("grouped_bias_kernel");
   }
 }
@@ -174,14 +180,18 @@ void grouped_linear_backward_cuda(const float* grad_y, const float* x, const std
     if (grad_x) input.add(I, rows, O, weights[g], I, grad_y + offsets[g] * O, O, grad_x + offsets[g] * I, I);
     weight.add(I, O, rows, x + offsets[g] * I, I, grad_y + offsets[g] * O, O, grad_weights[g], I);
   }
-  input.run(s);
-  weight.run(s);
+  // One copy for both GEMMs' pointers and the bias gradients' tables.
+  cuda::DeviceBuffer tables;
+  const auto [input_pointers, weight_pointers, device_offsets, device_out] =
+      cuda::upload_together(tables, input.pointers(), weight.pointers(),
+                            grad_biases.empty() ? std::vector<int64_t>() : offsets, grad_biases);
+  input.run(s, input_pointers);
+  weight.run(s, weight_pointers);
   if (!grad_biases.empty()) {
     const int groups = static_cast<int>(grad_biases.size());
-    const cuda::DeviceBuffer device_offsets = cuda::upload(offsets), device_out = cuda::upload(grad_biases);
     const unsigned stripes = static_cast<unsigned>((O + kStripe - 1) / kStripe);
     grouped_column_sums_kernel<<<dim3(stripes, static_cast<unsigned>(groups)), dim3(kStripe, kRowsPerPass), 0, s>>>(
-        grad_y, device_offsets.as<int64_t>(), O, device_out.as<float*>());
+        grad_y, device_offsets, O, device_out);
     cuda::check_launch("grouped_column_sums_kernel");
   }
 }

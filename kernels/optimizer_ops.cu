@@ -56,8 +56,8 @@ __global__ void scale_or_fill_many_kernel(float* const* arrays, const int64_t* s
   for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) x[i] = overwrite ? value : value * x[i];
 }
 
-// (array, start) of every chunk of kChunk values of arrays of these sizes, on the device; count: the chunks.
-cuda::DeviceBuffer chunk_table(const std::vector<int64_t>& sizes, int64_t& count) {
+// (array, start) of every chunk of kChunk values of arrays of these sizes: two values per chunk.
+std::vector<int64_t> chunk_table(const std::vector<int64_t>& sizes) {
   std::vector<int64_t> table;
   for (size_t a = 0; a < sizes.size(); ++a) {
     for (int64_t start = 0; start < sizes[a]; start += kChunk) {
@@ -65,8 +65,7 @@ cuda::DeviceBuffer chunk_table(const std::vector<int64_t>& sizes, int64_t& count
       table.push_back(start);
     }
   }
-  count = static_cast<int64_t>(table.size() / 2);
-  return cuda::upload(table);
+  return table;
 }
 
 __global__ void sgd_update_kernel(float* p, const float* g, float* buffer, int64_t n, float decay, float learning_rate,
@@ -91,14 +90,17 @@ void adamw_update_cuda(float* parameter, const float* grad, float* m, float* v, 
 
 void adamw_update_many_cuda(const AdamWSlot* slots, int64_t count, float beta1, float beta2, float step_size,
                             float root_correction2, float epsilon, void* stream) {
+  if (count <= 0) return;
   std::vector<int64_t> sizes;
   for (int64_t s = 0; s < count; ++s) sizes.push_back(slots[s].n);
-  int64_t chunks = 0;
-  const cuda::DeviceBuffer table = chunk_table(sizes, chunks);
+  const std::vector<int64_t> table = chunk_table(sizes);
+  const auto chunks = static_cast<unsigned>(table.size() / 2);
   if (chunks == 0) return;
-  const cuda::DeviceBuffer device_slots = cuda::upload(std::vector<AdamWSlot>(slots, slots + count));
-  adamw_update_many_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::as_stream(stream)>>>(
-      device_slots.as<AdamWSlot>(), table.as<int64_t>(), beta1, beta2, step_size, root_correction2, epsilon);
+  cuda::DeviceBuffer tables;
+  const auto [device_slots, device_table] =
+      cuda::upload_together(tables, std::vector<AdamWSlot>(slots, slots + count), table);
+  adamw_update_many_kernel<<<chunks, kThreads, 0, cuda::as_stream(stream)>>>(
+      device_slots, device_table, beta1, beta2, step_size, root_correction2, epsilon);
   cuda::check_launch("adamw_update_many_kernel");
 }
 
@@ -106,14 +108,16 @@ namespace {
 
 void scale_or_fill_many(float* const* arrays, const int64_t* sizes, int64_t count, float value, bool overwrite,
                         void* stream) {
+  if (count <= 0) return;
   const std::vector<int64_t> size_list(sizes, sizes + count);
-  int64_t chunks = 0;
-  const cuda::DeviceBuffer table = chunk_table(size_list, chunks);
+  const std::vector<int64_t> table = chunk_table(size_list);
+  const auto chunks = static_cast<unsigned>(table.size() / 2);
   if (chunks == 0) return;
-  const cuda::DeviceBuffer device_arrays = cuda::upload(std::vector<float*>(arrays, arrays + count));
-  const cuda::DeviceBuffer device_sizes = cuda::upload(size_list);
-  scale_or_fill_many_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, cuda::as_stream(stream)>>>(
-      device_arrays.as<float* const>(), device_sizes.as<int64_t>(), table.as<int64_t>(), value, overwrite);
+  cuda::DeviceBuffer tables;
+  const auto [device_arrays, device_sizes, device_table] =
+      cuda::upload_together(tables, std::vector<float*>(arrays, arrays + count), size_list, table);
+  scale_or_fill_many_kernel<<<chunks, kThreads, 0, cuda::as_stream(stream)>>>(device_arrays, device_sizes, device_table,
+                                                                              value, overwrite);
   cuda::check_launch("scale_or_fill_many_kernel");
 }
 

@@ -94,6 +94,34 @@ TEST_CASE("cuda: scatter-add groups keep each destination's sources in order", "
   CHECK(groups.sources == std::vector<int64_t>{3, 1, 4, 0, 2, 5});
 }
 
+TEST_CASE("cuda: upload_together copies several arrays in one copy, aligned, empty ones as null", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int64_t> rows{7, -3, 1LL << 40};
+  const std::vector<float> empty;
+  const std::vector<float> values{0.5f, -2.0f, 3.25f, 1e-30f, 9.0f};
+  const std::vector<uint8_t> bytes{1, 0, 255};
+  cuda::DeviceBuffer buffer;
+  const auto [device_rows, device_empty, device_values, device_bytes] =
+      cuda::upload_together(buffer, rows, empty, values, bytes);
+  CHECK(device_empty == nullptr);
+  const auto* base = buffer.as<unsigned char>();
+  const auto offset_of = [&](const void* pointer) { return static_cast<const unsigned char*>(pointer) - base; };
+  // Each array at the next multiple of 16 bytes after the one before: 24 bytes of rows, then 20 of values.
+  CHECK(offset_of(device_rows) == 0);
+  CHECK(offset_of(device_values) == 32);
+  CHECK(offset_of(device_bytes) == 64);
+  CHECK(buffer.bytes() == 80);
+  std::vector<int64_t> rows_back(rows.size());
+  std::vector<float> values_back(values.size());
+  std::vector<uint8_t> bytes_back(bytes.size());
+  cuda::copy_device_to_host(rows_back.data(), device_rows, sizeof(int64_t) * rows.size());
+  cuda::copy_device_to_host(values_back.data(), device_values, sizeof(float) * values.size());
+  cuda::copy_device_to_host(bytes_back.data(), device_bytes, bytes.size());
+  CHECK(rows_back == rows);
+  CHECK(values_back == values);
+  CHECK(bytes_back == bytes);
+}
+
 TEST_CASE("cuda: compare_values reports nmse, max |d| and mismatched non-finite values", "[cuda][host]") {
   const Comparison close = compare_values({1.0, 2.0}, {1.0, 2.5});
   CHECK(close.nmse == Approx(0.25 / 7.25));

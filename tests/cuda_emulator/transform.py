@@ -30,7 +30,11 @@ def transform(text):
         args = text[p+1:q]
         cfg = [c.strip() for c in split_top(config)]
         out.append(text[i:stmt_start])
-        out.append('emu::launch(dim3(%s), dim3(%s), %s, [&]() { %s(%s); })' % (cfg[0], cfg[1], cfg[2], kernel, args))
+        # The arguments are evaluated here, into the lambda's init-capture, as a launch copies them; so a
+        # structured binding among them is not captured (C++17 forbids that).
+        out.append('emu::launch(dim3(%s), dim3(%s), %s, [&, emu_arguments = std::make_tuple(%s)]() { '
+                   'std::apply([&](auto... emu_argument) { %s(emu_argument...); }, emu_arguments); })'
+                   % (cfg[0], cfg[1], cfg[2], args, kernel))
         i = q + 1
     return ''.join(out)
 def split_top(s):
