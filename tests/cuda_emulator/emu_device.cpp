@@ -38,8 +38,19 @@ std::string unavailable_reason() { return ""; }
 std::string device_description() { return "the CUDA emulator (CPU)"; }
 DeviceInfo device_info() { return DeviceInfo{"CUDA emulator", 9, 0, 1, std::size_t{1} << 30, 1e12}; }
 
+// EMU_EXACT=1: every allocation is a malloc of exactly the bytes asked for, freed on release (no cache),
+// so that AddressSanitizer sees a kernel that reads or writes past the end of its buffer.
+const bool exact_allocations = std::getenv("EMU_EXACT") != nullptr;
+
 void* allocate(std::size_t bytes) {
   ++emu::counters().allocations;
+  if (exact_allocations) {
+    void* block = std::malloc(bytes ? bytes : 1);
+    if (!block) throw std::runtime_error("emulator: out of host memory for " + std::to_string(bytes) + " bytes");
+    for (std::size_t i = 0; i < bytes / sizeof(float); ++i) static_cast<float*>(block)[i] = NAN;
+    in_use[block] = 0;
+    return block;
+  }
   const std::size_t size = allocation_bucket(bytes);
   void* block = nullptr;
   auto& cached = free_blocks[size];
@@ -63,6 +74,10 @@ void* allocate(std::size_t bytes) {
 void release(void* pointer) {
   const auto found = in_use.find(pointer);
   if (found == in_use.end()) return;
+  if (exact_allocations) {
+    in_use.erase(found);
+    return std::free(pointer);
+  }
   stats.in_use_bytes -= found->second;
   free_blocks[found->second].push_back(pointer);
   in_use.erase(found);
