@@ -201,11 +201,10 @@ Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const Laye
   Tensor grad_xa = linear_backward_accumulate(grad_projected, saved.xa, x_proj_.value, x_proj_.grad, nullptr);
   add_inplace(grad_xa, scan_grads.u);
   Tensor grad_xc = silu_backward(grad_xa, saved.xc);
-  CausalConv1dGrads conv_grads = causal_conv1d_backward(grad_xc, saved.x, conv_weight_.value);
-  add_inplace(conv_weight_.grad, conv_grads.weight);
-  add_inplace(conv_bias_.grad, conv_grads.bias);
+  const Tensor grad_x = causal_conv1d_backward_accumulate(grad_xc, saved.x, conv_weight_.value, conv_weight_.grad,
+                                                          conv_bias_.grad);
 
-  Tensor grad_xz = concat_last(conv_grads.input, scan_grads.z);
+  Tensor grad_xz = concat_last(grad_x, scan_grads.z);
   return linear_backward_accumulate(grad_xz, saved.u, in_proj_.value, in_proj_.grad, nullptr);
 }
 

@@ -37,9 +37,7 @@ class RmsNorm : public Norm {
 
   Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
     const auto& keep = static_cast<const RmsNormSaved&>(*saved);
-    RmsNormGrads grads = rmsnorm_backward(grad_y, keep.x, weight_.value, keep.inv_rms);
-    add_inplace(weight_.grad, grads.weight);
-    return grads.input;
+    return rmsnorm_backward_accumulate(grad_y, keep.x, weight_.value, keep.inv_rms, weight_.grad);
   }
 
   void initialize(Random&) override { weight_.value.fill(1.0f); }
@@ -73,10 +71,8 @@ class LayerNorm : public Norm {
 
   Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
     const auto& keep = static_cast<const LayerNormSaved&>(*saved);
-    LayerNormGrads grads = layernorm_backward(grad_y, keep.x, weight_.value, keep.mean, keep.inv_std);
-    add_inplace(weight_.grad, grads.weight);
-    add_inplace(bias_.grad, grads.bias);
-    return grads.input;
+    return layernorm_backward_accumulate(grad_y, keep.x, weight_.value, keep.mean, keep.inv_std, weight_.grad,
+                                         bias_.grad);
   }
 
   void initialize(Random&) override {

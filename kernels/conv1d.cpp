@@ -95,27 +95,29 @@ Tensor causal_conv1d_forward(const Tensor& x, const Tensor& weight, const Tensor
 // dbias[e]      = Σ_{b,t} dy[b, t, e]
 // Parallel over channel blocks only, each holding its channels' weight and bias gradients for
 // every batch row: no reduction across threads is needed.
-CausalConv1dGrads causal_conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight) {
+Tensor causal_conv1d_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                         Tensor& grad_weight, Tensor& grad_bias) {
   const ConvShape s = check_conv_inputs(x, weight, nullptr);
   check_shape(grad_y, x.shape(), "causal_conv1d: grad_y");
   const int64_t L = s.length, E = s.channels, K = s.width;
+  check_shape(grad_weight, weight.shape(), "causal_conv1d: grad_weight");
+  check_same_device(grad_weight, weight, "causal_conv1d: grad_weight");
+  check_shape(grad_bias, {E}, "causal_conv1d: grad_bias");
+  check_same_device(grad_bias, weight, "causal_conv1d: grad_bias");
   if (common_device("causal_conv1d", {&grad_y, &x, &weight}) == Device::cuda) {
-    CausalConv1dGrads grads{Tensor(x.shape(), Device::cuda), Tensor(weight.shape(), Device::cuda),
-                            Tensor({E}, Device::cuda)};
-    causal_conv1d_backward_cuda(grad_y.data(), x.data(), weight.data(), grads.input.data(), grads.weight.data(),
-                                grads.bias.data(), s.batch, L, E, K, cuda::stream());
-    return grads;
+    Tensor grad_x = Tensor::empty(x.shape(), Device::cuda);
+    causal_conv1d_backward_cuda(grad_y.data(), x.data(), weight.data(), grad_x.data(), grad_weight.data(),
+                                grad_bias.data(), s.batch, L, E, K, cuda::stream());
+    return grad_x;
   }
   const std::vector<float> taps = taps_by_channel(weight, E, K);
   std::vector<float> tap_grads(K * E, 0.0f);  // (K, E), transposed back below
-  CausalConv1dGrads grads;
-  grads.input = Tensor(x.shape());
-  grads.weight = Tensor(weight.shape());
-  grads.bias = Tensor({E});
+  std::vector<float> bias_grads(E, 0.0f);
+  Tensor grad_x(x.shape());
   const float* input = x.data();
   const float* dy = grad_y.data();
-  float* dx = grads.input.data();
-  float* dbias = grads.bias.data();
+  float* dx = grad_x.data();
+  float* dbias = bias_grads.data();
   const int64_t blocks = channel_blocks(E);
 
 #pragma omp parallel for schedule(static) if (s.batch * L * E * K >= (int64_t{1} << 15))
@@ -140,10 +142,19 @@ CausalConv1dGrads causal_conv1d_backward(const Tensor& grad_y, const Tensor& x, 
       }
     }
   }
-  float* dweight = grads.weight.data();
+  float* dweight = grad_weight.data();
   for (int64_t e = 0; e < E; ++e) {
-    for (int64_t k = 0; k < K; ++k) dweight[e * K + k] = tap_grads[k * E + e];
+    for (int64_t k = 0; k < K; ++k) dweight[e * K + k] += tap_grads[k * E + e];
+    grad_bias[e] += bias_grads[e];
   }
+  return grad_x;
+}
+
+CausalConv1dGrads causal_conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight) {
+  CausalConv1dGrads grads;
+  grads.weight = Tensor(weight.shape(), weight.device());
+  grads.bias = Tensor({weight.size(0)}, weight.device());
+  grads.input = causal_conv1d_backward_accumulate(grad_y, x, weight, grads.weight, grads.bias);
   return grads;
 }
 

@@ -63,13 +63,13 @@ __global__ void conv1d_backward_kernel(const float* grad_y, const float* x, cons
   out[K * E + e] = bias_total;
 }
 
-// grad_weight[e, k] = sums[k, e],  grad_bias[e] = sums[K, e]
+// grad_weight[e, k] += sums[k, e],  grad_bias[e] += sums[K, e]
 __global__ void conv1d_gather_gradients_kernel(const float* sums, float* grad_weight, float* grad_bias, int64_t E,
                                                int64_t K) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (e >= E) return;
-  for (int64_t k = 0; k < K; ++k) grad_weight[e * K + k] = sums[k * E + e];
-  grad_bias[e] = sums[K * E + e];
+  for (int64_t k = 0; k < K; ++k) grad_weight[e * K + k] += sums[k * E + e];
+  grad_bias[e] += sums[K * E + e];
 }
 
 dim3 conv_grid(int64_t E, int64_t L, int64_t steps, int64_t B) {

@@ -16,5 +16,9 @@ struct CausalConv1dGrads {
   Tensor bias;    // (E)
 };
 CausalConv1dGrads causal_conv1d_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight);
+// The same, as a layer's backward wants it: adds the weight and bias gradients to grad_weight (the
+// weight's shape) and grad_bias (E) in place, and returns dL/dx.
+Tensor causal_conv1d_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight,
+                                         Tensor& grad_weight, Tensor& grad_bias);
 
 }  // namespace mr1

@@ -11,7 +11,8 @@ namespace mr1 {
 void causal_conv1d_forward_cuda(const float* x, const float* weight, const float* bias, float* y, int64_t B, int64_t L,
                                 int64_t E, int64_t K, void* stream);
 
-// grad_x (B, L, E), grad_weight (E, K), grad_bias (E); the weight and bias sums are deterministic.
+// grad_x (B, L, E) overwritten; the weight and bias gradients (deterministic sums) are added to grad_weight
+// (E, K) and grad_bias (E).
 void causal_conv1d_backward_cuda(const float* grad_y, const float* x, const float* weight, float* grad_x,
                                  float* grad_weight, float* grad_bias, int64_t B, int64_t L, int64_t E, int64_t K,
                                  void* stream);

@@ -193,6 +193,9 @@ void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& 
   }
 }
 
+RowMask::RowMask(const std::vector<uint8_t>& values)
+    : values_(values), keeps_all_(std::find(values.begin(), values.end(), 0) == values.end()) {}
+
 const uint8_t* RowMask::device() const {
   if (!device_.as<void>() && !values_.empty()) device_ = cuda::upload(values_);
   return device_.as<uint8_t>();
@@ -207,6 +210,7 @@ void zero_masked_rows(Tensor& x, const RowMask& row_mask) {
     throw ShapeError("zero_masked_rows: mask: expected B*L = " + std::to_string(tokens) + " entries for x of shape " +
                      x.shape_string() + ", found " + std::to_string(mask.size()));
   }
+  if (row_mask.keeps_all()) return;
   const int64_t row_size = tokens == 0 ? 0 : x.numel() / tokens;
   if (on_cuda("zero_masked_rows", x)) {
     return zero_masked_rows_cuda(x.data(), row_mask.device(), tokens, row_size, cuda::stream());

@@ -26,15 +26,18 @@ Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows);
 void scatter_add_rows(Tensor& out, const Tensor& x, const std::vector<int64_t>& rows, const std::vector<float>* scale);
 
 // A keep-mask of B·L bytes (1 = keep) with its device copy, made when a CUDA tensor first needs it: the
-// blocks of a model pass share one copy. Refers to `values`, which must outlive it.
+// blocks of a model pass share one copy, and a mask that keeps every row costs nothing. Refers to
+// `values`, which must outlive it.
 class RowMask {
  public:
-  explicit RowMask(const std::vector<uint8_t>& values) : values_(values) {}
+  explicit RowMask(const std::vector<uint8_t>& values);
   const std::vector<uint8_t>& values() const { return values_; }
+  bool keeps_all() const { return keeps_all_; }
   const uint8_t* device() const;
 
  private:
   const std::vector<uint8_t>& values_;
+  bool keeps_all_;
   mutable cuda::DeviceBuffer device_;
 };
 

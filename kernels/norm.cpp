@@ -21,18 +21,22 @@ int64_t check_norm_shapes(const char* op, const Tensor& x, const Tensor& weight)
   return weight.size(0);
 }
 
-// out[j] = Σ_t term(t, j) over T rows, accumulated in double; parallel over the D columns, so no two
-// threads write one value and the order of each sum is fixed.
+// out[j] += Σ_t term(t, j) over T rows, the sum accumulated in double; parallel over the D columns, so no
+// two threads write one value and the order of each sum is fixed.
 template <typename Term>
-Tensor column_sums(int64_t rows, int64_t features, Term term) {
-  Tensor out = Tensor::empty({features});
+void add_column_sums(int64_t rows, int64_t features, Term term, Tensor& out) {
 #pragma omp parallel for if (rows * features >= kParallelMinimumWork)
   for (int64_t j = 0; j < features; ++j) {
     double total = 0;
     for (int64_t t = 0; t < rows; ++t) total += term(t, j);
-    out[j] = static_cast<float>(total);
+    out[j] += static_cast<float>(total);
   }
-  return out;
+}
+
+// A parameter gradient to accumulate into: the parameter's shape (D), on its device.
+void check_gradient(const Tensor& grad, const Tensor& parameter, const std::string& what) {
+  check_shape(grad, parameter.shape(), what);
+  check_same_device(grad, parameter, what);
 }
 
 }  // namespace
@@ -65,24 +69,25 @@ Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
 
 // With g = dy ⊙ weight and r = inv_rms[t]:
 //   dL/dx[t, j] = r · (g[j] − x[t, j] · r² · Σ_i g[i] x[t, i] / D),   dL/dweight[j] = Σ_t dy[t, j] · x[t, j] · r[t]
-RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms) {
+Tensor rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                   Tensor& grad_weight) {
   const int64_t features = check_norm_shapes("rmsnorm_backward", x, weight);
   const int64_t rows = row_count(x);
   check_shape(grad_y, x.shape(), "rmsnorm_backward: grad_y");
   check_shape(inv_rms, {rows}, "rmsnorm_backward: inv_rms");
+  check_gradient(grad_weight, weight, "rmsnorm_backward: grad_weight");
   if (common_device("rmsnorm_backward", {&grad_y, &x, &weight, &inv_rms}) == Device::cuda) {
-    RmsNormGrads grads{Tensor(x.shape(), Device::cuda), Tensor({features}, Device::cuda)};
-    rmsnorm_backward_cuda(grad_y.data(), x.data(), weight.data(), inv_rms.data(), grads.input.data(),
-                          grads.weight.data(), rows, features, cuda::stream());
-    return grads;
+    Tensor grad_x = Tensor::empty(x.shape(), Device::cuda);
+    rmsnorm_backward_cuda(grad_y.data(), x.data(), weight.data(), inv_rms.data(), grad_x.data(), grad_weight.data(),
+                          rows, features, cuda::stream());
+    return grad_x;
   }
-  RmsNormGrads grads;
-  grads.input = Tensor(x.shape());
+  Tensor grad_x = Tensor::empty(x.shape());
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;
     const float* dy = grad_y.data() + t * features;
-    float* dx = grads.input.data() + t * features;
+    float* dx = grad_x.data() + t * features;
     const double r = inv_rms[t];
     double projection = 0;  // Σ_i g[i] x[i]
     for (int64_t i = 0; i < features; ++i) projection += double(dy[i]) * weight[i] * in[i];
@@ -91,9 +96,17 @@ RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tenso
       dx[j] = static_cast<float>(r * (double(dy[j]) * weight[j] - in[j] * coefficient));
     }
   }
-  grads.weight = column_sums(rows, features, [&](int64_t t, int64_t j) {
-    return double(grad_y[t * features + j]) * x[t * features + j] * inv_rms[t];
-  });
+  add_column_sums(
+      rows, features,
+      [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]) * x[t * features + j] * inv_rms[t]; },
+      grad_weight);
+  return grad_x;
+}
+
+RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms) {
+  RmsNormGrads grads;
+  grads.weight = Tensor(weight.shape(), weight.device());
+  grads.input = rmsnorm_backward_accumulate(grad_y, x, weight, inv_rms, grads.weight);
   return grads;
 }
 
@@ -136,28 +149,28 @@ Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bi
 
 // With x̂ = (x − μ) s and g = dy ⊙ weight:
 //   dL/dx[t] = s · (g − mean_j g[j] − x̂ · mean_j g[j] x̂[j]),  dL/dweight = Σ_t dy ⊙ x̂,  dL/dbias = Σ_t dy
-LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                  const Tensor& inv_std) {
+Tensor layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                     const Tensor& inv_std, Tensor& grad_weight, Tensor& grad_bias) {
   const int64_t features = check_norm_shapes("layernorm_backward", x, weight);
   const int64_t rows = row_count(x);
   check_shape(grad_y, x.shape(), "layernorm_backward: grad_y");
   check_shape(mean, {rows}, "layernorm_backward: mean");
   check_shape(inv_std, {rows}, "layernorm_backward: inv_std");
+  check_gradient(grad_weight, weight, "layernorm_backward: grad_weight");
+  check_gradient(grad_bias, weight, "layernorm_backward: grad_bias");
   if (common_device("layernorm_backward", {&grad_y, &x, &weight, &mean, &inv_std}) == Device::cuda) {
-    LayerNormGrads grads{Tensor(x.shape(), Device::cuda), Tensor({features}, Device::cuda),
-                         Tensor({features}, Device::cuda)};
-    layernorm_backward_cuda(grad_y.data(), x.data(), weight.data(), mean.data(), inv_std.data(), grads.input.data(),
-                            grads.weight.data(), grads.bias.data(), rows, features, cuda::stream());
-    return grads;
+    Tensor grad_x = Tensor::empty(x.shape(), Device::cuda);
+    layernorm_backward_cuda(grad_y.data(), x.data(), weight.data(), mean.data(), inv_std.data(), grad_x.data(),
+                            grad_weight.data(), grad_bias.data(), rows, features, cuda::stream());
+    return grad_x;
   }
   auto normalized = [&](int64_t t, int64_t j) { return (double(x[t * features + j]) - mean[t]) * inv_std[t]; };
-  LayerNormGrads grads;
-  grads.input = Tensor(x.shape());
+  Tensor grad_x = Tensor::empty(x.shape());
   // In double: g − mean(g) cancels, and s = 1/√(var + eps) magnifies what is left up to 1/√eps ≈ 316 times.
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* dy = grad_y.data() + t * features;
-    float* dx = grads.input.data() + t * features;
+    float* dx = grad_x.data() + t * features;
     double g_total = 0;       // Σ_j g[j]
     double g_projection = 0;  // Σ_j g[j] x̂[j]
     for (int64_t j = 0; j < features; ++j) {
@@ -172,9 +185,19 @@ LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const T
       dx[j] = static_cast<float>(inv_std[t] * (g - g_mean - normalized(t, j) * projection_mean));
     }
   }
-  grads.weight = column_sums(rows, features,
-                             [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]) * normalized(t, j); });
-  grads.bias = column_sums(rows, features, [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]); });
+  add_column_sums(
+      rows, features, [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]) * normalized(t, j); },
+      grad_weight);
+  add_column_sums(rows, features, [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]); }, grad_bias);
+  return grad_x;
+}
+
+LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                  const Tensor& inv_std) {
+  LayerNormGrads grads;
+  grads.weight = Tensor(weight.shape(), weight.device());
+  grads.bias = Tensor(weight.shape(), weight.device());
+  grads.input = layernorm_backward_accumulate(grad_y, x, weight, mean, inv_std, grads.weight, grads.bias);
   return grads;
 }
 

@@ -122,7 +122,7 @@ void rmsnorm_backward_cuda(const float* grad_y, const float* x, const float* wei
   cudaStream_t s = cuda::as_stream(stream);
   rmsnorm_backward_kernel<<<row_blocks(T), kThreads, 0, s>>>(grad_y, x, weight, inv_rms, grad_x, T, D);
   cuda::check_launch("rmsnorm_backward_kernel");
-  cuda::column_sums(RmsWeightTerm{grad_y, x, inv_rms, D}, T, D, grad_weight, false, s, "rmsnorm weight gradient");
+  cuda::column_sums(RmsWeightTerm{grad_y, x, inv_rms, D}, T, D, grad_weight, true, s, "rmsnorm weight gradient");
 }
 
 void layernorm_forward_cuda(const float* x, const float* weight, const float* bias, float* y, float* mean,
@@ -140,9 +140,9 @@ void layernorm_backward_cuda(const float* grad_y, const float* x, const float* w
   cudaStream_t s = cuda::as_stream(stream);
   layernorm_backward_kernel<<<row_blocks(T), kThreads, 0, s>>>(grad_y, x, weight, mean, inv_std, grad_x, T, D);
   cuda::check_launch("layernorm_backward_kernel");
-  cuda::column_sums(LayerNormWeightTerm{grad_y, x, mean, inv_std, D}, T, D, grad_weight, false, s,
+  cuda::column_sums(LayerNormWeightTerm{grad_y, x, mean, inv_std, D}, T, D, grad_weight, true, s,
                     "layernorm weight gradient");
-  cuda::column_sums(cuda::MatrixEntries{grad_y, D}, T, D, grad_bias, false, s, "layernorm bias gradient");
+  cuda::column_sums(cuda::MatrixEntries{grad_y, D}, T, D, grad_bias, true, s, "layernorm bias gradient");
 }
 
 }  // namespace mr1

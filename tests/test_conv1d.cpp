@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/elementwise.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -114,6 +115,14 @@ TEST_CASE("causal_conv1d_backward matches finite differences of the double loop"
     require_close(grads.input, finite_difference(loss_of(&x), x), 5e-6, 0, "dx");
     require_close(grads.weight, finite_difference(loss_of(&w), w), 5e-6, 0, "dweight");
     require_close(grads.bias, finite_difference(loss_of(&bias), bias), 5e-6, 0, "dbias");
+
+    // The accumulating form adds exactly those gradients to what the parameters' gradients hold.
+    const Tensor held_weight = random_tensor(in.weight.shape(), 31), held_bias = random_tensor({c.channels}, 37);
+    Tensor weight_grad = held_weight.clone(), bias_grad = held_bias.clone();
+    require_close(causal_conv1d_backward_accumulate(grad_y, in.x, in.weight, weight_grad, bias_grad),
+                  to_double(grads.input), 0, 0, "accumulate dx");
+    require_close(weight_grad, to_double(add(held_weight, grads.weight)), 0, 0, "accumulate dweight");
+    require_close(bias_grad, to_double(add(held_bias, grads.bias)), 0, 0, "accumulate dbias");
   }
 }
 

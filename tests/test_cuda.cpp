@@ -301,6 +301,17 @@ TEST_CASE("cuda: rmsnorm and layernorm match the CPU", "[cuda]") {
   require_match(cuda_ln.input, ln.input, kElementwise, "layernorm dx");
   require_match(cuda_ln.weight, ln.weight, kSums, "layernorm dweight");
   require_match(cuda_ln.bias, ln.bias, kSums, "layernorm dbias");
+  // The accumulating forms add to the gradients held.
+  const Tensor held = uniform({45}, 16, -1, 1);
+  Tensor weight_grad = held.clone(), cuda_weight_grad = gpu(held), bias_grad = held.clone(), cuda_bias_grad = gpu(held);
+  rmsnorm_backward_accumulate(grad_y, x, weight, inv_rms, weight_grad);
+  rmsnorm_backward_accumulate(gpu(grad_y), gpu(x), gpu(weight), cuda_inv_rms, cuda_weight_grad);
+  require_match(cuda_weight_grad, weight_grad, kSums, "rmsnorm accumulated dweight");
+  layernorm_backward_accumulate(grad_y, x, weight, mean_saved, inv_std, weight_grad, bias_grad);
+  layernorm_backward_accumulate(gpu(grad_y), gpu(x), gpu(weight), cuda_mean, cuda_inv_std, cuda_weight_grad,
+                                cuda_bias_grad);
+  require_match(cuda_weight_grad, weight_grad, kSums, "layernorm accumulated dweight");
+  require_match(cuda_bias_grad, bias_grad, kSums, "layernorm accumulated dbias");
 }
 
 TEST_CASE("cuda: rotary, embedding and cross-entropy match the CPU", "[cuda]") {
@@ -340,6 +351,12 @@ TEST_CASE("cuda: causal conv1d matches the CPU for every kernel width 1 to 8", "
       require_match(cuda.input, cpu.input, kElementwise, "conv1d dx " + shape);
       require_match(cuda.weight, cpu.weight, kSums, "conv1d dweight " + shape);
       require_match(cuda.bias, cpu.bias, kSums, "conv1d dbias " + shape);
+      Tensor weight_grad = weight.clone(), cuda_weight_grad = gpu(weight), bias_grad = bias.clone(),
+             cuda_bias_grad = gpu(bias);
+      causal_conv1d_backward_accumulate(grad_y, x, weight, weight_grad, bias_grad);
+      causal_conv1d_backward_accumulate(gpu(grad_y), gpu(x), gpu(weight), cuda_weight_grad, cuda_bias_grad);
+      require_match(cuda_weight_grad, weight_grad, kSums, "conv1d accumulated dweight " + shape);
+      require_match(cuda_bias_grad, bias_grad, kSums, "conv1d accumulated dbias " + shape);
     }
   }
 }

@@ -141,6 +141,18 @@ TEST_CASE("elementwise: zero_masked_rows zeroes exactly the masked tokens") {
   }
   zero_masked_rows(large, mask);
   require_close(large, expected, 0, 0, "large");
+  // A masked token is seen wherever it is, the last one too; a mask that keeps every token changes nothing.
+  CHECK_FALSE(RowMask(mask).keeps_all());
+  std::vector<uint8_t> only_last_masked(200, 1);
+  only_last_masked.back() = 0;
+  CHECK_FALSE(RowMask(only_last_masked).keeps_all());
+  const std::vector<uint8_t> ones(200, 1);
+  const RowMask keep_all(ones);
+  CHECK(keep_all.keeps_all());
+  Tensor kept = random_tensor({2, 100, 97}, 4);
+  const std::vector<double> before = to_double(kept);
+  zero_masked_rows(kept, keep_all);
+  require_close(kept, before, 0, 0, "all kept");
 }
 
 TEST_CASE("elementwise: sum, mean, standard_deviation and max_abs, by hand") {
