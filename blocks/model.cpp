@@ -261,7 +261,7 @@ void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const T
   for (size_t i = mixers_.size(); i-- > 0;) {
     const PartTimer timer(part_times_, config_.block_kind(static_cast<int64_t>(i)), Pass::backward);
     Tensor grad_normed = mixers_[i]->backward(grad, batch, tape.records[i], aux_loss_scale);
-    add_inplace(grad, norms_[i]->backward(grad_normed, tape.norm_saved[i].get()));
+    norms_[i]->backward_add(grad_normed, tape.norm_saved[i].get(), grad);
     if (mask) zero_masked_rows(grad, *mask);
   }
   if (!positional_.empty()) {

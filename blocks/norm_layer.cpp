@@ -12,6 +12,10 @@ Registry<NormFactory>& norm_registry() {
   return registry;
 }
 
+void Norm::backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x) {
+  add_inplace(grad_x, backward(grad_y, saved));
+}
+
 namespace {
 
 struct RmsNormSaved : SavedActivations {
@@ -37,7 +41,14 @@ class RmsNorm : public Norm {
 
   Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
     const auto& keep = static_cast<const RmsNormSaved&>(*saved);
-    return rmsnorm_backward_accumulate(grad_y, keep.x, weight_.value, keep.inv_rms, weight_.grad);
+    Tensor grad_x(keep.x.shape(), keep.x.device());
+    backward_add(grad_y, saved, grad_x);
+    return grad_x;
+  }
+
+  void backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x) override {
+    const auto& keep = static_cast<const RmsNormSaved&>(*saved);
+    rmsnorm_backward_accumulate(grad_y, keep.x, weight_.value, keep.inv_rms, weight_.grad, grad_x);
   }
 
   void initialize(Random&) override { weight_.value.fill(1.0f); }
@@ -71,8 +82,15 @@ class LayerNorm : public Norm {
 
   Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
     const auto& keep = static_cast<const LayerNormSaved&>(*saved);
-    return layernorm_backward_accumulate(grad_y, keep.x, weight_.value, keep.mean, keep.inv_std, weight_.grad,
-                                         bias_.grad);
+    Tensor grad_x(keep.x.shape(), keep.x.device());
+    backward_add(grad_y, saved, grad_x);
+    return grad_x;
+  }
+
+  void backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x) override {
+    const auto& keep = static_cast<const LayerNormSaved&>(*saved);
+    layernorm_backward_accumulate(grad_y, keep.x, weight_.value, keep.mean, keep.inv_std, weight_.grad, bias_.grad,
+                                  grad_x);
   }
 
   void initialize(Random&) override {

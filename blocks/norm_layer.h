@@ -20,6 +20,9 @@ class Norm {
   virtual Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) = 0;
   // dL/dy → dL/dx; adds its parameters' gradients.
   virtual Tensor backward(const Tensor& grad_y, const SavedActivations* saved) = 0;
+  // The same, with dL/dx added to grad_x in place (the residual stream's gradient): no temporary, and
+  // no separate add where the norm's kernel can do it.
+  virtual void backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x);
   virtual void initialize(Random& random) {}
 };
 

@@ -69,20 +69,18 @@ Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
 
 // With g = dy ⊙ weight and r = inv_rms[t]:
 //   dL/dx[t, j] = r · (g[j] − x[t, j] · r² · Σ_i g[i] x[t, i] / D),   dL/dweight[j] = Σ_t dy[t, j] · x[t, j] · r[t]
-Tensor rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
-                                   Tensor& grad_weight) {
+void rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                 Tensor& grad_weight, Tensor& grad_x) {
   const int64_t features = check_norm_shapes("rmsnorm_backward", x, weight);
   const int64_t rows = row_count(x);
   check_shape(grad_y, x.shape(), "rmsnorm_backward: grad_y");
   check_shape(inv_rms, {rows}, "rmsnorm_backward: inv_rms");
   check_gradient(grad_weight, weight, "rmsnorm_backward: grad_weight");
+  check_gradient(grad_x, x, "rmsnorm_backward: grad_x");
   if (common_device("rmsnorm_backward", {&grad_y, &x, &weight, &inv_rms}) == Device::cuda) {
-    Tensor grad_x = Tensor::empty(x.shape(), Device::cuda);
-    rmsnorm_backward_cuda(grad_y.data(), x.data(), weight.data(), inv_rms.data(), grad_x.data(), grad_weight.data(),
-                          rows, features, cuda::stream());
-    return grad_x;
+    return rmsnorm_backward_cuda(grad_y.data(), x.data(), weight.data(), inv_rms.data(), grad_x.data(),
+                                 grad_weight.data(), rows, features, cuda::stream());
   }
-  Tensor grad_x = Tensor::empty(x.shape());
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;
@@ -93,20 +91,19 @@ Tensor rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const 
     for (int64_t i = 0; i < features; ++i) projection += double(dy[i]) * weight[i] * in[i];
     const double coefficient = projection / features * r * r;
     for (int64_t j = 0; j < features; ++j) {
-      dx[j] = static_cast<float>(r * (double(dy[j]) * weight[j] - in[j] * coefficient));
+      dx[j] += static_cast<float>(r * (double(dy[j]) * weight[j] - in[j] * coefficient));
     }
   }
   add_column_sums(
       rows, features,
       [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]) * x[t * features + j] * inv_rms[t]; },
       grad_weight);
-  return grad_x;
 }
 
 RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms) {
-  RmsNormGrads grads;
-  grads.weight = Tensor(weight.shape(), weight.device());
-  grads.input = rmsnorm_backward_accumulate(grad_y, x, weight, inv_rms, grads.weight);
+  check_norm_shapes("rmsnorm_backward", x, weight);
+  RmsNormGrads grads{Tensor(x.shape(), x.device()), Tensor(weight.shape(), weight.device())};
+  rmsnorm_backward_accumulate(grad_y, x, weight, inv_rms, grads.weight, grads.input);
   return grads;
 }
 
@@ -149,8 +146,8 @@ Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bi
 
 // With x̂ = (x − μ) s and g = dy ⊙ weight:
 //   dL/dx[t] = s · (g − mean_j g[j] − x̂ · mean_j g[j] x̂[j]),  dL/dweight = Σ_t dy ⊙ x̂,  dL/dbias = Σ_t dy
-Tensor layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                     const Tensor& inv_std, Tensor& grad_weight, Tensor& grad_bias) {
+void layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                   const Tensor& inv_std, Tensor& grad_weight, Tensor& grad_bias, Tensor& grad_x) {
   const int64_t features = check_norm_shapes("layernorm_backward", x, weight);
   const int64_t rows = row_count(x);
   check_shape(grad_y, x.shape(), "layernorm_backward: grad_y");
@@ -158,14 +155,13 @@ Tensor layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, cons
   check_shape(inv_std, {rows}, "layernorm_backward: inv_std");
   check_gradient(grad_weight, weight, "layernorm_backward: grad_weight");
   check_gradient(grad_bias, weight, "layernorm_backward: grad_bias");
+  check_gradient(grad_x, x, "layernorm_backward: grad_x");
   if (common_device("layernorm_backward", {&grad_y, &x, &weight, &mean, &inv_std}) == Device::cuda) {
-    Tensor grad_x = Tensor::empty(x.shape(), Device::cuda);
-    layernorm_backward_cuda(grad_y.data(), x.data(), weight.data(), mean.data(), inv_std.data(), grad_x.data(),
-                            grad_weight.data(), grad_bias.data(), rows, features, cuda::stream());
-    return grad_x;
+    return layernorm_backward_cuda(grad_y.data(), x.data(), weight.data(), mean.data(), inv_std.data(),
+                                   grad_x.data(), grad_weight.data(), grad_bias.data(), rows, features,
+                                   cuda::stream());
   }
   auto normalized = [&](int64_t t, int64_t j) { return (double(x[t * features + j]) - mean[t]) * inv_std[t]; };
-  Tensor grad_x = Tensor::empty(x.shape());
   // In double: g − mean(g) cancels, and s = 1/√(var + eps) magnifies what is left up to 1/√eps ≈ 316 times.
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
@@ -182,22 +178,21 @@ Tensor layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, cons
     const double projection_mean = g_projection / features;
     for (int64_t j = 0; j < features; ++j) {
       const double g = double(dy[j]) * weight[j];
-      dx[j] = static_cast<float>(inv_std[t] * (g - g_mean - normalized(t, j) * projection_mean));
+      dx[j] += static_cast<float>(inv_std[t] * (g - g_mean - normalized(t, j) * projection_mean));
     }
   }
   add_column_sums(
       rows, features, [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]) * normalized(t, j); },
       grad_weight);
   add_column_sums(rows, features, [&](int64_t t, int64_t j) { return double(grad_y[t * features + j]); }, grad_bias);
-  return grad_x;
 }
 
 LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                   const Tensor& inv_std) {
-  LayerNormGrads grads;
-  grads.weight = Tensor(weight.shape(), weight.device());
-  grads.bias = Tensor(weight.shape(), weight.device());
-  grads.input = layernorm_backward_accumulate(grad_y, x, weight, mean, inv_std, grads.weight, grads.bias);
+  check_norm_shapes("layernorm_backward", x, weight);
+  LayerNormGrads grads{Tensor(x.shape(), x.device()), Tensor(weight.shape(), weight.device()),
+                       Tensor(weight.shape(), weight.device())};
+  layernorm_backward_accumulate(grad_y, x, weight, mean, inv_std, grads.weight, grads.bias, grads.input);
   return grads;
 }
 

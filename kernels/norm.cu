@@ -44,7 +44,7 @@ __global__ void rmsnorm_backward_kernel(const float* grad_y, const float* x, con
   projection = cuda::warp_sum(projection);
   const double coefficient = projection / D * r * r;
   for (int64_t j = lane; j < D; j += 32) {
-    grad_x[t * D + j] = static_cast<float>(r * (static_cast<double>(dy[j]) * weight[j] - in[j] * coefficient));
+    grad_x[t * D + j] += static_cast<float>(r * (static_cast<double>(dy[j]) * weight[j] - in[j] * coefficient));
   }
 }
 
@@ -87,7 +87,7 @@ __global__ void layernorm_backward_kernel(const float* grad_y, const float* x, c
   const double projection_mean = cuda::warp_sum(g_projection) / D;
   for (int64_t j = lane; j < D; j += 32) {
     const double g = static_cast<double>(dy[j]) * weight[j];
-    grad_x[t * D + j] = static_cast<float>(s * (g - g_mean - (in[j] - mu) * s * projection_mean));
+    grad_x[t * D + j] += static_cast<float>(s * (g - g_mean - (in[j] - mu) * s * projection_mean));
   }
 }
 

@@ -14,10 +14,10 @@ struct RmsNormGrads {
   Tensor weight;  // (D)
 };
 RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms);
-// The same, as a layer's backward wants it: adds dL/dweight to grad_weight (D) in place (no temporary,
-// and on CUDA no separate add) and returns dL/dx.
-Tensor rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
-                                   Tensor& grad_weight);
+// The same, as a layer's backward wants it: adds dL/dweight to grad_weight (D) and dL/dx to grad_x (the
+// shape of x) in place: no temporaries, and on CUDA no separate adds.
+void rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& inv_rms,
+                                 Tensor& grad_weight, Tensor& grad_x);
 
 // y = (x − mean) / √(var + eps) · weight + bias  (biased variance, as torch).  Saves mean (T), inv_std (T).
 Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std);
@@ -28,8 +28,8 @@ struct LayerNormGrads {
 };
 LayerNormGrads layernorm_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                   const Tensor& inv_std);
-// Adds dL/dweight and dL/dbias to grad_weight and grad_bias (D) in place; returns dL/dx.
-Tensor layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
-                                     const Tensor& inv_std, Tensor& grad_weight, Tensor& grad_bias);
+// Adds dL/dweight and dL/dbias to grad_weight and grad_bias (D), and dL/dx to grad_x, in place.
+void layernorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                                   const Tensor& inv_std, Tensor& grad_weight, Tensor& grad_bias, Tensor& grad_x);
 
 }  // namespace mr1

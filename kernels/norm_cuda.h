@@ -9,14 +9,14 @@ namespace mr1 {
 // y (T, D) = x / √(mean(x²) + eps) · weight;  inv_rms (T)
 void rmsnorm_forward_cuda(const float* x, const float* weight, float* y, float* inv_rms, int64_t T, int64_t D,
                           void* stream);
-// grad_x (T, D) overwritten; the weight gradient is added to grad_weight (D)
+// The gradients are added to grad_x (T, D) and grad_weight (D)
 void rmsnorm_backward_cuda(const float* grad_y, const float* x, const float* weight, const float* inv_rms,
                            float* grad_x, float* grad_weight, int64_t T, int64_t D, void* stream);
 
 // y (T, D) = (x − mean) / √(var + eps) · weight + bias;  mean, inv_std (T)
 void layernorm_forward_cuda(const float* x, const float* weight, const float* bias, float* y, float* mean,
                             float* inv_std, int64_t T, int64_t D, void* stream);
-// grad_x (T, D) overwritten; the gradients are added to grad_weight and grad_bias (D)
+// The gradients are added to grad_x (T, D), grad_weight and grad_bias (D)
 void layernorm_backward_cuda(const float* grad_y, const float* x, const float* weight, const float* mean,
                              const float* inv_std, float* grad_x, float* grad_weight, float* grad_bias, int64_t T,
                              int64_t D, void* stream);

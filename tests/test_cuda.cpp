@@ -302,14 +302,17 @@ TEST_CASE("cuda: rmsnorm and layernorm match the CPU", "[cuda]") {
   require_match(cuda_ln.weight, ln.weight, kSums, "layernorm dweight");
   require_match(cuda_ln.bias, ln.bias, kSums, "layernorm dbias");
   // The accumulating forms add to the gradients held.
-  const Tensor held = uniform({45}, 16, -1, 1);
+  const Tensor held = uniform({45}, 16, -1, 1), held_x = uniform({3, 11, 45}, 17, -1, 1);
   Tensor weight_grad = held.clone(), cuda_weight_grad = gpu(held), bias_grad = held.clone(), cuda_bias_grad = gpu(held);
-  rmsnorm_backward_accumulate(grad_y, x, weight, inv_rms, weight_grad);
-  rmsnorm_backward_accumulate(gpu(grad_y), gpu(x), gpu(weight), cuda_inv_rms, cuda_weight_grad);
+  Tensor x_grad = held_x.clone(), cuda_x_grad = gpu(held_x);
+  rmsnorm_backward_accumulate(grad_y, x, weight, inv_rms, weight_grad, x_grad);
+  rmsnorm_backward_accumulate(gpu(grad_y), gpu(x), gpu(weight), cuda_inv_rms, cuda_weight_grad, cuda_x_grad);
+  require_match(cuda_x_grad, x_grad, kElementwise, "rmsnorm accumulated dx");
   require_match(cuda_weight_grad, weight_grad, kSums, "rmsnorm accumulated dweight");
-  layernorm_backward_accumulate(grad_y, x, weight, mean_saved, inv_std, weight_grad, bias_grad);
+  layernorm_backward_accumulate(grad_y, x, weight, mean_saved, inv_std, weight_grad, bias_grad, x_grad);
   layernorm_backward_accumulate(gpu(grad_y), gpu(x), gpu(weight), cuda_mean, cuda_inv_std, cuda_weight_grad,
-                                cuda_bias_grad);
+                                cuda_bias_grad, cuda_x_grad);
+  require_match(cuda_x_grad, x_grad, kElementwise, "layernorm accumulated dx");
   require_match(cuda_weight_grad, weight_grad, kSums, "layernorm accumulated dweight");
   require_match(cuda_bias_grad, bias_grad, kSums, "layernorm accumulated dbias");
 }

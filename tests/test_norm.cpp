@@ -129,15 +129,16 @@ TEST_CASE("norm: backwards match finite differences of the double loops") {
                   "layernorm dL/dweight");
     require_close(layer.bias, finite_difference(loss_of_bias, bias), tolerance, tolerance, "layernorm dL/dbias");
 
-    // The accumulating forms add exactly those gradients to what the parameter's gradient holds.
+    // The accumulating forms add exactly those gradients to what the gradients hold.
     const Tensor held_weight = random_tensor(in.weight.shape(), seed + 6);
-    const Tensor held_bias = random_tensor({shape.back()}, seed + 7);
-    Tensor rms_weight = held_weight.clone(), ln_weight = held_weight.clone(), ln_bias = held_bias.clone();
-    require_close(rmsnorm_backward_accumulate(grad_y, in.x, in.weight, inv_rms, rms_weight), to_double(rms.input), 0, 0,
-                  "rmsnorm accumulate dL/dx");
+    const Tensor held_bias = random_tensor({shape.back()}, seed + 7), held_x = random_tensor(shape, seed + 8);
+    Tensor rms_weight = held_weight.clone(), rms_x = held_x.clone();
+    rmsnorm_backward_accumulate(grad_y, in.x, in.weight, inv_rms, rms_weight, rms_x);
+    require_close(rms_x, to_double(add(held_x, rms.input)), 0, 0, "rmsnorm accumulate dL/dx");
     require_close(rms_weight, to_double(add(held_weight, rms.weight)), 0, 0, "rmsnorm accumulate dL/dweight");
-    require_close(layernorm_backward_accumulate(grad_y, in.x, in.weight, mean, inv_std, ln_weight, ln_bias),
-                  to_double(layer.input), 0, 0, "layernorm accumulate dL/dx");
+    Tensor ln_weight = held_weight.clone(), ln_bias = held_bias.clone(), ln_x = held_x.clone();
+    layernorm_backward_accumulate(grad_y, in.x, in.weight, mean, inv_std, ln_weight, ln_bias, ln_x);
+    require_close(ln_x, to_double(add(held_x, layer.input)), 0, 0, "layernorm accumulate dL/dx");
     require_close(ln_weight, to_double(add(held_weight, layer.weight)), 0, 0, "layernorm accumulate dL/dweight");
     require_close(ln_bias, to_double(add(held_bias, layer.bias)), 0, 0, "layernorm accumulate dL/dbias");
   }
