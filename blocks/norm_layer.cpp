@@ -12,6 +12,12 @@ Registry<NormFactory>& norm_registry() {
   return registry;
 }
 
+Tensor Norm::backward(const Tensor& grad_y, const SavedActivations* saved) {
+  Tensor grad_x(grad_y.shape(), grad_y.device());
+  backward_add(grad_y, saved, grad_x);
+  return grad_x;
+}
+
 void Norm::backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x) {
   add_inplace(grad_x, backward(grad_y, saved));
 }
@@ -37,13 +43,6 @@ class RmsNorm : public Norm {
       *saved = std::move(keep);
     }
     return y;
-  }
-
-  Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
-    const auto& keep = static_cast<const RmsNormSaved&>(*saved);
-    Tensor grad_x(keep.x.shape(), keep.x.device());
-    backward_add(grad_y, saved, grad_x);
-    return grad_x;
   }
 
   void backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x) override {
@@ -78,13 +77,6 @@ class LayerNorm : public Norm {
       *saved = std::move(keep);
     }
     return y;
-  }
-
-  Tensor backward(const Tensor& grad_y, const SavedActivations* saved) override {
-    const auto& keep = static_cast<const LayerNormSaved&>(*saved);
-    Tensor grad_x(keep.x.shape(), keep.x.device());
-    backward_add(grad_y, saved, grad_x);
-    return grad_x;
   }
 
   void backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x) override {

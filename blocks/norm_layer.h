@@ -19,9 +19,10 @@ class Norm {
   // x (..., D) → (..., D); keeps what backward needs in *saved when saved is given.
   virtual Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) = 0;
   // dL/dy → dL/dx; adds its parameters' gradients.
-  virtual Tensor backward(const Tensor& grad_y, const SavedActivations* saved) = 0;
+  virtual Tensor backward(const Tensor& grad_y, const SavedActivations* saved);
   // The same, with dL/dx added to grad_x in place (the residual stream's gradient): no temporary, and
-  // no separate add where the norm's kernel can do it.
+  // no separate add where the norm's kernel can do it. A norm overrides at least one of the two; each
+  // one's default calls the other.
   virtual void backward_add(const Tensor& grad_y, const SavedActivations* saved, Tensor& grad_x);
   virtual void initialize(Random& random) {}
 };
