@@ -29,5 +29,10 @@ if ! apt-get download $packages >/dev/null 2>&1; then
   $sudo_prefix apt-get update -qq
   apt-get download $packages >/dev/null
 fi
+# Plain file names (letters, digits, '.', '_', '-'): '%3a' (an epoch's colon) and '+' become '_'.
+for deb in ./*.deb; do
+  plain="$(printf '%s' "$deb" | sed 's/%3a/_/g; s/[^A-Za-z0-9._/-]/_/g')"
+  [ "$deb" = "$plain" ] || mv "$deb" "$plain"
+done
 echo "device_deps: $(ls ./*.deb | wc -l) packages ($(du -sh . | cut -f1)) in $out:"
 ls ./*.deb | sed 's|^\./|  |'
