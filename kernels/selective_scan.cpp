@@ -262,14 +262,16 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   if (common_device("selective_scan", {&grad_out, in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
       Device::cuda) {
     // The CUDA kernels keep their own checkpoints (every 64 steps, and every 8 within); `chunk` is the CPU's.
+    // The backward kernel writes every value of u, delta and z; the reduction adds to A, B, C, D and
+    // delta_bias, which start at zero.
     SelectiveScanGrads grads;
-    grads.u = Tensor({s.batch, L, E}, Device::cuda);
-    grads.delta = Tensor({s.batch, L, E}, Device::cuda);
+    grads.u = Tensor::empty({s.batch, L, E}, Device::cuda);
+    grads.delta = Tensor::empty({s.batch, L, E}, Device::cuda);
     grads.A = Tensor({E, N}, Device::cuda);
     grads.B = Tensor({s.batch, L, N}, Device::cuda);
     grads.C = Tensor({s.batch, L, N}, Device::cuda);
     if (present(in.D)) grads.D = Tensor({E}, Device::cuda);
-    if (present(in.z)) grads.z = Tensor({s.batch, L, E}, Device::cuda);
+    if (present(in.z)) grads.z = Tensor::empty({s.batch, L, E}, Device::cuda);
     if (present(in.delta_bias)) grads.delta_bias = Tensor({E}, Device::cuda);
     SelectiveScanGradPointers raw;
     raw.u = grads.u.data();
