@@ -99,6 +99,11 @@ __device__ __forceinline__ int64_t block_channel(const ScanShape& s, int c) {
   return static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c;
 }
 
+// delta + delta_bias at token-major index `index` of channel e (the raw value before softplus).
+__device__ __forceinline__ float biased_delta(const SelectiveScanPointers& p, int64_t index, int64_t e) {
+  return p.delta[index] + (p.delta_bias ? p.delta_bias[e] : 0.0f);
+}
+
 __device__ __forceinline__ Position locate(const ScanShape& s) {
   Position at;
   at.group = threadIdx.x % s.lanes;
@@ -408,7 +413,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
       const int64_t t = s0 + i / per_block, e = block_channel(s, i % per_block);
       const bool inside = t < s1 && e < E;
-      const float v = inside ? p.delta[(row0 + t) * E + e] + (p.delta_bias ? p.delta_bias[e] : 0.0f) : 0.0f;
+      const float v = inside ? biased_delta(p, (row0 + t) * E + e, e) : 0.0f;
       deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
     }
     __syncthreads();
@@ -455,7 +460,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t index = (row0 + t0 + k) * E + e;
         const bool inside = k < steps && e < E;
         if (p.delta_softplus) {
-          slopes[i] = inside ? cuda::stable_sigmoid(p.delta[index] + (p.delta_bias ? p.delta_bias[e] : 0.0f)) : 0.0f;
+          slopes[i] = inside ? cuda::stable_sigmoid(biased_delta(p, index, e)) : 0.0f;
         }
         if (p.z) gates[i] = inside ? cuda::stable_sigmoid(p.z[index]) : 0.0f;
       }

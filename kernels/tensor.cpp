@@ -54,17 +54,15 @@ std::shared_ptr<float> allocate_storage(int64_t count, Device device, bool zero)
 
 void set_poison_empty_tensors(bool poison) { poison_empty_tensors = poison; }
 
-Tensor::Tensor(Shape shape, Device device)
+Tensor::Tensor(Shape shape, Device device, bool zero)
     : shape_(std::move(shape)), numel_(shape_numel(shape_)), device_(device) {
-  storage_ = allocate_storage(numel_, device_, true);
+  storage_ = allocate_storage(numel_, device_, zero);
 }
 
+Tensor::Tensor(Shape shape, Device device) : Tensor(std::move(shape), device, true) {}
+
 Tensor Tensor::empty(Shape shape, Device device) {
-  Tensor tensor;
-  tensor.shape_ = std::move(shape);
-  tensor.numel_ = shape_numel(tensor.shape_);
-  tensor.device_ = device;
-  tensor.storage_ = allocate_storage(tensor.numel_, device, false);
+  Tensor tensor(std::move(shape), device, false);
   if (poison_empty_tensors) tensor.fill(std::numeric_limits<float>::quiet_NaN());
   return tensor;
 }

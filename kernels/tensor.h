@@ -73,6 +73,9 @@ class Tensor {
   std::string shape_string() const { return mr1::shape_string(shape_); }
 
  private:
+  // Zero-filled when `zero`; otherwise as Tensor::empty leaves it.
+  Tensor(Shape shape, Device device, bool zero);
+
   Shape shape_;
   int64_t numel_ = 0;
   Device device_ = Device::cpu;
