@@ -23,6 +23,10 @@ build="${1:-$root/build-gpu}"
 logs="${GPU_CHECK_LOGS:-$(mktemp -d)}"
 mkdir -p "$logs"
 budget="${GPU_CHECK_BUDGET:-540}"
+if ! [[ "$budget" =~ ^[0-9]+$ ]]; then
+  echo "gpu_check: GPU_CHECK_BUDGET: expected a whole number of seconds, found '$budget'" >&2
+  exit 2
+fi
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   export PATH="/usr/local/cuda/bin:$PATH"
 fi
