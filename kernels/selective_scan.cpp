@@ -125,6 +125,7 @@ SelectiveScanPointers cuda_pointers(const SelectiveScanInputs& in) {
   raw.z = p.z;
   raw.delta_bias = p.delta_bias;
   raw.delta_softplus = p.softplus;
+  raw.pieces = in.cuda_pieces;
   return raw;
 }
 

@@ -27,6 +27,14 @@
 // kernels then add the parts in a fixed order, so every gradient is bit-reproducible from run to run
 // (no atomics).
 //
+// Pieces. A grid of B · E/(128/P) blocks can be far smaller than the device (the seed example: 16 blocks
+// on 132 multiprocessors). The sequence is then cut into pieces of whole segments (SelectiveScanPieces in
+// selective_scan_cuda.h), the grid's third dimension. h_t = a_t h_{t−1} + x_t is linear in the state it
+// starts from, so a first pass runs every piece but the last from a zero state and keeps its end state
+// and Π a_t; the forward kernel then starts each piece from the state its predecessors leave
+// (h ← Π a · h + h_local, piece by piece). The backward does the same in reverse time for d(state)
+// (dh_{t−1} = a_t (dh_t + C_t dy_t), which needs no states), and its checkpoints come from the cut forward.
+//
 // Shape letters: B batch, L length, E channels, N state size, P lanes per channel.
 #include <cuda_pipeline.h>
 
@@ -56,15 +64,17 @@ struct ScanShape {
   int padded;                              // 8·P >= N
   int channels_per_block;                  // 128 / P
   int64_t segments;                        // ceil(L / 64)
+  int64_t pieces, span;                    // the sequence's pieces (SelectiveScanPieces), scanned at once
 };
 
-int lanes_for(int64_t N) {
-  int lanes = 1;
-  while (lanes * kStates < N) lanes <<= 1;
-  return lanes;
+// The device's multiprocessors (asked once).
+int multiprocessors() {
+  static const int count = cuda::device_info().multiprocessors;
+  return count;
 }
 
-ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N) {
+// `requested_pieces` as SelectiveScanPointers::pieces (0: chosen from the device's size).
+ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N, int64_t requested_pieces) {
   if (N < 1 || N > kSelectiveScanCudaMaxState) {
     throw std::invalid_argument("selective_scan: the CUDA kernels support d_state N from 1 to " +
                                 std::to_string(kSelectiveScanCudaMaxState) + ", found " + std::to_string(N));
@@ -74,16 +84,29 @@ ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N) {
   s.length = L;
   s.channels = E;
   s.state = N;
-  s.lanes = lanes_for(N);
+  s.lanes = selective_scan_cuda_lanes(N);
   s.padded = s.lanes * kStates;
   s.channels_per_block = kThreads / s.lanes;
   s.segments = (L + kSegment - 1) / kSegment;
+  const SelectiveScanPieces pieces = selective_scan_cuda_pieces(
+      B, L, E, N, requested_pieces > 0 || B <= 0 || L <= 0 || E <= 0 ? 1 : multiprocessors(), requested_pieces);
+  s.pieces = pieces.count;
+  s.span = pieces.span;
   return s;
 }
 
+// (channel blocks, B, pieces): a block scans one piece of 128/P channels of one batch row.
 dim3 scan_grid(const ScanShape& s) {
   return dim3(static_cast<unsigned>((s.channels + s.channels_per_block - 1) / s.channels_per_block),
-              static_cast<unsigned>(s.batch));
+              static_cast<unsigned>(s.batch), static_cast<unsigned>(s.pieces));
+}
+
+// The steps [begin, end) of the block's piece (blockIdx.z).
+struct PieceSteps {
+  int64_t begin, end;
+};
+__device__ __forceinline__ PieceSteps piece_steps(const ScanShape& s, int64_t piece) {
+  return PieceSteps{piece * s.span, min(s.length, (piece + 1) * s.span)};
 }
 
 // Where a thread works: its lane group (which 8 states), channel e, batch row b.
@@ -124,6 +147,35 @@ __device__ __forceinline__ float decay(float delta_log2e, float A) { return exp2
 __device__ __forceinline__ float lanes_sum(float v, int lanes) {
   for (int offset = 1; offset < lanes; offset <<= 1) v += __shfl_xor_sync(cuda::kFullMask, v, offset);
   return v;
+}
+
+// What the first pass over the pieces leaves for the second, (B, pieces, E, padded) each: a piece's state at
+// its end from a zero start (forward), or d(state) at its start from a zero end (backward); and the product
+// of its decays exp(Δ_t A) over its steps.
+struct PieceCarries {
+  float* local = nullptr;
+  float* decay = nullptr;
+};
+
+__device__ __forceinline__ int64_t carry_index(const ScanShape& s, const Position& at, int64_t piece) {
+  return ((at.b * s.pieces + piece) * s.channels + at.e) * s.padded + at.first_state;
+}
+
+// v ← Π a · v + local over the pieces from, from + step, ..., up to but not `to`: the value entering the
+// next piece (v starts at 0). A zero v stays 0, so a product that overflowed (Δ < 0 without softplus) does
+// not make 0 · inf.
+__device__ __forceinline__ void carry_through(const PieceCarries& carries, const ScanShape& s, const Position& at,
+                                              int64_t from, int64_t to, int64_t step, float (&v)[kStates]) {
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) v[i] = 0.0f;
+  if (!at.valid) return;
+  for (int64_t piece = from; piece != to; piece += step) {
+    const int64_t index = carry_index(s, at, piece);
+#pragma unroll
+    for (int i = 0; i < kStates; ++i) {
+      v[i] = (v[i] == 0.0f ? 0.0f : carries.decay[index + i] * v[i]) + carries.local[index + i];
+    }
+  }
 }
 
 // A[e, n] for the thread's 8 states (0 past N), and its channel's D and delta_bias (0 when absent).
@@ -228,9 +280,55 @@ __device__ __forceinline__ void stage_values(const SelectiveScanPointers& p, con
   }
 }
 
+// The first pass over a cut sequence, forward: the state at the end of piece blockIdx.z from a zero start, and
+// the product of its decays (the same float operations as the forward kernel's steps). The grid leaves out
+// the last piece, which no piece follows. Each lane group loads its channel's values itself: the pieces
+// exist for grids too short to fill the device, where the steps' latency, not bandwidth, bounds the time.
 __global__ void __launch_bounds__(kThreads)
-    selective_scan_forward_kernel(SelectiveScanPointers p, ScanShape s, float* out, float* final_state,
-                                  float* checkpoints) {
+    selective_scan_piece_states_kernel(SelectiveScanPointers p, ScanShape s, PieceCarries carries) {
+  const Position at = locate(s);
+  const ChannelConstants constants = channel_constants(p, s, at);
+  const PieceSteps steps = piece_steps(s, blockIdx.z);
+  const int64_t row0 = at.b * s.length;
+  float h[kStates], product[kStates];
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    h[i] = 0.0f;
+    product[i] = 1.0f;
+  }
+  for (int64_t t0 = steps.begin; t0 < steps.end; t0 += kSub) {
+    float u[kSub], delta[kSub], unused_z[kSub];
+    load_steps<kSub>(p, s, at, t0, u, delta, unused_z);
+#pragma unroll
+    for (int k = 0; k < kSub; ++k) {
+      const int64_t t = t0 + k;
+      if (t >= steps.end) break;
+      const float v = delta[k] + constants.bias;
+      const float d = !at.valid ? 0.0f : p.delta_softplus ? softplus(v) : v;
+      const float delta_u = d * u[k], delta_log2e = d * kLog2e;
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) {
+        const int n = at.first_state + i;
+        const float B_n = n < s.state ? __ldg(p.B + (row0 + t) * s.state + n) : 0.0f;
+        const float a = decay(delta_log2e, constants.A[i]);
+        h[i] = a * h[i] + delta_u * B_n;
+        product[i] *= a;
+      }
+    }
+  }
+  if (!at.valid) return;
+  const int64_t index = carry_index(s, at, blockIdx.z);
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    carries.local[index + i] = h[i];
+    carries.decay[index + i] = product[i];
+  }
+}
+
+// The forward over the block's piece, from the state its predecessors leave (carries: from the first pass).
+__global__ void __launch_bounds__(kThreads)
+    selective_scan_forward_kernel(SelectiveScanPointers p, ScanShape s, PieceCarries carries, float* out,
+                                  float* final_state, float* checkpoints) {
   // [2 buffers][2 (B, C)][kChunk][padded] rows | 4 ChunkValues arrays | [2 (D, delta_bias)][channels_per_block]
   extern __shared__ __align__(16) float shared[];
   const int tile_size = 2 * kChunk * s.padded, per_chunk = kChunk * s.channels_per_block;
@@ -249,22 +347,23 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
+  const int64_t piece = blockIdx.z;
   float h[kStates];
-#pragma unroll
-  for (int i = 0; i < kStates; ++i) h[i] = 0.0f;
-  const int64_t L = s.length, chunks = (L + kChunk - 1) / kChunk;
+  carry_through(carries, s, at, 0, piece, 1, h);
+  const PieceSteps steps = piece_steps(s, piece);
+  const int64_t L = s.length, chunks = (steps.end - steps.begin + kChunk - 1) / kChunk;
   RawValues raw;
-  load_values(p, s, out && p.z, 0, raw);
-  stage_rows(p, s, at.b, 0, tiles);
+  load_values(p, s, out && p.z, steps.begin, raw);
+  stage_rows(p, s, at.b, steps.begin, tiles);
 
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t t0 = chunk * kChunk;
+    const int64_t t0 = steps.begin + chunk * kChunk;
     // This chunk's values into shared memory (a thread rewrites only its own values, which it alone read
     // after the last barrier), then the next chunk's loads and rows are started, and this chunk's rows
     // awaited.
     stage_values(p, s, out != nullptr, t0, bias, raw, values);
-    load_values(p, s, out && p.z, t0 + kChunk, raw);
     if (chunk + 1 < chunks) {
+      load_values(p, s, out && p.z, t0 + kChunk, raw);
       stage_rows(p, s, at.b, t0 + kChunk, tiles + ((chunk + 1) & 1) * tile_size);
     } else {
       __pipeline_commit();
@@ -283,7 +382,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int step = 0; step < kChunk; ++step) {
       const int64_t t = t0 + step;
-      if (t >= L) break;
+      if (t >= steps.end) break;
       // h ← exp(Δ A) h + Δ u B_t;  y = Σ_n h C_t
       const int value = step * s.channels_per_block + channel;
       const float delta = values.delta[value];
@@ -312,13 +411,13 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t t = t0 + i / s.channels_per_block;
         const int c = i % s.channels_per_block;
         const int64_t e = block_channel(s, c);
-        if (t < L && e < s.channels) {
+        if (t < steps.end && e < s.channels) {
           out[(at.b * L + t) * s.channels + e] = (values.y[i] + skip[c] * values.u[i]) * values.gate[i];
         }
       }
     }
   }
-  if (final_state && at.valid) {
+  if (final_state && at.valid && steps.end == L) {
 #pragma unroll
     for (int i = 0; i < kStates; ++i) {
       const int n = at.first_state + i;
@@ -375,14 +474,70 @@ __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const
 // Where the backward kernel stores its parts of the sums across blocks, before reduce_parts_kernel adds them.
 struct ScanGradParts {
   float* rows;      // (2 (dB, dC), X channel blocks, B, L, N)
-  float* A;         // (B, E, N)
-  float* D;         // (B, E) or null
-  float* bias;      // (B, E) or null
+  float* A;         // (B, pieces, E, N)
+  float* D;         // (B, pieces, E) or null
+  float* bias;      // (B, pieces, E) or null
 };
 
+// The first pass over a cut sequence, backward: d(state) entering piece blockIdx.z + 1 from its end
+// (walking its steps in reverse from a zero d(state) after it), and the product of its decays. The
+// recurrence dh_{t−1} = a_t (dh_t + C_t dy_t) needs only Δ, z and dout, not the states; the same float
+// operations as the backward kernel's reverse steps. The first piece, which no piece precedes, is left out.
+__global__ void __launch_bounds__(kThreads)
+    selective_scan_piece_carries_kernel(SelectiveScanPointers p, const float* grad_out, ScanShape s,
+                                        PieceCarries carries) {
+  const Position at = locate(s);
+  const ChannelConstants constants = channel_constants(p, s, at);
+  const int64_t piece = blockIdx.z + 1;
+  const PieceSteps steps = piece_steps(s, piece);
+  const int64_t row0 = at.b * s.length;
+  float dh[kStates], product[kStates];
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    dh[i] = 0.0f;
+    product[i] = 1.0f;
+  }
+  const int64_t last_sub = steps.begin + (steps.end - 1 - steps.begin) / kSub * kSub;
+  for (int64_t t0 = last_sub; t0 >= steps.begin; t0 -= kSub) {
+    float unused_u[kSub], delta[kSub], z[kSub];
+    load_steps<kSub>(p, s, at, t0, unused_u, delta, z);
+    float dout[kSub];
+#pragma unroll
+    for (int k = 0; k < kSub; ++k) {
+      dout[k] = at.valid && t0 + k < steps.end ? grad_out[(row0 + t0 + k) * s.channels + at.e] : 0.0f;
+    }
+#pragma unroll
+    for (int k = kSub - 1; k >= 0; --k) {
+      const int64_t t = t0 + k;
+      if (t >= steps.end) continue;
+      const float v = delta[k] + constants.bias;
+      const float d = !at.valid ? 0.0f : p.delta_softplus ? softplus(v) : v;
+      const float delta_log2e = d * kLog2e;
+      const float dy = p.z ? dout[k] * (z[k] * cuda::stable_sigmoid(z[k])) : dout[k];
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) {
+        const int n = at.first_state + i;
+        const float C_n = n < s.state ? __ldg(p.C + (row0 + t) * s.state + n) : 0.0f;
+        const float a = decay(delta_log2e, constants.A[i]);
+        dh[i] = a * (dh[i] + dy * C_n);
+        product[i] *= a;
+      }
+    }
+  }
+  if (!at.valid) return;
+  const int64_t index = carry_index(s, at, piece);
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    carries.local[index + i] = dh[i];
+    carries.decay[index + i] = product[i];
+  }
+}
+
+// The backward over the block's piece, from the d(state) its successors leave (carries: from the first pass).
 __global__ void __launch_bounds__(kThreads)
     selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, ScanGradParts parts,
-                                   const float* grad_out, ScanShape s, const float* checkpoints) {
+                                   PieceCarries carries, const float* grad_out, ScanShape s,
+                                   const float* checkpoints) {
   // [kSubsPerSegment][kStates][kThreads] saved states | [2 (B, C)][kSub][padded] rows |
   // [kWarps][2][kSub][padded] sums of each warp | [kSegment][channels_per_block] the segment's Δ |
   // [kSub][channels_per_block] the sub-chunk's σ(delta + bias) (softplus' slope) | the same of σ(z)
@@ -400,12 +555,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t L = s.length, E = s.channels, N = s.state;
   const int64_t row0 = at.b * L;  // token index of t = 0
 
+  const int64_t piece = blockIdx.z;
   float dh[kStates], dA[kStates];
+  carry_through(carries, s, at, s.pieces - 1, piece, -1, dh);
 #pragma unroll
-  for (int i = 0; i < kStates; ++i) dh[i] = dA[i] = 0.0f;
+  for (int i = 0; i < kStates; ++i) dA[i] = 0.0f;
   float dD = 0.0f, dbias = 0.0f;
 
-  for (int64_t segment = s.segments - 1; segment >= 0; --segment) {
+  const PieceSteps steps = piece_steps(s, piece);
+  const int64_t first_segment = steps.begin / kSegment, last_segment = (steps.end - 1) / kSegment;
+  for (int64_t segment = last_segment; segment >= first_segment; --segment) {
     const int64_t s0 = segment * kSegment, s1 = min(L, s0 + kSegment);
     const int subs = static_cast<int>((s1 - s0 + kSub - 1) / kSub);
     // The segment's Δ, each computed once; 0 past L or E. (Every reader of the previous segment's Δ has
@@ -558,9 +717,9 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // This batch row's part of dA, dD and d(delta_bias).
+  // This batch row's and piece's part of dA, dD and d(delta_bias).
   if (!at.valid) return;
-  const int64_t part = at.b * E + at.e;  // (b, e)
+  const int64_t part = (at.b * s.pieces + piece) * E + at.e;  // (b, piece, e)
 #pragma unroll
   for (int i = 0; i < kStates; ++i) {
     const int n = at.first_state + i;
@@ -573,7 +732,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Adds the parts in a fixed order: dB, dC over the X channel blocks; dA, dD, d(delta_bias) over the
-// B batch rows. One thread per output value, sums in double.
+// `batch` = B · pieces batch rows and pieces. One thread per output value, sums in double.
 __global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointers grads, int64_t blocks,
                                     int64_t batch, int64_t rows_size, int64_t E, int64_t N) {
   const int64_t total = 2 * rows_size + E * N + 2 * E;
@@ -610,13 +769,40 @@ size_t backward_shared_bytes(const ScanShape& s) {
                           (kSegment + 2 * kSub) * s.channels_per_block);
 }
 
-// Launches the forward kernel (out, final_state and checkpoints each optional).
+// A device buffer for PieceCarries of s (none with one piece), and the carries in it.
+struct CarriesBuffer {
+  cuda::DeviceBuffer buffer;
+  PieceCarries carries;
+  explicit CarriesBuffer(const ScanShape& s)
+      : buffer(s.pieces > 1 ? static_cast<size_t>(2 * s.batch * s.pieces * s.channels * s.padded) * sizeof(float) : 0) {
+    if (s.pieces > 1) {
+      carries.local = buffer.as<float>();
+      carries.decay = carries.local + s.batch * s.pieces * s.channels * s.padded;
+    }
+  }
+};
+
+// The grid of a first pass: the pieces but one (which: the last, forward; the first, backward).
+dim3 first_pass_grid(const ScanShape& s) {
+  dim3 grid = scan_grid(s);
+  grid.z = static_cast<unsigned>(s.pieces - 1);
+  return grid;
+}
+
+// Launches the forward (out, final_state and checkpoints each optional), after its first pass when the
+// sequence is cut into pieces.
 void launch_forward(const SelectiveScanPointers& in, const ScanShape& s, float* out, float* final_state,
                     float* checkpoints, cudaStream_t stream) {
+  const CarriesBuffer carries(s);
+  if (s.pieces > 1) {
+    selective_scan_piece_states_kernel<<<first_pass_grid(s), kThreads, 0, stream>>>(in, s, carries.carries);
+    cuda::check_launch("selective_scan_piece_states_kernel");
+  }
   const size_t shared_bytes = forward_shared_bytes(s);
   CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
-  selective_scan_forward_kernel<<<scan_grid(s), kThreads, shared_bytes, stream>>>(in, s, out, final_state, checkpoints);
+  selective_scan_forward_kernel<<<scan_grid(s), kThreads, shared_bytes, stream>>>(in, s, carries.carries, out,
+                                                                                 final_state, checkpoints);
   cuda::check_launch("selective_scan_forward_kernel");
 }
 
@@ -624,7 +810,7 @@ void launch_forward(const SelectiveScanPointers& in, const ScanShape& s, float* 
 
 void selective_scan_forward_cuda(const SelectiveScanPointers& in, float* out, float* final_state, int64_t B, int64_t L,
                                  int64_t E, int64_t N, void* stream) {
-  const ScanShape s = scan_shape(B, L, E, N);
+  const ScanShape s = scan_shape(B, L, E, N, in.pieces);
   if (B <= 0 || E <= 0) return;
   if (L <= 0) return;  // no steps: out is empty and the final state stays 0 (zero-filled by the caller)
   launch_forward(in, s, out, final_state, nullptr, cuda::as_stream(stream));
@@ -633,7 +819,7 @@ void selective_scan_forward_cuda(const SelectiveScanPointers& in, float* out, fl
 void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPointers& in,
                                   const SelectiveScanGradPointers& grads, int64_t B, int64_t L, int64_t E, int64_t N,
                                   void* stream) {
-  const ScanShape s = scan_shape(B, L, E, N);
+  const ScanShape s = scan_shape(B, L, E, N, in.pieces);
   if (B <= 0 || L <= 0 || E <= 0) return;
   cudaStream_t on_stream = cuda::as_stream(stream);
   // The checkpoints: the state at every 64th step, (B, segments, E, padded).
@@ -642,21 +828,28 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
   const size_t shared_bytes = backward_shared_bytes(s);
   CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
+  // The d(state) each piece hands back to the one before it.
+  const CarriesBuffer carries(s);
+  if (s.pieces > 1) {
+    selective_scan_piece_carries_kernel<<<first_pass_grid(s), kThreads, 0, on_stream>>>(in, grad_out, s,
+                                                                                        carries.carries);
+    cuda::check_launch("selective_scan_piece_carries_kernel");
+  }
   // The parts of the sums across blocks (see ScanGradParts); every entry is stored before it is read.
   const dim3 grid = scan_grid(s);
-  const int64_t blocks = grid.x, rows_size = B * L * N;
+  const int64_t blocks = grid.x, rows_size = B * L * N, row_pieces = B * s.pieces;
   cuda::DeviceBuffer row_parts(static_cast<size_t>(2 * blocks * rows_size) * sizeof(float));
-  cuda::DeviceBuffer A_parts(static_cast<size_t>(B * E * N) * sizeof(float));
-  cuda::DeviceBuffer D_parts(grads.D ? static_cast<size_t>(B * E) * sizeof(float) : 0);
-  cuda::DeviceBuffer bias_parts(grads.delta_bias ? static_cast<size_t>(B * E) * sizeof(float) : 0);
+  cuda::DeviceBuffer A_parts(static_cast<size_t>(row_pieces * E * N) * sizeof(float));
+  cuda::DeviceBuffer D_parts(grads.D ? static_cast<size_t>(row_pieces * E) * sizeof(float) : 0);
+  cuda::DeviceBuffer bias_parts(grads.delta_bias ? static_cast<size_t>(row_pieces * E) * sizeof(float) : 0);
   const ScanGradParts parts{row_parts.as<float>(), A_parts.as<float>(), grads.D ? D_parts.as<float>() : nullptr,
                             grads.delta_bias ? bias_parts.as<float>() : nullptr};
-  selective_scan_backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(in, grads, parts, grad_out, s,
-                                                                             checkpoints.as<float>());
+  selective_scan_backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(in, grads, parts, carries.carries,
+                                                                             grad_out, s, checkpoints.as<float>());
   cuda::check_launch("selective_scan_backward_kernel");
   const int64_t outputs = 2 * rows_size + E * N + 2 * E;
-  reduce_parts_kernel<<<cuda::blocks_for(outputs, 256, 65536), 256, 0, on_stream>>>(parts, grads, blocks, B, rows_size,
-                                                                                     E, N);
+  reduce_parts_kernel<<<cuda::blocks_for(outputs, 256, 65536), 256, 0, on_stream>>>(parts, grads, blocks, row_pieces,
+                                                                                     rows_size, E, N);
   cuda::check_launch("reduce_parts_kernel");
 }
 

@@ -20,6 +20,9 @@ struct SelectiveScanInputs {
   const Tensor* z = nullptr;           // (B, L, E)  gate; may be null (no gating)
   const Tensor* delta_bias = nullptr;  // (E)        may be null
   bool delta_softplus = true;
+  // CUDA only: the pieces of the sequence scanned at once (selective_scan_cuda_pieces in
+  // kernels/selective_scan_cuda.h); 0 chooses from the device's size. The results agree to rounding.
+  int64_t cuda_pieces = 0;
 };
 
 // Δ[t,e]   = softplus(delta[t,e] + delta_bias[e])                 (or without softplus when off)

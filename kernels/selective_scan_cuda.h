@@ -2,6 +2,7 @@
 // pointers; plain C++ header. Shape letters: B batch, L length, E channels (d_inner), N state size.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 namespace mr1 {
@@ -20,7 +21,45 @@ struct SelectiveScanPointers {
   const float* z = nullptr;           // (B, L, E) or null
   const float* delta_bias = nullptr;  // (E) or null
   bool delta_softplus = true;
+  int64_t pieces = 0;  // the pieces of the sequence scanned at once (selective_scan_cuda_pieces); 0 = choose
 };
+
+// Lanes of a warp per channel: the smallest power of two P with 8·P >= N (8 states per lane).
+inline int selective_scan_cuda_lanes(int64_t N) {
+  int lanes = 1;
+  while (lanes * 8 < N) lanes <<= 1;
+  return lanes;
+}
+
+// The sequence cut into `count` pieces of `span` steps (the last may be shorter), each a whole number of
+// 64-step segments. The kernels scan the pieces at once: a first pass runs each piece from a zero state,
+// then each piece starts from the state its predecessors leave (h_end = Π a · h_start + h_local), so a
+// short grid (few batch rows and channels: B · ⌈E / (128/P)⌉ blocks) still fills the device.
+struct SelectiveScanPieces {
+  int64_t count = 1;
+  int64_t span = 0;
+};
+
+// One piece when the blocks of one pass already fill the `multiprocessors`; otherwise about two blocks per
+// multiprocessor, at most one piece per segment. `requested` > 0 asks for that many (at most one per
+// segment, and fewer when the segments do not divide evenly among them).
+inline SelectiveScanPieces selective_scan_cuda_pieces(int64_t B, int64_t L, int64_t E, int64_t N, int multiprocessors,
+                                                      int64_t requested = 0) {
+  constexpr int64_t kSegment = 64;
+  const int64_t segments = std::max<int64_t>(1, (L + kSegment - 1) / kSegment);
+  const int64_t channels_per_block = 128 / selective_scan_cuda_lanes(N);
+  const int64_t blocks = B * ((E + channels_per_block - 1) / channels_per_block);
+  int64_t wanted = requested;
+  if (wanted <= 0) {
+    wanted = blocks >= multiprocessors ? 1 : (2 * static_cast<int64_t>(multiprocessors) + blocks - 1) / blocks;
+  }
+  wanted = std::max<int64_t>(1, std::min(wanted, segments));
+  SelectiveScanPieces pieces;
+  const int64_t segments_per_piece = (segments + wanted - 1) / wanted;
+  pieces.span = segments_per_piece * kSegment;
+  pieces.count = std::max<int64_t>(1, (segments + segments_per_piece - 1) / segments_per_piece);
+  return pieces;
+}
 
 // out (B, L, E); final_state (B, E, N) or null.
 void selective_scan_forward_cuda(const SelectiveScanPointers& in, float* out, float* final_state, int64_t B, int64_t L,

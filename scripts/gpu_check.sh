@@ -158,16 +158,20 @@ else
     record "scan bench" FAIL "exit $status: $(tail -n 1 "$logs/scan_bench.log")"
   fi
 
-  # The scan at two more shapes, for the record (no target): the seed example's, and d_state 64.
+  # The scan at two more shapes, for the record (no target): the seed example's (a short grid, which the
+  # scan cuts into pieces of the sequence; the bench times the uncut scan beside it), and d_state 64.
   for shape in "4 512 256 16" "8 2048 2048 64"; do
     read -r b l e n <<< "$shape"
-    run "scan_bench_B${b}_L${l}_E${e}_N${n}" 60 "$build/mamba-r1-scan-bench" "$b" "$l" "$e" "$n"
+    name="scan_bench_B${b}_L${l}_E${e}_N${n}"
+    run "$name" 60 "$build/mamba-r1-scan-bench" "$b" "$l" "$e" "$n"
     if [ "$status" -eq 0 ]; then
-      forward_line="$(grep "selective scan forward" "$logs/scan_bench_B${b}_L${l}_E${e}_N${n}.log" | sed -E 's/.*: +//')"
-      backward_line="$(grep "selective scan backward" "$logs/scan_bench_B${b}_L${l}_E${e}_N${n}.log" | sed -E 's/.*: +//')"
-      record "scan B$b L$l E$e N$n" pass "forward $forward_line; backward $backward_line"
+      forward_line="$(grep "selective scan forward" "$logs/$name.log" | sed -E 's/.*: +//')"
+      backward_line="$(grep "selective scan backward" "$logs/$name.log" | sed -E 's/.*: +//')"
+      pieces_line="$(grep -E "^(sequence pieces|pieces speed-up)" "$logs/$name.log" |
+        sed -E 's/ \(chosen for this device\)//' | paste -sd ';' -)"
+      record "scan B$b L$l E$e N$n" pass "forward $forward_line; backward $backward_line; $pieces_line"
     elif [ "$status" -ne 3 ]; then
-      record "scan B$b L$l E$e N$n" FAIL "exit $status: $(tail -n 1 "$logs/scan_bench_B${b}_L${l}_E${e}_N${n}.log")"
+      record "scan B$b L$l E$e N$n" FAIL "exit $status: $(tail -n 1 "$logs/$name.log")"
     fi
   done
 

@@ -366,11 +366,13 @@ TEST_CASE("cuda: causal conv1d matches the CPU for every kernel width 1 to 8", "
 
 namespace {
 
-// One scan case on both backends: forward (with the final state) and every gradient.
-void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool softplus) {
+// One scan case on both backends: forward (with the final state) and every gradient. `pieces` > 0 asks the
+// CUDA kernels to cut the sequence into that many pieces (SelectiveScanInputs::cuda_pieces).
+void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool softplus, int64_t pieces = 0) {
   const std::string shape = "B " + std::to_string(B) + " L " + std::to_string(L) + " E " + std::to_string(E) + " N " +
                             std::to_string(N) + (gated ? " with D, z, bias" : " plain") +
-                            (softplus ? "" : ", no softplus");
+                            (softplus ? "" : ", no softplus") +
+                            (pieces > 0 ? ", " + std::to_string(pieces) + " pieces asked" : "");
   Tensor u = uniform({B, L, E}, 30, -1, 1), delta = uniform({B, L, E}, 31, softplus ? -1 : 0.001f, softplus ? 1 : 0.1f);
   Tensor A({E, N});
   for (int64_t e = 0; e < E; ++e) {
@@ -398,6 +400,7 @@ void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool sof
       in.delta_bias = place(bias);
     }
     in.delta_softplus = softplus;
+    if (on_gpu) in.cuda_pieces = pieces;
     return in;
   };
   const SelectiveScanInputs cpu_in = inputs(false), cuda_in = inputs(true);
@@ -443,6 +446,17 @@ TEST_CASE("cuda: the selective scan matches the CPU over state sizes 1 to 256 an
   }
   check_scan(1, 65, 130, 16, false, true);
   check_scan(3, 40, 20, 12, false, false);  // Δ = delta itself, in [0.001, 0.1]
+}
+
+TEST_CASE("cuda: the selective scan cut into pieces of the sequence matches the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  // L 200: 4 segments, as 2 pieces of 128 steps (3 asked) or 4 of 64 (the last 8 steps long); L 130:
+  // 3 pieces, the last 2 steps long. One, two and eight lanes per channel; with and without the gate.
+  for (int64_t N : {5, 16, 64}) {
+    for (int64_t pieces : {2, 3, 4}) check_scan(2, 200, 37, N, true, true, pieces);
+  }
+  check_scan(1, 130, 70, 16, false, true, 3);
+  check_scan(3, 129, 20, 12, false, false, 3);  // no softplus: Δ = delta itself
 }
 
 TEST_CASE("cuda: the selective scan rejects state sizes above 256 in one line", "[cuda]") {

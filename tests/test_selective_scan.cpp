@@ -2,6 +2,7 @@
 // gradients of every input against finite differences (chunked recompute included), and the
 // shape errors.
 #include "kernels/selective_scan.h"
+#include "kernels/selective_scan_cuda.h"
 
 #include <cmath>
 #include <sstream>
@@ -248,6 +249,29 @@ TEST_CASE("selective_scan_backward gives the same gradients for every chunk size
       require_close(grads.*input.grad, reference.*input.grad, 1e-6, 1e-6, std::string("d") + input.name);
     }
   }
+}
+
+TEST_CASE("the CUDA scan cuts the sequence into pieces only when its grid is short of the device") {
+  const auto pieces = [](int64_t B, int64_t L, int64_t E, int64_t N, int multiprocessors, int64_t requested = 0) {
+    const SelectiveScanPieces cut = selective_scan_cuda_pieces(B, L, E, N, multiprocessors, requested);
+    return std::vector<int64_t>{cut.count, cut.span};
+  };
+  // The seed example on 132 multiprocessors: N 16 is 2 lanes, 64 channels a block, 4 · 4 = 16 blocks;
+  // ⌈264 / 16⌉ = 17 pieces wanted, 8 segments of 64 steps: 8 pieces of 64.
+  CHECK(pieces(4, 512, 256, 16, 132) == std::vector<int64_t>{8, 64});
+  // The bandwidth target's shape: 8 · 32 = 256 blocks fill 132 multiprocessors: one piece.
+  CHECK(pieces(8, 2048, 2048, 16, 132) == std::vector<int64_t>{1, 2048});
+  // Batch 1, E 768: 12 blocks; 22 pieces wanted of 32 segments: 2 segments a piece, so 16 pieces of 128.
+  CHECK(pieces(1, 2048, 768, 16, 132) == std::vector<int64_t>{16, 128});
+  // N 256 is 32 lanes, 4 channels a block: 2 blocks; at most one piece per segment (L 100: 2).
+  CHECK(pieces(1, 100, 8, 256, 132) == std::vector<int64_t>{2, 64});
+  // Asked: 3 pieces of 4 segments cannot be even: 2 segments a piece, so 2 pieces; more than the
+  // segments: one each; none for an empty sequence.
+  CHECK(pieces(2, 200, 37, 16, 1, 3) == std::vector<int64_t>{2, 128});
+  CHECK(pieces(2, 200, 37, 16, 1, 9) == std::vector<int64_t>{4, 64});
+  CHECK(pieces(2, 0, 37, 16, 132)[0] == 1);
+  // One multiprocessor (the emulator): never cut unless asked.
+  CHECK(pieces(1, 4096, 8, 16, 1) == std::vector<int64_t>{1, 4096});
 }
 
 TEST_CASE("selective_scan names the argument and both shapes on a mismatch") {

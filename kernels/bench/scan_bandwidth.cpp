@@ -1,16 +1,20 @@
-// mamba-r1-scan-bench [B L E N [REPEATS]]: the CUDA selective scan's achieved memory bandwidth.
+// mamba-r1-scan-bench [B L E N [REPEATS [PIECES]]]: the CUDA selective scan's achieved memory bandwidth.
 // The forward must read u, delta, z (B·L·E each), B and C (B·L·N each), A (E·N), D and delta_bias (E) once,
 // and write out (B·L·E) once; those bytes over the kernel's time, against the device's peak
 // (2 × memory clock × bus width). The backward's time is reported beside it. Default shape: B = 8,
 // L = 2048, E = 2048, N = 16 (the target: the forward at 60% or more of peak).
-// Exit 3 with one line when no GPU can be used.
+// The kernels cut a sequence into pieces when the grid is short of the device (selective_scan_cuda.h); the
+// lines name how many, PIECES > 0 asks for that many, and when there is more than one the uncut scan is
+// timed too, for comparison. Exit 3 with one line when no GPU can be used.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cmath>
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda_device.h"
@@ -52,8 +56,9 @@ int main(int argc, char** argv) {
   using namespace mr1;
   int64_t B = 8, L = 2048, E = 2048, N = 16;
   int repeats = 20;
-  if (argc != 1 && argc != 5 && argc != 6) {
-    std::fprintf(stderr, "usage: mamba-r1-scan-bench [B L E N [REPEATS]]\n");
+  int64_t requested_pieces = 0;
+  if (argc != 1 && (argc < 5 || argc > 7)) {
+    std::fprintf(stderr, "usage: mamba-r1-scan-bench [B L E N [REPEATS [PIECES]]]\n");
     return 2;
   }
   if (argc >= 5) {
@@ -62,7 +67,8 @@ int main(int argc, char** argv) {
     E = std::atoll(argv[3]);
     N = std::atoll(argv[4]);
   }
-  if (argc == 6) repeats = std::max(1, std::atoi(argv[5]));
+  if (argc >= 6) repeats = std::max(1, std::atoi(argv[5]));
+  if (argc == 7) requested_pieces = std::max(0, std::atoi(argv[6]));
   const std::string reason = cuda::unavailable_reason();
   if (!reason.empty()) {
     std::fprintf(stderr, "scan bench: no GPU: %s\n", reason.c_str());
@@ -95,41 +101,59 @@ int main(int argc, char** argv) {
     in.delta_softplus = true;
     void* stream = cuda::stream();
 
-    const double forward_ms = median_milliseconds(
-        repeats, [&] { selective_scan_forward_cuda(in, out.as<float>(), nullptr, B, L, E, N, stream); });
-    const double forward_bytes = 4.0 * (4.0 * tokens * E + 2.0 * tokens * N + E * N + 2.0 * E);
-    const double forward_bandwidth = forward_bytes / (forward_ms * 1e-3);
-
     // The backward's gradients, zero-filled before each run (its sums add to them).
     cuda::DeviceBuffer du(tokens * E * sizeof(float)), dd(tokens * E * sizeof(float)), dz(tokens * E * sizeof(float)),
         dA(E * N * sizeof(float)), dB(tokens * N * sizeof(float)), dC(tokens * N * sizeof(float)),
         dD(E * sizeof(float)), dbias(E * sizeof(float));
     SelectiveScanGradPointers grads{du.as<float>(), dd.as<float>(), dA.as<float>(), dB.as<float>(),
                                     dC.as<float>(), dD.as<float>(), dz.as<float>(), dbias.as<float>()};
-    const double backward_ms = median_milliseconds(repeats, [&] {
-      for (cuda::DeviceBuffer* buffer : {&dA, &dB, &dC, &dD, &dbias})
-        cuda::memset_zero(buffer->as<void>(), buffer->bytes());
-      selective_scan_backward_cuda(grad_out.as<float>(), in, grads, B, L, E, N, stream);
-    });
+    // Median milliseconds of the forward and of the backward, with the sequence cut into `pieces`.
+    const auto time_scan = [&](int64_t pieces) {
+      in.pieces = pieces;
+      const double forward = median_milliseconds(
+          repeats, [&] { selective_scan_forward_cuda(in, out.as<float>(), nullptr, B, L, E, N, stream); });
+      const double backward = median_milliseconds(repeats, [&] {
+        for (cuda::DeviceBuffer* buffer : {&dA, &dB, &dC, &dD, &dbias})
+          cuda::memset_zero(buffer->as<void>(), buffer->bytes());
+        selective_scan_backward_cuda(grad_out.as<float>(), in, grads, B, L, E, N, stream);
+      });
+      return std::make_pair(forward, backward);
+    };
+    const int64_t pieces = selective_scan_cuda_pieces(B, L, E, N, device.multiprocessors, requested_pieces).count;
+    const auto [forward_ms, backward_ms] = time_scan(pieces);
+    const std::vector<float> cut_out = cuda::download<float>(out, static_cast<size_t>(tokens * E));
+
+    const double forward_bytes = 4.0 * (4.0 * tokens * E + 2.0 * tokens * N + E * N + 2.0 * E);
     // Read u, delta, z, dout (and again u, delta for the checkpoints), B, C; write du, ddelta, dz, dB, dC.
     const double backward_bytes = 4.0 * (9.0 * tokens * E + 4.0 * tokens * N);
-    const double backward_bandwidth = backward_bytes / (backward_ms * 1e-3);
-
     const double peak = device.peak_bandwidth;
+    const auto print = [&](const char* label, double ms, double bytes) {
+      const double bandwidth = bytes / (ms * 1e-3);
+      std::printf("%-24s B=%lld L=%lld E=%lld N=%lld: %8.3f ms, %7.1f MB moved, %7.0f GB/s = %5.1f%% of peak\n",
+                  label, static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(E),
+                  static_cast<long long>(N), ms, bytes / 1e6, bandwidth / 1e9, 100.0 * bandwidth / peak);
+    };
     std::printf("device: %s (sm_%d%d, %d SMs), peak memory bandwidth %.0f GB/s\n", device.name.c_str(), device.major,
                 device.minor, device.multiprocessors, peak / 1e9);
-    std::printf(
-        "selective scan forward   B=%lld L=%lld E=%lld N=%lld: %8.3f ms, %7.1f MB moved, %7.0f GB/s = %5.1f%% of "
-        "peak\n",
-        static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(E), static_cast<long long>(N),
-        forward_ms, forward_bytes / 1e6, forward_bandwidth / 1e9, 100.0 * forward_bandwidth / peak);
-    std::printf(
-        "selective scan backward  B=%lld L=%lld E=%lld N=%lld: %8.3f ms, %7.1f MB moved, %7.0f GB/s = %5.1f%% of "
-        "peak\n",
-        static_cast<long long>(B), static_cast<long long>(L), static_cast<long long>(E), static_cast<long long>(N),
-        backward_ms, backward_bytes / 1e6, backward_bandwidth / 1e9, 100.0 * backward_bandwidth / peak);
-    std::printf("scan_forward_fraction_of_peak=%.3f target=0.60 %s\n", forward_bandwidth / peak,
-                forward_bandwidth / peak >= 0.60 ? "met" : "NOT met");
+    std::printf("sequence pieces: %lld (%s)\n", static_cast<long long>(pieces),
+                requested_pieces > 0 ? "asked" : "chosen for this device");
+    print("selective scan forward", forward_ms, forward_bytes);
+    print("selective scan backward", backward_ms, backward_bytes);
+    if (pieces > 1) {
+      const auto [uncut_forward_ms, uncut_backward_ms] = time_scan(1);
+      const std::vector<float> uncut_out = cuda::download<float>(out, static_cast<size_t>(tokens * E));
+      double difference = 0;
+      for (size_t i = 0; i < cut_out.size(); ++i) {
+        difference = std::max(difference, static_cast<double>(std::abs(cut_out[i] - uncut_out[i])));
+      }
+      print("uncut scan forward", uncut_forward_ms, forward_bytes);
+      print("uncut scan backward", uncut_backward_ms, backward_bytes);
+      std::printf("pieces speed-up: forward %.2fx, backward %.2fx; max |out cut - out uncut| = %.3g\n",
+                  uncut_forward_ms / forward_ms, uncut_backward_ms / backward_ms, difference);
+    }
+    const double forward_fraction = forward_bytes / (forward_ms * 1e-3) / peak;
+    std::printf("scan_forward_fraction_of_peak=%.3f target=0.60 %s\n", forward_fraction,
+                forward_fraction >= 0.60 ? "met" : "NOT met");
     return 0;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "scan bench: %s\n", error.what());
