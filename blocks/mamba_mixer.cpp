@@ -188,11 +188,9 @@ Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const Laye
   scan.z = &saved.z;
   scan.delta_bias = &dt_proj_bias_.value;
   scan.delta_softplus = true;
-  SelectiveScanGrads scan_grads = selective_scan_backward(grad_y, scan);
-  // A = −exp(A_log): dL/dA_log = dL/dA ⊙ A
-  add_inplace(A_log_.grad, multiply(scan_grads.A, saved.A));
-  add_inplace(D_.grad, scan_grads.D);
-  add_inplace(dt_proj_bias_.grad, scan_grads.delta_bias);
+  // Adds A = −exp(A_log)'s gradient dL/dA ⊙ A, and D's and the bias's, to the parameters' gradients.
+  const SelectiveScanGrads scan_grads =
+      selective_scan_backward_accumulate(grad_y, scan, A_log_.grad, &D_.grad, &dt_proj_bias_.grad);
 
   const Tensor grad_dt =
       linear_backward_accumulate(scan_grads.delta, saved.dt, dt_proj_weight_.value, dt_proj_weight_.grad, nullptr);

@@ -18,6 +18,7 @@
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
+#include "kernels/elementwise.h"
 #include "kernels/selective_scan_cuda.h"
 
 namespace mr1 {
@@ -127,6 +128,30 @@ SelectiveScanPointers cuda_pointers(const SelectiveScanInputs& in) {
   raw.delta_softplus = p.softplus;
   raw.pieces = in.cuda_pieces;
   return raw;
+}
+
+// The CUDA backward into `grads`: writes u, delta, z and B, C (created here) and adds the sums of A (or,
+// with A_log, dA ⊙ A), D and delta_bias to the tensors given (which may be parameters' gradients).
+void backward_cuda(const Tensor& grad_out, const SelectiveScanInputs& in, const ScanShape& s, SelectiveScanGrads& grads,
+                   Tensor& grad_A, bool A_log, Tensor* grad_D, Tensor* grad_delta_bias) {
+  const int64_t L = s.length, E = s.channels, N = s.state;
+  // The backward kernel writes every value of u, delta and z; the reduction adds to B and C, which start at zero.
+  grads.u = Tensor::empty({s.batch, L, E}, Device::cuda);
+  grads.delta = Tensor::empty({s.batch, L, E}, Device::cuda);
+  grads.B = Tensor({s.batch, L, N}, Device::cuda);
+  grads.C = Tensor({s.batch, L, N}, Device::cuda);
+  if (present(in.z)) grads.z = Tensor::empty({s.batch, L, E}, Device::cuda);
+  SelectiveScanGradPointers raw;
+  raw.u = grads.u.data();
+  raw.delta = grads.delta.data();
+  raw.A = grad_A.data();
+  raw.A_log = A_log;
+  raw.B = grads.B.data();
+  raw.C = grads.C.data();
+  raw.D = grad_D ? grad_D->data() : nullptr;
+  raw.z = grads.z.defined() ? grads.z.data() : nullptr;
+  raw.delta_bias = grad_delta_bias ? grad_delta_bias->data() : nullptr;
+  selective_scan_backward_cuda(grad_out.data(), cuda_pointers(in), raw, s.batch, L, E, N, cuda::stream());
 }
 
 int64_t work_items(const ScanShape& s) { return s.batch * ((s.channels + kLanes - 1) / kLanes); }
@@ -244,6 +269,34 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   return selective_scan_backward(grad_out, in, kSelectiveScanChunk);
 }
 
+SelectiveScanGrads selective_scan_backward_accumulate(const Tensor& grad_out, const SelectiveScanInputs& in,
+                                                      Tensor& grad_A_log, Tensor* grad_D, Tensor* grad_delta_bias) {
+  const ScanShape s = check_scan_inputs(in);
+  check_shape(grad_out, {s.batch, s.length, s.channels}, "selective_scan: grad_out");
+  check_shape(grad_A_log, {s.channels, s.state}, "selective_scan: grad_A_log");
+  const auto check_parameter = [&](const Tensor* input, const Tensor* grad, const char* name) {
+    if (present(input) != present(grad)) {
+      throw std::invalid_argument(std::string("selective_scan_backward_accumulate: grad_") + name + " must be given " +
+                                  (present(input) ? "with " : "only with ") + name);
+    }
+    if (present(grad)) check_shape(*grad, {s.channels}, std::string("selective_scan: grad_") + name);
+  };
+  check_parameter(in.D, grad_D, "D");
+  check_parameter(in.delta_bias, grad_delta_bias, "delta_bias");
+  if (common_device("selective_scan", {&grad_out, in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias,
+                                       &grad_A_log, grad_D, grad_delta_bias}) == Device::cuda) {
+    SelectiveScanGrads grads;
+    backward_cuda(grad_out, in, s, grads, grad_A_log, true, grad_D, grad_delta_bias);
+    return grads;
+  }
+  SelectiveScanGrads grads = selective_scan_backward(grad_out, in);
+  add_inplace(grad_A_log, multiply(grads.A, *in.A));
+  if (grad_D) add_inplace(*grad_D, grads.D);
+  if (grad_delta_bias) add_inplace(*grad_delta_bias, grads.delta_bias);
+  grads.A = grads.D = grads.delta_bias = Tensor();
+  return grads;
+}
+
 // Reverse-time scan. With a_t = exp(Δ_t A) and dh_t the gradient reaching h_t:
 //   dy_t  = dout_t ⊙ silu(z_t),   dz_t = dout_t ⊙ y_t ⊙ silu'(z_t),   silu' = σ (1 + z (1 − σ))
 //   dh_t  = C_t ⊗ dy_t + a_{t+1} ⊙ dh_{t+1}                                     (dh_L = 0)
@@ -263,27 +316,12 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   if (common_device("selective_scan", {&grad_out, in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
       Device::cuda) {
     // The CUDA kernels keep their own checkpoints (every 64 steps, and every 8 within); `chunk` is the CPU's.
-    // The backward kernel writes every value of u, delta and z; the reduction adds to A, B, C, D and
-    // delta_bias, which start at zero.
     SelectiveScanGrads grads;
-    grads.u = Tensor::empty({s.batch, L, E}, Device::cuda);
-    grads.delta = Tensor::empty({s.batch, L, E}, Device::cuda);
     grads.A = Tensor({E, N}, Device::cuda);
-    grads.B = Tensor({s.batch, L, N}, Device::cuda);
-    grads.C = Tensor({s.batch, L, N}, Device::cuda);
     if (present(in.D)) grads.D = Tensor({E}, Device::cuda);
-    if (present(in.z)) grads.z = Tensor::empty({s.batch, L, E}, Device::cuda);
     if (present(in.delta_bias)) grads.delta_bias = Tensor({E}, Device::cuda);
-    SelectiveScanGradPointers raw;
-    raw.u = grads.u.data();
-    raw.delta = grads.delta.data();
-    raw.A = grads.A.data();
-    raw.B = grads.B.data();
-    raw.C = grads.C.data();
-    raw.D = grads.D.defined() ? grads.D.data() : nullptr;
-    raw.z = grads.z.defined() ? grads.z.data() : nullptr;
-    raw.delta_bias = grads.delta_bias.defined() ? grads.delta_bias.data() : nullptr;
-    selective_scan_backward_cuda(grad_out.data(), cuda_pointers(in), raw, s.batch, L, E, N, cuda::stream());
+    backward_cuda(grad_out, in, s, grads, grads.A, false, grads.D.defined() ? &grads.D : nullptr,
+                  grads.delta_bias.defined() ? &grads.delta_bias : nullptr);
     return grads;
   }
   const ScanPointers p = scan_pointers(in);

@@ -733,8 +733,10 @@ __global__ void __launch_bounds__(kThreads)
 
 // Adds the parts in a fixed order: dB, dC over the X channel blocks; dA, dD, d(delta_bias) over the
 // `batch` = B · pieces batch rows and pieces. One thread per output value, sums in double.
-__global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointers grads, int64_t blocks,
-                                    int64_t batch, int64_t rows_size, int64_t E, int64_t N) {
+// With grads.A_log, A's sum is multiplied by A before it is added (__fmul_rn: rounded apart from the add, the
+// same floats as a separate multiply and add).
+__global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointers grads, const float* A,
+                                    int64_t blocks, int64_t batch, int64_t rows_size, int64_t E, int64_t N) {
   const int64_t total = 2 * rows_size + E * N + 2 * E;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
@@ -746,7 +748,7 @@ __global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointe
     } else if (i < 2 * rows_size + E * N) {
       const int64_t j = i - 2 * rows_size;  // e·N + n
       for (int64_t b = 0; b < batch; ++b) sum += parts.A[b * E * N + j];
-      grads.A[j] += static_cast<float>(sum);
+      grads.A[j] += grads.A_log ? __fmul_rn(static_cast<float>(sum), A[j]) : static_cast<float>(sum);
     } else {
       const int64_t j = i - 2 * rows_size - E * N;  // D for j < E, then delta_bias
       const bool skip = j < E;
@@ -848,8 +850,8 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
                                                                              grad_out, s, checkpoints.as<float>());
   cuda::check_launch("selective_scan_backward_kernel");
   const int64_t outputs = 2 * rows_size + E * N + 2 * E;
-  reduce_parts_kernel<<<cuda::blocks_for(outputs, 256, 65536), 256, 0, on_stream>>>(parts, grads, blocks, row_pieces,
-                                                                                     rows_size, E, N);
+  reduce_parts_kernel<<<cuda::blocks_for(outputs, 256, 65536), 256, 0, on_stream>>>(parts, grads, in.A, blocks,
+                                                                                     row_pieces, rows_size, E, N);
   cuda::check_launch("reduce_parts_kernel");
 }
 

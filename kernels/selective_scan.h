@@ -46,6 +46,14 @@ struct SelectiveScanGrads {
 // `chunk` steps, so memory stays O(B·E·N·L/chunk) instead of O(B·E·N·L).
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in);
 
+// The backward of a Mamba block's scan, adding the parameters' gradients in place: grad_A_log += dL/dA ⊙ A
+// (the gradient of A_log, where A = −exp(A_log)), grad_D += dL/dD, grad_delta_bias += dL/d(delta_bias).
+// grad_D and grad_delta_bias are given exactly when D and delta_bias are. Returns the other gradients
+// (u, delta, B, C, z), with A, D and delta_bias undefined. The same floats as selective_scan_backward
+// followed by those adds; on CUDA the kernels' reduction adds them, with no temporaries or separate launches.
+SelectiveScanGrads selective_scan_backward_accumulate(const Tensor& grad_out, const SelectiveScanInputs& in,
+                                                      Tensor& grad_A_log, Tensor* grad_D, Tensor* grad_delta_bias);
+
 // The default checkpoint interval of selective_scan_backward.
 constexpr int64_t kSelectiveScanChunk = 64;
 // The same with a chosen checkpoint interval (chunk >= 1; tests set it small to exercise the recompute).

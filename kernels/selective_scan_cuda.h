@@ -65,7 +65,8 @@ inline SelectiveScanPieces selective_scan_cuda_pieces(int64_t B, int64_t L, int6
 void selective_scan_forward_cuda(const SelectiveScanPointers& in, float* out, float* final_state, int64_t B, int64_t L,
                                  int64_t E, int64_t N, void* stream);
 
-// Gradients; every output is zero-filled by the caller (dA, dB, dC, dD and d_delta_bias are added to).
+// Gradients. dA, dB, dC, dD and d(delta_bias) are added to what the buffers hold (dB and dC start at zero;
+// A, D and delta_bias may be parameters' gradients); u, delta and z are written whole.
 // grad_D, grad_z and grad_delta_bias may be null exactly when D, z and delta_bias are.
 struct SelectiveScanGradPointers {
   float* u = nullptr;           // (B, L, E)
@@ -76,6 +77,7 @@ struct SelectiveScanGradPointers {
   float* D = nullptr;           // (E)
   float* z = nullptr;           // (B, L, E)
   float* delta_bias = nullptr;  // (E)
+  bool A_log = false;  // A receives dL/dA ⊙ A, the gradient of A_log where A = −exp(A_log)
 };
 void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPointers& in,
                                   const SelectiveScanGradPointers& grads, int64_t B, int64_t L, int64_t E, int64_t N,

@@ -432,6 +432,30 @@ void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool sof
     CHECK(!cuda.z.defined());
     CHECK(!cuda.delta_bias.defined());
   }
+
+  // The accumulating form: the kernels' reduction adds dA ⊙ A (A_log's gradient), dD and d(delta_bias) to
+  // gradients that hold something already; the same floats as the plain form's added by separate ops.
+  const Tensor A_log_start = gpu(uniform({E, N}, 38, -1, 1)), D_start = gpu(uniform({E}, 39, -1, 1)),
+               bias_start = gpu(uniform({E}, 40, -1, 1));
+  Tensor grad_A_log = A_log_start.clone(), grad_D = D_start.clone(), grad_bias = bias_start.clone();
+  const SelectiveScanGrads accumulated = selective_scan_backward_accumulate(
+      gpu(grad_out), cuda_in, grad_A_log, gated ? &grad_D : nullptr, gated ? &grad_bias : nullptr);
+  Tensor expected_A_log = A_log_start.clone();
+  add_inplace(expected_A_log, multiply(cuda.A, *cuda_in.A));
+  CHECK(grad_A_log.to_vector() == expected_A_log.to_vector());
+  if (gated) {
+    Tensor expected_D = D_start.clone(), expected_bias = bias_start.clone();
+    add_inplace(expected_D, cuda.D);
+    add_inplace(expected_bias, cuda.delta_bias);
+    CHECK(grad_D.to_vector() == expected_D.to_vector());
+    CHECK(grad_bias.to_vector() == expected_bias.to_vector());
+    CHECK(accumulated.z.to_vector() == cuda.z.to_vector());
+  }
+  CHECK(accumulated.u.to_vector() == cuda.u.to_vector());
+  CHECK(accumulated.delta.to_vector() == cuda.delta.to_vector());
+  CHECK(accumulated.B.to_vector() == cuda.B.to_vector());
+  CHECK(accumulated.C.to_vector() == cuda.C.to_vector());
+  CHECK(!accumulated.A.defined());
 }
 
 }  // namespace

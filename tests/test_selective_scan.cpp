@@ -2,6 +2,7 @@
 // gradients of every input against finite differences (chunked recompute included), and the
 // shape errors.
 #include "kernels/selective_scan.h"
+#include "kernels/elementwise.h"
 #include "kernels/selective_scan_cuda.h"
 
 #include <cmath>
@@ -249,6 +250,45 @@ TEST_CASE("selective_scan_backward gives the same gradients for every chunk size
       require_close(grads.*input.grad, reference.*input.grad, 1e-6, 1e-6, std::string("d") + input.name);
     }
   }
+}
+
+TEST_CASE("selective_scan_backward_accumulate adds A_log's, D's and the bias's gradients in place, exactly") {
+  const ScanCase c = full_case("accumulate", 2, 70, 20, 8);
+  const ScanTensors tensors = make_scan_tensors(c, 311);
+  const Tensor grad_out = random_tensor({c.batch, c.length, c.channels}, 312);
+  const SelectiveScanGrads reference = selective_scan_backward(grad_out, tensors.inputs());
+  // Gradients that already hold something, as a parameter's do after an earlier block's backward.
+  const Tensor A_log_start = random_tensor({c.channels, c.state}, 313), D_start = random_tensor({c.channels}, 314),
+               bias_start = random_tensor({c.channels}, 315);
+  Tensor grad_A_log = A_log_start.clone(), grad_D = D_start.clone(), grad_bias = bias_start.clone();
+  const SelectiveScanGrads grads =
+      selective_scan_backward_accumulate(grad_out, tensors.inputs(), grad_A_log, &grad_D, &grad_bias);
+  const Tensor products = multiply(reference.A, tensors.A);  // dL/dA_log = dL/dA ⊙ A, for A = −exp(A_log)
+  for (int64_t i = 0; i < grad_A_log.numel(); ++i) REQUIRE(grad_A_log[i] == A_log_start[i] + products[i]);
+  for (int64_t e = 0; e < c.channels; ++e) {
+    REQUIRE(grad_D[e] == D_start[e] + reference.D[e]);
+    REQUIRE(grad_bias[e] == bias_start[e] + reference.delta_bias[e]);
+  }
+  // The other gradients as the plain backward's; the parameters' are not returned.
+  CHECK(grads.u.to_vector() == reference.u.to_vector());
+  CHECK(grads.delta.to_vector() == reference.delta.to_vector());
+  CHECK(grads.B.to_vector() == reference.B.to_vector());
+  CHECK(grads.C.to_vector() == reference.C.to_vector());
+  CHECK(grads.z.to_vector() == reference.z.to_vector());
+  CHECK(!grads.A.defined());
+  CHECK(!grads.D.defined());
+  CHECK(!grads.delta_bias.defined());
+
+  // D's gradient given without D, or missing with it; a wrong shape names the tensor.
+  ScanTensors plain = tensors;
+  plain.D = Tensor();
+  REQUIRE_THROWS_WITH(selective_scan_backward_accumulate(grad_out, plain.inputs(), grad_A_log, &grad_D, &grad_bias),
+                      Catch::Matchers::Contains("grad_D must be given only with D"));
+  REQUIRE_THROWS_WITH(selective_scan_backward_accumulate(grad_out, tensors.inputs(), grad_A_log, &grad_D, nullptr),
+                      Catch::Matchers::Contains("grad_delta_bias must be given with delta_bias"));
+  Tensor wrong({c.channels, c.state + 1});
+  REQUIRE_THROWS_WITH(selective_scan_backward_accumulate(grad_out, tensors.inputs(), wrong, &grad_D, &grad_bias),
+                      Catch::Matchers::Contains("grad_A_log"));
 }
 
 TEST_CASE("the CUDA scan cuts the sequence into pieces only when its grid is short of the device") {

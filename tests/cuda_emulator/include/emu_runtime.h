@@ -76,6 +76,11 @@ T atomicAdd(T* address, T value) {
 }
 template <typename T>
 T __ldg(const T* p) { return *p; }
+// A product rounded to float on its own (volatile: the host compiler may not fuse it into an FMA).
+inline float __fmul_rn(float a, float b) {
+  volatile float product = a * b;
+  return product;
+}
 
 inline void __pipeline_memcpy_async(void* destination, const void* source, size_t bytes, size_t = 0) {
   std::memcpy(destination, source, bytes);
