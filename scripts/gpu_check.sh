@@ -3,7 +3,8 @@
 #   1. configure and build (Release, CUDA on) into BUILD_DIR (default: build-gpu)
 #   2. the [cuda] Catch2 tests: every kernel against the CPU reference
 #   3. mamba-r1 validate: every op over the named shapes, and the whole model, CUDA against the CPU
-#   4. the scan bandwidth bench (B=8, L=2048, E=2048, N=16) against the device's peak, and two more shapes
+#   4. the scan bandwidth bench (B=8, L=2048, E=2048, N=16) against the device's peak, and four more runs:
+#      the seed example's shape, d_state 64, and the target's shape cut into 2 and 4 pieces of the sequence
 #   5. mamba-r1 bench on the seed example: CUDA, the CPU, and CUDA with dense MLP blocks for the MoE
 #   6. the NumPy cross-check of `mamba-r1 forward --backend cuda` (when numpy and safetensors are installed)
 #   7. decoding on CUDA: generate --bench on the 91M-parameter model (step-mode kernels), 500 tokens
@@ -158,20 +159,23 @@ else
     record "scan bench" FAIL "exit $status: $(tail -n 1 "$logs/scan_bench.log")"
   fi
 
-  # The scan at two more shapes, for the record (no target): the seed example's (a short grid, which the
-  # scan cuts into pieces of the sequence; the bench times the uncut scan beside it), and d_state 64.
-  for shape in "4 512 256 16" "8 2048 2048 64"; do
-    read -r b l e n <<< "$shape"
-    name="scan_bench_B${b}_L${l}_E${e}_N${n}"
-    run "$name" 60 "$build/mamba-r1-scan-bench" "$b" "$l" "$e" "$n"
+  # The scan at more shapes, for the record (no target): the seed example's (a short grid, which the scan
+  # cuts into pieces of the sequence; the bench times the uncut scan beside it), d_state 64, and the
+  # target's shape cut into 2 and 4 pieces (is one piece, the choice for a grid that fills the device,
+  # the faster?).
+  for shape in "4 512 256 16" "8 2048 2048 64" "8 2048 2048 16 2" "8 2048 2048 16 4"; do
+    read -r b l e n pieces <<< "$shape"
+    name="scan_bench_B${b}_L${l}_E${e}_N${n}${pieces:+_P$pieces}"
+    run "$name" 60 "$build/mamba-r1-scan-bench" "$b" "$l" "$e" "$n" ${pieces:+20 "$pieces"}
+    label="scan B$b L$l E$e N$n${pieces:+, $pieces pieces asked}"
     if [ "$status" -eq 0 ]; then
       forward_line="$(grep "selective scan forward" "$logs/$name.log" | sed -E 's/.*: +//')"
       backward_line="$(grep "selective scan backward" "$logs/$name.log" | sed -E 's/.*: +//')"
       pieces_line="$(grep -E "^(sequence pieces|pieces speed-up)" "$logs/$name.log" |
-        sed -E 's/ \(chosen for this device\)//' | paste -sd ';' -)"
-      record "scan B$b L$l E$e N$n" pass "forward $forward_line; backward $backward_line; $pieces_line"
+        sed -E 's/ \((chosen for this device|asked)\)//' | paste -sd ';' -)"
+      record "$label" pass "forward $forward_line; backward $backward_line; $pieces_line"
     elif [ "$status" -ne 3 ]; then
-      record "scan B$b L$l E$e N$n" FAIL "exit $status: $(tail -n 1 "$logs/$name.log")"
+      record "$label" FAIL "exit $status: $(tail -n 1 "$logs/$name.log")"
     fi
   done
 
