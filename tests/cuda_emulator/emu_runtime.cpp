@@ -61,6 +61,13 @@ struct CountersAtExit {
                  "%lld fills, %lld allocations\n",
                  c.launches, c.gemms, c.grouped_gemms, c.host_to_device, c.host_to_device_bytes, c.device_to_host,
                  c.device_to_host_bytes, c.device_to_device, c.memsets, c.fills, c.allocations);
+    // The launches by kernel, most first (ties in order of first launch).
+    std::vector<std::pair<std::string, long long>> by_kernel = c.launches_by_kernel;
+    std::stable_sort(by_kernel.begin(), by_kernel.end(),
+                     [](const auto& a, const auto& b) { return a.second > b.second; });
+    std::fprintf(stderr, "emu stats: launches by kernel:");
+    for (const auto& [kernel, count] : by_kernel) std::fprintf(stderr, " %s %lld,", kernel.c_str(), count);
+    std::fprintf(stderr, "\n");
   }
 };
 CountersAtExit counters_at_exit;
@@ -94,8 +101,15 @@ void warp_exchange(const void* value, void* result, int size, int arg, int mode,
 
 float* dynamic_shared_float() { return shared_memory.data(); }
 
-void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
+void launch(const char* kernel_name, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
   ++counters().launches;
+  auto& by_kernel = counters().launches_by_kernel;
+  const auto found = std::find_if(by_kernel.begin(), by_kernel.end(), [&](const auto& entry) { return entry.first == kernel_name; });
+  if (found == by_kernel.end()) {
+    by_kernel.emplace_back(kernel_name, 1);
+  } else {
+    ++found->second;
+  }
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0) {
     std::fprintf(stderr, "emu: invalid launch configuration (grid %u %u %u, block %u)\n", grid.x, grid.y, grid.z, block.x);
     std::abort();

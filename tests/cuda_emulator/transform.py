@@ -32,9 +32,9 @@ def transform(text):
         out.append(text[i:stmt_start])
         # The arguments are evaluated here, into the lambda's init-capture, as a launch copies them; so a
         # structured binding among them is not captured (C++17 forbids that).
-        out.append('emu::launch(dim3(%s), dim3(%s), %s, [&, emu_arguments = std::make_tuple(%s)]() { '
+        out.append('emu::launch("%s", dim3(%s), dim3(%s), %s, [&, emu_arguments = std::make_tuple(%s)]() { '
                    'std::apply([&](auto... emu_argument) { %s(emu_argument...); }, emu_arguments); })'
-                   % (cfg[0], cfg[1], cfg[2], args, kernel))
+                   % (kernel.replace('"', '\\"'), cfg[0], cfg[1], cfg[2], args, kernel))
         i = q + 1
     return ''.join(out)
 def split_top(s):

@@ -9,7 +9,8 @@ inline const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { std::memset(p, v, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
-                                     cudaMemcpyKind, cudaStream_t = nullptr) {
+                                     cudaMemcpyKind kind, cudaStream_t = nullptr) {
+  if (kind == cudaMemcpyDeviceToDevice) ++emu::counters().device_to_device;  // (the kernels copy no other kind)
   for (size_t r = 0; r < height; ++r) std::memcpy(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
   return cudaSuccess;
 }

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 struct dim3 {
@@ -45,12 +46,14 @@ struct Counters {
   long long device_to_host = 0, device_to_host_bytes = 0;  // each one waits for the device
   long long device_to_device = 0, memsets = 0, fills = 0;
   long long allocations = 0;           // handed out by the caching allocator (hits and misses)
+  std::vector<std::pair<std::string, long long>> launches_by_kernel;  // in order of first launch
 };
 Counters& counters();
 void block_barrier();
 void warp_exchange(const void* value, void* result, int size, int source_lane_xor, int mode, int width);
 float* dynamic_shared_float();
-void launch(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+// `kernel`: the launch's kernel expression, as written in the .cu file (counted by name for EMU_STATS).
+void launch(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 int lane();
 }  // namespace emu
 
