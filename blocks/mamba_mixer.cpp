@@ -4,6 +4,7 @@
 // Shape letters: B batch, L length, D dim, E d_inner, N d_state, R dt_rank, K d_conv.
 #include <cmath>
 #include <stdexcept>
+#include <utility>
 
 #include "blocks/mamba_mixer.h"
 #include "blocks/random.h"
@@ -52,8 +53,10 @@ MambaMixer::MambaMixer(const BlockContext& context)
       out_proj_(context.parameters.add(context.prefix + "out_proj.weight", {dim_, d_inner_}, true)) {}
 
 std::pair<Tensor, Tensor> MambaMixer::input_projection(const Tensor& u) const {
-  // [x, z] = u · in_projᵀ
-  return split_last(linear_forward(u, in_proj_.value, nullptr), d_inner_);
+  // [x, z] = u · in_projᵀ, as two GEMMs over in_proj's halves of rows (views), so that x and z come out
+  // whole, with no copies out of a (..., 2E) product.
+  return {linear_forward(u, in_proj_.value.slice_rows(0, d_inner_), nullptr),
+          linear_forward(u, in_proj_.value.slice_rows(d_inner_, 2 * d_inner_), nullptr)};
 }
 
 MambaMixer::ScanProjections MambaMixer::scan_projections(const Tensor& xa) const {
@@ -189,21 +192,28 @@ Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const Laye
   scan.delta_bias = &dt_proj_bias_.value;
   scan.delta_softplus = true;
   // Adds A = −exp(A_log)'s gradient dL/dA ⊙ A, and D's and the bias's, to the parameters' gradients.
-  const SelectiveScanGrads scan_grads =
+  SelectiveScanGrads scan_grads =
       selective_scan_backward_accumulate(grad_y, scan, A_log_.grad, &D_.grad, &dt_proj_bias_.grad);
 
   const Tensor grad_dt =
       linear_backward_accumulate(scan_grads.delta, saved.dt, dt_proj_weight_.value, dt_proj_weight_.grad, nullptr);
 
   Tensor grad_projected = concat_last(concat_last(grad_dt, scan_grads.B), scan_grads.C);
-  Tensor grad_xa = linear_backward_accumulate(grad_projected, saved.xa, x_proj_.value, x_proj_.grad, nullptr);
-  add_inplace(grad_xa, scan_grads.u);
+  // xa feeds the scan (as u) and x_proj: the projection's gradient is added to the scan's.
+  Tensor grad_xa = std::move(scan_grads.u);
+  linear_backward_add(grad_projected, saved.xa, x_proj_.value, x_proj_.grad, nullptr, grad_xa);
   Tensor grad_xc = silu_backward(grad_xa, saved.xc);
   const Tensor grad_x = causal_conv1d_backward_accumulate(grad_xc, saved.x, conv_weight_.value, conv_weight_.grad,
                                                           conv_bias_.grad);
 
-  Tensor grad_xz = concat_last(grad_x, scan_grads.z);
-  return linear_backward_accumulate(grad_xz, saved.u, in_proj_.value, in_proj_.grad, nullptr);
+  // The two halves of in_proj, as in the forward: dL/du = dx · W_x + dz · W_z, the second added in its GEMM.
+  Tensor grad_x_rows = in_proj_.grad.slice_rows(0, d_inner_);
+  Tensor grad_z_rows = in_proj_.grad.slice_rows(d_inner_, 2 * d_inner_);
+  Tensor grad_u =
+      linear_backward_accumulate(grad_x, saved.u, in_proj_.value.slice_rows(0, d_inner_), grad_x_rows, nullptr);
+  linear_backward_add(scan_grads.z, saved.u, in_proj_.value.slice_rows(d_inner_, 2 * d_inner_), grad_z_rows, nullptr,
+                      grad_u);
+  return grad_u;
 }
 
 // mamba_ssm's initialisation (Mamba.__init__ and _init_weights).

@@ -250,10 +250,14 @@ void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const T
   Tensor grad;
   {
     const PartTimer timer(part_times_, "final norm and LM head", Pass::backward);
-    grad = grad_hidden ? grad_hidden->clone() : Tensor(tape.hidden.shape(), device_);
-    if (grad_logits) {
-      // logits = hidden · Hᵀ
-      add_inplace(grad, linear_backward_accumulate(*grad_logits, tape.hidden, head(), head_parameter().grad, nullptr));
+    // logits = hidden · Hᵀ
+    if (grad_hidden) {
+      grad = grad_hidden->clone();
+      if (grad_logits) linear_backward_add(*grad_logits, tape.hidden, head(), head_parameter().grad, nullptr, grad);
+    } else if (grad_logits) {
+      grad = linear_backward_accumulate(*grad_logits, tape.hidden, head(), head_parameter().grad, nullptr);
+    } else {
+      grad = Tensor(tape.hidden.shape(), device_);
     }
     grad = final_norm_->backward(grad, tape.final_norm_saved.get());
   }

@@ -188,8 +188,8 @@ Tensor MoeLayer::backward(const Tensor& grad_out, const BatchInfo& batch, const 
   // Routers compute on the host: their gradients come back as CPU tensors.
   RouterGrads router_gradients = router_->backward(grad_gate, *saved.router, aux_loss_scale);
   if (router_gradients.input.defined()) add_inplace(grad_tokens, router_gradients.input.to(saved.u.device()));
-  add_inplace(grad_tokens, linear_backward_accumulate(router_gradients.logits.to(saved.u.device()), saved.u,
-                                                      router_weight_.value, router_weight_.grad, &router_bias_.grad));
+  linear_backward_add(router_gradients.logits.to(saved.u.device()), saved.u, router_weight_.value, router_weight_.grad,
+                      &router_bias_.grad, grad_tokens);
   return grad_tokens.reshape(grad_out.shape());
 }
 

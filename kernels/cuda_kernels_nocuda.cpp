@@ -30,7 +30,7 @@ void linear_forward_cuda(const float*, const float*, const float*, float*, int64
   no_backend("linear_forward_cuda");
 }
 void linear_backward_cuda(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t, int64_t,
-                          void*) {
+                          void*, bool) {
   no_backend("linear_backward_cuda");
 }
 

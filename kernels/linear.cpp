@@ -65,31 +65,55 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
   return grads;
 }
 
-// dL/dx (..., I) = dy · weight,  grad_weight (O, I) += dyᵀ · x,  grad_bias (O) += Σ_t dy[t]
-Tensor linear_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
-                                  Tensor* grad_bias, bool need_input) {
+namespace {
+
+// dL/dx (..., I) = dy · weight into *grad_x (added to it with add_input; skipped when null),
+// grad_weight (O, I) += dyᵀ · x,  grad_bias (O) += Σ_t dy[t]
+void backward_into(Device device, const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
+                   Tensor* grad_bias, Tensor* grad_x, bool add_input) {
+  const int64_t outputs = weight.size(0);
+  if (device == Device::cuda) {
+    linear_backward_cuda(grad_y.data(), x.data(), weight.data(), grad_x ? grad_x->data() : nullptr,
+                         grad_weight.data(), grad_bias ? grad_bias->data() : nullptr, row_count(x), weight.size(1),
+                         outputs, cuda::stream(), add_input);
+    return;
+  }
+  const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
+  if (grad_x && add_input) matrix_of_rows(*grad_x).noalias() += dy * matrix_of_rows(weight);
+  if (grad_x && !add_input) matrix_of_rows(*grad_x).noalias() = dy * matrix_of_rows(weight);
+  matrix_of_rows(grad_weight).noalias() += dy.transpose() * matrix_of_rows(x);
+  if (grad_bias) row_vector(*grad_bias) += dy.colwise().sum();
+}
+
+// The shape checks of the backward; returns the device all the tensors share.
+Device check_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, const Tensor& grad_weight,
+                      const Tensor* grad_bias, const Tensor* grad_x) {
   check_shape(weight, {-1, -1}, "linear_backward: weight");
   const int64_t outputs = weight.size(0);
   check_last_axis(x, weight.size(1), "linear_backward: x");
   check_shape(grad_y, with_last_axis(x.shape(), outputs), "linear_backward: grad_y");
   check_shape(grad_weight, weight.shape(), "linear_backward: grad_weight");
   if (grad_bias) check_shape(*grad_bias, {outputs}, "linear_backward: grad_bias");
-  const Device device = common_device("linear_backward", {&grad_y, &x, &weight, &grad_weight, grad_bias});
+  if (grad_x) check_shape(*grad_x, x.shape(), "linear_backward: grad_x");
+  return common_device("linear_backward", {&grad_y, &x, &weight, &grad_weight, grad_bias, grad_x});
+}
+
+}  // namespace
+
+Tensor linear_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
+                                  Tensor* grad_bias, bool need_input) {
+  const Device device = check_backward(grad_y, x, weight, grad_weight, grad_bias, nullptr);
   Tensor grad_x;
   // Every value of dx is written when there are outputs to sum over (O > 0).
-  if (need_input) grad_x = outputs > 0 ? Tensor::empty(x.shape(), device) : Tensor(x.shape(), device);
-  if (device == Device::cuda) {
-    linear_backward_cuda(grad_y.data(), x.data(), weight.data(), need_input ? grad_x.data() : nullptr,
-                         grad_weight.data(), grad_bias ? grad_bias->data() : nullptr, row_count(x), weight.size(1),
-                         outputs, cuda::stream());
-    return grad_x;
-  }
-
-  const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
-  if (need_input) matrix_of_rows(grad_x).noalias() = dy * matrix_of_rows(weight);
-  matrix_of_rows(grad_weight).noalias() += dy.transpose() * matrix_of_rows(x);
-  if (grad_bias) row_vector(*grad_bias) += dy.colwise().sum();
+  if (need_input) grad_x = weight.size(0) > 0 ? Tensor::empty(x.shape(), device) : Tensor(x.shape(), device);
+  backward_into(device, grad_y, x, weight, grad_weight, grad_bias, need_input ? &grad_x : nullptr, false);
   return grad_x;
+}
+
+void linear_backward_add(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
+                         Tensor* grad_bias, Tensor& grad_x) {
+  const Device device = check_backward(grad_y, x, weight, grad_weight, grad_bias, &grad_x);
+  backward_into(device, grad_y, x, weight, grad_weight, grad_bias, &grad_x, true);
 }
 
 }  // namespace mr1

@@ -24,4 +24,10 @@ LinearGrads linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor&
 Tensor linear_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
                                   Tensor* grad_bias, bool need_input = true);
 
+// The same, adding dL/dx into grad_x (..., I) too, where another path's gradient of x is already there (a
+// residual stream, a second consumer of x): the GEMM adds in place (β = 1), with no temporary and no
+// separate add. The sum is rounded as the GEMM accumulates, not as a separate add would.
+void linear_backward_add(const Tensor& grad_y, const Tensor& x, const Tensor& weight, Tensor& grad_weight,
+                         Tensor* grad_bias, Tensor& grad_x);
+
 }  // namespace mr1

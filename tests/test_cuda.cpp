@@ -183,6 +183,14 @@ TEST_CASE("cuda: linear forward and backward match the CPU", "[cuda]") {
     const LinearGrads no_input = linear_backward(gpu(grad_y), gpu(x), gpu(weight), false, false);
     CHECK(!no_input.input.defined());
     CHECK(!no_input.bias.defined());
+    // dL/dx added onto a gradient already there (the GEMM's β = 1).
+    const Tensor grad_x_before = uniform({T, I}, 6, -1, 1);
+    Tensor cpu_grad_x = grad_x_before.clone(), cpu_grad_weight = uniform({O, I}, 7, -1, 1);
+    Tensor cuda_grad_x = gpu(grad_x_before), cuda_grad_weight = gpu(cpu_grad_weight);
+    linear_backward_add(grad_y, x, weight, cpu_grad_weight, nullptr, cpu_grad_x);
+    linear_backward_add(gpu(grad_y), gpu(x), gpu(weight), cuda_grad_weight, nullptr, cuda_grad_x);
+    require_match(cuda_grad_x, cpu_grad_x, kSums, "dx added " + shape);
+    require_match(cuda_grad_weight, cpu_grad_weight, kSums, "dW added " + shape);
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "tests/test_util.h"
@@ -166,6 +167,31 @@ TEST_CASE("linear_backward_accumulate adds dL/dW and dL/db onto gradients alread
   Tensor wrong_grad({2, 7});
   CHECK_THROWS_WITH(linear_backward_accumulate(grad_y, in.x, in.weight, wrong_grad, nullptr),
                     Catch::Contains("linear_backward: grad_weight"));
+}
+
+TEST_CASE("linear_backward_add adds dL/dx onto a gradient of x already there") {
+  // A larger case too: Eigen's GEMM then adds its partial sums into grad_x block by block.
+  for (const auto& [T, I, O] : {std::tuple<int64_t, int64_t, int64_t>{5, 7, 3}, {300, 96, 400}}) {
+    INFO("T " << T << " I " << I << " O " << O);
+    const Tensor x = random_tensor({T, I}, 11), weight = random_tensor({O, I}, 12), grad_y = random_tensor({T, O}, 13);
+    const LinearGrads fresh = linear_backward(grad_y, x, weight, true);
+    const Tensor grad_x_before = random_tensor({T, I}, 14);
+    Tensor grad_x = grad_x_before.clone(), grad_weight = random_tensor({O, I}, 15), grad_bias = random_tensor({O}, 16);
+    Tensor weight_via_accumulate = grad_weight.clone(), bias_via_accumulate = grad_bias.clone();
+    linear_backward_add(grad_y, x, weight, grad_weight, &grad_bias, grad_x);
+    std::vector<double> expected_x = to_double(fresh.input);
+    const std::vector<double> before = to_double(grad_x_before);
+    for (size_t i = 0; i < expected_x.size(); ++i) expected_x[i] += before[i];
+    // The GEMM's rounding as it accumulates, against one float32 addition after it.
+    require_close(grad_x, expected_x, 1e-5, 1e-6, "dL/dx added");
+    // dL/dW and dL/db: exactly as linear_backward_accumulate adds them.
+    linear_backward_accumulate(grad_y, x, weight, weight_via_accumulate, &bias_via_accumulate, false);
+    require_close(grad_weight, to_double(weight_via_accumulate), 0, 0, "dL/dW added");
+    require_close(grad_bias, to_double(bias_via_accumulate), 0, 0, "dL/db added");
+    Tensor wrong_grad_x({T, I + 1});
+    CHECK_THROWS_WITH(linear_backward_add(grad_y, x, weight, grad_weight, nullptr, wrong_grad_x),
+                      Catch::Contains("linear_backward: grad_x"));
+  }
 }
 
 TEST_CASE("linear rejects wrong shapes, naming the argument") {
