@@ -51,7 +51,9 @@ inline SelectiveScanPieces selective_scan_cuda_pieces(int64_t B, int64_t L, int6
   const int64_t blocks = B * ((E + channels_per_block - 1) / channels_per_block);
   int64_t wanted = requested;
   if (wanted <= 0) {
-    wanted = blocks >= multiprocessors ? 1 : (2 * static_cast<int64_t>(multiprocessors) + blocks - 1) / blocks;
+    wanted = blocks <= 0 || blocks >= multiprocessors
+                 ? 1
+                 : (2 * static_cast<int64_t>(multiprocessors) + blocks - 1) / blocks;
   }
   wanted = std::max<int64_t>(1, std::min(wanted, segments));
   SelectiveScanPieces pieces;

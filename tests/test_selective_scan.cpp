@@ -310,6 +310,8 @@ TEST_CASE("the CUDA scan cuts the sequence into pieces only when its grid is sho
   CHECK(pieces(2, 200, 37, 16, 1, 3) == std::vector<int64_t>{2, 128});
   CHECK(pieces(2, 200, 37, 16, 1, 9) == std::vector<int64_t>{4, 64});
   CHECK(pieces(2, 0, 37, 16, 132)[0] == 1);
+  CHECK(pieces(0, 512, 37, 16, 132)[0] == 1);  // no batch rows, or no channels: no blocks
+  CHECK(pieces(2, 512, 0, 16, 132)[0] == 1);
   // One multiprocessor (the emulator): never cut unless asked.
   CHECK(pieces(1, 4096, 8, 16, 1) == std::vector<int64_t>{1, 4096});
 }
