@@ -161,6 +161,28 @@ __device__ __forceinline__ int64_t carry_index(const ScanShape& s, const Positio
   return ((at.b * s.pieces + piece) * s.channels + at.e) * s.padded + at.first_state;
 }
 
+// A first pass's running values at the start of a piece: a zero state (or d(state)) and an empty product.
+__device__ __forceinline__ void start_carry(float (&local)[kStates], float (&product)[kStates]) {
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    local[i] = 0.0f;
+    product[i] = 1.0f;
+  }
+}
+
+// Stores what a first pass leaves for `piece` (threads past E store nothing).
+__device__ __forceinline__ void store_carry(const PieceCarries& carries, const ScanShape& s, const Position& at,
+                                            int64_t piece, const float (&local)[kStates],
+                                            const float (&product)[kStates]) {
+  if (!at.valid) return;
+  const int64_t index = carry_index(s, at, piece);
+#pragma unroll
+  for (int i = 0; i < kStates; ++i) {
+    carries.local[index + i] = local[i];
+    carries.decay[index + i] = product[i];
+  }
+}
+
 // v ← Π a · v + local over the pieces from, from + step, ..., up to but not `to`: the value entering the
 // next piece (v starts at 0). A zero v stays 0, so a product that overflowed (Δ < 0 without softplus) does
 // not make 0 · inf.
@@ -291,11 +313,7 @@ __global__ void __launch_bounds__(kThreads)
   const PieceSteps steps = piece_steps(s, blockIdx.z);
   const int64_t row0 = at.b * s.length;
   float h[kStates], product[kStates];
-#pragma unroll
-  for (int i = 0; i < kStates; ++i) {
-    h[i] = 0.0f;
-    product[i] = 1.0f;
-  }
+  start_carry(h, product);
   for (int64_t t0 = steps.begin; t0 < steps.end; t0 += kSub) {
     float u[kSub], delta[kSub], unused_z[kSub];
     load_steps<kSub>(p, s, at, t0, u, delta, unused_z);
@@ -316,13 +334,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (!at.valid) return;
-  const int64_t index = carry_index(s, at, blockIdx.z);
-#pragma unroll
-  for (int i = 0; i < kStates; ++i) {
-    carries.local[index + i] = h[i];
-    carries.decay[index + i] = product[i];
-  }
+  store_carry(carries, s, at, blockIdx.z, h, product);
 }
 
 // The forward over the block's piece, from the state its predecessors leave (carries: from the first pass).
@@ -492,11 +504,7 @@ __global__ void __launch_bounds__(kThreads)
   const PieceSteps steps = piece_steps(s, piece);
   const int64_t row0 = at.b * s.length;
   float dh[kStates], product[kStates];
-#pragma unroll
-  for (int i = 0; i < kStates; ++i) {
-    dh[i] = 0.0f;
-    product[i] = 1.0f;
-  }
+  start_carry(dh, product);
   const int64_t last_sub = steps.begin + (steps.end - 1 - steps.begin) / kSub * kSub;
   for (int64_t t0 = last_sub; t0 >= steps.begin; t0 -= kSub) {
     float unused_u[kSub], delta[kSub], z[kSub];
@@ -524,13 +532,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (!at.valid) return;
-  const int64_t index = carry_index(s, at, piece);
-#pragma unroll
-  for (int i = 0; i < kStates; ++i) {
-    carries.local[index + i] = dh[i];
-    carries.decay[index + i] = product[i];
-  }
+  store_carry(carries, s, at, piece, dh, product);
 }
 
 // The backward over the block's piece, from the d(state) its successors leave (carries: from the first pass).
