@@ -8,9 +8,9 @@
 // timed too, for comparison. Exit 3 with one line when no GPU can be used.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cmath>
 #include <functional>
 #include <random>
 #include <string>
