@@ -198,7 +198,7 @@ Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const Laye
   const Tensor grad_dt =
       linear_backward_accumulate(scan_grads.delta, saved.dt, dt_proj_weight_.value, dt_proj_weight_.grad, nullptr);
 
-  Tensor grad_projected = concat_last(concat_last(grad_dt, scan_grads.B), scan_grads.C);
+  Tensor grad_projected = concat_last(grad_dt, scan_grads.B, scan_grads.C);
   // xa feeds the scan (as u) and x_proj: the projection's gradient is added to the scan's.
   Tensor grad_xa = std::move(scan_grads.u);
   linear_backward_add(grad_projected, saved.xa, x_proj_.value, x_proj_.grad, nullptr, grad_xa);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -127,17 +128,33 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t end) {
 }
 
 // a (..., Fa), b (..., Fb) → [a, b] (..., Fa + Fb)
-Tensor concat_last(const Tensor& a, const Tensor& b) {
-  check_last_axis(a, -1, "concat_last: a");
-  check_shape(b, with_last_axis(a.shape(), -1), "concat_last: b");
-  const Device device = common_device("concat_last", {&a, &b});
-  const int64_t a_features = a.size(-1);
-  const int64_t b_features = b.size(-1);
-  Tensor out = Tensor::empty(with_last_axis(a.shape(), a_features + b_features), device);
-  copy_columns(a, 0, out, 0, a_features);
-  copy_columns(b, 0, out, a_features, b_features);
+namespace {
+
+// The parts side by side along the last axis; the parts after the first are named b, c, ... in errors.
+Tensor concat_parts(std::initializer_list<const Tensor*> parts) {
+  const Tensor& first = **parts.begin();
+  check_last_axis(first, -1, "concat_last: a");
+  int64_t features = 0;
+  char name = 'a';
+  for (const Tensor* part : parts) {
+    check_shape(*part, with_last_axis(first.shape(), -1), std::string("concat_last: ") + name++);
+    features += part->size(-1);
+  }
+  const Device device = common_device("concat_last", parts);
+  Tensor out = Tensor::empty(with_last_axis(first.shape(), features), device);
+  int64_t at = 0;
+  for (const Tensor* part : parts) {
+    copy_columns(*part, 0, out, at, part->size(-1));
+    at += part->size(-1);
+  }
   return out;
 }
+
+}  // namespace
+
+Tensor concat_last(const Tensor& a, const Tensor& b) { return concat_parts({&a, &b}); }
+
+Tensor concat_last(const Tensor& a, const Tensor& b, const Tensor& c) { return concat_parts({&a, &b, &c}); }
 
 namespace {
 

@@ -20,6 +20,8 @@ std::pair<Tensor, Tensor> split_last(const Tensor& x, int64_t at);
 Tensor columns(const Tensor& x, int64_t begin, int64_t end);
 // Concatenate along the last axis: (..., Fa) and (..., Fb) give (..., Fa + Fb).
 Tensor concat_last(const Tensor& a, const Tensor& b);
+// The same for a, b, c: (..., Fa + Fb + Fc), one copy of each into the result.
+Tensor concat_last(const Tensor& a, const Tensor& b, const Tensor& c);
 
 // Rows of a (T, F) matrix: out[i] = x[rows[i]]   (gather), and out[rows[i]] += scale[i] · x[i] (scatter-add).
 Tensor gather_rows(const Tensor& x, const std::vector<int64_t>& rows);

@@ -246,6 +246,7 @@ TEST_CASE("cuda: elementwise ops, columns, gathers and scatter-adds match the CP
   require_match(left, cpu_left, kExact, "split_last left");
   require_match(right, cpu_right, kExact, "split_last right");
   require_match(concat_last(right, left), concat_last(cpu_right, cpu_left), kExact, "concat_last");
+  require_match(concat_last(right, gpu(a), left), concat_last(cpu_right, a, cpu_left), kExact, "concat_last of 3");
   require_match(columns(gpu(a), 3, 11), columns(a, 3, 11), kExact, "columns");
 
   const Tensor rows_of = uniform({18, 13}, 8, -1, 1);

@@ -79,6 +79,7 @@ TEST_CASE("elementwise: split_last, columns and concat_last, by hand") {
   require_close(right, {2, 3, 5, 6}, 0, 0, "right");
   require_close(columns(x, 1, 2), {2, 5}, 0, 0, "columns [1, 2)");
   require_close(concat_last(right, left), {2, 3, 1, 5, 6, 4}, 0, 0, "[right, left]");
+  require_close(concat_last(right, left, x), {2, 3, 1, 1, 2, 3, 5, 6, 4, 4, 5, 6}, 0, 0, "[right, left, x]");
   // The edges: an empty side is allowed.
   CHECK(split_last(x, 0).first.shape() == Shape{2, 0});
   CHECK(split_last(x, 3).second.shape() == Shape{2, 0});
@@ -200,6 +201,7 @@ TEST_CASE("elementwise rejects wrong shapes, naming the argument") {
        [&] {
          concat_last(x, Tensor({3, 3}));
        }},
+      {"concat_last: c", [&] { concat_last(x, x, Tensor({3, 3})); }},
       {"gather_rows: x", [&] { gather_rows(Tensor({6}), {0}); }},
       {"scatter_add_rows: x",
        [&] {
