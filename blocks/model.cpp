@@ -133,19 +133,31 @@ ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, F
   record.records.clear();
   record.records.resize(mixers_.size());
   const std::optional<RowMask> mask = batch.mask ? std::optional<RowMask>(*batch.mask) : std::nullopt;
+  // Each block's output waits in `mixed` to be added to r by the next norm, in the norm's own kernel where
+  // it can (forward_after_add), unless a mask must zero rows of r between the add and the norm.
+  const bool add_in_norm = !mask || mask->keeps_all();
+  Tensor mixed;
   for (size_t i = 0; i < mixers_.size(); ++i) {
     const PartTimer timer(part_times_, config_.block_kind(static_cast<int64_t>(i)), Pass::forward);
-    // r ← r with masked positions set to 0;  r ← r + Mixer_i(Norm_i(r))
-    if (mask) zero_masked_rows(r, *mask);
-    Tensor normed = norms_[i]->forward(r, keep ? &record.norm_saved[i] : nullptr);
-    Tensor mixed = cache ? mixers_[i]->prefill(normed, batch, cache->states[i])
-                         : mixers_[i]->forward(normed, batch, record.records[i]);
-    r = add(r, mixed);
+    // r ← r + the previous block's output; r ← r with masked positions set to 0;  mixed = Mixer_i(Norm_i(r))
+    std::unique_ptr<SavedActivations>* saved = keep ? &record.norm_saved[i] : nullptr;
+    Tensor normed;
+    if (mixed.defined() && add_in_norm) {
+      normed = norms_[i]->forward_after_add(r, mixed, saved);
+    } else {
+      if (mixed.defined()) r = add(r, mixed);
+      if (mask) zero_masked_rows(r, *mask);
+      normed = norms_[i]->forward(r, saved);
+    }
+    mixed = cache ? mixers_[i]->prefill(normed, batch, cache->states[i])
+                  : mixers_[i]->forward(normed, batch, record.records[i]);
     output.aux_loss += record.records[i].aux_loss;
     output.routing.push_back(record.records[i].routing);
   }
   const PartTimer timer(part_times_, "final norm and LM head", Pass::forward);
-  output.hidden = final_norm_->forward(r, keep ? &record.final_norm_saved : nullptr);
+  std::unique_ptr<SavedActivations>* final_saved = keep ? &record.final_norm_saved : nullptr;
+  output.hidden = mixed.defined() ? final_norm_->forward_after_add(r, mixed, final_saved)
+                                  : final_norm_->forward(r, final_saved);
   if (config_.vocab_size > 0 && !cache) output.logits = linear_forward(output.hidden, head(), nullptr);
   if (keep) record.hidden = output.hidden;
   return output;
@@ -233,12 +245,15 @@ Tensor Model::step(const std::vector<int32_t>& tokens, InferenceCache& cache) {
       row.copy_from(encoding->forward(row, cache.positions[static_cast<size_t>(b)]));
     }
   }
+  Tensor mixed;  // as in forward: each block's output is added to r by the next norm
   for (size_t i = 0; i < mixers_.size(); ++i) {
     // r ← r + Mixer_i(Norm_i(r)), one position
-    Tensor normed = norms_[i]->forward(r, nullptr);
-    r = add(r, mixers_[i]->step(normed, batch, cache.states[i]));
+    const Tensor normed =
+        mixed.defined() ? norms_[i]->forward_after_add(r, mixed, nullptr) : norms_[i]->forward(r, nullptr);
+    mixed = mixers_[i]->step(normed, batch, cache.states[i]);
   }
-  const Tensor hidden = final_norm_->forward(r, nullptr);
+  const Tensor hidden =
+      mixed.defined() ? final_norm_->forward_after_add(r, mixed, nullptr) : final_norm_->forward(r, nullptr);
   for (int64_t& position : cache.positions) ++position;
   return linear_forward(hidden, head(), nullptr).reshape({B, config_.vocab_size});
 }

@@ -12,6 +12,11 @@ Registry<NormFactory>& norm_registry() {
   return registry;
 }
 
+Tensor Norm::forward_after_add(Tensor& r, const Tensor& delta, std::unique_ptr<SavedActivations>* saved) {
+  r = add(r, delta);
+  return forward(r, saved);
+}
+
 Tensor Norm::backward(const Tensor& grad_y, const SavedActivations* saved) {
   Tensor grad_x(grad_y.shape(), grad_y.device());
   backward_add(grad_y, saved, grad_x);
@@ -36,12 +41,15 @@ class RmsNorm : public Norm {
   Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) override {
     Tensor inv_rms;
     Tensor y = rmsnorm_forward(x, weight_.value, &inv_rms);
-    if (saved) {
-      auto keep = std::make_unique<RmsNormSaved>();
-      keep->x = x;
-      keep->inv_rms = inv_rms;
-      *saved = std::move(keep);
-    }
+    keep(x, inv_rms, saved);
+    return y;
+  }
+
+  Tensor forward_after_add(Tensor& r, const Tensor& delta, std::unique_ptr<SavedActivations>* saved) override {
+    Tensor inv_rms, sum;
+    Tensor y = rmsnorm_forward_after_add(r, delta, weight_.value, sum, &inv_rms);
+    r = sum;
+    keep(r, inv_rms, saved);
     return y;
   }
 
@@ -53,6 +61,15 @@ class RmsNorm : public Norm {
   void initialize(Random&) override { weight_.value.fill(1.0f); }
 
  private:
+  // What the backward needs, when it is wanted.
+  static void keep(const Tensor& x, const Tensor& inv_rms, std::unique_ptr<SavedActivations>* saved) {
+    if (!saved) return;
+    auto kept = std::make_unique<RmsNormSaved>();
+    kept->x = x;
+    kept->inv_rms = inv_rms;
+    *saved = std::move(kept);
+  }
+
   Parameter& weight_;
 };
 

@@ -18,6 +18,10 @@ class Norm {
   virtual ~Norm() = default;
   // x (..., D) → (..., D); keeps what backward needs in *saved when saved is given.
   virtual Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) = 0;
+  // The residual stream's add and this norm: r ← r + delta (a new tensor: an earlier norm may keep the old
+  // one for its backward), then the norm of the new r. The same floats as add then forward; a norm whose
+  // kernel can fuse the two overrides it.
+  virtual Tensor forward_after_add(Tensor& r, const Tensor& delta, std::unique_ptr<SavedActivations>* saved);
   // dL/dy → dL/dx; adds its parameters' gradients.
   virtual Tensor backward(const Tensor& grad_y, const SavedActivations* saved);
   // The same, with dL/dx added to grad_x in place (the residual stream's gradient): no temporary, and

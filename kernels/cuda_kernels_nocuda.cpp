@@ -72,7 +72,7 @@ void softmax_backward_cuda(const float*, const float*, float*, int64_t, int64_t,
 }
 void logsumexp_forward_cuda(const float*, float*, int64_t, int64_t, void*) { no_backend("logsumexp_forward_cuda"); }
 
-void rmsnorm_forward_cuda(const float*, const float*, float*, float*, int64_t, int64_t, void*) {
+void rmsnorm_forward_cuda(const float*, const float*, float*, float*, int64_t, int64_t, void*, const float*, float*) {
   no_backend("rmsnorm_forward_cuda");
 }
 void rmsnorm_backward_cuda(const float*, const float*, const float*, const float*, float*, float*, int64_t, int64_t,

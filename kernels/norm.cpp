@@ -42,12 +42,19 @@ void check_gradient(const Tensor& grad, const Tensor& parameter, const std::stri
 }  // namespace
 
 // y[t] = x[t] / √(mean_j x[t, j]² + eps) · weight,   inv_rms[t] = 1/√(mean_j x[t, j]² + eps)
-Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
+namespace {
+
+// rmsnorm_forward of x, or of sum = x + delta (written) when delta is given.
+Tensor rmsnorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight, Tensor* sum, Tensor* inv_rms) {
   const int64_t features = check_norm_shapes("rmsnorm_forward", x, weight);
   const int64_t rows = row_count(x);
-  if (common_device("rmsnorm_forward", {&x, &weight}) == Device::cuda) {
+  if (delta) check_shape(*delta, x.shape(), "rmsnorm_forward: delta");
+  const Device device = common_device("rmsnorm_forward", {&x, &weight, delta});
+  if (delta) *sum = Tensor::empty(x.shape(), device);
+  if (device == Device::cuda) {
     Tensor y = Tensor::empty(x.shape(), Device::cuda), saved = Tensor::empty({rows}, Device::cuda);
-    rmsnorm_forward_cuda(x.data(), weight.data(), y.data(), saved.data(), rows, features, cuda::stream());
+    rmsnorm_forward_cuda(x.data(), weight.data(), y.data(), saved.data(), rows, features, cuda::stream(),
+                         delta ? delta->data() : nullptr, delta ? sum->data() : nullptr);
     if (inv_rms) *inv_rms = saved;
     return y;
   }
@@ -56,6 +63,12 @@ Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;
+    if (delta) {
+      float* added = sum->data() + t * features;
+      const float* d = delta->data() + t * features;
+      for (int64_t j = 0; j < features; ++j) added[j] = in[j] + d[j];
+      in = added;
+    }
     float* out = y.data() + t * features;
     double squares = 0;
     for (int64_t j = 0; j < features; ++j) squares += double(in[j]) * in[j];
@@ -65,6 +78,17 @@ Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
   }
   if (inv_rms) *inv_rms = saved;
   return y;
+}
+
+}  // namespace
+
+Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms) {
+  return rmsnorm_rows(x, nullptr, weight, nullptr, inv_rms);
+}
+
+Tensor rmsnorm_forward_after_add(const Tensor& x, const Tensor& delta, const Tensor& weight, Tensor& sum,
+                                 Tensor* inv_rms) {
+  return rmsnorm_rows(x, &delta, weight, &sum, inv_rms);
 }
 
 // With g = dy ⊙ weight and r = inv_rms[t]:

@@ -15,13 +15,18 @@ constexpr int kRowsPerBlock = kThreads / 32;
 
 unsigned row_blocks(int64_t T) { return static_cast<unsigned>((T + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-// y[t] = x[t] · r · weight,  r = inv_rms[t] = 1/√(mean_j x[t, j]² + eps)
+// y[t] = x[t] · r · weight,  r = inv_rms[t] = 1/√(mean_j x[t, j]² + eps). With delta: of sum[t] = x[t] + delta[t],
+// written first (each lane reads back only the values it wrote).
 __global__ void rmsnorm_forward_kernel(const float* x, const float* weight, float* y, float* inv_rms, int64_t T,
-                                       int64_t D) {
+                                       int64_t D, const float* delta, float* sum) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (t >= T) return;
   const float* in = x + t * D;
+  if (delta) {
+    for (int64_t j = lane; j < D; j += 32) sum[t * D + j] = in[j] + delta[t * D + j];
+    in = sum + t * D;
+  }
   double squares = 0;
   for (int64_t j = lane; j < D; j += 32) squares += static_cast<double>(in[j]) * in[j];
   squares = cuda::warp_sum(squares);
@@ -110,9 +115,10 @@ struct LayerNormWeightTerm {
 }  // namespace
 
 void rmsnorm_forward_cuda(const float* x, const float* weight, float* y, float* inv_rms, int64_t T, int64_t D,
-                          void* stream) {
+                          void* stream, const float* delta, float* sum) {
   if (T <= 0) return;
-  rmsnorm_forward_kernel<<<row_blocks(T), kThreads, 0, cuda::as_stream(stream)>>>(x, weight, y, inv_rms, T, D);
+  rmsnorm_forward_kernel<<<row_blocks(T), kThreads, 0, cuda::as_stream(stream)>>>(x, weight, y, inv_rms, T, D, delta,
+                                                                                  sum);
   cuda::check_launch("rmsnorm_forward_kernel");
 }
 

@@ -9,6 +9,10 @@ constexpr float kNormEpsilon = 1e-5f;
 
 // y = x / √(mean(x²) + eps) · weight.   Saves inv_rms (T) = 1/√(mean(x²)+eps) for backward.
 Tensor rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor* inv_rms);
+// The residual stream's add fused in: *sum = x + delta (a new tensor), and its norm is returned. The same
+// floats as add then rmsnorm_forward, in one pass (one kernel on CUDA).
+Tensor rmsnorm_forward_after_add(const Tensor& x, const Tensor& delta, const Tensor& weight, Tensor& sum,
+                                 Tensor* inv_rms);
 struct RmsNormGrads {
   Tensor input;   // (..., D)
   Tensor weight;  // (D)

@@ -6,9 +6,10 @@
 
 namespace mr1 {
 
-// y (T, D) = x / √(mean(x²) + eps) · weight;  inv_rms (T)
+// y (T, D) = x / √(mean(x²) + eps) · weight;  inv_rms (T). With delta, the norm is of sum = x + delta,
+// which is written to sum (T, D).
 void rmsnorm_forward_cuda(const float* x, const float* weight, float* y, float* inv_rms, int64_t T, int64_t D,
-                          void* stream);
+                          void* stream, const float* delta = nullptr, float* sum = nullptr);
 // The gradients are added to grad_x (T, D) and grad_weight (D)
 void rmsnorm_backward_cuda(const float* grad_y, const float* x, const float* weight, const float* inv_rms,
                            float* grad_x, float* grad_weight, int64_t T, int64_t D, void* stream);

@@ -298,6 +298,14 @@ TEST_CASE("cuda: rmsnorm and layernorm match the CPU", "[cuda]") {
   Tensor inv_rms, cuda_inv_rms;
   require_match(rmsnorm_forward(gpu(x), gpu(weight), &cuda_inv_rms), rmsnorm_forward(x, weight, &inv_rms), kElementwise,
                 "rmsnorm");
+  // The residual add fused in: the sum exactly, the norm as above.
+  const Tensor delta = uniform({3, 11, 45}, 16, -2, 2);
+  Tensor sum, cuda_sum, fused_inv_rms, cuda_fused_inv_rms;
+  const Tensor fused = rmsnorm_forward_after_add(x, delta, weight, sum, &fused_inv_rms);
+  require_match(rmsnorm_forward_after_add(gpu(x), gpu(delta), gpu(weight), cuda_sum, &cuda_fused_inv_rms), fused,
+                kElementwise, "rmsnorm after add");
+  require_match(cuda_sum, sum, kExact, "rmsnorm after add: the sum");
+  require_match(cuda_fused_inv_rms, fused_inv_rms, kElementwise, "rmsnorm after add: inv_rms");
   const RmsNormGrads rms = rmsnorm_backward(grad_y, x, weight, inv_rms);
   const RmsNormGrads cuda_rms = rmsnorm_backward(gpu(grad_y), gpu(x), gpu(weight), cuda_inv_rms);
   require_match(cuda_rms.input, rms.input, kElementwise, "rmsnorm dx");

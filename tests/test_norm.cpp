@@ -144,6 +144,23 @@ TEST_CASE("norm: backwards match finite differences of the double loops") {
   }
 }
 
+TEST_CASE("norm: rmsnorm with the residual add fused in gives add's sum and its norm, exactly") {
+  for (const Shape& shape : kShapes) {
+    INFO("shape " << shape_string(shape));
+    const Tensor x = random_tensor(shape, 21), delta = random_tensor(shape, 22);
+    const Tensor weight = random_tensor({shape.back()}, 23);
+    Tensor sum, inv_rms, expected_inv_rms;
+    const Tensor y = rmsnorm_forward_after_add(x, delta, weight, sum, &inv_rms);
+    const Tensor expected_sum = add(x, delta);
+    require_close(sum, to_double(expected_sum), 0, 0, "sum");
+    require_close(y, to_double(rmsnorm_forward(expected_sum, weight, &expected_inv_rms)), 0, 0, "y");
+    require_close(inv_rms, to_double(expected_inv_rms), 0, 0, "inv_rms");
+  }
+  Tensor sum;
+  CHECK_THROWS_WITH(rmsnorm_forward_after_add(Tensor({3, 4}), Tensor({3, 5}), Tensor({4}), sum, nullptr),
+                    Catch::Contains("rmsnorm_forward: delta"));
+}
+
 TEST_CASE("norm rejects wrong shapes, naming the argument") {
   const Tensor x({3, 4}), weight({4}), bias({4}), rows({3});
   const Tensor wrong_x({3, 5}), square_weight({4, 4}), wrong_bias({5}), wrong_rows({4}), wrong_grad({4, 4});
