@@ -127,10 +127,9 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t end) {
   return out;
 }
 
-// a (..., Fa), b (..., Fb) → [a, b] (..., Fa + Fb)
 namespace {
 
-// The parts side by side along the last axis; the parts after the first are named b, c, ... in errors.
+// a (..., Fa), b (..., Fb), ... → [a, b, ...] (..., Fa + Fb + ...); the parts are named a, b, ... in errors.
 Tensor concat_parts(std::initializer_list<const Tensor*> parts) {
   const Tensor& first = **parts.begin();
   check_last_axis(first, -1, "concat_last: a");

@@ -39,12 +39,8 @@ void check_gradient(const Tensor& grad, const Tensor& parameter, const std::stri
   check_same_device(grad, parameter, what);
 }
 
-}  // namespace
-
-// y[t] = x[t] / √(mean_j x[t, j]² + eps) · weight,   inv_rms[t] = 1/√(mean_j x[t, j]² + eps)
-namespace {
-
-// rmsnorm_forward of x, or of sum = x + delta (written) when delta is given.
+// y[t] = x[t] / √(mean_j x[t, j]² + eps) · weight,   inv_rms[t] = 1/√(mean_j x[t, j]² + eps): of x, or of
+// sum = x + delta (written) when delta is given.
 Tensor rmsnorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight, Tensor* sum, Tensor* inv_rms) {
   const int64_t features = check_norm_shapes("rmsnorm_forward", x, weight);
   const int64_t rows = row_count(x);
