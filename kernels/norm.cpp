@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
+
+#include <omp.h>
 
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
@@ -21,15 +24,21 @@ int64_t check_norm_shapes(const char* op, const Tensor& x, const Tensor& weight)
   return weight.size(0);
 }
 
-// out[j] += Σ_t term(t, j) over T rows, the sum accumulated in double; parallel over the D columns, so no
-// two threads write one value and the order of each sum is fixed.
+// out[j] += Σ_t term(t, j) over T rows, each sum accumulated in double in row order. Each thread owns a band
+// of columns and walks the rows in memory order (a column at a time would stride through the rows and
+// miss the cache on every term): no two threads write one value, and every sum is the same at any
+// thread count.
 template <typename Term>
 void add_column_sums(int64_t rows, int64_t features, Term term, Tensor& out) {
-#pragma omp parallel for if (rows * features >= kParallelMinimumWork)
-  for (int64_t j = 0; j < features; ++j) {
-    double total = 0;
-    for (int64_t t = 0; t < rows; ++t) total += term(t, j);
-    out[j] += static_cast<float>(total);
+#pragma omp parallel if (rows * features >= kParallelMinimumWork)
+  {
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = features * id / threads, end = features * (id + 1) / threads;
+    std::vector<double> totals(end - begin, 0.0);
+    for (int64_t t = 0; t < rows; ++t) {
+      for (int64_t j = begin; j < end; ++j) totals[j - begin] += term(t, j);
+    }
+    for (int64_t j = begin; j < end; ++j) out[j] += static_cast<float>(totals[j - begin]);
   }
 }
 
