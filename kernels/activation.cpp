@@ -100,15 +100,16 @@ float row_max(const float* row, int64_t features) {
 
 }  // namespace
 
-// gelu(x) = x · Φ(x) = ½ x (1 + erf(x/√2))
+// gelu(x) = x · Φ(x) = ½ x erfc(−x/√2): the same as ½ x (1 + erf(x/√2)), which loses Φ's digits to cancellation
+// as x falls below 0 (all of them below about −5.9); erfc keeps a few ulps all the way down.
 Tensor gelu_forward(const Tensor& x) {
   return map_values(
-      "gelu_forward", x, [](float v) { return 0.5f * v * (1.0f + std::erf(v * kInverseSqrt2)); }, gelu_forward_cuda);
+      "gelu_forward", x, [](float v) { return 0.5f * v * std::erfc(-v * kInverseSqrt2); }, gelu_forward_cuda);
 }
 
 // dL/dx = dy · (Φ(x) + x φ(x)),  φ(x) = exp(−x²/2)/√(2π),  Φ(x) = y / x (½ at x = 0)
-// y / x is as accurate as ½ (1 + erf(x/√2)) in float (both within 2e-7 of the derivative), and the
-// exp is vectorised, so the backward needs no erf. (CUDA computes Φ with erff and does not read y.)
+// y / x is as accurate as ½ erfc(−x/√2) in float (a few ulps), and the exp is vectorised, so the backward
+// needs no erfc. (CUDA computes Φ with erfcf and does not read y.)
 Tensor gelu_backward(const Tensor& grad_y, const Tensor& x, const Tensor& y) {
   check_shape(grad_y, x.shape(), "gelu_backward: grad_y");
   check_shape(y, x.shape(), "gelu_backward: y");

@@ -1,5 +1,5 @@
 // CUDA kernels of the activations (one thread per value) and the softmax family (one warp per row).
-// The formulas are the CPU's (kernels/activation.cpp), in float with accurate (non-intrinsic) exp and erf.
+// The formulas are the CPU's (kernels/activation.cpp), in float with accurate (non-intrinsic) exp and erfc.
 // Shape letters: n values, T rows, F features.
 #include <cmath>
 
@@ -29,11 +29,11 @@ __global__ void gradient_kernel(const float* grad_y, const float* saved, float* 
 }
 
 struct Gelu {
-  __device__ float operator()(float v) const { return 0.5f * v * (1.0f + erff(v * kInverseSqrt2)); }
+  __device__ float operator()(float v) const { return 0.5f * v * erfcf(-v * kInverseSqrt2); }
 };
 struct GeluGradient {
   __device__ float operator()(float dy, float v) const {
-    const float cdf = 0.5f * (1.0f + erff(v * kInverseSqrt2));
+    const float cdf = 0.5f * erfcf(-v * kInverseSqrt2);
     const float pdf = kInverseSqrt2Pi * expf(-0.5f * v * v);
     return dy * (cdf + v * pdf);
   }

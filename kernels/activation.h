@@ -5,10 +5,10 @@
 
 namespace mr1 {
 
-// gelu(x) = x · Φ(x) = ½ x (1 + erf(x/√2))   (exact, not the tanh approximation)
+// gelu(x) = x · Φ(x) = ½ x erfc(−x/√2)   (exact, not the tanh approximation; accurate in the negative tail)
 Tensor gelu_forward(const Tensor& x);
 // dL/dx = dy · (Φ(x) + x φ(x)),  φ(x) = exp(−x²/2)/√(2π); y = gelu_forward(x), as the forward kept it,
-// gives Φ(x) = y / x without a second erf.
+// gives Φ(x) = y / x without a second erfc.
 Tensor gelu_backward(const Tensor& grad_y, const Tensor& x, const Tensor& y);
 
 // silu(x) = x · σ(x)

@@ -285,12 +285,12 @@ def make_inputs(model: dict, seed: int, B: int, L: int, with_mask: bool,
 # Elementwise functions
 # --------------------------------------------------------------------------
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def gelu(x):
-    """exact GELU: gelu(x) = x · Φ(x) = 0.5 · x · (1 + erf(x / √2))"""
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    """exact GELU: gelu(x) = x · Φ(x) = 0.5 · x · erfc(−x / √2) (1 + erf(x / √2) would cancel for x < 0)"""
+    return 0.5 * x * _erfc(-x / math.sqrt(2.0))
 
 
 def silu(x):
