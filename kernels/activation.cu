@@ -1,5 +1,6 @@
 // CUDA kernels of the activations (one thread per value) and the softmax family (one warp per row).
-// The formulas are the CPU's (kernels/activation.cpp), in float with accurate (non-intrinsic) exp and erfc.
+// The formulas are the CPU's (kernels/activation.cpp), in float with accurate (non-intrinsic) exp, but for gelu's
+// Φ, which is erfc in double (rounded once, as the CPU's; float erfcf would lose digits to the rounding of x/√2).
 // Shape letters: n values, T rows, F features.
 #include <cmath>
 
@@ -11,7 +12,7 @@ namespace mr1 {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr float kInverseSqrt2 = 0.70710678118654752f;
+constexpr double kInverseSqrt2 = 0.70710678118654752440;
 constexpr float kInverseSqrt2Pi = 0.39894228040143268f;
 
 template <typename Function>
@@ -29,11 +30,14 @@ __global__ void gradient_kernel(const float* grad_y, const float* saved, float* 
 }
 
 struct Gelu {
-  __device__ float operator()(float v) const { return 0.5f * v * erfcf(-v * kInverseSqrt2); }
+  __device__ float operator()(float v) const {
+    const double x = v;
+    return static_cast<float>(0.5 * x * erfc(-x * kInverseSqrt2));
+  }
 };
 struct GeluGradient {
   __device__ float operator()(float dy, float v) const {
-    const float cdf = 0.5f * erfcf(-v * kInverseSqrt2);
+    const float cdf = static_cast<float>(0.5 * erfc(-double(v) * kInverseSqrt2));
     const float pdf = kInverseSqrt2Pi * expf(-0.5f * v * v);
     return dy * (cdf + v * pdf);
   }
