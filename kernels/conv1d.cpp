@@ -111,35 +111,42 @@ Tensor causal_conv1d_backward_accumulate(const Tensor& grad_y, const Tensor& x, 
     return grad_x;
   }
   const std::vector<float> taps = taps_by_channel(weight, E, K);
-  std::vector<float> tap_grads(K * E, 0.0f);  // (K, E), transposed back below
-  std::vector<float> bias_grads(E, 0.0f);
+  std::vector<float> tap_grads(K * E);  // (K, E), transposed back below
+  std::vector<float> bias_grads(E);
   Tensor grad_x(x.shape());
   const float* input = x.data();
   const float* dy = grad_y.data();
   float* dx = grad_x.data();
-  float* dbias = bias_grads.data();
   const int64_t blocks = channel_blocks(E);
 
 #pragma omp parallel for schedule(static) if (s.batch * L * E * K >= (int64_t{1} << 15))
   for (int64_t block = 0; block < blocks; ++block) {
     const int64_t first = block * kChannelBlock;
-    const int64_t last = std::min(E, first + kChannelBlock);
+    const int64_t width = std::min(E, first + kChannelBlock) - first;
+    // The block's sums stay in its own arrays until the end: written in place, the cache lines where two
+    // blocks meet would pass between the threads at every step.
+    alignas(64) float dbias[kChannelBlock] = {};
+    std::vector<float> dtaps(K * kChannelBlock, 0.0f);  // (K, block)
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t t = 0; t < L; ++t) {
-        const float* dy_row = dy + (b * L + t) * E;
-        for (int64_t e = first; e < last; ++e) dbias[e] += dy_row[e];
+        const float* dy_row = dy + (b * L + t) * E + first;
+        for (int64_t e = 0; e < width; ++e) dbias[e] += dy_row[e];
         // y[t] reads x[t − K + 1 + k]: scatter dy[t] back to those rows, and collect dweight.
         for (int64_t k = std::max<int64_t>(0, K - 1 - t); k < K; ++k) {
-          const int64_t source = (b * L + t - K + 1 + k) * E;
-          const float* tap = taps.data() + k * E;
-          float* tap_grad = tap_grads.data() + k * E;
+          const int64_t source = (b * L + t - K + 1 + k) * E + first;
+          const float* tap = taps.data() + k * E + first;
+          float* tap_grad = dtaps.data() + k * kChannelBlock;
 #pragma omp simd
-          for (int64_t e = first; e < last; ++e) {
+          for (int64_t e = 0; e < width; ++e) {
             dx[source + e] += tap[e] * dy_row[e];
             tap_grad[e] += dy_row[e] * input[source + e];
           }
         }
       }
+    }
+    for (int64_t e = 0; e < width; ++e) {
+      bias_grads[first + e] = dbias[e];
+      for (int64_t k = 0; k < K; ++k) tap_grads[k * E + first + e] = dtaps[k * kChannelBlock + e];
     }
   }
   float* dweight = grad_weight.data();
