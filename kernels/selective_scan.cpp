@@ -327,10 +327,10 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   const ScanPointers p = scan_pointers(in);
   const float* dout = grad_out.data();
 
-  SelectiveScanGrads grads;
-  grads.u = Tensor({s.batch, L, E});
-  grads.delta = Tensor({s.batch, L, E});
-  if (p.z) grads.z = Tensor({s.batch, L, E});
+  SelectiveScanGrads grads;  // every value of u, delta and z is written below
+  grads.u = Tensor::empty({s.batch, L, E});
+  grads.delta = Tensor::empty({s.batch, L, E});
+  if (p.z) grads.z = Tensor::empty({s.batch, L, E});
   float* du_data = grads.u.data();
   float* ddelta_data = grads.delta.data();
   float* dz_data = p.z ? grads.z.data() : nullptr;
