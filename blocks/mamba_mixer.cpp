@@ -32,6 +32,7 @@ struct MambaSaved : SavedActivations {
   Tensor delta;  // (B, L, E)  dt · dt_projᵀ (before bias and softplus)
   Tensor A;      // (E, N)
   Tensor y;      // (B, L, E)  scan output, gated
+  Tensor scan_checkpoints;  // the scan's states for its backward (CPU; undefined on CUDA)
 };
 
 }  // namespace
@@ -106,7 +107,9 @@ Tensor MambaMixer::parallel_forward(const Tensor& u, const BatchInfo& batch, Lay
   const ScanProjections p = scan_projections(xa);
   Tensor A = negative_exp(A_log_.value);
   const auto scan = scan_inputs<SelectiveScanInputs>(xa, p, A, z);
-  Tensor y = selective_scan_forward(scan, state ? &state->ssm_state : nullptr);
+  Tensor scan_checkpoints;
+  Tensor y = selective_scan_forward(scan, state ? &state->ssm_state : nullptr,
+                                    batch.keep_for_backward ? &scan_checkpoints : nullptr);
   Tensor out = linear_forward(y, out_proj_.value, nullptr);
 
   if (state) {
@@ -148,6 +151,7 @@ Tensor MambaMixer::parallel_forward(const Tensor& u, const BatchInfo& batch, Lay
     saved->delta = p.delta;
     saved->A = A;
     saved->y = y;
+    saved->scan_checkpoints = scan_checkpoints;
     record.saved = std::move(saved);
   }
   return out;
@@ -191,6 +195,7 @@ Tensor MambaMixer::backward(const Tensor& grad_out, const BatchInfo&, const Laye
   scan.z = &saved.z;
   scan.delta_bias = &dt_proj_bias_.value;
   scan.delta_softplus = true;
+  scan.checkpoints = &saved.scan_checkpoints;
   // Adds A = −exp(A_log)'s gradient dL/dA ⊙ A, and D's and the bias's, to the parameters' gradients.
   SelectiveScanGrads scan_grads =
       selective_scan_backward_accumulate(grad_y, scan, A_log_.grad, &D_.grad, &dt_proj_bias_.grad);

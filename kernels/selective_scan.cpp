@@ -156,6 +156,16 @@ void backward_cuda(const Tensor& grad_out, const SelectiveScanInputs& in, const 
 
 int64_t work_items(const ScanShape& s) { return s.batch * ((s.channels + kLanes - 1) / kLanes); }
 
+// The states kept for the backward: h before steps 0, chunk, 2·chunk, … of every work item, N lanes each:
+// (items, ⌈L / chunk⌉, N, kLanes), zero in lanes past a block's width.
+int64_t checkpoint_count(int64_t length, int64_t chunk) { return (length + chunk - 1) / chunk; }
+Shape checkpoint_shape(const ScanShape& s, int64_t chunk) {
+  return {work_items(s), checkpoint_count(s.length, chunk), s.state, kLanes};
+}
+void store_checkpoint(const LanesBuffer& h, float* target) {
+  for (const Lanes& lanes : h) target = std::copy(lanes.data(), lanes.data() + kLanes, target);
+}
+
 // One work item: batch row b and channels [first, first + width), with the time-invariant
 // per-channel values read once: A transposed to N lanes A_T[n][j] = A[first + j, n], D and
 // delta_bias (0 where absent, and in lanes past width).
@@ -212,12 +222,13 @@ inline Lanes block_step(const ChannelBlock& block, const Lanes& delta, const Lan
 
 }  // namespace
 
-Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state) {
+Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state, Tensor* checkpoints) {
   const ScanShape s = check_scan_inputs(in);
   const int64_t L = s.length, E = s.channels, N = s.state;
   if (common_device("selective_scan", {in.u, in.delta, in.A, in.B, in.C, in.D, in.z, in.delta_bias}) ==
       Device::cuda) {
     Tensor out = Tensor::empty({s.batch, L, E}, Device::cuda);
+    if (checkpoints) *checkpoints = Tensor();
     if (final_state) *final_state = Tensor({s.batch, E, N}, Device::cuda);
     selective_scan_forward_cuda(cuda_pointers(in), out.data(), final_state ? final_state->data() : nullptr, s.batch, L,
                                 E, N, cuda::stream());
@@ -232,6 +243,11 @@ Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state
     state_data = final_state->data();
   }
   const int64_t items = work_items(s);
+  float* checkpoint_data = nullptr;
+  if (checkpoints) {
+    *checkpoints = Tensor::empty(checkpoint_shape(s, kSelectiveScanChunk));
+    checkpoint_data = checkpoints->data();
+  }
 
 #pragma omp parallel if (items > 1 && s.batch * L * E * N >= kParallelMinimumWork)
   {
@@ -240,8 +256,10 @@ Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state
     for (int64_t item = 0; item < items; ++item) {
       const ChannelBlock block(p, s, item);
       const int64_t width = block.width;
+      float* kept = checkpoint_data ? checkpoint_data + item * checkpoints->size(1) * N * kLanes : nullptr;
       std::fill(h.begin(), h.end(), Lanes::Zero());
       for (int64_t t = 0; t < L; ++t) {
+        if (kept && t % kSelectiveScanChunk == 0) store_checkpoint(h, kept + t / kSelectiveScanChunk * N * kLanes);
         const int64_t token = block.b * L + t;
         const int64_t row = token * E + block.first;
         const Lanes u = load_lanes(p.u + row, width);
@@ -342,9 +360,15 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   const int threads = max_threads();
   std::vector<float> partials(static_cast<size_t>(threads) * partial_size, 0.0f);
 
-  const int64_t chunks = (L + chunk - 1) / chunk;
+  const int64_t chunks = checkpoint_count(L, chunk);
   const int64_t chunk_steps = std::min(chunk, L);
   const int64_t items = L > 0 ? work_items(s) : 0;
+  // The forward's checkpoints, when it kept them for this chunk length.
+  const float* kept = nullptr;
+  if (chunk == kSelectiveScanChunk && present(in.checkpoints)) {
+    check_shape(*in.checkpoints, checkpoint_shape(s, chunk), "selective_scan: checkpoints");
+    kept = in.checkpoints->data();
+  }
 
 #pragma omp parallel if (items > 1 && s.batch * L * E * N >= kParallelMinimumWork)
   {
@@ -362,17 +386,26 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
       auto row_of = [&](int64_t t) { return (block.b * L + t) * E + first; };
       auto token_of = [&](int64_t t) { return block.b * L + t; };
 
-      // Forward pass keeping Δ and the checkpoints; the last chunk's steps are recomputed below anyway.
+      // Forward pass keeping Δ and the checkpoints (unless the forward kept them); the last chunk's steps are
+      // recomputed below anyway.
       std::fill(h.begin(), h.end(), Lanes::Zero());
       for (int64_t t = 0; t < L; ++t) {
         const int64_t row = row_of(t);
         deltas[t] = block_delta(p, block, row);
         slopes[t] = block_delta_slope(p, block, row);
-        if (t >= (chunks - 1) * chunk) continue;
+        if (kept || t >= (chunks - 1) * chunk) continue;
         if (t % chunk == 0) std::copy(h.begin(), h.end(), checkpoints.begin() + (t / chunk) * N);
         block_step(block, deltas[t], load_lanes(p.u + row, width), p.B + token_of(t) * N, nullptr, h.data(), nullptr);
       }
-      std::copy(h.begin(), h.end(), checkpoints.begin() + (chunks - 1) * N);
+      if (kept) {
+        const float* source = kept + item * chunks * N * kLanes;
+        for (Lanes& lanes : checkpoints) {
+          std::copy_n(source, kLanes, lanes.data());
+          source += kLanes;
+        }
+      } else {
+        std::copy(h.begin(), h.end(), checkpoints.begin() + (chunks - 1) * N);
+      }
 
       std::fill(dh.begin(), dh.end(), Lanes::Zero());
       std::fill(dA.begin(), dA.end(), Lanes::Zero());

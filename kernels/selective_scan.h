@@ -23,14 +23,21 @@ struct SelectiveScanInputs {
   // CUDA only: the pieces of the sequence scanned at once (selective_scan_cuda_pieces in
   // kernels/selective_scan_cuda.h); 0 chooses from the device's size. The results agree to rounding.
   int64_t cuda_pieces = 0;
+  // CPU backward only, may be null or undefined: the states the forward kept (its `checkpoints`), so that
+  // the backward does not scan the sequence a first time to find them. Ignored on CUDA, whose kernels keep
+  // their own, and by a backward with another chunk than kSelectiveScanChunk. The gradients are the same bits.
+  const Tensor* checkpoints = nullptr;
 };
 
 // Δ[t,e]   = softplus(delta[t,e] + delta_bias[e])                 (or without softplus when off)
 // h_t[e,n] = exp(Δ[t,e] · A[e,n]) · h_{t−1}[e,n] + Δ[t,e] · u[t,e] · B[t,n],   h_{−1} = 0
 // y[t,e]   = Σ_n h_t[e,n] · C[t,n] + D[e] · u[t,e]
 // out      = y ⊙ silu(z)                                          (or y when z is null)
-// Returns out (B, L, E); when final_state is given it receives h_{L−1} (B, E, N).
-Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state = nullptr);
+// Returns out (B, L, E); when final_state is given it receives h_{L−1} (B, E, N). When checkpoints is given,
+// the CPU stores in it the states h_{t−1} before every kSelectiveScanChunk-th step t (B·E·N·⌈L/chunk⌉ values,
+// in the CPU scan's own layout) for SelectiveScanInputs::checkpoints; on CUDA it is left undefined.
+Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state = nullptr,
+                              Tensor* checkpoints = nullptr);
 
 struct SelectiveScanGrads {
   Tensor u;           // (B, L, E)

@@ -252,6 +252,47 @@ TEST_CASE("selective_scan_backward gives the same gradients for every chunk size
   }
 }
 
+TEST_CASE("selective_scan_backward from the forward's checkpoints gives the same bits as without them") {
+  const ScanCase cases[] = {
+      full_case("four chunks, the last partial, a partial channel block", 2, 200, 20, 8),
+      full_case("one whole chunk", 1, 64, 16, 4),
+      full_case("shorter than a chunk", 2, 30, 3, 16),
+      {"no options", 1, 130, 17, 5, false, false, false, false, 1.0f},
+  };
+  uint64_t seed = 330;
+  for (const ScanCase& c : cases) {
+    INFO(describe(c));
+    const ScanTensors tensors = make_scan_tensors(c, ++seed);
+    const Tensor grad_out = random_tensor({c.batch, c.length, c.channels}, ++seed);
+    Tensor checkpoints;
+    const Tensor out = selective_scan_forward(tensors.inputs(), nullptr, &checkpoints);
+    REQUIRE(out.to_vector() == selective_scan_forward(tensors.inputs()).to_vector());
+    // h before steps 0, 64, 128, …: one per chunk, N states of 16 channel lanes per work item.
+    const int64_t items = c.batch * ((c.channels + 15) / 16);
+    CHECK(checkpoints.shape() == Shape{items, (c.length + 63) / 64, c.state, 16});
+
+    SelectiveScanInputs with = tensors.inputs();
+    with.checkpoints = &checkpoints;
+    const SelectiveScanGrads reference = selective_scan_backward(grad_out, tensors.inputs());
+    const SelectiveScanGrads grads = selective_scan_backward(grad_out, with);
+    for (const ScanInput& input : kScanInputs) {
+      INFO("d" << input.name);
+      if (!(reference.*input.grad).defined()) continue;
+      CHECK((grads.*input.grad).to_vector() == (reference.*input.grad).to_vector());
+    }
+    // Another chunk length ignores them.
+    const SelectiveScanGrads small = selective_scan_backward(grad_out, with, 7);
+    CHECK(small.u.to_vector() == selective_scan_backward(grad_out, tensors.inputs(), 7).u.to_vector());
+  }
+  // Checkpoints of another shape are refused, naming them.
+  const ScanTensors tensors = make_scan_tensors(full_case("mismatch", 1, 70, 16, 4), 340);
+  const Tensor wrong({1, 1, 4, 16});
+  SelectiveScanInputs with = tensors.inputs();
+  with.checkpoints = &wrong;
+  REQUIRE_THROWS_WITH(selective_scan_backward(random_tensor({1, 70, 16}, 341), with),
+                      Catch::Matchers::Contains("checkpoints"));
+}
+
 TEST_CASE("selective_scan_backward_accumulate adds A_log's, D's and the bias's gradients in place, exactly") {
   const ScanCase c = full_case("accumulate", 2, 70, 20, 8);
   const ScanTensors tensors = make_scan_tensors(c, 311);

@@ -1,8 +1,9 @@
 // Times the CPU selective scan, forward and backward, at the seed shape (B=4, L=512, E=256, N=16)
-// with every option on (D, z, delta_bias, softplus). Not a test: build and run it by hand, e.g.
-//   g++ -std=c++17 -O2 -march=native -fopenmp -I. -I/usr/include/eigen3 kernels/tensor.cpp
-//     kernels/cuda_device_nocuda.cpp kernels/selective_scan.cpp tests/bench/scan_bench.cpp -o /tmp/scan_bench
-//   /tmp/scan_bench            (OMP_NUM_THREADS=1 for one core)
+// with every option on (D, z, delta_bias, softplus); the backward both recomputing its checkpoints and
+// taking the forward's. Not a test: build and run it by hand after the project's build, e.g.
+//   g++ -std=c++17 -O3 -march=native -fopenmp -I. -I/usr/include/eigen3 tests/bench/scan_bench.cpp
+//     build/libmamba_r1_core.a -L/usr/local/cuda/lib64 -lcublas -lcudart -lspdlog -lfmt -o /tmp/scan_bench
+//   OMP_NUM_THREADS=1 /tmp/scan_bench      (one core)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -38,7 +39,7 @@ void report(const char* what, int repeats, const std::function<void()>& run) {
     times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
   std::sort(times.begin(), times.end());
-  std::printf("%-9s median %7.2f ms   best %7.2f ms   (%d runs)\n", what, times[times.size() / 2], times.front(),
+  std::printf("%-40s median %7.2f ms   best %7.2f ms   (%d runs)\n", what, times[times.size() / 2], times.front(),
               repeats);
 }
 
@@ -81,6 +82,12 @@ int main() {
   double checksum = 0;
   report("forward", 50, [&] { checksum += mr1::selective_scan_forward(inputs)[0]; });
   report("backward", 20, [&] { checksum += mr1::selective_scan_backward(grad_out, inputs).A[0]; });
+  Tensor checkpoints;
+  mr1::selective_scan_forward(inputs, nullptr, &checkpoints);
+  mr1::SelectiveScanInputs with_checkpoints = inputs;
+  with_checkpoints.checkpoints = &checkpoints;
+  report("backward from the forward's checkpoints", 20,
+         [&] { checksum += mr1::selective_scan_backward(grad_out, with_checkpoints).A[0]; });
   std::printf("(checksum %g)\n", checksum);
   return 0;
 }
