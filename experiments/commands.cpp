@@ -25,7 +25,7 @@ namespace {
 // Options that take a value, and flags that do not.
 const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "output", "backend", "seed",
                                           "threads", "log-level", "prompt", "prompts-file", "max-new-tokens",
-                                          "temperature", "top-k", "top-p", "stop-byte", "only"};
+                                          "temperature", "top-k", "top-p", "stop-byte", "only", "jobs"};
 const std::set<std::string> kFlags{"backward", "resume", "help", "greedy", "bench"};
 
 }  // namespace
@@ -39,7 +39,8 @@ std::string usage() {
          "  mamba-r1 validate [FILE.toml] [--only TEXT]   CUDA against the CPU reference, every op or\n"
          "                   those whose name contains TEXT\n"
          "  mamba-r1 list                      everything in the registry\n"
-         "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]]   every combination of [sweep]\n"
+         "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]] [--jobs N]   every combination\n"
+         "                   of [sweep], N runs at a time (each a process of its own; default 1)\n"
          "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput,\n"
          "                   and where a training step's time goes\n"
          "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"
@@ -101,8 +102,6 @@ std::string CommandLine::experiment_path() const {
   return positional[0];
 }
 
-namespace {
-
 int64_t parse_integer_option(const CommandLine& line, const std::string& name, int64_t fallback) {
   const std::string text = line.option(name);
   if (text.empty()) return fallback;
@@ -115,8 +114,6 @@ int64_t parse_integer_option(const CommandLine& line, const std::string& name, i
     throw UsageError("--" + name + " expects a non-negative integer, found '" + text + "'");
   }
 }
-
-}  // namespace
 
 std::vector<std::string> command_line_assignments(const CommandLine& line) {
   std::vector<std::string> assignments = line.sets;
@@ -158,6 +155,8 @@ std::string output_folder(const CommandLine& line, const Experiment& experiment)
 
 int command_run(const CommandLine& line) {
   Experiment experiment = load_for(line);
+  // One run: its record (config.toml) holds no [sweep] lists, as a sweep's runs do not.
+  if (toml::table* sweep = experiment.file.root()["sweep"].as_table()) sweep->clear();
   const bool resume = line.flag("resume");
   if (resume && line.option("out").empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
   const RunResult result = run_experiment(experiment, output_folder(line, experiment), resume);

@@ -1,6 +1,7 @@
 // The subcommands of mamba-r1 (DESIGN.md §4) and the command line they read.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <set>
 #include <stdexcept>
@@ -15,6 +16,7 @@ struct CommandLine {
   std::vector<std::string> sets;               // --set key=value, in order
   std::map<std::string, std::string> options;  // --out DIR, --weights W, ...
   std::set<std::string> flags;                 // --backward, --resume, ...
+  std::string program;  // the mamba-r1 executable that `sweep --jobs` starts for its runs; empty: this one
 
   std::string option(const std::string& name, const std::string& fallback = "") const;
   bool flag(const std::string& name) const { return flags.count(name) != 0; }
@@ -31,6 +33,8 @@ class UsageError : public std::runtime_error {
 };
 
 CommandLine parse_command_line(int argc, char** argv);
+// The option as a non-negative integer, `fallback` when absent; a usage error naming it otherwise.
+int64_t parse_integer_option(const CommandLine& line, const std::string& name, int64_t fallback);
 std::string usage();
 // The command line's --set, --backend, --seed and --threads as "key=value" assignments, in that order.
 std::vector<std::string> command_line_assignments(const CommandLine& line);

@@ -11,11 +11,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
+#include "experiments/child_process.h"
 #include "experiments/experiment.h"
 #include "experiments/files.h"
 #include "experiments/optimizer.h"
@@ -876,10 +879,88 @@ std::string shell_quote(const std::string& text) {
 std::string resume_command(const CommandLine& line, const std::string& folder) {
   std::string command = "mamba-r1 sweep " + shell_quote(line.experiment_path());
   for (const std::string& set : line.sets) command += " --set " + shell_quote(set);
-  for (const char* option : {"backend", "seed", "threads"}) {
+  for (const char* option : {"backend", "seed", "threads", "jobs"}) {
     if (!line.option(option).empty()) command += std::string(" --") + option + " " + shell_quote(line.option(option));
   }
   return command + " --out " + shell_quote(folder) + " --resume";
+}
+
+// Runs the sweep's runs as child processes, `jobs` at a time: each is `mamba-r1 run FILE --set ... --out
+// RUN_FOLDER [--resume]` of line.program (or this program), writing its log to RUN_FOLDER/run.log.
+// begin_run and end_run are command_sweep's (the same bookkeeping as one run at a time). Returns whether
+// the sweep was interrupted (Ctrl-C, or a run that was): no further run starts, and those running are
+// waited for while they save their checkpoints.
+bool run_processes(const CommandLine& line, int64_t jobs, std::vector<SweepResult>& results,
+                   const std::function<bool(SweepResult&, bool&)>& begin_run,
+                   const std::function<void(SweepResult&, double)>& end_run,
+                   const std::function<std::string(const SweepResult&)>& run_folder_of) {
+  const std::string program = line.program.empty() ? own_executable() : line.program;
+  if (program.empty()) throw std::runtime_error("--jobs: this program's path (/proc/self/exe) cannot be read");
+  const std::string path = line.experiment_path();
+  const std::vector<std::string> sets = command_line_assignments(line);
+
+  struct Running {
+    SweepResult* result;
+    pid_t pid;
+    std::chrono::steady_clock::time_point start;
+  };
+  std::vector<Running> running;
+  size_t next = 0;
+  bool interrupted = false, passed_on = false;
+  InterruptGuard guard;
+  while (true) {
+    while (!interrupted && static_cast<int64_t>(running.size()) < jobs && next < results.size()) {
+      SweepResult& result = results[next++];
+      bool continue_run = false;
+      if (!begin_run(result, continue_run)) continue;
+      const std::string run_folder = run_folder_of(result);
+      std::vector<std::string> arguments{program, "run", path};
+      std::vector<std::string> assignments = sets;  // as load_run_experiment applies them
+      assignments.insert(assignments.end(), result.run.assignments.begin(), result.run.assignments.end());
+      for (const std::string& assignment : assignments) arguments.insert(arguments.end(), {"--set", assignment});
+      arguments.insert(arguments.end(), {"--out", run_folder});
+      if (continue_run) arguments.push_back("--resume");
+      if (!line.option("log-level").empty()) arguments.insert(arguments.end(), {"--log-level", line.option("log-level")});
+      make_directories(run_folder);
+      const std::string log = run_folder + "/run.log";
+      try {
+        running.push_back({&result, start_child(arguments, log), std::chrono::steady_clock::now()});
+        spdlog::info("  its log: {}", log);
+      } catch (const std::exception& error) {
+        result.status = "failed";
+        result.error = error.what();
+        spdlog::error("sweep run {} failed: {}", result.run.name, error.what());
+        end_run(result, 0);
+      }
+    }
+    if (running.empty()) break;
+    const ChildExit exit = wait_for_child();
+    if (InterruptGuard::interrupt_received() && !passed_on) {
+      // A terminal's Ctrl-C reaches the runs too; a signal sent to the sweep alone is passed on.
+      for (const Running& child : running) kill(child.pid, SIGINT);
+      passed_on = interrupted = true;
+    }
+    if (exit.pid < 0) continue;
+    const auto found = std::find_if(running.begin(), running.end(), [&](const Running& r) { return r.pid == exit.pid; });
+    if (found == running.end()) continue;
+    SweepResult& result = *found->result;
+    const auto start = found->start;
+    running.erase(found);
+    if (exit.code == 0) {
+      result.status = "done";
+    } else if (exit.code == 130) {  // interrupted: exit(130), or ended by SIGINT (128 + 2)
+      result.status = "interrupted";
+      interrupted = true;
+    } else {
+      result.status = "failed";
+      const std::string log = run_folder_of(result) + "/run.log";
+      const std::string error = last_error_line(log);
+      result.error = error.empty() ? "exited with status " + std::to_string(exit.code) : error;
+      spdlog::error("sweep run {} failed: {} (its log: {})", result.run.name, result.error, log);
+    }
+    end_run(result, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return interrupted;
 }
 
 }  // namespace
@@ -891,6 +972,8 @@ int command_sweep(const CommandLine& line) {
   if (resume && line.option("out").empty()) {
     throw UsageError("--resume needs --out DIR, the folder of the sweep to continue");
   }
+  const int64_t jobs = parse_integer_option(line, "jobs", 1);
+  if (jobs < 1) throw UsageError("--jobs expects at least 1 (runs at a time), found 0");
 
   // The combinations, each checked as far as it can be without running, before anything runs.
   const Experiment base = load_experiment(path, sets);
@@ -946,10 +1029,13 @@ int command_sweep(const CommandLine& line) {
 
   const auto sweep_start = std::chrono::steady_clock::now();
   int64_t ran = 0;
-  for (SweepResult& result : results) {
+  auto run_folder_of = [&](const SweepResult& result) { return folder + "/runs/" + result.run.name; };
+
+  // Before a run: false for one that finished before (done, with its summary.json), which is skipped;
+  // else marks it running and sets continue_run when it picks up its checkpoint.
+  auto begin_run = [&](SweepResult& result, const Experiment& experiment, bool& continue_run) {
     const SweepRun& run = result.run;
-    const std::string run_folder = folder + "/runs/" + run.name;
-    Experiment experiment = load_run_experiment(path, sets, run);
+    const std::string run_folder = run_folder_of(result);
     if (result.status == "done" && std::filesystem::exists(run_folder + "/summary.json")) {
       spdlog::info("sweep run {}/{}: {} finished before, skipped", run.index + 1, runs.size(), run.name);
       const std::string config = run_folder + "/config.toml";
@@ -957,40 +1043,67 @@ int command_sweep(const CommandLine& line) {
         spdlog::warn("{}: the experiment has changed since this run (its config.toml differs); it is kept as it is",
                      run.name);
       }
-      continue;
+      return false;
     }
-    const bool continue_run = (result.status == "interrupted" || result.status == "running") &&
-                              std::filesystem::exists(run_folder + "/trainer_state.json");
-    apply_thread_count(experiment.run.threads);
+    continue_run = (result.status == "interrupted" || result.status == "running") &&
+                   std::filesystem::exists(run_folder + "/trainer_state.json");
     result.status = "running";
     result.error.clear();
     write_sweep_outputs(folder, path, sets, axes, results);
     spdlog::info("sweep run {}/{}: {}{}", run.index + 1, runs.size(), run.name,
                  continue_run ? " (continuing from its checkpoint)" : "");
-    const auto start = std::chrono::steady_clock::now();
-    bool interrupted = false;
-    try {
-      interrupted = run_experiment(experiment, run_folder, continue_run).interrupted;
-      result.status = interrupted ? "interrupted" : "done";
-    } catch (const std::exception& error) {
-      result.status = "failed";
-      result.error = error.what();
-      spdlog::error("sweep run {} failed: {}", run.name, error.what());
-    }
-    result.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    read_run_outputs(result, run_folder);
+    return true;
+  };
+  // After a run, whatever its status: its time and outputs into the sweep's files, and the progress.
+  auto end_run = [&](SweepResult& result, double seconds) {
+    result.seconds += seconds;
+    read_run_outputs(result, run_folder_of(result));
     write_sweep_outputs(folder, path, sets, axes, results);
     ++ran;
-    if (interrupted) {
-      spdlog::warn("sweep interrupted during run {}; finished runs are kept. Continue with:\n  {}", run.name,
-                   resume_command(line, folder));
-      return 130;
-    }
+    if (result.status == "interrupted") return;
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
     int64_t left = 0;
     for (const SweepResult& other : results) left += other.status != "done" && other.status != "failed";
     spdlog::info("sweep: {} of {} runs finished, {} elapsed, about {} left", runs.size() - left, runs.size(),
                  format_duration(elapsed), format_duration(elapsed / ran * left));
+  };
+  auto seconds_since = [](std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+
+  bool interrupted = false;
+  if (jobs == 1) {
+    for (SweepResult& result : results) {
+      Experiment experiment = load_run_experiment(path, sets, result.run);
+      bool continue_run = false;
+      if (!begin_run(result, experiment, continue_run)) continue;
+      apply_thread_count(experiment.run.threads);
+      const auto start = std::chrono::steady_clock::now();
+      try {
+        interrupted = run_experiment(experiment, run_folder_of(result), continue_run).interrupted;
+        result.status = interrupted ? "interrupted" : "done";
+      } catch (const std::exception& error) {
+        result.status = "failed";
+        result.error = error.what();
+        spdlog::error("sweep run {} failed: {}", result.run.name, error.what());
+      }
+      end_run(result, seconds_since(start));
+      if (interrupted) break;
+    }
+  } else {
+    const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+    const int64_t threads = base.run.threads > 0 ? base.run.threads : cores;
+    if (jobs * threads > cores) {
+      spdlog::warn("--jobs {} runs of {} threads each on {} cores: they will slow each other down (run.threads = {} "
+                   "or fewer would not)", jobs, threads, cores, std::max<int64_t>(1, cores / jobs));
+    }
+    interrupted = run_processes(line, jobs, results, [&](SweepResult& result, bool& continue_run) {
+      return begin_run(result, load_run_experiment(path, sets, result.run), continue_run);
+    }, end_run, run_folder_of);
+  }
+  if (interrupted) {
+    spdlog::warn("sweep interrupted; finished runs are kept. Continue with:\n  {}", resume_command(line, folder));
+    return 130;
   }
 
   const int64_t failed = std::count_if(results.begin(), results.end(), [](const SweepResult& r) { return r.status == "failed"; });

@@ -19,6 +19,11 @@
 // run's config.toml, metrics.jsonl, summary.json, checkpoint). Rerunning needs --resume: finished runs
 // (done, with their summary.json) are skipped, an interrupted run continues from its checkpoint, and
 // pending or failed runs start again.
+//
+// --jobs N runs N combinations at a time, each as `mamba-r1 run FILE --set ... --out runs/NAME` in a
+// process of its own, its log in runs/NAME/run.log: the same results as one at a time (a run depends only
+// on its own settings), sooner on a machine with cores to spare. Ctrl-C interrupts them all; each saves
+// its checkpoint, and --resume (with --jobs again) continues them.
 #pragma once
 
 #include <string>

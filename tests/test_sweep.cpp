@@ -450,6 +450,42 @@ TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finish
   std::filesystem::remove_all(folder);
 }
 
+TEST_CASE("sweep: --jobs 2 runs each combination in a process of its own, with the same results", "[sweep]") {
+  const std::string folder = temp_folder("jobs");
+  const std::string path = write_text(folder, "tiny.toml", kTinyExperiment);
+  REQUIRE(command_sweep(sweep_line(path, folder + "/one", false)) == 0);
+  CommandLine parallel = sweep_line(path, folder + "/two", false);
+  parallel.options["jobs"] = "2";
+  parallel.program = MAMBA_R1_PROGRAM;
+  REQUIRE(command_sweep(parallel) == 0);
+  for (const char* run : {"/runs/00-run.seed=0", "/runs/01-run.seed=1"}) {
+    INFO(run);
+    // The same run, whether in this process or in a child: its record, weights and metrics.
+    CHECK(read_file(folder + "/two" + run + "/config.toml") == read_file(folder + "/one" + run + "/config.toml"));
+    CHECK(read_file(folder + "/two" + run + "/model.safetensors") ==
+          read_file(folder + "/one" + run + "/model.safetensors"));
+    const nlohmann::json one = nlohmann::json::parse(read_file(folder + "/one" + run + "/summary.json"));
+    const nlohmann::json two = nlohmann::json::parse(read_file(folder + "/two" + run + "/summary.json"));
+    CHECK(two.at("final") == one.at("final"));
+    CHECK_THAT(read_file(folder + "/two" + run + "/run.log"), Contains("wrote"));  // the child's log
+  }
+  CHECK(count(read_file(folder + "/two/results.csv"), ",done,") == 2);
+
+  // A run whose process fails is marked failed with its exit status; the sweep goes on and exits 1.
+  CommandLine failing = sweep_line(path, folder + "/failing", false);
+  failing.options["jobs"] = "2";
+  failing.program = "/bin/false";
+  CHECK(command_sweep(failing) == 1);
+  const nlohmann::json state = nlohmann::json::parse(read_file(folder + "/failing/sweep.json"));
+  for (const nlohmann::json& run : state.at("runs")) {
+    CHECK(run.at("status") == "failed");
+    CHECK(run.at("error") == "exited with status 1");
+  }
+  parallel.options["jobs"] = "0";
+  CHECK_THROWS_WITH(command_sweep(parallel), Contains("--jobs expects at least 1"));
+  std::filesystem::remove_all(folder);
+}
+
 TEST_CASE("sweep: a [sweep] key whose value is not a list is an error naming the key", "[sweep]") {
   CHECK_THROWS_AS(axes_of("[sweep]\nmodel.d_state = 16\n"), ConfigError);
   CHECK_THROWS_WITH(axes_of("[model]\n[sweep]\nmodel.d_state = 16\n"),

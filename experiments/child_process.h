@@ -1,0 +1,49 @@
+// Child processes for running several experiments at once (`mamba-r1 sweep --jobs N`): each run is a
+// process of its own, so that runs share no OpenMP, CUDA or logging state, and one that crashes takes
+// only itself down. POSIX (posix_spawn, waitpid).
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace mr1 {
+
+// The path of the running program (/proc/self/exe), for starting another copy of it; empty when it
+// cannot be read.
+std::string own_executable();
+
+// Starts `arguments` (arguments[0]: the program's path) with standard output and standard error appended
+// to log_path. Throws std::runtime_error naming the program when it cannot be started.
+pid_t start_child(const std::vector<std::string>& arguments, const std::string& log_path);
+
+struct ChildExit {
+  pid_t pid = -1;
+  int code = 0;         // the exit status, or 128 + the signal that ended it (as a shell reports it)
+  bool signaled = false;
+};
+
+// Waits for any child to end. Returns pid −1 when a signal arrived first (SIGINT, say) or no child is left.
+ChildExit wait_for_child();
+
+// From here until the end of the scope, SIGINT sets interrupt_received() instead of ending the process,
+// and interrupts wait_for_child (so the caller can pass it on to the children); the previous handler is
+// restored after.
+class InterruptGuard {
+ public:
+  InterruptGuard();
+  ~InterruptGuard();
+  InterruptGuard(const InterruptGuard&) = delete;
+  InterruptGuard& operator=(const InterruptGuard&) = delete;
+  static bool interrupt_received();
+
+ private:
+  struct sigaction previous_;
+};
+
+// The last line of a run's log that spdlog wrote at level error, without its time and level; empty when none.
+std::string last_error_line(const std::string& log_path);
+
+}  // namespace mr1
