@@ -45,7 +45,10 @@ ChildExit wait_for_child() {
   int status = 0;
   ChildExit exit;
   exit.pid = waitpid(-1, &status, 0);
-  if (exit.pid < 0) return exit;  // EINTR (a signal) or ECHILD (none left)
+  if (exit.pid < 0) {
+    if (errno == EINTR) return exit;
+    throw std::runtime_error(std::string("waiting for the runs: ") + std::strerror(errno));
+  }
   if (WIFEXITED(status)) {
     exit.code = WEXITSTATUS(status);
   } else if (WIFSIGNALED(status)) {

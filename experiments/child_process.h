@@ -25,7 +25,8 @@ struct ChildExit {
   bool signaled = false;
 };
 
-// Waits for any child to end. Returns pid −1 when a signal arrived first (SIGINT, say) or no child is left.
+// Waits for any child to end. Returns pid −1 when a signal arrived first (SIGINT, say); throws
+// std::runtime_error when there is no child to wait for.
 ChildExit wait_for_child();
 
 // From here until the end of the scope, SIGINT sets interrupt_received() instead of ending the process,
