@@ -920,7 +920,8 @@ bool run_processes(const CommandLine& line, int64_t jobs, std::vector<SweepResul
       for (const std::string& assignment : assignments) arguments.insert(arguments.end(), {"--set", assignment});
       arguments.insert(arguments.end(), {"--out", run_folder});
       if (continue_run) arguments.push_back("--resume");
-      if (!line.option("log-level").empty()) arguments.insert(arguments.end(), {"--log-level", line.option("log-level")});
+      const std::string level = line.option("log-level");
+      if (!level.empty()) arguments.insert(arguments.end(), {"--log-level", level});
       make_directories(run_folder);
       const std::string log = run_folder + "/run.log";
       try {
@@ -941,7 +942,8 @@ bool run_processes(const CommandLine& line, int64_t jobs, std::vector<SweepResul
       passed_on = interrupted = true;
     }
     if (exit.pid < 0) continue;
-    const auto found = std::find_if(running.begin(), running.end(), [&](const Running& r) { return r.pid == exit.pid; });
+    const auto found =
+        std::find_if(running.begin(), running.end(), [&](const Running& child) { return child.pid == exit.pid; });
     if (found == running.end()) continue;
     SweepResult& result = *found->result;
     const auto start = found->start;

@@ -367,6 +367,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   const float* kept = nullptr;
   if (chunk == kSelectiveScanChunk && present(in.checkpoints)) {
     check_shape(*in.checkpoints, checkpoint_shape(s, chunk), "selective_scan: checkpoints");
+    check_same_device(*in.checkpoints, *in.u, "selective_scan: checkpoints");
     kept = in.checkpoints->data();
   }
 

@@ -34,8 +34,8 @@ struct SelectiveScanInputs {
 // y[t,e]   = Σ_n h_t[e,n] · C[t,n] + D[e] · u[t,e]
 // out      = y ⊙ silu(z)                                          (or y when z is null)
 // Returns out (B, L, E); when final_state is given it receives h_{L−1} (B, E, N). When checkpoints is given,
-// the CPU stores in it the states h_{t−1} before every kSelectiveScanChunk-th step t (B·E·N·⌈L/chunk⌉ values,
-// in the CPU scan's own layout) for SelectiveScanInputs::checkpoints; on CUDA it is left undefined.
+// the CPU stores in it the states h_{t−1} before every kSelectiveScanChunk-th step t (B·E·N·⌈L/chunk⌉ values
+// and padding, in the CPU scan's own layout) for SelectiveScanInputs::checkpoints; on CUDA it is left undefined.
 Tensor selective_scan_forward(const SelectiveScanInputs& in, Tensor* final_state = nullptr,
                               Tensor* checkpoints = nullptr);
 
