@@ -1096,8 +1096,9 @@ int command_sweep(const CommandLine& line) {
     const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
     const int64_t threads = base.run.threads > 0 ? base.run.threads : cores;
     if (jobs * threads > cores) {
-      spdlog::warn("--jobs {} runs of {} threads each on {} cores: they will slow each other down (run.threads = {} "
-                   "or fewer would not)", jobs, threads, cores, std::max<int64_t>(1, cores / jobs));
+      spdlog::warn("--jobs {}: runs of {} thread{} each, {} at a time on {} cores, will slow each other down "
+                   "({} at a time would not)",
+                   jobs, threads, threads == 1 ? "" : "s", jobs, cores, std::max<int64_t>(1, cores / threads));
     }
     interrupted = run_processes(line, jobs, results, [&](SweepResult& result, bool& continue_run) {
       return begin_run(result, load_run_experiment(path, sets, result.run), continue_run);
