@@ -86,13 +86,15 @@ class LayerNorm : public Norm {
   Tensor forward(const Tensor& x, std::unique_ptr<SavedActivations>* saved) override {
     Tensor mean, inv_std;
     Tensor y = layernorm_forward(x, weight_.value, bias_.value, &mean, &inv_std);
-    if (saved) {
-      auto keep = std::make_unique<LayerNormSaved>();
-      keep->x = x;
-      keep->mean = mean;
-      keep->inv_std = inv_std;
-      *saved = std::move(keep);
-    }
+    keep(x, mean, inv_std, saved);
+    return y;
+  }
+
+  Tensor forward_after_add(Tensor& r, const Tensor& delta, std::unique_ptr<SavedActivations>* saved) override {
+    Tensor mean, inv_std, sum;
+    Tensor y = layernorm_forward_after_add(r, delta, weight_.value, bias_.value, sum, &mean, &inv_std);
+    r = sum;
+    keep(r, mean, inv_std, saved);
     return y;
   }
 
@@ -108,6 +110,17 @@ class LayerNorm : public Norm {
   }
 
  private:
+  // What the backward needs, when it is wanted.
+  static void keep(const Tensor& x, const Tensor& mean, const Tensor& inv_std,
+                   std::unique_ptr<SavedActivations>* saved) {
+    if (!saved) return;
+    auto kept = std::make_unique<LayerNormSaved>();
+    kept->x = x;
+    kept->mean = mean;
+    kept->inv_std = inv_std;
+    *saved = std::move(kept);
+  }
+
   Parameter& weight_;
   Parameter& bias_;
 };

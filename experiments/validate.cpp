@@ -298,6 +298,7 @@ void check_grouped_linear(Report& report, const ShapeConfig& c) {
 void check_norms(Report& report, const ShapeConfig& c) {
   const Tensor x = uniform({c.B, c.L, c.D}, 21, -2, 2), weight = uniform({c.D}, 22, 0.5, 1.5);
   const Tensor bias = uniform({c.D}, 23, -0.5, 0.5), grad_y = uniform({c.B, c.L, c.D}, 24, -1, 1);
+  const Tensor delta = uniform({c.B, c.L, c.D}, 25, -2, 2);  // the residual add fused into the norm
   const std::string shape = dims({{"T", c.B * c.L}, {"D", c.D}});
   report.run("rmsnorm", c.name, shape, [&](Outputs& out) {
     Tensor cpu_inv, cuda_inv;
@@ -307,6 +308,10 @@ void check_norms(Report& report, const ShapeConfig& c) {
     const RmsNormGrads cuda = rmsnorm_backward(gpu(grad_y), gpu(x), gpu(weight), cuda_inv);
     add(out, "dx", cuda.input, cpu.input, kElementwise);
     add(out, "dweight", cuda.weight, cpu.weight, kSums);
+    Tensor cpu_sum, cuda_sum;
+    add(out, "y after add", rmsnorm_forward_after_add(gpu(x), gpu(delta), gpu(weight), cuda_sum, nullptr),
+        rmsnorm_forward_after_add(x, delta, weight, cpu_sum, nullptr), kElementwise);
+    add(out, "sum", cuda_sum, cpu_sum, kExact);
   });
   report.run("layernorm", c.name, shape, [&](Outputs& out) {
     Tensor cpu_mean, cpu_inv, cuda_mean, cuda_inv;
@@ -319,6 +324,11 @@ void check_norms(Report& report, const ShapeConfig& c) {
     add(out, "dx", cuda.input, cpu.input, kElementwise);
     add(out, "dweight", cuda.weight, cpu.weight, kSums);
     add(out, "dbias", cuda.bias, cpu.bias, kSums);
+    Tensor cpu_sum, cuda_sum;
+    add(out, "y after add",
+        layernorm_forward_after_add(gpu(x), gpu(delta), gpu(weight), gpu(bias), cuda_sum, nullptr, nullptr),
+        layernorm_forward_after_add(x, delta, weight, bias, cpu_sum, nullptr, nullptr), kElementwise);
+    add(out, "sum", cuda_sum, cpu_sum, kExact);
   });
 }
 

@@ -137,16 +137,24 @@ RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tenso
 }
 
 // μ[t] = mean_j x[t, j],  var[t] = mean_j (x[t, j] − μ[t])²,  s[t] = 1/√(var[t] + eps)
-// y[t] = (x[t] − μ[t]) · s[t] · weight + bias;  saves mean = μ, inv_std = s
-Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std) {
+namespace {
+
+// y[t] = (x[t] − μ[t]) · s[t] · weight + bias;  saves mean = μ, inv_std = s: of x, or of sum = x + delta
+// (written) when delta is given.
+Tensor layernorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight, const Tensor& bias, Tensor* sum,
+                      Tensor* mean, Tensor* inv_std) {
   const int64_t features = check_norm_shapes("layernorm_forward", x, weight);
   check_shape(bias, {features}, "layernorm_forward: bias");
   const int64_t rows = row_count(x);
-  if (common_device("layernorm_forward", {&x, &weight, &bias}) == Device::cuda) {
+  if (delta) check_shape(*delta, x.shape(), "layernorm_forward: delta");
+  const Device device = common_device("layernorm_forward", {&x, &weight, &bias, delta});
+  if (delta) *sum = Tensor::empty(x.shape(), device);
+  if (device == Device::cuda) {
     Tensor y = Tensor::empty(x.shape(), Device::cuda), saved_mean = Tensor::empty({rows}, Device::cuda),
            saved_inv_std = Tensor::empty({rows}, Device::cuda);
     layernorm_forward_cuda(x.data(), weight.data(), bias.data(), y.data(), saved_mean.data(), saved_inv_std.data(),
-                           rows, features, cuda::stream());
+                           rows, features, cuda::stream(), delta ? delta->data() : nullptr,
+                           delta ? sum->data() : nullptr);
     if (mean) *mean = saved_mean;
     if (inv_std) *inv_std = saved_inv_std;
     return y;
@@ -157,6 +165,12 @@ Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bi
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const float* in = x.data() + t * features;
+    if (delta) {
+      float* added = sum->data() + t * features;
+      const float* d = delta->data() + t * features;
+      for (int64_t j = 0; j < features; ++j) added[j] = in[j] + d[j];
+      in = added;
+    }
     float* out = y.data() + t * features;
     double total = 0;
     for (int64_t j = 0; j < features; ++j) total += in[j];
@@ -171,6 +185,17 @@ Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bi
   if (mean) *mean = saved_mean;
   if (inv_std) *inv_std = saved_inv_std;
   return y;
+}
+
+}  // namespace
+
+Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std) {
+  return layernorm_rows(x, nullptr, weight, bias, nullptr, mean, inv_std);
+}
+
+Tensor layernorm_forward_after_add(const Tensor& x, const Tensor& delta, const Tensor& weight, const Tensor& bias,
+                                   Tensor& sum, Tensor* mean, Tensor* inv_std) {
+  return layernorm_rows(x, &delta, weight, bias, &sum, mean, inv_std);
 }
 
 // With x̂ = (x − μ) s and g = dy ⊙ weight:

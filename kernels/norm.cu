@@ -55,11 +55,15 @@ __global__ void rmsnorm_backward_kernel(const float* grad_y, const float* x, con
 
 // μ = mean x[t], s = 1/√(mean (x[t] − μ)² + eps), y = (x − μ) s · weight + bias
 __global__ void layernorm_forward_kernel(const float* x, const float* weight, const float* bias, float* y, float* mean,
-                                         float* inv_std, int64_t T, int64_t D) {
+                                         float* inv_std, int64_t T, int64_t D, const float* delta, float* sum) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (t >= T) return;
   const float* in = x + t * D;
+  if (delta) {  // each lane reads back only what it wrote
+    for (int64_t j = lane; j < D; j += 32) sum[t * D + j] = in[j] + delta[t * D + j];
+    in = sum + t * D;
+  }
   double total = 0;
   for (int64_t j = lane; j < D; j += 32) total += in[j];
   const double mu = cuda::warp_sum(total) / D;
@@ -132,10 +136,10 @@ void rmsnorm_backward_cuda(const float* grad_y, const float* x, const float* wei
 }
 
 void layernorm_forward_cuda(const float* x, const float* weight, const float* bias, float* y, float* mean,
-                            float* inv_std, int64_t T, int64_t D, void* stream) {
+                            float* inv_std, int64_t T, int64_t D, void* stream, const float* delta, float* sum) {
   if (T <= 0) return;
   layernorm_forward_kernel<<<row_blocks(T), kThreads, 0, cuda::as_stream(stream)>>>(x, weight, bias, y, mean, inv_std,
-                                                                                    T, D);
+                                                                                    T, D, delta, sum);
   cuda::check_launch("layernorm_forward_kernel");
 }
 

@@ -25,6 +25,9 @@ void rmsnorm_backward_accumulate(const Tensor& grad_y, const Tensor& x, const Te
 
 // y = (x − mean) / √(var + eps) · weight + bias  (biased variance, as torch).  Saves mean (T), inv_std (T).
 Tensor layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor* mean, Tensor* inv_std);
+// The residual stream's add fused in, as rmsnorm_forward_after_add: *sum = x + delta, and its norm.
+Tensor layernorm_forward_after_add(const Tensor& x, const Tensor& delta, const Tensor& weight, const Tensor& bias,
+                                   Tensor& sum, Tensor* mean, Tensor* inv_std);
 struct LayerNormGrads {
   Tensor input;   // (..., D)
   Tensor weight;  // (D)

@@ -313,6 +313,14 @@ TEST_CASE("cuda: rmsnorm and layernorm match the CPU", "[cuda]") {
   Tensor mean_saved, inv_std, cuda_mean, cuda_inv_std;
   require_match(layernorm_forward(gpu(x), gpu(weight), gpu(bias), &cuda_mean, &cuda_inv_std),
                 layernorm_forward(x, weight, bias, &mean_saved, &inv_std), kElementwise, "layernorm");
+  Tensor ln_sum, cuda_ln_sum, fused_mean, fused_inv_std, cuda_fused_mean, cuda_fused_inv_std;
+  const Tensor ln_fused = layernorm_forward_after_add(x, delta, weight, bias, ln_sum, &fused_mean, &fused_inv_std);
+  require_match(layernorm_forward_after_add(gpu(x), gpu(delta), gpu(weight), gpu(bias), cuda_ln_sum, &cuda_fused_mean,
+                                            &cuda_fused_inv_std),
+                ln_fused, kElementwise, "layernorm after add");
+  require_match(cuda_ln_sum, ln_sum, kExact, "layernorm after add: the sum");
+  require_match(cuda_fused_mean, fused_mean, kElementwise, "layernorm after add: mean");
+  require_match(cuda_fused_inv_std, fused_inv_std, kElementwise, "layernorm after add: inv_std");
   const LayerNormGrads ln = layernorm_backward(grad_y, x, weight, mean_saved, inv_std);
   const LayerNormGrads cuda_ln = layernorm_backward(gpu(grad_y), gpu(x), gpu(weight), cuda_mean, cuda_inv_std);
   require_match(cuda_ln.input, ln.input, kElementwise, "layernorm dx");

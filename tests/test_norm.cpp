@@ -161,6 +161,26 @@ TEST_CASE("norm: rmsnorm with the residual add fused in gives add's sum and its 
                     Catch::Contains("rmsnorm_forward: delta"));
 }
 
+TEST_CASE("norm: layernorm with the residual add fused in gives add's sum and its norm, exactly") {
+  for (const Shape& shape : kShapes) {
+    INFO("shape " << shape_string(shape));
+    const Tensor x = random_tensor(shape, 24), delta = random_tensor(shape, 25);
+    const Tensor weight = random_tensor({shape.back()}, 26), bias = random_tensor({shape.back()}, 27);
+    Tensor sum, mean, inv_std, expected_mean, expected_inv_std;
+    const Tensor y = layernorm_forward_after_add(x, delta, weight, bias, sum, &mean, &inv_std);
+    const Tensor expected_sum = add(x, delta);
+    require_close(sum, to_double(expected_sum), 0, 0, "sum");
+    require_close(y, to_double(layernorm_forward(expected_sum, weight, bias, &expected_mean, &expected_inv_std)), 0,
+                  0, "y");
+    require_close(mean, to_double(expected_mean), 0, 0, "mean");
+    require_close(inv_std, to_double(expected_inv_std), 0, 0, "inv_std");
+  }
+  Tensor sum;
+  CHECK_THROWS_WITH(
+      layernorm_forward_after_add(Tensor({3, 4}), Tensor({3, 5}), Tensor({4}), Tensor({4}), sum, nullptr, nullptr),
+      Catch::Contains("layernorm_forward: delta"));
+}
+
 TEST_CASE("norm rejects wrong shapes, naming the argument") {
   const Tensor x({3, 4}), weight({4}), bias({4}), rows({3});
   const Tensor wrong_x({3, 5}), square_weight({4, 4}), wrong_bias({5}), wrong_rows({4}), wrong_grad({4, 4});
