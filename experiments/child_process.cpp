@@ -53,7 +53,6 @@ ChildExit wait_for_child() {
     exit.code = WEXITSTATUS(status);
   } else if (WIFSIGNALED(status)) {
     exit.code = 128 + WTERMSIG(status);
-    exit.signaled = true;
   }
   return exit;
 }

@@ -21,8 +21,7 @@ pid_t start_child(const std::vector<std::string>& arguments, const std::string& 
 
 struct ChildExit {
   pid_t pid = -1;
-  int code = 0;         // the exit status, or 128 + the signal that ended it (as a shell reports it)
-  bool signaled = false;
+  int code = 0;  // the exit status, or 128 + the signal that ended it (as a shell reports it)
 };
 
 // Waits for any child to end. Returns pid −1 when a signal arrived first (SIGINT, say); throws

@@ -935,12 +935,15 @@ bool run_processes(const CommandLine& line, int64_t jobs, std::vector<SweepResul
       }
     }
     if (running.empty()) break;
-    const ChildExit exit = wait_for_child();
-    if (InterruptGuard::interrupt_received() && !passed_on) {
-      // A terminal's Ctrl-C reaches the runs too; a signal sent to the sweep alone is passed on.
+    // A terminal's Ctrl-C reaches the runs too; a signal sent to the sweep alone is passed on to them.
+    const auto pass_on_interrupt = [&] {
+      if (!InterruptGuard::interrupt_received() || passed_on) return;
       for (const Running& child : running) kill(child.pid, SIGINT);
       passed_on = interrupted = true;
-    }
+    };
+    pass_on_interrupt();
+    const ChildExit exit = wait_for_child();
+    pass_on_interrupt();
     if (exit.pid < 0) continue;
     const auto found =
         std::find_if(running.begin(), running.end(), [&](const Running& child) { return child.pid == exit.pid; });
