@@ -79,7 +79,8 @@ void rmsnorm_backward_cuda(const float*, const float*, const float*, const float
                            void*) {
   no_backend("rmsnorm_backward_cuda");
 }
-void layernorm_forward_cuda(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t, void*) {
+void layernorm_forward_cuda(const float*, const float*, const float*, float*, float*, float*, int64_t, int64_t, void*,
+                            const float*, float*) {
   no_backend("layernorm_forward_cuda");
 }
 void layernorm_backward_cuda(const float*, const float*, const float*, const float*, const float*, float*, float*,
