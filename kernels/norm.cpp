@@ -48,6 +48,16 @@ void check_gradient(const Tensor& grad, const Tensor& parameter, const std::stri
   check_same_device(grad, parameter, what);
 }
 
+// Row t of a norm's input: x's own, or, with delta, the row of sum = x + delta, written here first.
+const float* input_row(const Tensor& x, const Tensor* delta, Tensor* sum, int64_t t, int64_t features) {
+  const float* in = x.data() + t * features;
+  if (!delta) return in;
+  float* added = sum->data() + t * features;
+  const float* d = delta->data() + t * features;
+  for (int64_t j = 0; j < features; ++j) added[j] = in[j] + d[j];
+  return added;
+}
+
 // y[t] = x[t] / √(mean_j x[t, j]² + eps) · weight,   inv_rms[t] = 1/√(mean_j x[t, j]² + eps): of x, or of
 // sum = x + delta (written) when delta is given.
 Tensor rmsnorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight, Tensor* sum, Tensor* inv_rms) {
@@ -67,13 +77,7 @@ Tensor rmsnorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight, 
   Tensor saved = Tensor::empty({rows});
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
-    const float* in = x.data() + t * features;
-    if (delta) {
-      float* added = sum->data() + t * features;
-      const float* d = delta->data() + t * features;
-      for (int64_t j = 0; j < features; ++j) added[j] = in[j] + d[j];
-      in = added;
-    }
+    const float* in = input_row(x, delta, sum, t, features);
     float* out = y.data() + t * features;
     double squares = 0;
     for (int64_t j = 0; j < features; ++j) squares += double(in[j]) * in[j];
@@ -136,9 +140,9 @@ RmsNormGrads rmsnorm_backward(const Tensor& grad_y, const Tensor& x, const Tenso
   return grads;
 }
 
-// μ[t] = mean_j x[t, j],  var[t] = mean_j (x[t, j] − μ[t])²,  s[t] = 1/√(var[t] + eps)
 namespace {
 
+// μ[t] = mean_j x[t, j],  var[t] = mean_j (x[t, j] − μ[t])²,  s[t] = 1/√(var[t] + eps)
 // y[t] = (x[t] − μ[t]) · s[t] · weight + bias;  saves mean = μ, inv_std = s: of x, or of sum = x + delta
 // (written) when delta is given.
 Tensor layernorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight, const Tensor& bias, Tensor* sum,
@@ -164,13 +168,7 @@ Tensor layernorm_rows(const Tensor& x, const Tensor* delta, const Tensor& weight
   Tensor saved_inv_std = Tensor::empty({rows});
 #pragma omp parallel for if (x.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
-    const float* in = x.data() + t * features;
-    if (delta) {
-      float* added = sum->data() + t * features;
-      const float* d = delta->data() + t * features;
-      for (int64_t j = 0; j < features; ++j) added[j] = in[j] + d[j];
-      in = added;
-    }
+    const float* in = input_row(x, delta, sum, t, features);
     float* out = y.data() + t * features;
     double total = 0;
     for (int64_t j = 0; j < features; ++j) total += in[j];

@@ -15,18 +15,21 @@ constexpr int kRowsPerBlock = kThreads / 32;
 
 unsigned row_blocks(int64_t T) { return static_cast<unsigned>((T + kRowsPerBlock - 1) / kRowsPerBlock); }
 
-// y[t] = x[t] · r · weight,  r = inv_rms[t] = 1/√(mean_j x[t, j]² + eps). With delta: of sum[t] = x[t] + delta[t],
-// written first (each lane reads back only the values it wrote).
+// Row t of a norm's input: x's own, or, with delta, the row of sum = x + delta, written first by the row's warp
+// (each lane reads back only the values it wrote).
+__device__ const float* input_row(const float* x, const float* delta, float* sum, int64_t t, int64_t D, int lane) {
+  if (!delta) return x + t * D;
+  for (int64_t j = lane; j < D; j += 32) sum[t * D + j] = x[t * D + j] + delta[t * D + j];
+  return sum + t * D;
+}
+
+// y[t] = x[t] · r · weight,  r = inv_rms[t] = 1/√(mean_j x[t, j]² + eps); of sum[t] = x[t] + delta[t] with delta.
 __global__ void rmsnorm_forward_kernel(const float* x, const float* weight, float* y, float* inv_rms, int64_t T,
                                        int64_t D, const float* delta, float* sum) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (t >= T) return;
-  const float* in = x + t * D;
-  if (delta) {
-    for (int64_t j = lane; j < D; j += 32) sum[t * D + j] = in[j] + delta[t * D + j];
-    in = sum + t * D;
-  }
+  const float* in = input_row(x, delta, sum, t, D, lane);
   double squares = 0;
   for (int64_t j = lane; j < D; j += 32) squares += static_cast<double>(in[j]) * in[j];
   squares = cuda::warp_sum(squares);
@@ -53,17 +56,14 @@ __global__ void rmsnorm_backward_kernel(const float* grad_y, const float* x, con
   }
 }
 
-// μ = mean x[t], s = 1/√(mean (x[t] − μ)² + eps), y = (x − μ) s · weight + bias
+// μ = mean x[t], s = 1/√(mean (x[t] − μ)² + eps), y = (x − μ) s · weight + bias; of x[t] + delta[t] with
+// delta.
 __global__ void layernorm_forward_kernel(const float* x, const float* weight, const float* bias, float* y, float* mean,
                                          float* inv_std, int64_t T, int64_t D, const float* delta, float* sum) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (t >= T) return;
-  const float* in = x + t * D;
-  if (delta) {  // each lane reads back only what it wrote
-    for (int64_t j = lane; j < D; j += 32) sum[t * D + j] = in[j] + delta[t * D + j];
-    in = sum + t * D;
-  }
+  const float* in = input_row(x, delta, sum, t, D, lane);
   double total = 0;
   for (int64_t j = lane; j < D; j += 32) total += in[j];
   const double mu = cuda::warp_sum(total) / D;
