@@ -885,6 +885,11 @@ std::string resume_command(const CommandLine& line, const std::string& folder) {
   return command + " --out " + shell_quote(folder) + " --resume";
 }
 
+// Wall-clock seconds since `start`.
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 // Runs the sweep's runs as child processes, `jobs` at a time: each is `mamba-r1 run FILE --set ... --out
 // RUN_FOLDER [--resume]` of line.program (or this program), writing its log to RUN_FOLDER/run.log.
 // begin_run and end_run are command_sweep's (the same bookkeeping as one run at a time). Returns whether
@@ -963,7 +968,7 @@ bool run_processes(const CommandLine& line, int64_t jobs, std::vector<SweepResul
       result.error = error.empty() ? "exited with status " + std::to_string(exit.code) : error;
       spdlog::error("sweep run {} failed: {} (its log: {})", result.run.name, result.error, log);
     }
-    end_run(result, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    end_run(result, seconds_since(start));
   }
   return interrupted;
 }
@@ -1066,14 +1071,11 @@ int command_sweep(const CommandLine& line) {
     write_sweep_outputs(folder, path, sets, axes, results);
     ++ran;
     if (result.status == "interrupted") return;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
+    const double elapsed = seconds_since(sweep_start);
     int64_t left = 0;
     for (const SweepResult& other : results) left += other.status != "done" && other.status != "failed";
     spdlog::info("sweep: {} of {} runs finished, {} elapsed, about {} left", runs.size() - left, runs.size(),
                  format_duration(elapsed), format_duration(elapsed / ran * left));
-  };
-  auto seconds_since = [](std::chrono::steady_clock::time_point start) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   };
 
   bool interrupted = false;
@@ -1113,7 +1115,7 @@ int command_sweep(const CommandLine& line) {
   }
 
   const int64_t failed = std::count_if(results.begin(), results.end(), [](const SweepResult& r) { return r.status == "failed"; });
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - sweep_start).count();
+  const double elapsed = seconds_since(sweep_start);
   spdlog::info("sweep finished: {} runs ({} failed) in {}; results in {}/results.md", runs.size(), failed,
                format_duration(elapsed), folder);
   spdlog::info("results:\n{}", results_markdown(axes, results));
