@@ -1,20 +1,33 @@
 // The CUDA emulator's scheduler: a launch runs block after block; in a block every thread is a fiber
 // (ucontext) that runs until it reaches __syncthreads, a warp shuffle or its end; a barrier releases
 // when all live threads (or all lanes of the warp) wait at it, and a state where nothing can run is
-// reported as a deadlock. EMU_ORDER=1 runs the fibers in reverse order, EMU_ORDER=2 in a shuffled order,
-// so that a missing barrier shows up as a changed result.
+// reported as a deadlock. EMU_ORDER=1 runs the blocks and the fibers in reverse order, EMU_ORDER=2 in a
+// shuffled order, so that a missing barrier, or a block that counts on another running first, shows up
+// as a changed result.
 #include "emu_runtime.h"
+
+#include <deque>
+#include <map>
+#include <set>
 
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace emu {
 namespace {
 enum class State { runnable, block_barrier, warp_barrier, done };
+// One async copy in flight: the source's bytes as read when it was issued (cp.async copies 4, 8 or 16).
+struct AsyncCopy {
+  void* destination;
+  size_t bytes;
+  unsigned char data[16];
+};
 struct Fiber {
   ucontext_t context;
   State state = State::runnable;
   dim3 index;
   int linear = 0;
+  std::vector<AsyncCopy> open;                   // issued since the last commit
+  std::deque<std::vector<AsyncCopy>> committed;  // committed batches not yet awaited, oldest first
 };
 struct WarpSlots {
   unsigned char values[2][32][8];
@@ -29,9 +42,26 @@ int current = -1;
 const std::function<void()>* body = nullptr;
 std::vector<float> shared_memory;
 
+std::set<void*> shared_arrays_this_block;   // the static __shared__ arrays poisoned in this block
+std::map<std::string, int> max_dynamic_shared;  // kernel name → bytes allowed by cudaFuncSetAttribute
+constexpr size_t kDefaultDynamicShared = 48 * 1024;
+
+[[noreturn]] void fail(const std::string& message) {
+  std::fprintf(stderr, "emu: %s\n", message.c_str());
+  std::abort();
+}
+
 void trampoline() {
   (*body)();
-  fibers[current].state = State::done;
+  Fiber& f = fibers[current];
+  size_t pending = f.open.size();
+  for (const auto& batch : f.committed) pending += batch.size();
+  if (pending > 0) {
+    fail("thread " + std::to_string(f.linear) + " of block (" + std::to_string(blockIdx.x) + ", " +
+         std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + ") ended with " + std::to_string(pending) +
+         " async copies it never waited for");
+  }
+  f.state = State::done;
 }
 
 void yield() { swapcontext(&fibers[current].context, &scheduler); }
@@ -101,6 +131,124 @@ void warp_exchange(const void* value, void* result, int size, int arg, int mode,
 
 float* dynamic_shared_float() { return shared_memory.data(); }
 
+void async_copy(void* destination, const void* source, size_t bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) fail("async copy of " + std::to_string(bytes) + " bytes (4, 8 or 16)");
+  if (reinterpret_cast<uintptr_t>(destination) % bytes != 0 || reinterpret_cast<uintptr_t>(source) % bytes != 0) {
+    fail("async copy of " + std::to_string(bytes) + " bytes between addresses not aligned to its size");
+  }
+  AsyncCopy copy{destination, bytes, {}};
+  std::memcpy(copy.data, source, bytes);
+  std::memset(destination, 0xFF, bytes);  // NaN until awaited
+  fibers[current].open.push_back(copy);
+}
+
+void async_commit() {
+  Fiber& f = fibers[current];
+  f.committed.push_back(std::move(f.open));
+  f.open.clear();
+}
+
+void async_wait_prior(size_t batches) {
+  Fiber& f = fibers[current];
+  while (f.committed.size() > batches) {
+    for (const AsyncCopy& copy : f.committed.front()) std::memcpy(copy.destination, copy.data, copy.bytes);
+    f.committed.pop_front();
+  }
+}
+
+void shared_array(void* array, size_t bytes) {
+  if (shared_arrays_this_block.insert(array).second) std::memset(array, 0xFF, bytes);
+}
+
+void set_max_dynamic_shared(const char* kernel, int bytes) {
+  if (bytes > 227 * 1024) fail("dynamic shared memory of " + std::to_string(bytes) + " bytes exceeds 227 KiB");
+  max_dynamic_shared[kernel] = bytes;
+}
+
+namespace {
+// The order of the blocks of a launch and of the threads of a block, 0 .. count − 1 as EMU_ORDER asks:
+// in order (unset or 0), reversed (1) or shuffled (2).
+std::vector<long long> run_order(long long count) {
+  static const int mode = std::getenv("EMU_ORDER") ? std::atoi(std::getenv("EMU_ORDER")) : 0;
+  static unsigned seed = 12345;
+  std::vector<long long> order(count);
+  for (long long i = 0; i < count; ++i) order[i] = i;
+  if (mode == 1) std::reverse(order.begin(), order.end());
+  if (mode == 2) {
+    for (long long i = count - 1; i > 0; --i) {
+      seed = seed * 1103515245u + 12345u;
+      std::swap(order[i], order[(seed >> 8) % (i + 1)]);
+    }
+  }
+  return order;
+}
+
+// Runs the threads of block blockIdx (threads = blockDim's product) as fibers until every one has ended.
+void run_block(int threads) {
+  const dim3 block = blockDim;
+  const unsigned bx = blockIdx.x, by = blockIdx.y, bz = blockIdx.z;
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = fibers[t];
+    f.state = State::runnable;
+    f.linear = t;
+    f.index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = stacks[t].data();
+    f.context.uc_stack.ss_size = kStack;
+    f.context.uc_link = &scheduler;
+    makecontext(&f.context, trampoline, 0);
+  }
+  for (auto& w : warps) w.generation = 0;
+  while (true) {
+    bool ran = false;
+    for (const long long t : run_order(threads)) {
+      if (fibers[t].state != State::runnable) continue;
+      current = t;
+      threadIdx = fibers[t].index;
+      swapcontext(&scheduler, &fibers[t].context);
+      ran = true;
+    }
+    int live = 0, at_block = 0;
+    for (const Fiber& f : fibers) {
+      live += f.state != State::done;
+      at_block += f.state == State::block_barrier;
+    }
+    if (live == 0) break;
+    bool released = false;
+    if (at_block > 0 && at_block == live) {
+      for (Fiber& f : fibers)
+        if (f.state == State::block_barrier) f.state = State::runnable;
+      released = true;
+    } else {
+      for (size_t w = 0; w < warps.size(); ++w) {
+        int lanes = 0, waiting = 0, done = 0;
+        for (int t = static_cast<int>(w) * 32; t < std::min(threads, static_cast<int>(w) * 32 + 32); ++t) {
+          ++lanes;
+          waiting += fibers[t].state == State::warp_barrier;
+          done += fibers[t].state == State::done;
+        }
+        if (waiting > 0 && waiting + done == lanes) {
+          if (done > 0) {
+            std::fprintf(stderr, "emu: shuffle in warp %zu of block (%u, %u, %u) with %d exited lanes\n", w, bx, by,
+                         bz, done);
+            std::abort();
+          }
+          for (int t = static_cast<int>(w) * 32; t < static_cast<int>(w) * 32 + 32; ++t) fibers[t].state = State::runnable;
+          ++warps[w].generation;
+          released = true;
+        }
+      }
+    }
+    if (!ran && !released) {
+      std::fprintf(stderr, "emu: deadlock in block (%u, %u, %u):", bx, by, bz);
+      for (int t = 0; t < threads; ++t) std::fprintf(stderr, " %d:%s", t, name(fibers[t].state));
+      std::fprintf(stderr, "\n");
+      std::abort();
+    }
+  }
+}
+}  // namespace
+
 void launch(const char* kernel_name, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& kernel) {
   ++counters().launches;
   auto& by_kernel = counters().launches_by_kernel;
@@ -117,87 +265,27 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, size_t shared_bytes,
   if (grid.y > 65535 || grid.z > 65535) { std::fprintf(stderr, "emu: grid y/z too large\n"); std::abort(); }
   const int threads = static_cast<int>(block.x * block.y * block.z);
   if (threads > 1024) { std::fprintf(stderr, "emu: block too large\n"); std::abort(); }
+  if (shared_bytes > kDefaultDynamicShared) {
+    const auto allowed = max_dynamic_shared.find(kernel_name);
+    if (allowed == max_dynamic_shared.end() || static_cast<size_t>(allowed->second) < shared_bytes) {
+      fail(std::string(kernel_name) + " launched with " + std::to_string(shared_bytes) +
+           " bytes of dynamic shared memory, more than 48 KiB, without cudaFuncSetAttribute allowing as many");
+    }
+  }
   gridDim = grid;
   blockDim = block;
   body = &kernel;
   fibers.assign(threads, Fiber());
   if (stacks.size() < static_cast<size_t>(threads)) stacks.resize(threads, std::vector<char>(kStack));
   warps.assign((threads + 31) / 32, WarpSlots());
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = dim3(bx, by, bz);
-        shared_memory.assign(shared_bytes / sizeof(float) + 1, NAN);  // uninitialised shared memory reads as NaN
-        for (int t = 0; t < threads; ++t) {
-          Fiber& f = fibers[t];
-          f.state = State::runnable;
-          f.linear = t;
-          f.index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = stacks[t].data();
-          f.context.uc_stack.ss_size = kStack;
-          f.context.uc_link = &scheduler;
-          makecontext(&f.context, trampoline, 0);
-        }
-        for (auto& w : warps) w.generation = 0;
-        while (true) {
-          bool ran = false;
-          static const int order_mode = std::getenv("EMU_ORDER") ? std::atoi(std::getenv("EMU_ORDER")) : 0;
-          static unsigned seed = 12345;
-          std::vector<int> order(threads);
-          for (int t = 0; t < threads; ++t) order[t] = t;
-          if (order_mode == 1) std::reverse(order.begin(), order.end());
-          if (order_mode == 2) {
-            for (int t = threads - 1; t > 0; --t) {
-              seed = seed * 1103515245u + 12345u;
-              std::swap(order[t], order[(seed >> 8) % (t + 1)]);
-            }
-          }
-          for (int t : order) {
-            if (fibers[t].state != State::runnable) continue;
-            current = t;
-            threadIdx = fibers[t].index;
-            swapcontext(&scheduler, &fibers[t].context);
-            ran = true;
-          }
-          int live = 0, at_block = 0;
-          for (const Fiber& f : fibers) {
-            live += f.state != State::done;
-            at_block += f.state == State::block_barrier;
-          }
-          if (live == 0) break;
-          bool released = false;
-          if (at_block > 0 && at_block == live) {
-            for (Fiber& f : fibers)
-              if (f.state == State::block_barrier) f.state = State::runnable;
-            released = true;
-          } else {
-            for (size_t w = 0; w < warps.size(); ++w) {
-              int lanes = 0, waiting = 0, done = 0;
-              for (int t = static_cast<int>(w) * 32; t < std::min(threads, static_cast<int>(w) * 32 + 32); ++t) {
-                ++lanes;
-                waiting += fibers[t].state == State::warp_barrier;
-                done += fibers[t].state == State::done;
-              }
-              if (waiting > 0 && waiting + done == lanes) {
-                if (done > 0) {
-                  std::fprintf(stderr, "emu: shuffle in warp %zu of block (%u, %u, %u) with %d exited lanes\n", w, bx, by,
-                               bz, done);
-                  std::abort();
-                }
-                for (int t = static_cast<int>(w) * 32; t < static_cast<int>(w) * 32 + 32; ++t) fibers[t].state = State::runnable;
-                ++warps[w].generation;
-                released = true;
-              }
-            }
-          }
-          if (!ran && !released) {
-            std::fprintf(stderr, "emu: deadlock in block (%u, %u, %u):", bx, by, bz);
-            for (int t = 0; t < threads; ++t) std::fprintf(stderr, " %d:%s", t, name(fibers[t].state));
-            std::fprintf(stderr, "\n");
-            std::abort();
-          }
-        }
-      }
+  const long long block_count = static_cast<long long>(grid.x) * grid.y * grid.z;
+  for (const long long linear_block : run_order(block_count)) {
+    blockIdx = dim3(static_cast<unsigned>(linear_block % grid.x),
+                    static_cast<unsigned>(linear_block / grid.x % grid.y),
+                    static_cast<unsigned>(linear_block / (static_cast<long long>(grid.x) * grid.y)));
+    shared_memory.assign(shared_bytes / sizeof(float) + 1, NAN);  // uninitialised shared memory reads as NaN
+    shared_arrays_this_block.clear();
+    run_block(threads);
+  }
 }
 }  // namespace emu

@@ -1,7 +1,11 @@
-# .cu / .cuh to emulator C++: kernel launches become emu::launch calls; extern shared arrays become pointers.
+# .cu / .cuh to emulator C++: kernel launches become emu::launch calls; extern shared arrays become pointers;
+# static shared arrays are registered with the emulator, which poisons them per block.
 import re, sys
 def transform(text):
     text = re.sub(r'extern __shared__ __align__\(16\) float (\w+)\[\];', r'float* \1 = emu::dynamic_shared_float();', text)
+    # A static shared array is poisoned (NaN bytes) at the start of each block, as memory nobody wrote.
+    text = re.sub(r'__shared__ ([\w:]+) (\w+)((?:\[[^\]]+\])+);',
+                  r'static \1 \2\3; emu::shared_array(\2, sizeof(\2));', text)
     out = []
     i = 0
     while True:

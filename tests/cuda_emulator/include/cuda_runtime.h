@@ -14,8 +14,9 @@ inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, 
   for (size_t r = 0; r < height; ++r) std::memcpy(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
   return cudaSuccess;
 }
-template <typename F>
-cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int bytes) {
-  if (bytes > 227 * 1024) { std::fprintf(stderr, "emu: dynamic shared memory %d bytes exceeds 227 KiB\n", bytes); std::abort(); }
+inline cudaError_t emu_set_attribute(const char* kernel, cudaFuncAttribute, int bytes) {
+  emu::set_max_dynamic_shared(kernel, bytes);
   return cudaSuccess;
 }
+// By name, so that the launch of that kernel can be checked against it.
+#define cudaFuncSetAttribute(kernel, attribute, bytes) emu_set_attribute(#kernel, attribute, bytes)

@@ -55,6 +55,15 @@ float* dynamic_shared_float();
 // `kernel`: the launch's kernel expression, as written in the .cu file (counted by name for EMU_STATS).
 void launch(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 int lane();
+void async_copy(void* destination, const void* source, size_t bytes);
+void async_commit();
+void async_wait_prior(size_t batches);
+// A kernel's static __shared__ array (transform.py adds the call after its declaration): filled with NaN
+// bytes by the first thread of each block that reaches it, as shared memory nobody wrote in this block.
+void shared_array(void* array, size_t bytes);
+// cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), by the kernel's name:
+// a launch that asks for more than 48 KiB of dynamic shared memory needs it, as on the device.
+void set_max_dynamic_shared(const char* kernel, int bytes);
 }  // namespace emu
 
 inline void __syncthreads() { emu::block_barrier(); }
@@ -85,8 +94,12 @@ inline float __fmul_rn(float a, float b) {
   return product;
 }
 
+// The async copies (cp.async) as the device may run them: the source is read when the copy is issued,
+// the destination holds NaN until the issuing thread waits for the copy's batch (__pipeline_wait_prior),
+// so a thread that reads a tile before its copies are awaited, or past a barrier the issuing thread
+// reached without waiting, sees NaN. Copies still pending when a thread ends are reported.
 inline void __pipeline_memcpy_async(void* destination, const void* source, size_t bytes, size_t = 0) {
-  std::memcpy(destination, source, bytes);
+  emu::async_copy(destination, source, bytes);
 }
-inline void __pipeline_commit() {}
-inline void __pipeline_wait_prior(size_t) {}
+inline void __pipeline_commit() { emu::async_commit(); }
+inline void __pipeline_wait_prior(size_t batches) { emu::async_wait_prior(batches); }
