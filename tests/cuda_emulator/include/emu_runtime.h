@@ -20,7 +20,7 @@ struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct float4 { float x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };  // aligned as the device's, for -fsanitize=alignment
 
 extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 
