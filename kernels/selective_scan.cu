@@ -258,17 +258,21 @@ struct ChunkValues {
   float* y;      // Σ_n h C_t, written by each channel's lane group 0
 };
 
-// The most values of one array a thread owns: kChunk · 128/P values over 128 threads, at most kChunk (P = 1).
-constexpr int kOwned = kChunk;
+// The values of one array a thread owns in a chunk: kChunk · 128/P values over 128 threads, kChunk / P.
+// The forward kernel is compiled for 16 (P = 1), 8 (P = 2) and 4 owned values (P >= 4, of which 16 / P
+// are used), so that its read-ahead registers hold no more values than its lanes need.
+int owned_values(int lanes) { return lanes == 1 ? kChunk : lanes == 2 ? kChunk / 2 : kChunk / 4; }
 
 // A chunk's raw inputs of the values the thread owns, loaded into registers a chunk ahead.
+template <int kOwned>
 struct RawValues {
   float u[kOwned], delta[kOwned], z[kOwned];
 };
 
 // Loads the raw u, delta and z of the values the thread owns in the chunk starting at t0 (0 past L or E).
+template <int kOwned>
 __device__ __forceinline__ void load_values(const SelectiveScanPointers& p, const ScanShape& s, bool want_z,
-                                            int64_t t0, RawValues& raw) {
+                                            int64_t t0, RawValues<kOwned>& raw) {
   const int per_chunk = kChunk * s.channels_per_block;
 #pragma unroll
   for (int j = 0; j < kOwned; ++j) {
@@ -285,8 +289,9 @@ __device__ __forceinline__ void load_values(const SelectiveScanPointers& p, cons
 
 // Writes the chunk's u, Δ and gate from the raw values: each softplus and silu computed once, by one thread.
 // Values past L or E get u = Δ = 0 (their states stay 0).
+template <int kOwned>
 __device__ __forceinline__ void stage_values(const SelectiveScanPointers& p, const ScanShape& s, bool want_gate,
-                                             int64_t t0, const float* bias, const RawValues& raw,
+                                             int64_t t0, const float* bias, const RawValues<kOwned>& raw,
                                              const ChunkValues& values) {
   const int per_chunk = kChunk * s.channels_per_block;
 #pragma unroll
@@ -338,6 +343,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The forward over the block's piece, from the state its predecessors leave (carries: from the first pass).
+// kOwned: owned_values(P).
+template <int kOwned>
 __global__ void __launch_bounds__(kThreads)
     selective_scan_forward_kernel(SelectiveScanPointers p, ScanShape s, PieceCarries carries, float* out,
                                   float* final_state, float* checkpoints) {
@@ -364,7 +371,7 @@ __global__ void __launch_bounds__(kThreads)
   carry_through(carries, s, at, 0, piece, 1, h);
   const PieceSteps steps = piece_steps(s, piece);
   const int64_t L = s.length, chunks = (steps.end - steps.begin + kChunk - 1) / kChunk;
-  RawValues raw;
+  RawValues<kOwned> raw;
   load_values(p, s, out && p.z, steps.begin, raw);
   stage_rows(p, s, at.b, steps.begin, tiles);
 
@@ -793,6 +800,18 @@ dim3 first_pass_grid(const ScanShape& s) {
   return grid;
 }
 
+// Launches the forward kernel compiled for kOwned values a thread (owned_values(P)).
+template <int kOwned>
+void launch_forward_kernel(const SelectiveScanPointers& in, const ScanShape& s, const CarriesBuffer& carries,
+                           float* out, float* final_state, float* checkpoints, cudaStream_t stream) {
+  const size_t shared_bytes = forward_shared_bytes(s);
+  CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<kOwned>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(shared_bytes)));
+  selective_scan_forward_kernel<kOwned><<<scan_grid(s), kThreads, shared_bytes, stream>>>(
+      in, s, carries.carries, out, final_state, checkpoints);
+  cuda::check_launch("selective_scan_forward_kernel");
+}
+
 // Launches the forward (out, final_state and checkpoints each optional), after its first pass when the
 // sequence is cut into pieces.
 void launch_forward(const SelectiveScanPointers& in, const ScanShape& s, float* out, float* final_state,
@@ -802,12 +821,11 @@ void launch_forward(const SelectiveScanPointers& in, const ScanShape& s, float* 
     selective_scan_piece_states_kernel<<<first_pass_grid(s), kThreads, 0, stream>>>(in, s, carries.carries);
     cuda::check_launch("selective_scan_piece_states_kernel");
   }
-  const size_t shared_bytes = forward_shared_bytes(s);
-  CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(shared_bytes)));
-  selective_scan_forward_kernel<<<scan_grid(s), kThreads, shared_bytes, stream>>>(in, s, carries.carries, out,
-                                                                                 final_state, checkpoints);
-  cuda::check_launch("selective_scan_forward_kernel");
+  switch (owned_values(s.lanes)) {
+    case kChunk: return launch_forward_kernel<kChunk>(in, s, carries, out, final_state, checkpoints, stream);
+    case kChunk / 2: return launch_forward_kernel<kChunk / 2>(in, s, carries, out, final_state, checkpoints, stream);
+    default: return launch_forward_kernel<kChunk / 4>(in, s, carries, out, final_state, checkpoints, stream);
+  }
 }
 
 }  // namespace
