@@ -4,8 +4,8 @@
 # emulator of CUDA threads with EMU_EXACT=1 (each device buffer a malloc of exactly its size, so a
 # kernel that reads or writes past its end is reported). CUDA itself is left out (nvcc's objects are
 # not instrumented). Extra arguments go to ctest, e.g. -R emulated. On 2 cores: 13 minutes from
-# nothing, 4 of them the tests. With --validate, also `mamba-r1-emulated validate` (every op and the model on the
-# emulated device; several more minutes).
+# nothing, 4 of them the tests. With --validate, also `mamba-r1-emulated validate` (every op and the
+# model on the emulated device; 8.5 more minutes).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 validate=0
