@@ -17,6 +17,7 @@
 #include "experiments/loss.h"
 #include "experiments/run.h"
 #include "experiments/safetensors.h"
+#include "experiments/sweep.h"
 
 namespace mr1 {
 
@@ -155,8 +156,7 @@ std::string output_folder(const CommandLine& line, const Experiment& experiment)
 
 int command_run(const CommandLine& line) {
   Experiment experiment = load_for(line);
-  // One run: its record (config.toml) holds no [sweep] lists, as a sweep's runs do not.
-  if (toml::table* sweep = experiment.file.root()["sweep"].as_table()) sweep->clear();
+  drop_sweep_lists(experiment.file);
   const bool resume = line.flag("resume");
   if (resume && line.option("out").empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
   const RunResult result = run_experiment(experiment, output_folder(line, experiment), resume);

@@ -164,6 +164,10 @@ std::string last_component(const std::string& key) {
 
 }  // namespace
 
+void drop_sweep_lists(ExperimentFile& file) {
+  if (toml::table* sweep = file.root()["sweep"].as_table()) sweep->clear();
+}
+
 std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
   const toml::node* sweep = file.root().get("sweep");
   const std::string example = "for example [sweep] \"router.name\" = [\"switch\", \"topk\"]";
@@ -738,7 +742,7 @@ Experiment load_run_experiment(const std::string& path, const std::vector<std::s
   std::vector<std::string> assignments = sets;
   assignments.insert(assignments.end(), run.assignments.begin(), run.assignments.end());
   Experiment experiment = load_experiment(path, assignments);
-  if (toml::table* sweep = experiment.file.root()["sweep"].as_table()) sweep->clear();
+  drop_sweep_lists(experiment.file);
   return experiment;
 }
 

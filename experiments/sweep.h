@@ -54,6 +54,10 @@ struct SweepRun {
   std::vector<std::string> assignments;  // "router.name=\"topk\"", for ExperimentFile::set
 };
 
+// Empties the file's [sweep] table, if any: the record (config.toml) of a single run, which `run` and each
+// of a sweep's runs write alike, holds no sweep lists (a finished sweep run's is compared with it).
+void drop_sweep_lists(ExperimentFile& file);
+
 // Reads [sweep] from the experiment file (with its --set overrides applied). Throws ConfigError naming
 // the key for a value that is not a non-empty list, a key that is not a dotted path, a key swept twice
 // in the file, or a missing or empty [sweep]. Whether a key exists is checked later, by loading and
