@@ -51,14 +51,19 @@ constexpr size_t kDefaultDynamicShared = 48 * 1024;
   std::abort();
 }
 
+// "block (x, y, z)" of the block running now, for messages.
+std::string this_block() {
+  return "block (" + std::to_string(blockIdx.x) + ", " + std::to_string(blockIdx.y) + ", " +
+         std::to_string(blockIdx.z) + ")";
+}
+
 void trampoline() {
   (*body)();
   Fiber& f = fibers[current];
   size_t pending = f.open.size();
   for (const auto& batch : f.committed) pending += batch.size();
   if (pending > 0) {
-    fail("thread " + std::to_string(f.linear) + " of block (" + std::to_string(blockIdx.x) + ", " +
-         std::to_string(blockIdx.y) + ", " + std::to_string(blockIdx.z) + ") ended with " + std::to_string(pending) +
+    fail("thread " + std::to_string(f.linear) + " of " + this_block() + " ended with " + std::to_string(pending) +
          " async copies it never waited for");
   }
   f.state = State::done;
@@ -186,7 +191,6 @@ std::vector<long long> run_order(long long count) {
 // Runs the threads of block blockIdx (threads = blockDim's product) as fibers until every one has ended.
 void run_block(int threads) {
   const dim3 block = blockDim;
-  const unsigned bx = blockIdx.x, by = blockIdx.y, bz = blockIdx.z;
   for (int t = 0; t < threads; ++t) {
     Fiber& f = fibers[t];
     f.state = State::runnable;
@@ -229,9 +233,8 @@ void run_block(int threads) {
         }
         if (waiting > 0 && waiting + done == lanes) {
           if (done > 0) {
-            std::fprintf(stderr, "emu: shuffle in warp %zu of block (%u, %u, %u) with %d exited lanes\n", w, bx, by,
-                         bz, done);
-            std::abort();
+            fail("shuffle in warp " + std::to_string(w) + " of " + this_block() + " with " + std::to_string(done) +
+                 " exited lanes");
           }
           for (int t = static_cast<int>(w) * 32; t < static_cast<int>(w) * 32 + 32; ++t) fibers[t].state = State::runnable;
           ++warps[w].generation;
@@ -240,10 +243,9 @@ void run_block(int threads) {
       }
     }
     if (!ran && !released) {
-      std::fprintf(stderr, "emu: deadlock in block (%u, %u, %u):", bx, by, bz);
-      for (int t = 0; t < threads; ++t) std::fprintf(stderr, " %d:%s", t, name(fibers[t].state));
-      std::fprintf(stderr, "\n");
-      std::abort();
+      std::string states;
+      for (int t = 0; t < threads; ++t) states += " " + std::to_string(t) + ":" + name(fibers[t].state);
+      fail("deadlock in " + this_block() + ":" + states);
     }
   }
 }
@@ -259,12 +261,12 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, size_t shared_bytes,
     ++found->second;
   }
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || block.x == 0) {
-    std::fprintf(stderr, "emu: invalid launch configuration (grid %u %u %u, block %u)\n", grid.x, grid.y, grid.z, block.x);
-    std::abort();
+    fail("invalid launch configuration (grid " + std::to_string(grid.x) + " " + std::to_string(grid.y) + " " +
+         std::to_string(grid.z) + ", block " + std::to_string(block.x) + ")");
   }
-  if (grid.y > 65535 || grid.z > 65535) { std::fprintf(stderr, "emu: grid y/z too large\n"); std::abort(); }
+  if (grid.y > 65535 || grid.z > 65535) fail("grid y/z too large");
   const int threads = static_cast<int>(block.x * block.y * block.z);
-  if (threads > 1024) { std::fprintf(stderr, "emu: block too large\n"); std::abort(); }
+  if (threads > 1024) fail("block too large");
   if (shared_bytes > kDefaultDynamicShared) {
     const auto allowed = max_dynamic_shared.find(kernel_name);
     if (allowed == max_dynamic_shared.end() || static_cast<size_t>(allowed->second) < shared_bytes) {
