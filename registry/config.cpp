@@ -26,6 +26,17 @@ std::string join(const std::vector<std::string>& items) {
   return joined;
 }
 
+// The --set assignment that gave the key `full` a value or created it as a table, if any.
+const std::string* set_assignment(const SetAssignments* assignments, const std::string& full) {
+  if (!assignments) return nullptr;
+  for (auto it = assignments->lower_bound(full); it != assignments->end(); ++it) {
+    const std::string& key = it->first;
+    if (key.compare(0, full.size(), full) != 0) break;
+    if (key.size() == full.size() || key[full.size()] == '.') return &it->second;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 std::string type_name(const toml::node& node) {
@@ -40,11 +51,13 @@ std::string type_name(const toml::node& node) {
   }
 }
 
-ConfigTable::ConfigTable(const toml::table* table, std::string file, std::string path)
+ConfigTable::ConfigTable(const toml::table* table, std::string file, std::string path,
+                         std::shared_ptr<const SetAssignments> assignments)
     : table_(table ? table : &empty_table()),
       file_(std::move(file)),
       path_(std::move(path)),
-      read_keys_(std::make_shared<std::set<std::string>>()) {}
+      read_keys_(std::make_shared<std::set<std::string>>()),
+      assignments_(std::move(assignments)) {}
 
 const toml::node* ConfigTable::lookup(const std::string& key) const {
   read_keys_->insert(key);
@@ -54,6 +67,10 @@ const toml::node* ConfigTable::lookup(const std::string& key) const {
 bool ConfigTable::has(const std::string& key) const { return table_->contains(key); }
 
 std::string ConfigTable::where(const std::string& key) const {
+  const std::string full = path_.empty() ? key : path_ + "." + key;
+  if (const std::string* assignment = set_assignment(assignments_.get(), full)) {
+    return "--set " + *assignment + ": " + full;
+  }
   std::string location = file_;
   const toml::node* node = table_->get(key);
   if (node && node->source().begin.line > 0) {
@@ -61,7 +78,7 @@ std::string ConfigTable::where(const std::string& key) const {
   } else if (table_->source().begin.line > 0) {
     location += ":" + std::to_string(table_->source().begin.line);
   }
-  return location + ": " + (path_.empty() ? key : path_ + "." + key);
+  return location + ": " + full;
 }
 
 void ConfigTable::fail(const std::string& key, const std::string& message) const {
@@ -150,7 +167,7 @@ const toml::node* ConfigTable::node(const std::string& key) const { return looku
 ConfigTable ConfigTable::table(const std::string& key) const {
   const toml::node* node = lookup(key);
   if (node && !node->is_table()) fail(key, "expected a table, found " + type_name(*node) + " " + render(*node));
-  return ConfigTable(node ? node->as_table() : nullptr, file_, path_.empty() ? key : path_ + "." + key);
+  return ConfigTable(node ? node->as_table() : nullptr, file_, path_.empty() ? key : path_ + "." + key, assignments_);
 }
 
 void ConfigTable::reject_unknown_keys() const {
@@ -223,15 +240,22 @@ void ExperimentFile::set(const std::string& assignment) {
   const std::string leaf = key.substr(start);
   if (leaf.empty()) throw ConfigError("--set " + assignment + ": empty key");
   table->insert_or_assign(leaf, *parsed.get("value"));
+  (*assignments_)[key] = assignment;
 }
 
 ConfigTable ExperimentFile::table(const std::string& name) const {
   const toml::node* node = root_->get(name);
   if (node && !node->is_table()) {
-    throw ConfigError(file_ + ":" + std::to_string(node->source().begin.line) + ": " + name +
-                      ": expected a table [" + name + "], found " + type_name(*node));
+    throw ConfigError(top_level_where(name, *node) + ": expected a table [" + name + "], found " + type_name(*node));
   }
-  return ConfigTable(node ? node->as_table() : nullptr, file_, name);
+  return ConfigTable(node ? node->as_table() : nullptr, file_, name, assignments_);
+}
+
+std::string ExperimentFile::top_level_where(const std::string& name, const toml::node& node) const {
+  if (const std::string* assignment = set_assignment(assignments_.get(), name)) {
+    return "--set " + *assignment + ": " + name;
+  }
+  return file_ + ":" + std::to_string(node.source().begin.line) + ": " + name;
 }
 
 void ExperimentFile::reject_unknown_tables(const std::vector<std::string>& known) const {
@@ -240,8 +264,7 @@ void ExperimentFile::reject_unknown_tables(const std::vector<std::string>& known
     bool found = false;
     for (const std::string& table : known) found = found || table == name;
     if (!found) {
-      throw ConfigError(file_ + ":" + std::to_string(node.source().begin.line) + ": " + name +
-                        ": unknown table or key; valid tables: " + join(known));
+      throw ConfigError(top_level_where(name, node) + ": unknown table or key; valid tables: " + join(known));
     }
   }
 }

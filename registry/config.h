@@ -6,6 +6,7 @@
 #include <toml++/toml.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -25,11 +26,18 @@ class ConfigError : public std::runtime_error {
 // "an integer", "a string", ...: what a TOML value is, for error messages.
 std::string type_name(const toml::node& node);
 
+// The --set assignments applied to an experiment: full key path ("training.lr") to the assignment as
+// given ("training.lr=-1").
+using SetAssignments = std::map<std::string, std::string>;
+
 // A view of one TOML table ("model", "router", "task", ...) that reads typed values.
 // Copies share the record of which keys were read.
 class ConfigTable {
  public:
-  ConfigTable(const toml::table* table, std::string file, std::string path);
+  // `assignments`: the experiment's --set assignments (may be null), so that an error about a value
+  // set there names the assignment instead of a line of the file.
+  ConfigTable(const toml::table* table, std::string file, std::string path,
+              std::shared_ptr<const SetAssignments> assignments = nullptr);
 
   const std::string& path() const { return path_; }
   const std::string& file() const { return file_; }
@@ -53,7 +61,9 @@ class ConfigTable {
   void reject_unknown_keys() const;
   // An error about `key` in this table, with its file and line.
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
-  std::string where(const std::string& key) const;  // "file:line: path.key"
+  // "file:line: path.key", or "--set path.key=value: path.key" for a key given (or under a table
+  // created) by a --set assignment.
+  std::string where(const std::string& key) const;
 
  private:
   const toml::node* lookup(const std::string& key) const;
@@ -61,6 +71,7 @@ class ConfigTable {
   std::string file_;
   std::string path_;
   std::shared_ptr<std::set<std::string>> read_keys_;
+  std::shared_ptr<const SetAssignments> assignments_;
 };
 
 // A whole experiment file with the --set overrides applied.
@@ -85,8 +96,12 @@ class ExperimentFile {
   std::string to_toml() const;
 
  private:
+  // "file:line: name", or "--set name.key=value: name" for a table a --set assignment created.
+  std::string top_level_where(const std::string& name, const toml::node& node) const;
+
   std::string file_;
   std::shared_ptr<toml::table> root_;
+  std::shared_ptr<SetAssignments> assignments_ = std::make_shared<SetAssignments>();
 };
 
 }  // namespace mr1

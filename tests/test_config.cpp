@@ -10,6 +10,7 @@
 
 using namespace mr1;
 using Catch::Matchers::Contains;
+using Catch::Matchers::StartsWith;
 
 namespace {
 
@@ -86,6 +87,23 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
   CHECK_THROWS_WITH(load_text("[model]\ntie_embeddings = 1\n"), Contains("expected true or false"));
   CHECK_THROWS_WITH(load_text("[model]\norder = [\"mamba\", 3]\n"), Contains("list of strings"));
   CHECK_THROWS_WITH(load_text("[router]\naux_loss_coef = -1.0\n"), Contains("router.aux_loss_coef"));
+}
+
+TEST_CASE("an error about a value given by --set names the assignment, not a line of the file", "[config]") {
+  // The file's [router] table is at line 3; the bad key and value come from the command line.
+  const std::string text = "[model]\ndim = 8\n[router]\nname = \"switch\"\n";
+  CHECK_THROWS_WITH(build_text(text, {"router.top_k=2"}),
+                    StartsWith("--set router.top_k=2: router.top_k: unknown key") && Contains("capacity_factor"));
+  CHECK_THROWS_WITH(load_text(text, {"model.d_state=abc"}),
+                    StartsWith("--set model.d_state=abc: model.d_state: expected an integer"));
+  // A value the file had and --set replaced is the assignment's too.
+  CHECK_THROWS_WITH(load_text(text, {"model.dim=0"}), StartsWith("--set model.dim=0: model.dim: expected an integer >= 1"));
+  // A table created by --set is named with its assignment.
+  CHECK_THROWS_WITH(build_text(text, {"router.x.y=1"}), StartsWith("--set router.x.y=1: router.x: unknown key"));
+  CHECK_THROWS_WITH(load_text(text, {"modle.dim=8"}), StartsWith("--set modle.dim=8: modle: unknown table"));
+  // A key next to one given by --set keeps its file and line.
+  const std::string path = write_experiment("[model]\ndim = 8\nd_state = \"big\"\n");
+  CHECK_THROWS_WITH(load_experiment(path, {"model.dim=16", "model.dims=1"}), StartsWith(path + ":3: model.d_state"));
 }
 
 TEST_CASE("unknown registry names list the valid ones", "[config]") {

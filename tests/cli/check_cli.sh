@@ -32,7 +32,7 @@ expect "run the seed example (short)" 0 "output shape \(4, 64, 256\)" -- \
   "$BIN" run "$seed" --set task.seq_len=64 --set run.repeats=1 --out "$WORK/seed"
 expect "summary.json written" 0 "tokens_per_second" -- cat "$WORK/seed/summary.json"
 expect "resolved config written" 0 "d_state = 16" -- cat "$WORK/seed/config.toml"
-expect "unknown key names file, key and valid keys" 2 "seed_example.toml.*model.dimm.*unknown key.*valid keys" -- \
+expect "unknown key names its --set, key and valid keys" 2 "--set model.dimm=3: model.dimm: unknown key.*valid keys" -- \
   "$BIN" run "$seed" --set model.dimm=3 --out "$WORK/bad"
 expect "wrong type" 2 "model.d_state: expected an integer" -- "$BIN" run "$seed" --set model.d_state=\"x\" --out "$WORK/bad"
 expect "unknown router" 2 "router.name.*valid: .*switch" -- "$BIN" run "$seed" --set router.name=nosuch --out "$WORK/bad"
