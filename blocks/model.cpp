@@ -29,8 +29,20 @@ Model::Model(const ModelConfig& config, const RouterSettings& router, const Conf
   for (int64_t i = 0; i < config_.block_count(); ++i) {
     const std::string prefix = "backbone.layers." + std::to_string(i) + ".";
     norms_.push_back(norm_registry().get(config_.norm)(parameters_, prefix + "norm", D));
-    BlockContext context{config_, router, router_table, parameters_, prefix + "mixer.", i};
+    // A block's own router table ([model.layers.i.router]) is read over [router], and its keys are checked
+    // once the block has read them.
+    const BlockOverrides* overrides = config_.overrides(i);
+    std::optional<ConfigTable> own_table;
+    std::optional<RouterSettings> own_settings;
+    if (overrides && overrides->router) {
+      own_table = overrides->router->over(router_table);
+      own_settings = read_router_settings(*own_table);
+    }
+    const ModelConfig block = config_.block(i);
+    const BlockContext context{block, own_settings ? *own_settings : router,
+                               own_table ? *own_table : router_table, parameters_, prefix + "mixer.", i};
     mixers_.push_back(block_registry().get(config_.block_kind(i))(context));
+    if (own_table) own_table->reject_unknown_keys();
   }
   final_norm_ = norm_registry().get(config_.norm)(parameters_, "backbone.norm_f", D);
 }

@@ -62,7 +62,8 @@ ModelInput prompt_batch(const std::vector<std::vector<int32_t>>& prompts);
 
 class Model {
  public:
-  // router_table: the [router] table, from which each MoE layer's router reads its own keys.
+  // router_table: the [router] table, from which each MoE layer's router reads its own keys (block i's
+  // [model.layers.i.router] keys, when config has them, come first).
   Model(const ModelConfig& config, const RouterSettings& router, const ConfigTable& router_table);
   ~Model();
 

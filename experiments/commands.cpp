@@ -288,7 +288,11 @@ int command_list(const CommandLine& line) {
   for (const RegistryBase* registry : all_registries()) {
     std::printf("%s:\n", registry->kind().c_str());
     for (const RegistryEntryInfo& entry : registry->entries()) {
-      std::printf("  %-18s %s\n", entry.name.c_str(), entry.description.c_str());
+      std::string description = entry.description;
+      if (registry == &block_registry() && !block_override_keys(entry.name).empty()) {
+        description += "; per block in [model.layers.i]: " + join(block_override_keys(entry.name));
+      }
+      std::printf("  %-18s %s\n", entry.name.c_str(), description.c_str());
     }
   }
   return 0;

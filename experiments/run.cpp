@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <map>
+#include <sstream>
 
 #include "experiments/files.h"
 #include "experiments/trainer.h"
@@ -21,6 +22,32 @@ std::string describe_blocks(const ModelConfig& model) {
   return std::to_string(model.block_count()) + " blocks (" + text + ")";
 }
 
+std::string describe_overrides(const ModelConfig& model) {
+  std::string text;
+  for (const auto& [i, overrides] : model.layers) {
+    std::vector<std::string> parts;
+    const auto add = [&](const char* key, const std::optional<int64_t>& value) {
+      if (value) parts.push_back(std::string(key) + " " + std::to_string(*value));
+    };
+    add("d_state", overrides.d_state);
+    add("d_conv", overrides.d_conv);
+    add("expand", overrides.expand);
+    add("dt_rank", overrides.dt_rank);
+    add("num_experts", overrides.num_experts);
+    add("expert_dim", overrides.expert_dim);
+    if (overrides.router) {
+      for (const std::string& key : overrides.router->keys()) {
+        std::ostringstream value;
+        overrides.router->node(key)->visit([&](const auto& v) { value << v; });
+        parts.push_back("router." + key + " = " + value.str());
+      }
+    }
+    text += (text.empty() ? "" : "; ") + std::string("block ") + std::to_string(i) + " (" + model.block_kind(i) +
+            "): " + join(parts);
+  }
+  return text;
+}
+
 namespace {
 
 void log_model(const Experiment& experiment, const Model& model) {
@@ -29,6 +56,7 @@ void log_model(const Experiment& experiment, const Model& model) {
                "{} parameters",
                describe_blocks(config), config.dim, config.d_state, config.d_conv, config.expand, config.dt_rank,
                config.num_experts, config.expert_dim, config.norm, model.parameters().element_count());
+  if (!config.layers.empty()) spdlog::info("per-block keys ([model.layers]): {}", describe_overrides(config));
 }
 
 // Runs a forward-only task: warm-up passes, timed passes, then the output's statistics.

@@ -20,5 +20,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& folder
 
 // "12 blocks (6 mamba, 6 moe)".
 std::string describe_blocks(const ModelConfig& model);
+// The [model.layers] keys: "block 3 (mamba): d_state 64; block 5 (moe): router.name = "topk"" (empty: none).
+std::string describe_overrides(const ModelConfig& model);
 
 }  // namespace mr1

@@ -704,16 +704,20 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
     BarPanel panel;
     panel.title = std::to_string(result.run.index) + ": " + result.run.label;
     size_t panel_experts = 0;
+    bool same_experts = true;  // per-block num_experts may differ: then no single uniform line
     for (const nlohmann::json& layer : summary["routing"]) {
       if (!layer.contains("load") || !layer["load"].is_array()) continue;
       panel.groups.push_back("block " + std::to_string(layer.value("layer", 0)));
       panel.values.push_back(layer["load"].get<std::vector<double>>());
+      same_experts = same_experts && (panel_experts == 0 || panel_experts == panel.values.back().size());
       panel_experts = std::max(panel_experts, panel.values.back().size());
     }
     if (panel.values.empty()) continue;
     experts = std::max(experts, panel_experts);
-    panel.reference = 1.0 / static_cast<double>(panel_experts);
-    panel.reference_label = "1/" + std::to_string(panel_experts);
+    if (same_experts) {
+      panel.reference = 1.0 / static_cast<double>(panel_experts);
+      panel.reference_label = "1/" + std::to_string(panel_experts);
+    }
     std::vector<std::string> figures;
     for (const auto& [pointer, name] : {std::pair<std::string, std::string>{"/routing_overall/load_cv", "CV"},
                                         std::pair<std::string, std::string>{"/routing_overall/max_violation", "MaxVio"}}) {

@@ -961,6 +961,10 @@ int command_validate(const CommandLine& line) {
         has_moe = true;
       }
     }
+    for (auto& [i, overrides] : dense.config.layers) {  // an mlp block takes only expert_dim
+      overrides.num_experts.reset();
+      overrides.router.reset();
+    }
     dense.label += " moe->mlp";
     if (has_moe) models.push_back(dense);
   }

@@ -20,12 +20,6 @@ std::string render(const toml::node& node) {
   return text;
 }
 
-std::string join(const std::vector<std::string>& items) {
-  std::string joined;
-  for (const std::string& item : items) joined += (joined.empty() ? "" : ", ") + item;
-  return joined;
-}
-
 // The --set assignment that gave the key `full` a value or created it as a table, if any.
 const std::string* set_assignment(const SetAssignments* assignments, const std::string& full) {
   if (!assignments) return nullptr;
@@ -38,6 +32,12 @@ const std::string* set_assignment(const SetAssignments* assignments, const std::
 }
 
 }  // namespace
+
+std::string join(const std::vector<std::string>& items) {
+  std::string joined;
+  for (const std::string& item : items) joined += (joined.empty() ? "" : ", ") + item;
+  return joined;
+}
 
 std::string type_name(const toml::node& node) {
   switch (node.type()) {
@@ -61,12 +61,28 @@ ConfigTable::ConfigTable(const toml::table* table, std::string file, std::string
 
 const toml::node* ConfigTable::lookup(const std::string& key) const {
   read_keys_->insert(key);
+  if (fallback_ && !table_->contains(key)) return fallback_->lookup(key);
   return table_->get(key);
 }
 
-bool ConfigTable::has(const std::string& key) const { return table_->contains(key); }
+bool ConfigTable::has(const std::string& key) const {
+  return table_->contains(key) || (fallback_ && fallback_->has(key));
+}
+
+std::vector<std::string> ConfigTable::keys() const {
+  std::vector<std::string> names;
+  for (const auto& [key, node] : *table_) names.emplace_back(key.str());
+  return names;
+}
+
+ConfigTable ConfigTable::over(const ConfigTable& fallback) const {
+  ConfigTable layered = *this;
+  layered.fallback_ = std::make_shared<const ConfigTable>(fallback);
+  return layered;
+}
 
 std::string ConfigTable::where(const std::string& key) const {
+  if (fallback_ && !table_->contains(key) && fallback_->has(key)) return fallback_->where(key);
   const std::string full = path_.empty() ? key : path_ + "." + key;
   if (const std::string* assignment = set_assignment(assignments_.get(), full)) {
     return "--set " + *assignment + ": " + full;
@@ -165,6 +181,10 @@ std::vector<int64_t> ConfigTable::get_int_list(const std::string& key, const std
 const toml::node* ConfigTable::node(const std::string& key) const { return lookup(key); }
 
 ConfigTable ConfigTable::table(const std::string& key) const {
+  if (fallback_ && !table_->contains(key)) {
+    read_keys_->insert(key);
+    return fallback_->table(key);
+  }
   const toml::node* node = lookup(key);
   if (node && !node->is_table()) fail(key, "expected a table, found " + type_name(*node) + " " + render(*node));
   return ConfigTable(node ? node->as_table() : nullptr, file_, path_.empty() ? key : path_ + "." + key, assignments_);

@@ -23,6 +23,9 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// "a, b, c": a list of names for error messages.
+std::string join(const std::vector<std::string>& items);
+
 // "an integer", "a string", ...: what a TOML value is, for error messages.
 std::string type_name(const toml::node& node);
 
@@ -42,6 +45,8 @@ class ConfigTable {
   const std::string& path() const { return path_; }
   const std::string& file() const { return file_; }
   bool has(const std::string& key) const;
+  // This table's own keys, sorted by name (a fallback's are not included).
+  std::vector<std::string> keys() const;
 
   int64_t get_int(const std::string& key, int64_t fallback, int64_t min = INT64_MIN, int64_t max = INT64_MAX) const;
   double get_double(const std::string& key, double fallback) const;
@@ -55,6 +60,10 @@ class ConfigTable {
   std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const;
   // The sub-table `key` (an empty table when absent); marks `key` as read.
   ConfigTable table(const std::string& key) const;
+  // This table read over `fallback`: a key this table lacks is read from `fallback` (and marked read
+  // there; errors about it name its place there). reject_unknown_keys checks this table's own keys.
+  // Shares this table's record of read keys.
+  ConfigTable over(const ConfigTable& fallback) const;
   const toml::node* node(const std::string& key) const;  // raw node; marks `key` as read
 
   // Throws ConfigError for the first key of this table that no get_* asked for, listing the keys that were.
@@ -72,6 +81,7 @@ class ConfigTable {
   std::string path_;
   std::shared_ptr<std::set<std::string>> read_keys_;
   std::shared_ptr<const SetAssignments> assignments_;
+  std::shared_ptr<const ConfigTable> fallback_;
 };
 
 // A whole experiment file with the --set overrides applied.

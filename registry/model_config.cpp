@@ -1,6 +1,8 @@
 // Reading and checking the [model] and [router] tables.
 #include "registry/model_config.h"
 
+#include <algorithm>
+
 #include "blocks/catalog.h"
 
 namespace mr1 {
@@ -16,7 +18,88 @@ void check_registered(const ConfigTable& table, const std::string& key, const Re
   }
 }
 
+// dt_rank: "auto" (ceil(dim / 16)) or an integer >= 1; `fallback` when absent.
+int64_t read_dt_rank(const ConfigTable& table, int64_t dim, int64_t fallback) {
+  const toml::node* node = table.node("dt_rank");
+  if (!node) return fallback;
+  if (auto text = node->value_exact<std::string>()) {
+    if (*text != "auto") table.fail("dt_rank", "expected \"auto\" or an integer >= 1, found \"" + *text + "\"");
+    return (dim + 15) / 16;
+  }
+  return table.get_int("dt_rank", 0, 1);
+}
+
+// An optional integer key: absent stays absent.
+std::optional<int64_t> optional_int(const ConfigTable& table, const std::string& key, int64_t min,
+                                    int64_t max = INT64_MAX) {
+  if (!table.has(key)) return std::nullopt;
+  return table.get_int(key, 0, min, max);
+}
+
+// [model.layers]: one table per block number, with the keys its block's kind takes.
+std::map<int64_t, BlockOverrides> read_block_overrides(const ConfigTable& model, const ModelConfig& config) {
+  std::map<int64_t, BlockOverrides> overrides;
+  const ConfigTable layers = model.table("layers");
+  const int64_t blocks = config.block_count();
+  const std::string numbers = "the model has " + std::to_string(blocks) + " blocks, numbered 0 to " +
+                              std::to_string(blocks - 1) + " as in backbone.layers.{i}";
+  for (const std::string& key : layers.keys()) {
+    const bool digits = !key.empty() && key.size() <= 9 && key.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits) layers.fail(key, "expected a block number; " + numbers);
+    const int64_t i = std::stoll(key);
+    if (i >= blocks) layers.fail(key, "no such block: " + numbers);
+    const ConfigTable block = layers.table(key);
+    const std::string& kind = config.block_kind(i);
+    const std::vector<std::string>& valid = block_override_keys(kind);
+    for (const std::string& name : block.keys()) {
+      if (std::find(valid.begin(), valid.end(), name) == valid.end()) {
+        block.fail(name, "block " + key + " is a " + kind + " block, which takes " +
+                             (valid.empty() ? std::string("no per-block keys") : "only: " + join(valid)));
+      }
+    }
+    BlockOverrides& o = overrides[i];
+    o.d_state = optional_int(block, "d_state", 1);
+    o.d_conv = optional_int(block, "d_conv", 1, 8);
+    o.expand = optional_int(block, "expand", 1);
+    if (block.has("dt_rank")) o.dt_rank = read_dt_rank(block, config.dim, 0);
+    o.num_experts = optional_int(block, "num_experts", 1);
+    o.expert_dim = optional_int(block, "expert_dim", 1);
+    if (block.has("router")) o.router = block.table("router");
+  }
+  return overrides;
+}
+
 }  // namespace
+
+const std::vector<std::string>& block_override_keys(const std::string& kind) {
+  static const std::map<std::string, std::vector<std::string>> keys{
+      {"mamba", {"d_state", "d_conv", "expand", "dt_rank"}},
+      {"moe", {"num_experts", "expert_dim", "router"}},
+      {"mlp", {"expert_dim"}},
+  };
+  static const std::vector<std::string> none;
+  auto found = keys.find(kind);
+  return found == keys.end() ? none : found->second;
+}
+
+const BlockOverrides* ModelConfig::overrides(int64_t i) const {
+  auto found = layers.find(i);
+  return found == layers.end() ? nullptr : &found->second;
+}
+
+ModelConfig ModelConfig::block(int64_t i) const {
+  ModelConfig config = *this;
+  config.layers.clear();
+  if (const BlockOverrides* o = overrides(i)) {
+    config.d_state = o->d_state.value_or(d_state);
+    config.d_conv = o->d_conv.value_or(d_conv);
+    config.expand = o->expand.value_or(expand);
+    config.dt_rank = o->dt_rank.value_or(dt_rank);
+    config.num_experts = o->num_experts.value_or(num_experts);
+    config.expert_dim = o->expert_dim.value_or(expert_dim);
+  }
+  return config;
+}
 
 ModelConfig read_model_config(const ConfigTable& table) {
   register_all();
@@ -30,15 +113,7 @@ ModelConfig read_model_config(const ConfigTable& table) {
   config.d_conv = table.get_int("d_conv", config.d_conv, 1, 8);
   config.expand = table.get_int("expand", config.expand, 1);
 
-  const toml::node* dt_rank = table.node("dt_rank");
-  config.dt_rank = (config.dim + 15) / 16;
-  if (dt_rank) {
-    if (auto text = dt_rank->value_exact<std::string>()) {
-      if (*text != "auto") table.fail("dt_rank", "expected \"auto\" or an integer >= 1, found \"" + *text + "\"");
-    } else {
-      config.dt_rank = table.get_int("dt_rank", 0, 1);
-    }
-  }
+  config.dt_rank = read_dt_rank(table, config.dim, (config.dim + 15) / 16);
 
   config.num_experts = table.get_int("num_experts", config.num_experts, 1);
   config.expert_dim = table.get_int("expert_dim", config.expert_dim, 1);
@@ -54,6 +129,7 @@ ModelConfig read_model_config(const ConfigTable& table) {
     }
   }
   config.tie_embeddings = table.get_bool("tie_embeddings", config.tie_embeddings);
+  config.layers = read_block_overrides(table, config);
   return config;
 }
 

@@ -2,12 +2,22 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "registry/config.h"
 
 namespace mr1 {
+
+// One block's [model.layers.i] table: [model] keys given again for block i alone. Which keys a block
+// takes depends on its kind (block_override_keys): mamba d_state, d_conv, expand, dt_rank; moe
+// num_experts, expert_dim and a [model.layers.i.router] table read over [router]; mlp expert_dim.
+struct BlockOverrides {
+  std::optional<int64_t> d_state, d_conv, expand, dt_rank, num_experts, expert_dim;
+  std::optional<ConfigTable> router;  // this block's router keys (a key it lacks comes from [router])
+};
 
 struct ModelConfig {
   int64_t dim = 512;                             // D
@@ -24,15 +34,25 @@ struct ModelConfig {
   std::string norm = "rmsnorm";
   std::vector<std::string> positional{"learned"};
   bool tie_embeddings = true;
+  std::map<int64_t, BlockOverrides> layers;      // [model.layers.i], by block number i
 
   int64_t d_inner() const { return expand * dim; }
   int64_t block_count() const { return depth * static_cast<int64_t>(order.size()); }
   // The registry name of block i (order repeated depth times).
   const std::string& block_kind(int64_t i) const { return order[static_cast<size_t>(i) % order.size()]; }
+  // What block i is built from: this config with its [model.layers.i] keys applied (layers left empty).
+  ModelConfig block(int64_t i) const;
+  // Block i's [model.layers.i] keys, or null.
+  const BlockOverrides* overrides(int64_t i) const;
 };
 
+// The [model.layers.i] keys a block of `kind` takes (empty for a kind that takes none).
+const std::vector<std::string>& block_override_keys(const std::string& kind);
+
 // Reads [model], checking types, ranges, registry names and shape relations (rotary needs an
-// even dim, ...). Does not reject unknown keys: the caller does once every reader has run.
+// even dim, ...), and its [model.layers.i] tables (their keys are checked here, their router tables
+// when the model is built). Does not reject unknown keys of [model] itself: the caller does once every
+// reader has run.
 ModelConfig read_model_config(const ConfigTable& table);
 
 // The keys every router shares; each router reads its own further keys from the same table.

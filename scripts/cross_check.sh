@@ -224,6 +224,37 @@ max_seq_len = 64
 vocab_size = 0
 EOF
 
+# per-block keys ([model.layers.i]): a mamba block with its own d_state, d_conv, expand and dt_rank; a
+# moe block with more experts of another width and a router with its own capacity and aux coefficient
+add_case per_block_keys "--seed 10 --batch 2 --length 16" <<'EOF'
+[model]
+dim = 32
+depth = 2
+d_state = 8
+num_experts = 4
+expert_dim = 48
+max_seq_len = 16
+vocab_size = 40
+
+[model.layers.2]
+d_state = 12
+d_conv = 2
+expand = 1
+dt_rank = 5
+
+[model.layers.3]
+num_experts = 6
+expert_dim = 20
+
+[model.layers.3.router]
+capacity_factor = 0.5
+aux_loss_coef = 0.05
+
+[router]
+capacity_factor = 1.5
+min_capacity = 1
+EOF
+
 # ---------------------------------------------------------------- running
 FAIL=0
 SUMMARY="$TMP/summary.tsv"

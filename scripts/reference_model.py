@@ -76,6 +76,13 @@ ROUTER_DEFAULTS = {
 }
 
 BLOCK_KINDS = ("mamba", "moe", "mlp")
+# [model.layers.i]: the [model] keys each kind of block takes for itself (moe also a router table,
+# whose missing keys come from [router]).
+BLOCK_KEYS = {
+    "mamba": ("d_state", "d_conv", "expand", "dt_rank"),
+    "moe": ("num_experts", "expert_dim", "router"),
+    "mlp": ("expert_dim",),
+}
 NORM_KINDS = ("rmsnorm", "layernorm", "none")
 POSITIONAL_KINDS = ("learned", "rotary")
 EPS = 1e-5  # rmsnorm and layernorm epsilon (§2)
@@ -101,8 +108,13 @@ def resolve_config(path: str | None, sets: list[str]) -> tuple[dict, dict]:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
     model = copy.deepcopy(MODEL_DEFAULTS)
+    model["layers"] = {}
     router = copy.deepcopy(ROUTER_DEFAULTS)
     for key, value in raw.get("model", {}).items():
+        if key == "layers":
+            for index, table in value.items():
+                model["layers"].setdefault(int(index), {}).update(copy.deepcopy(table))
+            continue
         if key not in MODEL_DEFAULTS:
             raise ConfigError(f"{path}: unknown key model.{key}; valid: {sorted(MODEL_DEFAULTS)}")
         model[key] = value
@@ -114,7 +126,14 @@ def resolve_config(path: str | None, sets: list[str]) -> tuple[dict, dict]:
         key, text = item.split("=", 1)
         table, _, name = key.strip().partition(".")
         value = parse_set_value(text.strip())
-        if table == "model":
+        if table == "model" and name.startswith("layers."):
+            # model.layers.I.KEY or model.layers.I.router.KEY
+            parts = name.split(".")
+            entry = model["layers"].setdefault(int(parts[1]), {})
+            for part in parts[2:-1]:
+                entry = entry.setdefault(part, {})
+            entry[parts[-1]] = value
+        elif table == "model":
             if name not in MODEL_DEFAULTS:
                 raise ConfigError(f"--set {key}: unknown key; valid: {sorted(MODEL_DEFAULTS)}")
             model[name] = value
@@ -137,11 +156,32 @@ def resolve_config(path: str | None, sets: list[str]) -> tuple[dict, dict]:
         raise ConfigError(f"model.norm: unknown {model['norm']!r}; valid: {NORM_KINDS}")
     if router["name"] != "switch":
         raise ConfigError(f"router.name {router['name']!r}: this reference implements only 'switch'")
+    blocks = block_list(model)
+    for i, keys in model["layers"].items():
+        if not 0 <= i < len(blocks):
+            raise ConfigError(f"model.layers.{i}: no such block (0 to {len(blocks) - 1})")
+        for key in keys:
+            if key not in BLOCK_KEYS[blocks[i]]:
+                raise ConfigError(f"model.layers.{i}.{key}: a {blocks[i]} block takes {BLOCK_KEYS[blocks[i]]}")
+        if keys.get("router", {}).get("name", "switch") != "switch":
+            raise ConfigError(f"model.layers.{i}.router.name: this reference implements only 'switch'")
     if model["dt_rank"] != "auto" and not isinstance(model["dt_rank"], int):
         raise ConfigError("model.dt_rank: \"auto\" or an integer")
     if "rotary" in model["positional"] and model["dim"] % 2:
         raise ConfigError("model.positional rotary needs an even model.dim")
     return model, router
+
+
+def block_model(model: dict, i: int) -> dict:
+    """Block i's [model] keys: [model] with its [model.layers.i] keys in place."""
+    merged = dict(model)
+    merged.update({k: v for k, v in model.get("layers", {}).get(i, {}).items() if k != "router"})
+    return merged
+
+
+def block_router(model: dict, router: dict, i: int) -> dict:
+    """Block i's router keys: [router] with its [model.layers.i.router] keys in place."""
+    return {**router, **model.get("layers", {}).get(i, {}).get("router", {})}
 
 
 def dims(model: dict) -> dict:
@@ -177,7 +217,11 @@ def toml_value(v) -> str:
 
 
 def config_to_toml(model: dict, router: dict) -> str:
-    lines = ["[model]"] + [f"{k} = {toml_value(v)}" for k, v in model.items()]
+    lines = ["[model]"] + [f"{k} = {toml_value(v)}" for k, v in model.items() if k != "layers"]
+    for i, keys in sorted(model.get("layers", {}).items()):
+        lines += ["", f"[model.layers.{i}]"] + [f"{k} = {toml_value(v)}" for k, v in keys.items() if k != "router"]
+        if "router" in keys:
+            lines += ["", f"[model.layers.{i}.router]"] + [f"{k} = {toml_value(v)}" for k, v in keys["router"].items()]
     lines += ["", "[router]"] + [f"{k} = {toml_value(v)}" for k, v in router.items()]
     return "\n".join(lines) + "\n"
 
@@ -193,7 +237,7 @@ def make_weights(model: dict, seed: int) -> dict[str, np.ndarray]:
     and loss are not near-uniform."""
     rng = np.random.default_rng([seed, 0])
     d = dims(model)
-    D, E, N, R, K, X, F, V = (d[k] for k in "DENRKXFV")
+    D, V = d["D"], d["V"]
     w: dict[str, np.ndarray] = {}
 
     def uniform(shape, bound):
@@ -221,6 +265,8 @@ def make_weights(model: dict, seed: int) -> dict[str, np.ndarray]:
         p = f"backbone.layers.{i}"
         norm(p + ".norm")
         m = p + ".mixer"
+        bd = dims(block_model(model, i))
+        E, N, R, K, X, F = (bd[k] for k in "ENRKXF")
         if kind == "mamba":
             linear(m + ".in_proj", 2 * E, D, bias=False)
             w[m + ".conv1d.weight"] = uniform((E, 1, K), 1.0 / math.sqrt(K))
@@ -519,10 +565,11 @@ def forward(model, router_cfg, w32, inp):
         pre = f"backbone.layers.{i}."
         u = apply_norm(r, nk, w.get(pre + "norm.weight"), w.get(pre + "norm.bias"))
         p = layer_params(w, pre + "mixer.")
+        bd = dims(block_model(model, i))
         if kind == "mamba":
-            out = mamba_mixer(u, p, d)
+            out = mamba_mixer(u, p, bd)
         elif kind == "moe":
-            out, aux = moe_layer(u, p, d, router_cfg, mask, moe_stats)
+            out, aux = moe_layer(u, p, bd, block_router(model, router_cfg, i), mask, moe_stats)
             moe_stats[-1]["block"] = i
             aux_total += aux
         else:

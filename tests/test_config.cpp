@@ -106,6 +106,48 @@ TEST_CASE("an error about a value given by --set names the assignment, not a lin
   CHECK_THROWS_WITH(load_experiment(path, {"model.dim=16", "model.dims=1"}), StartsWith(path + ":3: model.d_state"));
 }
 
+TEST_CASE("per-block keys ([model.layers.i]) are checked against the block's kind", "[config]") {
+  const std::string model = "[model]\ndim = 8\ndepth = 2\norder = [\"mamba\", \"moe\"]\nnum_experts = 3\n";
+  const Experiment experiment = load_text(model + "[model.layers.2]\nd_state = 32\ndt_rank = \"auto\"\n"
+                                                  "[model.layers.3]\nexpert_dim = 5\n");
+  REQUIRE(experiment.model.layers.size() == 2);
+  CHECK(experiment.model.block(0).d_state == 64);
+  CHECK(experiment.model.block(2).d_state == 32);
+  CHECK(experiment.model.block(2).dt_rank == 1);  // ceil(8 / 16)
+  CHECK(experiment.model.block(3).expert_dim == 5);
+  CHECK(experiment.model.block(1).expert_dim == 2048);
+  CHECK(experiment.model.block(3).num_experts == 3);
+
+  // A key the block's kind does not take, with the file's line and the keys it does take.
+  const std::string path = write_experiment(model + "[model.layers.1]\nd_state = 4\n");
+  CHECK_THROWS_WITH(load_experiment(path, {}),
+                    StartsWith(path + ":7: model.layers.1.d_state: block 1 is a moe block, which takes only: "
+                                      "num_experts, expert_dim, router"));
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.0]\nrouter = { name = \"topk\" }\n"),
+                    Contains("model.layers.0.router: block 0 is a mamba block, which takes only: d_state"));
+  // Block numbers: 0 to 3 here.
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.4]\nd_state = 4\n"),
+                    Contains("model.layers.4: no such block: the model has 4 blocks, numbered 0 to 3"));
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.last]\nd_state = 4\n"),
+                    Contains("model.layers.last: expected a block number"));
+  CHECK_THROWS_WITH(load_text(model + "layers = 3\n"), Contains("model.layers: expected a table, found an integer"));
+  CHECK_THROWS_WITH(load_text(model, {"model.layers.2=3"}), Contains("model.layers.2: expected a table"));
+  // Values are checked as in [model].
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.2]\nd_conv = 9\n"),
+                    Contains("model.layers.2.d_conv: expected an integer from 1 to 8, found 9"));
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.3]\nnum_experts = 0\n"),
+                    Contains("model.layers.3.num_experts: expected an integer >= 1"));
+  // A block's router table is checked when the model is built, its keys against its own router.
+  CHECK_THROWS_WITH(build_text(model + "[model.layers.3.router]\nname = \"topk\"\ntop_k = 4\n"),
+                    Contains("model.layers.3.router.top_k: expected at most num_experts = 3"));
+  CHECK_THROWS_WITH(build_text(model + "[model.layers.3.router]\ntop_k = 2\n"),
+                    Contains("model.layers.3.router.top_k: unknown key"));  // the switch router has no top_k
+  CHECK_THROWS_WITH(build_text(model + "[model.layers.3.router]\nname = \"best\"\n"),
+                    Contains("model.layers.3.router.name: unknown router \"best\"; valid:"));
+  CHECK_NOTHROW(build_text(model + "[model.layers.3]\nnum_experts = 4\n[model.layers.3.router]\nname = \"topk\"\n"
+                                   "top_k = 4\n"));
+}
+
 TEST_CASE("unknown registry names list the valid ones", "[config]") {
   CHECK_THROWS_WITH(load_text("[model]\norder = [\"mamba\", \"attention\"]\n"),
                     Contains("model.order") && Contains("\"attention\"") && Contains("mamba, mlp, moe"));

@@ -89,6 +89,54 @@ TEST_CASE("parameters carry the normative names and shapes", "[model]") {
   }
 }
 
+TEST_CASE("per-block keys ([model.layers.i]) change their block alone", "[model]") {
+  // Blocks 0 and 2 mamba, 1 and 3 moe. Block 2: other d_state, d_conv, expand and dt_rank; block 3: more,
+  // narrower experts and its own router, top-2, whose other keys come from [router].
+  const std::string text = std::string(kSmall) +
+                           "depth = 2\nvocab_size = 10\ndt_rank = 2\n"
+                           "[model.layers.2]\nd_state = 6\nd_conv = 2\nexpand = 1\ndt_rank = 3\n"
+                           "[model.layers.3]\nnum_experts = 5\nexpert_dim = 7\n"
+                           "[model.layers.3.router]\nname = \"topk\"\ntop_k = 2\n";
+  SmallModel small(text + "[router]\naux_loss_coef = 0.5\n");
+  ParameterStore& parameters = small.model->parameters();
+  const auto shape = [&](const std::string& name) { return parameters.get(name).value.shape(); };
+  // Block 0 keeps [model]'s values (E = 32, N = 4, K = 3, R = 2); block 2 has E = 16, N = 6, K = 2, R = 3.
+  CHECK(shape("backbone.layers.0.mixer.A_log") == Shape{32, 4});
+  CHECK(shape("backbone.layers.0.mixer.conv1d.weight") == Shape{32, 1, 3});
+  CHECK(shape("backbone.layers.0.mixer.x_proj.weight") == Shape{2 + 2 * 4, 32});
+  CHECK(shape("backbone.layers.2.mixer.in_proj.weight") == Shape{32, 16});
+  CHECK(shape("backbone.layers.2.mixer.conv1d.weight") == Shape{16, 1, 2});
+  CHECK(shape("backbone.layers.2.mixer.x_proj.weight") == Shape{3 + 2 * 6, 16});
+  CHECK(shape("backbone.layers.2.mixer.dt_proj.weight") == Shape{16, 3});
+  CHECK(shape("backbone.layers.2.mixer.A_log") == Shape{16, 6});
+  CHECK(shape("backbone.layers.2.mixer.out_proj.weight") == Shape{16, 16});
+  // Block 1: 3 experts of 24; block 3: 5 of 7.
+  CHECK(shape("backbone.layers.1.mixer.router.weight") == Shape{3, 16});
+  CHECK_FALSE(parameters.find("backbone.layers.1.mixer.experts.3.fc1.weight"));
+  CHECK(shape("backbone.layers.3.mixer.router.weight") == Shape{5, 16});
+  CHECK(shape("backbone.layers.3.mixer.experts.4.fc1.weight") == Shape{7, 16});
+  CHECK(shape("backbone.layers.3.mixer.experts.4.fc2.weight") == Shape{16, 7});
+
+  // Block 1 routes each token once (switch), block 3 twice (top-2).
+  const ModelInput input = small.input(2, 12, 5);
+  ForwardOptions options;
+  options.training = true;
+  const ModelOutput output = small.model->forward(input, options);
+  REQUIRE(output.routing.size() == 4);
+  CHECK(output.routing[1].assignments == 24);
+  CHECK(output.routing[1].load.size() == 3);
+  CHECK(output.routing[3].assignments == 48);
+  CHECK(output.routing[3].load.size() == 5);
+
+  // Block 3's aux_loss_coef is [router]'s 0.5: its aux loss is 50 times that of the same model with 0.01
+  // given in [model.layers.3.router] (the same weights: the same shapes from the same seed).
+  SmallModel explicit_coef(text + "aux_loss_coef = 0.01\n[router]\naux_loss_coef = 0.5\n");
+  const ModelOutput smaller = explicit_coef.model->forward(input, options);
+  REQUIRE(smaller.routing[3].aux_loss > 0);
+  CHECK(output.routing[3].aux_loss / smaller.routing[3].aux_loss == Approx(50.0).epsilon(1e-9));
+  CHECK(output.routing[1].aux_loss == smaller.routing[1].aux_loss);
+}
+
 TEST_CASE("initialisation follows mamba_ssm and is reproducible from the seed", "[model]") {
   SmallModel small(std::string(kSmall) + "depth = 1\n");
   const Tensor& A_log = small.model->parameters().get("backbone.layers.0.mixer.A_log").value;

@@ -349,6 +349,15 @@ TEST_CASE("every block kind's parameter gradients match finite differences", "[g
   }
 }
 
+TEST_CASE("gradients match finite differences with per-block keys ([model.layers.i])", "[gradients]") {
+  // Block 2, a mamba block, with other d_state, d_conv, expand and dt_rank than block 0; block 3 with
+  // more experts of another width and its own router (top-2 over [router]'s switch).
+  run_case({"per-block keys", tiny("depth = 2\norder = [\"mamba\", \"moe\"]\nvocab_size = 11\n"
+                                   "[model.layers.2]\nd_state = 5\nd_conv = 2\nexpand = 1\ndt_rank = 3\n"
+                                   "[model.layers.3]\nnum_experts = 4\nexpert_dim = 6\n"
+                                   "[model.layers.3.router]\nname = \"topk\"\ntop_k = 2\n")});
+}
+
 TEST_CASE("gradients match finite differences for every norm", "[gradients]") {
   for (const std::string norm : {"rmsnorm", "layernorm", "none"}) {
     SECTION(norm) {

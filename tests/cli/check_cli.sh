@@ -28,6 +28,7 @@ expect() {
 seed="$ROOT/experiments/seed_example.toml"
 expect "list shows every kind" 0 "router:" -- "$BIN" list
 expect "list shows the switch router" 0 "switch +top-1" -- "$BIN" list
+expect "list shows the per-block keys" 0 "moe .*per block in \[model.layers.i\]: num_experts, expert_dim, router" -- "$BIN" list
 expect "run the seed example (short)" 0 "output shape \(4, 64, 256\)" -- \
   "$BIN" run "$seed" --set task.seq_len=64 --set run.repeats=1 --out "$WORK/seed"
 expect "summary.json written" 0 "tokens_per_second" -- cat "$WORK/seed/summary.json"
