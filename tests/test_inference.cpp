@@ -188,14 +188,20 @@ TEST_CASE("selective_scan_step, repeated, equals selective_scan_forward and its 
 }
 
 TEST_CASE("step mode equals the parallel forward at every position", "[inference]") {
-  const std::vector<std::string> orders{"[\"mamba\"]", "[\"mamba\", \"moe\"]", "[\"moe\", \"mamba\", \"mlp\"]",
-                                        "[\"mlp\", \"mamba\"]"};
+  // Block orders, the last with per-block keys: block 2 (mamba) with another state size and width, and
+  // its own conv width, block 1 (moe) with more experts.
+  const std::vector<std::pair<std::string, std::string>> orders{
+      {"[\"mamba\"]", ""},
+      {"[\"mamba\", \"moe\"]", ""},
+      {"[\"moe\", \"mamba\", \"mlp\"]", ""},
+      {"[\"mlp\", \"mamba\"]", ""},
+      {"[\"mamba\", \"moe\"]", "[model.layers.2]\nd_state = 7\nexpand = 1\nd_conv = 2\n[model.layers.1]\nnum_experts = 5\n"}};
   const std::vector<std::string> positionals{"[]", "[\"learned\"]", "[\"rotary\"]"};
-  for (const std::string& order : orders) {
+  for (const auto& [order, per_block] : orders) {
     for (int64_t d_conv = 1; d_conv <= 4; ++d_conv) {
       for (const std::string& positional : positionals) {
-        INFO("order " << order << ", d_conv " << d_conv << ", positional " << positional);
-        InferenceModel small(model_text(order, d_conv, positional));
+        INFO("order " << order << ", d_conv " << d_conv << ", positional " << positional << "\n" << per_block);
+        InferenceModel small(model_text(order, d_conv, positional) + per_block);
         const int64_t L = 11, V = small.config.vocab_size;
         const std::vector<int32_t> first = random_tokens(L, V, 3), second = random_tokens(L, V, 4);
         const Tensor expected_first = small.forward_logits(first), expected_second = small.forward_logits(second);
