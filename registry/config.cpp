@@ -31,6 +31,29 @@ const std::string* set_assignment(const SetAssignments* assignments, const std::
   return nullptr;
 }
 
+// The parts of a TOML dotted key: model.d_state → {model, d_state}; sweep."model.d_state" →
+// {sweep, model.d_state}. Read by TOML++ itself, so quoting and spaces follow TOML.
+std::vector<std::string> key_parts(const std::string& assignment, const std::string& key) {
+  std::vector<std::string> parts;
+  try {
+    const toml::table parsed = toml::parse(key + " = 0");
+    const toml::table* table = &parsed;
+    while (table && table->size() == 1) {
+      const auto entry = table->begin();  // (its pair lives in the iterator)
+      parts.emplace_back(entry->first.str());
+      table = entry->second.as_table();
+    }
+    if (table || parts.empty()) parts.clear();
+  } catch (const toml::parse_error&) {
+    parts.clear();
+  }
+  if (parts.empty()) {
+    throw ConfigError("--set " + assignment + ": '" + key + "' is not a key; write table.key, quoting a part " +
+                      "that holds dots: sweep.\"model.d_state\"=[16,32]");
+  }
+  return parts;
+}
+
 }  // namespace
 
 std::string join(const std::vector<std::string>& items) {
@@ -229,11 +252,15 @@ ExperimentFile ExperimentFile::parse(const std::string& text, const std::string&
 }
 
 void ExperimentFile::set(const std::string& assignment) {
-  const size_t equals = assignment.find('=');
-  if (equals == std::string::npos || equals == 0) {
+  // The key ends at the first '=' outside double quotes (a quoted part may hold '=' and '.').
+  size_t equals = 0;
+  for (bool quoted = false; equals < assignment.size() && (quoted || assignment[equals] != '='); ++equals) {
+    if (assignment[equals] == '"') quoted = !quoted;
+  }
+  if (equals == assignment.size() || equals == 0) {
     throw ConfigError("--set " + assignment + ": expected KEY=VALUE, for example model.d_state=32");
   }
-  const std::string key = assignment.substr(0, equals);
+  const std::vector<std::string> parts = key_parts(assignment, assignment.substr(0, equals));
   const std::string text = assignment.substr(equals + 1);
 
   // The value as TOML; "abc" without quotes is taken as the string abc.
@@ -245,22 +272,20 @@ void ExperimentFile::set(const std::string& assignment) {
   }
 
   toml::table* table = root_.get();
-  size_t start = 0;
-  for (size_t dot = key.find('.'); dot != std::string::npos; dot = key.find('.', start)) {
-    const std::string part = key.substr(start, dot - start);
+  std::string path;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    const std::string& part = parts[i];
+    path += (path.empty() ? "" : ".") + part;
     toml::node* child = table->get(part);
     if (!child) {
       table->insert(part, toml::table{});
       child = table->get(part);
     }
-    if (!child->is_table()) throw ConfigError("--set " + assignment + ": '" + part + "' is not a table");
+    if (!child->is_table()) throw ConfigError("--set " + assignment + ": '" + path + "' is not a table");
     table = child->as_table();
-    start = dot + 1;
   }
-  const std::string leaf = key.substr(start);
-  if (leaf.empty()) throw ConfigError("--set " + assignment + ": empty key");
-  table->insert_or_assign(leaf, *parsed.get("value"));
-  (*assignments_)[key] = assignment;
+  table->insert_or_assign(parts.back(), *parsed.get("value"));
+  (*assignments_)[path + (path.empty() ? "" : ".") + parts.back()] = assignment;
 }
 
 ConfigTable ExperimentFile::table(const std::string& name) const {

@@ -74,7 +74,16 @@ TEST_CASE("a --set override reaches any key and creates missing tables", "[confi
   // A bare word is a string, so an unknown router name is reported as such.
   CHECK_THROWS_WITH(load_text("", {"router.name=nosuch"}), Contains("router.name") && Contains("switch"));
   CHECK_THROWS_WITH(load_text("", {"model.d_state"}), Contains("KEY=VALUE"));
-  CHECK_THROWS_WITH(load_text("[model]\ndim = 8\n", {"model.dim.x=1"}), Contains("'dim' is not a table"));
+  CHECK_THROWS_WITH(load_text("[model]\ndim = 8\n", {"model.dim.x=1"}), Contains("'model.dim' is not a table"));
+  // The key is a TOML key: spaces around its parts, and quoted parts that hold dots or '='.
+  const Experiment spaced = load_text("", {"model . d_state = 24"});
+  CHECK(spaced.model.d_state == 24);
+  ExperimentFile quoted = ExperimentFile::parse("", "x.toml");
+  quoted.set("sweep.\"model.d_state\"=[16, 32]");
+  quoted.set("sweep.\"a=b\".c=1");
+  CHECK(quoted.root().at_path("sweep").as_table()->get("model.d_state")->as_array()->size() == 2);
+  CHECK(quoted.root()["sweep"]["a=b"]["c"].value<int64_t>() == 1);
+  CHECK_THROWS_WITH(load_text("", {"model..d_state=3"}), Contains("'model..d_state' is not a key"));
 }
 
 TEST_CASE("errors name the file, the line, the key and what was expected", "[config]") {
