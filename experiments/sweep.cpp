@@ -76,12 +76,6 @@ std::string toml_key(const std::string& key) {
   return bare ? key : quote_toml_string(key);
 }
 
-std::string join(const std::vector<std::string>& items, const std::string& separator) {
-  std::string joined;
-  for (size_t i = 0; i < items.size(); ++i) joined += (i ? separator : "") + items[i];
-  return joined;
-}
-
 }  // namespace
 
 std::string render_toml_value(const toml::node& node) {

@@ -56,9 +56,9 @@ std::vector<std::string> key_parts(const std::string& assignment, const std::str
 
 }  // namespace
 
-std::string join(const std::vector<std::string>& items) {
+std::string join(const std::vector<std::string>& items, const std::string& separator) {
   std::string joined;
-  for (const std::string& item : items) joined += (joined.empty() ? "" : ", ") + item;
+  for (size_t i = 0; i < items.size(); ++i) joined += (i ? separator : "") + items[i];
   return joined;
 }
 

@@ -23,8 +23,8 @@ class ConfigError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// "a, b, c": a list of names for error messages.
-std::string join(const std::vector<std::string>& items);
+// "a, b, c": the items with `separator` between them (names in messages, cells of a table).
+std::string join(const std::vector<std::string>& items, const std::string& separator = ", ");
 
 // "an integer", "a string", ...: what a TOML value is, for error messages.
 std::string type_name(const toml::node& node);
