@@ -12,8 +12,24 @@
 #include "kernels/embedding.h"
 #include "kernels/linear.h"
 #include "kernels/ssm_step.h"
+#include "routers/router.h"
 
 namespace mr1 {
+
+namespace {
+
+// When no block routes through [router] (no moe block, or each has a router table of its own), the
+// table still describes the router it names, so that router reads it as a moe block of [model]'s sizes
+// would: its keys are then known and their values checked, and a key no router reads stays unknown.
+void read_unused_router_table(const ModelConfig& config, const RouterSettings& router,
+                              const ConfigTable& router_table) {
+  ParameterStore scratch;
+  router_registry().get(router.name)(
+      RouterContext{router, router_table, config.num_experts, scratch, "router.", config.dim});
+  router_table.get_int("shared_experts", 0, 0);  // read by the moe block
+}
+
+}  // namespace
 
 Model::Model(const ModelConfig& config, const RouterSettings& router, const ConfigTable& router_table)
     : config_(config) {
@@ -26,6 +42,7 @@ Model::Model(const ModelConfig& config, const RouterSettings& router, const Conf
   for (const std::string& kind : config_.positional) {
     positional_.push_back(positional_registry().get(kind)(parameters_, config_));
   }
+  bool router_table_used = false;  // by a moe block without a router table of its own
   for (int64_t i = 0; i < config_.block_count(); ++i) {
     const std::string prefix = "backbone.layers." + std::to_string(i) + ".";
     norms_.push_back(norm_registry().get(config_.norm)(parameters_, prefix + "norm", D));
@@ -43,7 +60,9 @@ Model::Model(const ModelConfig& config, const RouterSettings& router, const Conf
                                own_table ? *own_table : router_table, parameters_, prefix + "mixer.", i};
     mixers_.push_back(block_registry().get(config_.block_kind(i))(context));
     if (own_table) own_table->reject_unknown_keys();
+    router_table_used = router_table_used || (config_.block_kind(i) == "moe" && !own_table);
   }
+  if (!router_table_used) read_unused_router_table(config_, router, router_table);
   final_norm_ = norm_registry().get(config_.norm)(parameters_, "backbone.norm_f", D);
 }
 

@@ -21,7 +21,8 @@ namespace mr1 {
 namespace {
 
 // The MoE layers of one model share the parameter store; only the first to build its router holds the
-// only "router.weight" in it so far, so the caveat is logged once per model, not once per layer.
+// only "router.weight" in it so far, so the caveat is logged once per model, not once per layer (and not
+// for a router built only to read an unused [router] table, whose store holds no router.weight).
 bool first_router_of_model(const ParameterStore& parameters) {
   const std::string suffix = "router.weight";
   int64_t routers = 0;
@@ -29,7 +30,7 @@ bool first_router_of_model(const ParameterStore& parameters) {
     const std::string& name = parameter->name;
     routers += name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
   }
-  return routers <= 1;
+  return routers == 1;
 }
 
 }  // namespace

@@ -157,6 +157,24 @@ TEST_CASE("per-block keys ([model.layers.i]) are checked against the block's kin
                                    "top_k = 4\n"));
 }
 
+TEST_CASE("[router] is read by the router it names even when no block routes through it", "[config]") {
+  // No moe block: [router]'s keys are those of its router (sinkhorn: iterations, gate), values checked.
+  const std::string mamba_only = "[model]\ndim = 8\norder = [\"mamba\"]\n[router]\nname = \"sinkhorn\"\n";
+  CHECK_NOTHROW(build_text(mamba_only + "iterations = 3\ngate = \"sigmoid\"\nshared_experts = 1\n"));
+  CHECK_THROWS_WITH(build_text(mamba_only + "iterations = 0\n"),
+                    Contains("router.iterations: expected an integer from 1 to 1000, found 0"));
+  CHECK_THROWS_WITH(build_text(mamba_only + "top_k = 2\n"), Contains("router.top_k: unknown key") &&
+                                                                  Contains("iterations"));
+  // Every moe block with a router of its own: [router] is still checked as sinkhorn, and a block's router
+  // takes from it only the keys that router reads.
+  const std::string overridden = "[model]\ndim = 8\nnum_experts = 3\norder = [\"mamba\", \"moe\"]\n"
+                                 "[model.layers.1.router]\nname = \"topk\"\ntop_k = 2\n"
+                                 "[router]\nname = \"sinkhorn\"\ncapacity_factor = 2.0\n";
+  CHECK_NOTHROW(build_text(overridden + "iterations = 3\n"));
+  CHECK_THROWS_WITH(build_text(overridden + "iterations = 0\n"), Contains("router.iterations: expected an integer"));
+  CHECK_THROWS_WITH(build_text(overridden + "bogus = 1\n"), Contains("router.bogus: unknown key"));
+}
+
 TEST_CASE("unknown registry names list the valid ones", "[config]") {
   CHECK_THROWS_WITH(load_text("[model]\norder = [\"mamba\", \"attention\"]\n"),
                     Contains("model.order") && Contains("\"attention\"") && Contains("mamba, mlp, moe"));
