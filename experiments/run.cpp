@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "experiments/files.h"
+#include "experiments/run_report.h"
 #include "experiments/trainer.h"
 #include "kernels/cuda_device.h"
 #include "kernels/elementwise.h"
@@ -127,7 +128,12 @@ RunResult run_experiment(const Experiment& experiment, const std::string& folder
   summary["blocks"] = describe_blocks(experiment.model);
   summary["task"] = built.task->describe();
   write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
-  spdlog::info("wrote {}/summary.json", folder);
+  if (built.task->trainable()) {
+    write_run_report(folder, result.interrupted);
+    spdlog::info("wrote {}/summary.json and report.md (tables and charts)", folder);
+  } else {
+    spdlog::info("wrote {}/summary.json", folder);
+  }
   return result;
 }
 

@@ -24,6 +24,7 @@
 #include "experiments/optimizer.h"
 #include "experiments/plot.h"
 #include "experiments/run.h"
+#include "experiments/run_report.h"
 #include "experiments/trainer.h"
 
 namespace mr1 {
@@ -263,16 +264,6 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes) {
 // The comparison table.
 
 namespace {
-
-std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer) {
-  if (!json.is_object()) return std::nullopt;
-  const nlohmann::json::json_pointer path(pointer);
-  if (!json.contains(path)) return std::nullopt;
-  const nlohmann::json& value = json.at(path);
-  if (!value.is_number()) return std::nullopt;  // NaN is written to JSON as null
-  const double number = value.get<double>();
-  return std::isfinite(number) ? std::optional<double>(number) : std::nullopt;
-}
 
 enum class Format { fixed, percent, grouped };
 
@@ -694,24 +685,10 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
   size_t experts = 0;
   for (const SweepResult& result : results) {
     const nlohmann::json& summary = result.summary;
-    if (!summary.is_object() || !summary.contains("routing") || !summary["routing"].is_array()) continue;
-    BarPanel panel;
+    BarPanel panel = expert_load_panel(summary);
+    if (panel.groups.empty()) continue;
     panel.title = std::to_string(result.run.index) + ": " + result.run.label;
-    size_t panel_experts = 0;
-    bool same_experts = true;  // per-block num_experts may differ: then no single uniform line
-    for (const nlohmann::json& layer : summary["routing"]) {
-      if (!layer.contains("load") || !layer["load"].is_array()) continue;
-      panel.groups.push_back("block " + std::to_string(layer.value("layer", 0)));
-      panel.values.push_back(layer["load"].get<std::vector<double>>());
-      same_experts = same_experts && (panel_experts == 0 || panel_experts == panel.values.back().size());
-      panel_experts = std::max(panel_experts, panel.values.back().size());
-    }
-    if (panel.values.empty()) continue;
-    experts = std::max(experts, panel_experts);
-    if (same_experts) {
-      panel.reference = 1.0 / static_cast<double>(panel_experts);
-      panel.reference_label = "1/" + std::to_string(panel_experts);
-    }
+    for (const auto& values : panel.values) experts = std::max(experts, values.size());
     std::vector<std::string> figures;
     for (const auto& [pointer, name] : {std::pair<std::string, std::string>{"/routing_overall/load_cv", "CV"},
                                         std::pair<std::string, std::string>{"/routing_overall/max_violation", "MaxVio"}}) {
@@ -759,34 +736,6 @@ void validate_run(const Experiment& experiment) {
   optimizer_registry().get(name)(optimizer, built.model->parameters());
   optimizer.reject_unknown_keys();
   training.reject_unknown_keys();
-}
-
-std::string format_duration(double seconds) {
-  const int64_t total = static_cast<int64_t>(std::llround(std::max(0.0, seconds)));
-  char buffer[32];
-  if (total >= 3600) {
-    std::snprintf(buffer, sizeof buffer, "%lldh%02lldm%02llds", static_cast<long long>(total / 3600),
-                  static_cast<long long>(total / 60 % 60), static_cast<long long>(total % 60));
-  } else {
-    std::snprintf(buffer, sizeof buffer, "%lldm%02llds", static_cast<long long>(total / 60),
-                  static_cast<long long>(total % 60));
-  }
-  return buffer;
-}
-
-nlohmann::json read_json_lines(const std::string& path) {
-  nlohmann::json lines = nlohmann::json::array();
-  std::ifstream in(path);
-  std::string text;
-  while (std::getline(in, text)) {
-    if (text.empty()) continue;
-    try {
-      lines.push_back(nlohmann::json::parse(text));
-    } catch (const nlohmann::json::exception&) {
-      break;  // a line cut by a crash: keep what came before
-    }
-  }
-  return lines;
 }
 
 // Fills in the summary (finished or interrupted runs) and the metrics of a run from its folder.

@@ -2,16 +2,18 @@
 // as TOML, the results table and CSV, the SVG plots, resuming a real (tiny) sweep, and the errors.
 #include <filesystem>
 #include <fstream>
-#include <regex>
 
 #include <unistd.h>
 
 #include "experiments/files.h"
 #include "experiments/plot.h"
 #include "experiments/sweep.h"
+#include "svg_check.h"
 #include "test_util.h"
 
 using namespace mr1;
+using test::count;
+using test::require_well_formed_svg;
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
 
@@ -53,34 +55,6 @@ std::string write_text(const std::string& folder, const std::string& name, const
   const std::string path = folder + "/" + name;
   std::ofstream(path) << text;
   return path;
-}
-
-// Tags open and close in a proper nesting, and the document is one <svg> element.
-void require_well_formed_svg(const std::string& svg) {
-  REQUIRE_THAT(svg, StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
-  std::vector<std::string> open;
-  const std::regex tag("<(/?)([a-zA-Z][a-zA-Z0-9]*)[^>]*?(/?)>");
-  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), tag); it != std::sregex_iterator(); ++it) {
-    const std::string closing = (*it)[1], name = (*it)[2], self_closing = (*it)[3];
-    if (!self_closing.empty()) continue;
-    if (closing.empty()) {
-      open.push_back(name);
-      continue;
-    }
-    INFO("closing </" << name << "> at offset " << it->position());
-    REQUIRE(!open.empty());
-    REQUIRE(open.back() == name);
-    open.pop_back();
-  }
-  CHECK(open.empty());
-  CHECK(svg.find("nan") == std::string::npos);
-  CHECK(svg.find("inf\"") == std::string::npos);
-}
-
-size_t count(const std::string& text, const std::string& part) {
-  size_t found = 0;
-  for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++found;
-  return found;
 }
 
 // Synthetic results: what two finished runs and one pending run of a router sweep look like.
@@ -413,6 +387,8 @@ TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finish
   for (const std::string& run : {first, second}) {
     CHECK(std::filesystem::exists(run + "/summary.json"));
     CHECK(std::filesystem::exists(run + "/metrics.jsonl"));
+    CHECK(std::filesystem::exists(run + "/report.md"));  // and its charts, as after every training run
+    require_well_formed_svg(read_file(run + "/loss.svg"));
     // A run's config.toml is that run alone: its seed set, its [sweep] emptied.
     CHECK(read_file(run + "/config.toml").find("seed = [") == std::string::npos);
   }

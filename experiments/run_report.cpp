@@ -1,0 +1,312 @@
+// report.md and the charts of one training run, from the files the run wrote.
+#include "experiments/run_report.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "experiments/files.h"
+#include "registry/config.h"
+
+namespace mr1 {
+
+nlohmann::json read_json_lines(const std::string& path) {
+  nlohmann::json lines = nlohmann::json::array();
+  std::ifstream in(path);
+  std::string text;
+  while (std::getline(in, text)) {
+    if (text.empty()) continue;
+    try {
+      lines.push_back(nlohmann::json::parse(text));
+    } catch (const nlohmann::json::exception&) {
+      break;  // a line cut by a crash: keep what came before
+    }
+  }
+  return lines;
+}
+
+std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer) {
+  if (!json.is_object()) return std::nullopt;
+  const nlohmann::json::json_pointer path(pointer);
+  if (!json.contains(path)) return std::nullopt;
+  const nlohmann::json& value = json.at(path);
+  if (!value.is_number()) return std::nullopt;  // NaN is written to JSON as null
+  const double number = value.get<double>();
+  return std::isfinite(number) ? std::optional<double>(number) : std::nullopt;
+}
+
+std::string format_duration(double seconds) {
+  const int64_t total = static_cast<int64_t>(std::llround(std::max(0.0, seconds)));
+  if (total >= 3600) return fmt::format("{}h{:02}m{:02}s", total / 3600, total / 60 % 60, total % 60);
+  return fmt::format("{}m{:02}s", total / 60, total % 60);
+}
+
+BarPanel expert_load_panel(const nlohmann::json& summary) {
+  BarPanel panel;
+  if (!summary.is_object() || !summary.contains("routing") || !summary["routing"].is_array()) return panel;
+  size_t experts = 0;
+  bool same_experts = true;  // per-block num_experts may differ: then no single uniform line
+  for (const nlohmann::json& layer : summary["routing"]) {
+    if (!layer.contains("load") || !layer["load"].is_array()) continue;
+    panel.groups.push_back("block " + std::to_string(layer.value("layer", 0)));
+    panel.values.push_back(layer["load"].get<std::vector<double>>());
+    same_experts = same_experts && (experts == 0 || experts == panel.values.back().size());
+    experts = std::max(experts, panel.values.back().size());
+  }
+  if (same_experts && experts > 0) {
+    panel.reference = 1.0 / static_cast<double>(experts);
+    panel.reference_label = "1/" + std::to_string(experts);
+  }
+  return panel;
+}
+
+namespace {
+
+// (step, value at `pointer`) over the metrics lines that have both.
+LineSeries series_of(const nlohmann::json& metrics, const std::string& pointer) {
+  LineSeries series;
+  if (!metrics.is_array()) return series;
+  for (const nlohmann::json& entry : metrics) {
+    const auto step = number_at(entry, "/step");
+    const auto value = number_at(entry, pointer);
+    if (!step || !value) continue;
+    series.x.push_back(*step);
+    series.y.push_back(*value);
+  }
+  return series;
+}
+
+// The MoE layers' block numbers, in the order of the metrics lines' "routing" arrays.
+std::vector<int64_t> routed_layers(const nlohmann::json& metrics) {
+  std::vector<int64_t> layers;
+  if (!metrics.is_array()) return layers;
+  for (const nlohmann::json& entry : metrics) {
+    if (!entry.contains("routing") || !entry["routing"].is_array()) continue;
+    for (const nlohmann::json& layer : entry["routing"]) {
+      const int64_t block = layer.value("layer", int64_t{-1});
+      if (std::find(layers.begin(), layers.end(), block) == layers.end()) layers.push_back(block);
+    }
+  }
+  return layers;
+}
+
+// (step, layer's `key`) over the metrics lines whose routing holds that layer.
+LineSeries layer_series(const nlohmann::json& metrics, int64_t block, const std::string& key) {
+  LineSeries series;
+  for (const nlohmann::json& entry : metrics) {
+    const auto step = number_at(entry, "/step");
+    if (!step || !entry.contains("routing") || !entry["routing"].is_array()) continue;
+    for (const nlohmann::json& layer : entry["routing"]) {
+      if (layer.value("layer", int64_t{-1}) != block) continue;
+      if (const auto value = number_at(layer, "/" + key)) {
+        series.x.push_back(*step);
+        series.y.push_back(*value);
+      }
+    }
+  }
+  return series;
+}
+
+std::string fixed(double value, int decimals) { return fmt::format("{:.{}f}", value, decimals); }
+
+// A figure of summary.json, or "–".
+std::string figure(const nlohmann::json& json, const std::string& pointer, int decimals) {
+  const auto value = number_at(json, pointer);
+  return value ? fixed(*value, decimals) : "–";
+}
+
+std::string percent(const nlohmann::json& json, const std::string& pointer) {
+  const auto value = number_at(json, pointer);
+  return value ? fixed(100 * *value, 1) + "%" : "–";
+}
+
+// 12345678 -> "12,345,678".
+std::string grouped(int64_t value) {
+  std::string digits = std::to_string(value < 0 ? -value : value);
+  for (int at = static_cast<int>(digits.size()) - 3; at > 0; at -= 3) digits.insert(static_cast<size_t>(at), ",");
+  return (value < 0 ? "-" : "") + digits;
+}
+
+}  // namespace
+
+std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title) {
+  LineChart chart;
+  chart.title = title;
+  chart.subtitle = "train loss: the mean over each logging window; eval loss: on the eval batches";
+  chart.x_label = "step";
+  chart.y_label = "loss";
+  LineSeries train = series_of(metrics, "/train_loss");
+  LineSeries eval = series_of(metrics, "/eval_loss");
+  eval.dashed = true;
+  eval.colour = train.colour = 0;
+  double low = INFINITY, high = 0;
+  for (const LineSeries* series : {&train, &eval}) {
+    for (double y : series->y) low = std::min(low, y), high = std::max(high, y);
+  }
+  chart.log_y = low > 0 && high / low > 10;
+  if (!train.y.empty()) chart.style_keys.push_back({false, "train loss"});
+  if (!eval.y.empty()) chart.style_keys.push_back({true, "eval loss"});
+  if (!train.y.empty()) chart.series.push_back(std::move(train));
+  if (!eval.y.empty()) chart.series.push_back(std::move(eval));
+  return line_chart_svg(chart);
+}
+
+std::string run_accuracy_svg(const nlohmann::json& metrics, const std::string& title) {
+  LineSeries train = series_of(metrics, "/train_accuracy");
+  LineSeries eval = series_of(metrics, "/eval_accuracy");
+  if (train.y.empty() && eval.y.empty()) return "";
+  LineChart chart;
+  chart.title = title;
+  chart.subtitle = "next-token accuracy on the positions the task scores";
+  chart.x_label = "step";
+  chart.y_label = "accuracy";
+  chart.y_low = 0;
+  chart.y_high = 1;
+  eval.dashed = true;
+  if (!train.y.empty()) chart.style_keys.push_back({false, "train accuracy (each logging window)"});
+  if (!eval.y.empty()) chart.style_keys.push_back({true, "eval accuracy"});
+  if (!train.y.empty()) chart.series.push_back(std::move(train));
+  if (!eval.y.empty()) chart.series.push_back(std::move(eval));
+  return line_chart_svg(chart);
+}
+
+std::string run_routing_svg(const nlohmann::json& metrics, const std::string& title) {
+  const std::vector<int64_t> layers = routed_layers(metrics);
+  if (layers.empty()) return "";
+  LineChart chart;
+  chart.title = title;
+  chart.subtitle = "per MoE layer over each logging window: load CV (coefficient of variation of the experts' "
+                   "load) and drop rate";
+  chart.x_label = "step";
+  chart.y_label = "load CV, drop rate";
+  chart.y_low = 0;
+  bool any_dropped = false;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    LineSeries cv = layer_series(metrics, layers[i], "load_cv");
+    LineSeries dropped = layer_series(metrics, layers[i], "dropped_fraction");
+    cv.label = "block " + std::to_string(layers[i]);
+    cv.colour = dropped.colour = i;
+    dropped.dashed = true;
+    // A router that never drops (no capacity) would draw a flat line at 0 per layer: left out.
+    const bool drops = std::any_of(dropped.y.begin(), dropped.y.end(), [](double y) { return y > 0; });
+    any_dropped = any_dropped || drops;
+    chart.series.push_back(std::move(cv));
+    if (drops) chart.series.push_back(std::move(dropped));
+  }
+  chart.style_keys.push_back({false, "load CV"});
+  if (any_dropped) chart.style_keys.push_back({true, "drop rate (assignments over capacity)"});
+  return line_chart_svg(chart);
+}
+
+std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title) {
+  BarPanel panel = expert_load_panel(summary);
+  if (panel.groups.empty()) return "";
+  size_t experts = 0;
+  for (const auto& values : panel.values) experts = std::max(experts, values.size());
+  panel.title = "load per expert";
+  panel.subtitle = "mean over layers: CV " + figure(summary, "/routing_overall/load_cv", 3) + " · MaxVio " +
+                   figure(summary, "/routing_overall/max_violation", 3) + " · drop " +
+                   percent(summary, "/routing_overall/dropped_fraction");
+  BarPanelGrid grid;
+  grid.title = title;
+  grid.subtitle = "share of the routed tokens per expert, on the eval batches after training";
+  grid.y_label = "load fraction";
+  for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
+  grid.columns = 1;
+  grid.panel_width = std::max(300, static_cast<int>(panel.groups.size() * (experts * 18 + 40)));
+  grid.panels.push_back(std::move(panel));
+  return bar_panels_svg(grid);
+}
+
+std::string run_report_markdown(const std::string& name, const nlohmann::json& summary,
+                                const nlohmann::json& metrics, bool interrupted,
+                                const std::vector<std::string>& charts) {
+  std::ostringstream out;
+  out << "# " << name << "\n\n";
+  const auto text = [&](const char* key) { return summary.is_object() ? summary.value(key, std::string()) : ""; };
+  std::vector<std::string> setup;
+  for (const char* key : {"experiment", "blocks"}) {
+    if (!text(key).empty()) setup.push_back(text(key));
+  }
+  if (const auto parameters = number_at(summary, "/parameters")) {
+    setup.push_back(grouped(static_cast<int64_t>(*parameters)) + " parameters");
+  }
+  if (!text("backend").empty()) setup.push_back("backend " + text("backend"));
+  out << join(setup, " · ") << "  \n";
+  if (!text("task").empty()) out << "task: " << text("task") << "\n";
+
+  const auto steps = number_at(summary, "/steps");
+  const auto seconds = number_at(summary, "/train_seconds");
+  const auto speed = number_at(summary, "/tokens_per_second");
+  out << "\n" << (steps ? grouped(static_cast<int64_t>(*steps)) : "?") << " steps";
+  if (seconds) out << " in " << format_duration(*seconds);
+  if (speed) out << " (" << grouped(std::llround(*speed)) << " tokens/s)";
+  if (interrupted) {
+    out << "; interrupted: continue with `--resume`";
+  } else if (summary.is_object() && summary.value("stopped_early", false)) {
+    out << "; stopped early: eval accuracy reached training.stop_at_eval_accuracy";
+  }
+  out << ".\n\n";
+
+  // Train accuracy is not in summary.json: the last logging window's, from the metrics lines.
+  std::string train_accuracy = "–";
+  const LineSeries accuracy = series_of(metrics, "/train_accuracy");
+  if (!accuracy.y.empty()) train_accuracy = fixed(accuracy.y.back(), 3);
+  out << "| | loss | accuracy |\n|---|---|---|\n"
+      << "| train (last logging window) | " << figure(summary, "/final/train_loss", 4) << " | " << train_accuracy
+      << " |\n"
+      << "| eval (last evaluation) | " << figure(summary, "/final/eval_loss", 4) << " | "
+      << figure(summary, "/final/eval_accuracy", 3) << " |\n";
+
+  if (summary.is_object() && summary.contains("routing") && summary["routing"].is_array()) {
+    out << "\n## Routing at the end (eval batches)\n\n"
+        << "| block | experts | load CV | MaxVio | drop rate | entropy | aux loss | z loss |\n"
+        << "|---|---|---|---|---|---|---|---|\n";
+    const auto row = [&](const std::string& block, const std::string& experts, const nlohmann::json& figures) {
+      out << "| " << block << " | " << experts << " | " << figure(figures, "/load_cv", 3) << " | "
+          << figure(figures, "/max_violation", 3) << " | " << percent(figures, "/dropped_fraction") << " | "
+          << figure(figures, "/entropy", 3) << " | " << figure(figures, "/aux_loss", 4) << " | "
+          << figure(figures, "/z_loss", 4) << " |\n";
+    };
+    for (const nlohmann::json& layer : summary["routing"]) {
+      const size_t experts = layer.contains("load") && layer["load"].is_array() ? layer["load"].size() : 0;
+      row(std::to_string(layer.value("layer", int64_t{-1})), std::to_string(experts), layer);
+    }
+    if (summary.contains("routing_overall")) row("mean", "", summary["routing_overall"]);
+    out << "\nload CV: coefficient of variation of the experts' load; MaxVio: max load / mean load − 1; drop "
+           "rate: assignments dropped for capacity; entropy: the mean per token of the entropy of the router's "
+           "probabilities over log(experts) (1: uniform).\n";
+  }
+  if (!charts.empty()) out << "\n";
+  for (const std::string& chart : charts) {
+    out << "![" << chart.substr(0, chart.rfind('.')) << "](" << chart << ")\n";
+  }
+  return out.str();
+}
+
+void write_run_report(const std::string& folder, bool interrupted) {
+  const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
+  const std::string metrics_path = folder + "/metrics.jsonl";
+  const nlohmann::json metrics =
+      std::filesystem::exists(metrics_path) ? read_json_lines(metrics_path) : nlohmann::json::array();
+  const std::string name = std::filesystem::path(folder).filename().string();
+  const std::vector<std::pair<std::string, std::string>> charts{
+      {"loss.svg", run_loss_svg(metrics, name + ": loss")},
+      {"accuracy.svg", run_accuracy_svg(metrics, name + ": accuracy")},
+      {"routing.svg", run_routing_svg(metrics, name + ": routing during training")},
+      {"expert_load.svg", run_expert_load_svg(summary, name + ": expert load")}};
+  std::vector<std::string> written;
+  for (const auto& [file, svg] : charts) {
+    if (svg.empty()) continue;
+    write_file_atomic(folder + "/" + file, svg);
+    written.push_back(file);
+  }
+  write_file_atomic(folder + "/report.md", run_report_markdown(name, summary, metrics, interrupted, written));
+}
+
+}  // namespace mr1

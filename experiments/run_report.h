@@ -1,0 +1,49 @@
+// What a person reads after a training run: report.md in the run folder (the figures of summary.json as
+// tables) and its charts (loss, accuracy, routing over the steps, the experts' final load), all from
+// summary.json and metrics.jsonl. The sweep's report uses the same readers and the expert-load panel.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+#include "experiments/plot.h"
+
+namespace mr1 {
+
+// The lines of a JSON-lines file as an array; a last line cut short by a crash ends it quietly.
+nlohmann::json read_json_lines(const std::string& path);
+// The finite number at a JSON pointer ("/final/eval_loss"), or nothing (absent, not a number, or NaN,
+// which JSON stores as null).
+std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer);
+// "0m07s", "12m30s", "1h02m03s".
+std::string format_duration(double seconds);
+
+// One bar group per MoE layer of summary["routing"] ("block 3": the load fraction of each expert), with
+// the uniform 1/X reference line when every layer has X experts. No groups when there is no routing.
+BarPanel expert_load_panel(const nlohmann::json& summary);
+
+// The charts of one run from its metrics lines; `title` heads each. An empty string when the lines hold
+// nothing to draw (accuracy: no train or eval accuracy; routing: no MoE layer).
+// Train loss (solid) and eval loss (dashed) against the step, log scale when they span a factor of 10.
+std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title);
+// Train accuracy (solid, over each logging window) and eval accuracy (dashed), from 0 to 1.
+std::string run_accuracy_svg(const nlohmann::json& metrics, const std::string& title);
+// Per MoE layer, one colour: the load CV of each logging window (solid) and its drop rate (dashed).
+std::string run_routing_svg(const nlohmann::json& metrics, const std::string& title);
+// The experts' load per MoE layer at the end (on the eval batches), from summary.json.
+std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title);
+
+// report.md: the run's setup and outcome, final losses and accuracies, routing per MoE layer, and the
+// charts named in `charts` (file names beside report.md) as images.
+std::string run_report_markdown(const std::string& name, const nlohmann::json& summary,
+                                const nlohmann::json& metrics, bool interrupted,
+                                const std::vector<std::string>& charts);
+
+// Reads summary.json and metrics.jsonl of a training run's folder and writes report.md and the charts
+// (loss.svg, accuracy.svg, routing.svg, expert_load.svg; those with something to draw) beside them, each
+// to a temporary file renamed into place.
+void write_run_report(const std::string& folder, bool interrupted);
+
+}  // namespace mr1
