@@ -112,6 +112,18 @@ LineSeries layer_series(const nlohmann::json& metrics, int64_t block, const std:
   return series;
 }
 
+// A train series (solid) and its eval series (dashed, the same colour), each with its style key, when
+// it has points.
+void add_train_and_eval(LineChart& chart, LineSeries train, LineSeries eval, const std::string& train_key,
+                        const std::string& eval_key) {
+  eval.dashed = true;
+  for (auto [series, key] : {std::pair<LineSeries*, const std::string*>{&train, &train_key}, {&eval, &eval_key}}) {
+    if (series->y.empty()) continue;
+    chart.style_keys.push_back({series->dashed, *key});
+    chart.series.push_back(std::move(*series));
+  }
+}
+
 std::string fixed(double value, int decimals) { return fmt::format("{:.{}f}", value, decimals); }
 
 // A figure of summary.json, or "–".
@@ -140,19 +152,13 @@ std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title
   chart.subtitle = "train loss: the mean over each logging window; eval loss: on the eval batches";
   chart.x_label = "step";
   chart.y_label = "loss";
-  LineSeries train = series_of(metrics, "/train_loss");
-  LineSeries eval = series_of(metrics, "/eval_loss");
-  eval.dashed = true;
-  eval.colour = train.colour = 0;
+  add_train_and_eval(chart, series_of(metrics, "/train_loss"), series_of(metrics, "/eval_loss"), "train loss",
+                     "eval loss");
   double low = INFINITY, high = 0;
-  for (const LineSeries* series : {&train, &eval}) {
-    for (double y : series->y) low = std::min(low, y), high = std::max(high, y);
+  for (const LineSeries& series : chart.series) {
+    for (double y : series.y) low = std::min(low, y), high = std::max(high, y);
   }
   chart.log_y = low > 0 && high / low > 10;
-  if (!train.y.empty()) chart.style_keys.push_back({false, "train loss"});
-  if (!eval.y.empty()) chart.style_keys.push_back({true, "eval loss"});
-  if (!train.y.empty()) chart.series.push_back(std::move(train));
-  if (!eval.y.empty()) chart.series.push_back(std::move(eval));
   return line_chart_svg(chart);
 }
 
@@ -167,11 +173,8 @@ std::string run_accuracy_svg(const nlohmann::json& metrics, const std::string& t
   chart.y_label = "accuracy";
   chart.y_low = 0;
   chart.y_high = 1;
-  eval.dashed = true;
-  if (!train.y.empty()) chart.style_keys.push_back({false, "train accuracy (each logging window)"});
-  if (!eval.y.empty()) chart.style_keys.push_back({true, "eval accuracy"});
-  if (!train.y.empty()) chart.series.push_back(std::move(train));
-  if (!eval.y.empty()) chart.series.push_back(std::move(eval));
+  add_train_and_eval(chart, std::move(train), std::move(eval), "train accuracy (each logging window)",
+                     "eval accuracy");
   return line_chart_svg(chart);
 }
 
