@@ -43,7 +43,8 @@ std::optional<double> number_at(const nlohmann::json& json, const std::string& p
 std::string format_duration(double seconds) {
   const int64_t total = static_cast<int64_t>(std::llround(std::max(0.0, seconds)));
   if (total >= 3600) return fmt::format("{}h{:02}m{:02}s", total / 3600, total / 60 % 60, total % 60);
-  return fmt::format("{}m{:02}s", total / 60, total % 60);
+  if (total >= 60) return fmt::format("{}m{:02}s", total / 60, total % 60);
+  return fmt::format("{}s", total);
 }
 
 BarPanel expert_load_panel(const nlohmann::json& summary) {

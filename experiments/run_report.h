@@ -17,7 +17,7 @@ nlohmann::json read_json_lines(const std::string& path);
 // The finite number at a JSON pointer ("/final/eval_loss"), or nothing (absent, not a number, or NaN,
 // which JSON stores as null).
 std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer);
-// "0m07s", "12m30s", "1h02m03s".
+// Whole seconds, rounded: "7s", "12m30s", "1h02m03s".
 std::string format_duration(double seconds);
 
 // One bar group per MoE layer of summary["routing"] ("block 3": the load fraction of each expert), with

@@ -10,12 +10,12 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "blocks/random.h"
 #include "experiments/files.h"
 #include "experiments/loss.h"
 #include "experiments/optimizer.h"
+#include "experiments/run_report.h"
 #include "experiments/safetensors.h"
 #include "kernels/cuda_device.h"
 
@@ -117,15 +117,6 @@ nlohmann::json overall_routing(const nlohmann::json& layers) {
     overall[key] = total / static_cast<double>(layers.size());
   }
   return overall;
-}
-
-std::string format_duration(double seconds) {
-  const int64_t total = static_cast<int64_t>(std::max(0.0, seconds));
-  std::ostringstream out;
-  if (total >= 3600) out << total / 3600 << "h";
-  if (total >= 60) out << (total / 60) % 60 << "m";
-  out << total % 60 << "s";
-  return out.str();
 }
 
 struct Evaluation {

@@ -65,10 +65,11 @@ nlohmann::json synthetic_summary(std::vector<double> second_load) {
 }  // namespace
 
 TEST_CASE("run report: the readers the sweep shares", "[report]") {
-  CHECK(format_duration(0.4) == "0m00s");
+  CHECK(format_duration(0.4) == "0s");
+  CHECK(format_duration(59.6) == "1m00s");
   CHECK(format_duration(65.4) == "1m05s");
   CHECK(format_duration(3723) == "1h02m03s");
-  CHECK(format_duration(-3) == "0m00s");
+  CHECK(format_duration(-3) == "0s");
 
   const nlohmann::json json = {{"a", {{"b", 1.5}}}, {"n", nullptr}, {"s", "text"}};
   CHECK(number_at(json, "/a/b") == 1.5);
