@@ -293,23 +293,51 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
   return out.str();
 }
 
-void write_run_report(const std::string& folder, bool interrupted) {
-  const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
-  const std::string metrics_path = folder + "/metrics.jsonl";
-  const nlohmann::json metrics =
-      std::filesystem::exists(metrics_path) ? read_json_lines(metrics_path) : nlohmann::json::array();
-  const std::string name = std::filesystem::path(folder).filename().string();
-  const std::vector<std::pair<std::string, std::string>> charts{
-      {"loss.svg", run_loss_svg(metrics, name + ": loss")},
-      {"accuracy.svg", run_accuracy_svg(metrics, name + ": accuracy")},
-      {"routing.svg", run_routing_svg(metrics, name + ": routing during training")},
-      {"expert_load.svg", run_expert_load_svg(summary, name + ": expert load")}};
+namespace {
+
+// Writes each chart that has something to draw; returns their file names.
+std::vector<std::string> write_charts(const std::string& folder,
+                                      const std::vector<std::pair<std::string, std::string>>& charts) {
   std::vector<std::string> written;
   for (const auto& [file, svg] : charts) {
     if (svg.empty()) continue;
     write_file_atomic(folder + "/" + file, svg);
     written.push_back(file);
   }
+  return written;
+}
+
+nlohmann::json read_metrics(const std::string& folder) {
+  const std::string path = folder + "/metrics.jsonl";
+  return std::filesystem::exists(path) ? read_json_lines(path) : nlohmann::json::array();
+}
+
+std::string folder_name(const std::string& folder) {
+  std::filesystem::path path(folder);
+  if (!path.has_filename()) path = path.parent_path();  // "runs/x/"
+  return path.filename().string();
+}
+
+std::vector<std::pair<std::string, std::string>> metrics_charts(const nlohmann::json& metrics,
+                                                                const std::string& name) {
+  return {{"loss.svg", run_loss_svg(metrics, name + ": loss")},
+          {"accuracy.svg", run_accuracy_svg(metrics, name + ": accuracy")},
+          {"routing.svg", run_routing_svg(metrics, name + ": routing during training")}};
+}
+
+}  // namespace
+
+void write_progress_charts(const std::string& folder) {
+  write_charts(folder, metrics_charts(read_metrics(folder), folder_name(folder)));
+}
+
+void write_run_report(const std::string& folder, bool interrupted) {
+  const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
+  const nlohmann::json metrics = read_metrics(folder);
+  const std::string name = folder_name(folder);
+  std::vector<std::pair<std::string, std::string>> charts = metrics_charts(metrics, name);
+  charts.push_back({"expert_load.svg", run_expert_load_svg(summary, name + ": expert load")});
+  const std::vector<std::string> written = write_charts(folder, charts);
   write_file_atomic(folder + "/report.md", run_report_markdown(name, summary, metrics, interrupted, written));
 }
 

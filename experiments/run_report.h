@@ -41,6 +41,11 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
                                 const nlohmann::json& metrics, bool interrupted,
                                 const std::vector<std::string>& charts);
 
+// loss.svg, accuracy.svg and routing.svg (those with something to draw) from the metrics.jsonl of a
+// run folder, written beside it: the trainer calls it after each evaluation, so that the charts follow
+// a long run as it goes.
+void write_progress_charts(const std::string& folder);
+
 // Reads summary.json and metrics.jsonl of a training run's folder and writes report.md and the charts
 // (loss.svg, accuracy.svg, routing.svg, expert_load.svg; those with something to draw) beside them, each
 // to a temporary file renamed into place.

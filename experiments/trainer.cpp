@@ -331,6 +331,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
       stopped_early = settings.stop_at_eval_accuracy > 0 && evaluation.accuracy >= settings.stop_at_eval_accuracy;
     }
     if (!entry.empty()) metrics << entry.dump() << "\n" << std::flush;
+    if (evaluate_now && !last && !stopped_early) write_progress_charts(folder);  // the run report redraws them
     if (evaluate_now || interrupted || stopped_early) save_checkpoint(folder, model, *optimizer, state);
     if (interrupted) {
       spdlog::warn("interrupted at step {}: checkpoint saved in {}; continue with --resume --out {}", state.step,

@@ -160,3 +160,34 @@ TEST_CASE("run report: report.md states the summary's figures", "[report]") {
   CHECK(interrupted.find("Routing") == std::string::npos);
   CHECK(interrupted.find("![") == std::string::npos);
 }
+
+TEST_CASE("run report: the files written into a run folder", "[report]") {
+  const std::string folder =
+      (std::filesystem::temp_directory_path() / ("mamba_r1_report_run_" + std::to_string(::getpid()))).string();
+  std::filesystem::remove_all(folder);
+  std::filesystem::create_directories(folder);
+  std::string lines;
+  for (const nlohmann::json& line : synthetic_metrics()) lines += line.dump() + "\n";
+  write_file_atomic(folder + "/metrics.jsonl", lines);
+
+  // During training: the three charts of the metrics, no report yet.
+  write_progress_charts(folder + "/");
+  for (const char* file : {"loss.svg", "accuracy.svg", "routing.svg"}) {
+    INFO(file);
+    require_well_formed_svg(read_file(folder + "/" + file));
+  }
+  CHECK_FALSE(std::filesystem::exists(folder + "/expert_load.svg"));
+  CHECK_FALSE(std::filesystem::exists(folder + "/report.md"));
+  const std::string name = std::filesystem::path(folder).filename().string();
+  CHECK_THAT(read_file(folder + "/loss.svg"), Contains(">" + name + ": loss</text>"));  // named without the '/'
+
+  // At the end: report.md with every chart, the expert load from summary.json.
+  write_file_atomic(folder + "/summary.json", synthetic_summary({0.25, 0.25, 0.25, 0.25}).dump());
+  write_run_report(folder, false);
+  const std::string report = read_file(folder + "/report.md");
+  CHECK_THAT(report, StartsWith("# " + name + "\n"));
+  CHECK_THAT(report, Contains("![loss](loss.svg)\n![accuracy](accuracy.svg)\n![routing](routing.svg)\n"
+                              "![expert_load](expert_load.svg)\n"));
+  require_well_formed_svg(read_file(folder + "/expert_load.svg"));
+  std::filesystem::remove_all(folder);
+}

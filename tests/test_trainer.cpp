@@ -11,6 +11,7 @@
 #include "experiments/optimizer.h"
 #include "experiments/trainer.h"
 #include "kernels/optimizer_ops.h"
+#include "svg_check.h"
 #include "test_util.h"
 
 using namespace mr1;
@@ -188,6 +189,13 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
   for (const char* file : {"model.safetensors", "optimizer.safetensors", "trainer_state.json"}) {
     CHECK(std::filesystem::exists(folder + "/" + file));
   }
+  // The charts as of the evaluation at step 6 (the one at the last step is left to the run report): train
+  // loss at steps 3 and 6, one eval point.
+  const std::string loss = read_file(folder + "/loss.svg");
+  CHECK(test::count(loss, "<circle") == 1);
+  CHECK(test::count(loss, "<polyline") == 2);
+  CHECK(std::filesystem::exists(folder + "/routing.svg"));
+  CHECK_FALSE(std::filesystem::exists(folder + "/report.md"));
   std::filesystem::remove_all(folder);
 }
 
