@@ -77,6 +77,29 @@ double nice_bound(double value, bool up) {
   return best;
 }
 
+// A line of more points than its plot has pixel columns looks the same drawn through the first, lowest,
+// highest and last point of each column, in their order: the others are left out (min/max decimation,
+// which keeps every spike). Lines of up to 4 points per column are kept whole.
+std::vector<std::pair<double, double>> decimate(const std::vector<std::pair<double, double>>& points, double columns) {
+  if (static_cast<double>(points.size()) <= 4 * columns) return points;
+  std::vector<std::pair<double, double>> kept;
+  for (size_t begin = 0; begin < points.size();) {
+    const double column = std::floor(points[begin].first);
+    size_t end = begin, low = begin, high = begin;
+    for (; end < points.size() && std::floor(points[end].first) == column; ++end) {
+      if (points[end].second < points[low].second) low = end;
+      if (points[end].second > points[high].second) high = end;
+    }
+    size_t chosen[] = {begin, low, high, end - 1};
+    std::sort(std::begin(chosen), std::end(chosen));
+    for (size_t i = 0; i < 4; ++i) {
+      if (i == 0 || chosen[i] != chosen[i - 1]) kept.push_back(points[chosen[i]]);
+    }
+    begin = end;
+  }
+  return kept;
+}
+
 double tick_step(const std::vector<double>& ticks) { return ticks.size() > 1 ? ticks[1] - ticks[0] : 1.0; }
 
 }  // namespace
@@ -239,12 +262,16 @@ std::string line_chart_svg(const LineChart& chart) {
   out << "<g clip-path=\"url(#plot-area)\" fill=\"none\" stroke-linejoin=\"round\" stroke-linecap=\"round\">\n";
   std::vector<std::pair<size_t, std::string>> markers;  // (colour, points) of the series that get dots
   for (const LineSeries& series : chart.series) {
-    std::ostringstream points;
-    int count = 0;
+    std::vector<std::pair<double, double>> pixels;
     for (size_t i = 0; i < series.x.size() && i < series.y.size(); ++i) {
       const double x = series.x[i], y = series.y[i];
       if (!std::isfinite(x) || !std::isfinite(y) || (chart.log_y && y <= 0)) continue;
-      points << (count++ ? " " : "") << number(x_axis.to_pixel(x)) << "," << number(y_axis.to_pixel(y));
+      pixels.push_back({x_axis.to_pixel(x), y_axis.to_pixel(y)});
+    }
+    std::ostringstream points;
+    int count = 0;
+    for (const auto& [x, y] : decimate(pixels, right - left)) {
+      points << (count++ ? " " : "") << number(x) << "," << number(y);
     }
     const std::string colour = plot_colour(series.colour);
     out << "<polyline data-series=\"" << xml_escape(series.label) << "\" points=\"" << points.str()

@@ -30,14 +30,21 @@ nlohmann::json read_json_lines(const std::string& path) {
   return lines;
 }
 
+namespace {
+
+std::optional<double> finite_number(const nlohmann::json& value) {
+  if (!value.is_number()) return std::nullopt;  // NaN is written to JSON as null
+  const double number = value.get<double>();
+  return std::isfinite(number) ? std::optional<double>(number) : std::nullopt;
+}
+
+}  // namespace
+
 std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer) {
   if (!json.is_object()) return std::nullopt;
   const nlohmann::json::json_pointer path(pointer);
   if (!json.contains(path)) return std::nullopt;
-  const nlohmann::json& value = json.at(path);
-  if (!value.is_number()) return std::nullopt;  // NaN is written to JSON as null
-  const double number = value.get<double>();
-  return std::isfinite(number) ? std::optional<double>(number) : std::nullopt;
+  return finite_number(json.at(path));
 }
 
 std::string format_duration(double seconds) {
@@ -68,13 +75,21 @@ BarPanel expert_load_panel(const nlohmann::json& summary) {
 
 namespace {
 
-// (step, value at `pointer`) over the metrics lines that have both.
-LineSeries series_of(const nlohmann::json& metrics, const std::string& pointer) {
+// The finite number under `key` of a JSON object, or nothing (number_at for one key, without parsing a
+// pointer: the charts read every metrics line).
+std::optional<double> number_in(const nlohmann::json& object, const char* key) {
+  if (!object.is_object()) return std::nullopt;
+  const auto found = object.find(key);
+  return found == object.end() ? std::nullopt : finite_number(*found);
+}
+
+// (step, value of `key`) over the metrics lines that have both.
+LineSeries series_of(const nlohmann::json& metrics, const char* key) {
   LineSeries series;
   if (!metrics.is_array()) return series;
   for (const nlohmann::json& entry : metrics) {
-    const auto step = number_at(entry, "/step");
-    const auto value = number_at(entry, pointer);
+    const auto step = number_in(entry, "step");
+    const auto value = number_in(entry, key);
     if (!step || !value) continue;
     series.x.push_back(*step);
     series.y.push_back(*value);
@@ -82,35 +97,34 @@ LineSeries series_of(const nlohmann::json& metrics, const std::string& pointer) 
   return series;
 }
 
-// The MoE layers' block numbers, in the order of the metrics lines' "routing" arrays.
-std::vector<int64_t> routed_layers(const nlohmann::json& metrics) {
-  std::vector<int64_t> layers;
+// Per MoE layer, in the order first met: its block number and its (step, load CV) and (step, drop rate)
+// series, in one pass over the metrics lines.
+struct LayerSeries {
+  int64_t block;
+  LineSeries cv, dropped;
+};
+
+std::vector<LayerSeries> layer_series(const nlohmann::json& metrics) {
+  std::vector<LayerSeries> layers;
   if (!metrics.is_array()) return layers;
   for (const nlohmann::json& entry : metrics) {
-    if (!entry.contains("routing") || !entry["routing"].is_array()) continue;
-    for (const nlohmann::json& layer : entry["routing"]) {
+    const auto step = number_in(entry, "step");
+    const auto routing = entry.find("routing");
+    if (!step || routing == entry.end() || !routing->is_array()) continue;
+    for (const nlohmann::json& layer : *routing) {
       const int64_t block = layer.value("layer", int64_t{-1});
-      if (std::find(layers.begin(), layers.end(), block) == layers.end()) layers.push_back(block);
-    }
-  }
-  return layers;
-}
-
-// (step, layer's `key`) over the metrics lines whose routing holds that layer.
-LineSeries layer_series(const nlohmann::json& metrics, int64_t block, const std::string& key) {
-  LineSeries series;
-  for (const nlohmann::json& entry : metrics) {
-    const auto step = number_at(entry, "/step");
-    if (!step || !entry.contains("routing") || !entry["routing"].is_array()) continue;
-    for (const nlohmann::json& layer : entry["routing"]) {
-      if (layer.value("layer", int64_t{-1}) != block) continue;
-      if (const auto value = number_at(layer, "/" + key)) {
-        series.x.push_back(*step);
-        series.y.push_back(*value);
+      auto found = std::find_if(layers.begin(), layers.end(), [&](const LayerSeries& l) { return l.block == block; });
+      if (found == layers.end()) found = layers.insert(layers.end(), LayerSeries{block, {}, {}});
+      for (auto [series, key] : {std::pair<LineSeries*, const char*>{&found->cv, "load_cv"},
+                                 {&found->dropped, "dropped_fraction"}}) {
+        if (const auto value = number_in(layer, key)) {
+          series->x.push_back(*step);
+          series->y.push_back(*value);
+        }
       }
     }
   }
-  return series;
+  return layers;
 }
 
 // A train series (solid) and its eval series (dashed, the same colour), each with its style key, when
@@ -153,7 +167,7 @@ std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title
   chart.subtitle = "train loss: the mean over each logging window; eval loss: on the eval batches";
   chart.x_label = "step";
   chart.y_label = "loss";
-  add_train_and_eval(chart, series_of(metrics, "/train_loss"), series_of(metrics, "/eval_loss"), "train loss",
+  add_train_and_eval(chart, series_of(metrics, "train_loss"), series_of(metrics, "eval_loss"), "train loss",
                      "eval loss");
   double low = INFINITY, high = 0;
   for (const LineSeries& series : chart.series) {
@@ -164,8 +178,8 @@ std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title
 }
 
 std::string run_accuracy_svg(const nlohmann::json& metrics, const std::string& title) {
-  LineSeries train = series_of(metrics, "/train_accuracy");
-  LineSeries eval = series_of(metrics, "/eval_accuracy");
+  LineSeries train = series_of(metrics, "train_accuracy");
+  LineSeries eval = series_of(metrics, "eval_accuracy");
   if (train.y.empty() && eval.y.empty()) return "";
   LineChart chart;
   chart.title = title;
@@ -180,7 +194,7 @@ std::string run_accuracy_svg(const nlohmann::json& metrics, const std::string& t
 }
 
 std::string run_routing_svg(const nlohmann::json& metrics, const std::string& title) {
-  const std::vector<int64_t> layers = routed_layers(metrics);
+  std::vector<LayerSeries> layers = layer_series(metrics);
   if (layers.empty()) return "";
   LineChart chart;
   chart.title = title;
@@ -188,12 +202,11 @@ std::string run_routing_svg(const nlohmann::json& metrics, const std::string& ti
                    "load) and drop rate";
   chart.x_label = "step";
   chart.y_label = "load CV, drop rate";
-  chart.y_low = 0;
   bool any_dropped = false;
   for (size_t i = 0; i < layers.size(); ++i) {
-    LineSeries cv = layer_series(metrics, layers[i], "load_cv");
-    LineSeries dropped = layer_series(metrics, layers[i], "dropped_fraction");
-    cv.label = "block " + std::to_string(layers[i]);
+    LineSeries& cv = layers[i].cv;
+    LineSeries& dropped = layers[i].dropped;
+    cv.label = "block " + std::to_string(layers[i].block);
     cv.colour = dropped.colour = i;
     dropped.dashed = true;
     // A router that never drops (no capacity) would draw a flat line at 0 per layer: left out.
@@ -259,7 +272,7 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
 
   // Train accuracy is not in summary.json: the last logging window's, from the metrics lines.
   std::string train_accuracy = "–";
-  const LineSeries accuracy = series_of(metrics, "/train_accuracy");
+  const LineSeries accuracy = series_of(metrics, "train_accuracy");
   if (!accuracy.y.empty()) train_accuracy = fixed(accuracy.y.back(), 3);
   out << "| | loss | accuracy |\n|---|---|---|\n"
       << "| train (last logging window) | " << figure(summary, "/final/train_loss", 4) << " | " << train_accuracy

@@ -2,6 +2,8 @@
 // as TOML, the results table and CSV, the SVG plots, resuming a real (tiny) sweep, and the errors.
 #include <filesystem>
 #include <fstream>
+#include <regex>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -376,6 +378,46 @@ TEST_CASE("plot: ticks are round numbers that cover the range", "[sweep]") {
   CHECK(tick_label(1500, 500) == "1500");
   CHECK(tick_label(0.0001, 0.0001) == "1e-04");
   require_well_formed_svg(line_chart_svg(LineChart{}));  // no data still renders
+}
+
+TEST_CASE("plot: a line of many more points than pixels keeps each column's extremes", "[sweep]") {
+  // 100,000 steps of a slow wave with one spike at step 61,234: drawn through at most 4 points per pixel
+  // column, with the same highest and lowest pixel, the spike among them.
+  LineChart chart;
+  LineSeries wave;
+  for (int step = 1; step <= 100000; ++step) {
+    wave.x.push_back(step);
+    wave.y.push_back(step == 61234 ? 5.0 : 2.0 + std::sin(step / 5000.0) + 0.1 * std::sin(step * 1.7));
+  }
+  LineSeries whole = wave;  // of 300 points: kept as they are
+  whole.x.resize(300);
+  whole.y.resize(300);
+  chart.series = {wave, whole};
+  const std::string svg = line_chart_svg(chart);
+  require_well_formed_svg(svg);
+  std::vector<std::vector<std::pair<double, double>>> lines;
+  // (std::regex recurses per character: a long match would overflow the stack.)
+  for (size_t at = svg.find("<polyline"); at != std::string::npos; at = svg.find("<polyline", at + 1)) {
+    const size_t begin = svg.find(" points=\"", at) + 9;
+    std::istringstream points(svg.substr(begin, svg.find('"', begin) - begin));
+    lines.emplace_back();
+    for (std::string point; points >> point;) {
+      const size_t comma = point.find(',');
+      lines.back().push_back({std::stod(point.substr(0, comma)), std::stod(point.substr(comma + 1))});
+    }
+  }
+  REQUIRE(lines.size() == 2);
+  const std::vector<std::pair<double, double>>& drawn = lines[0];
+  CHECK(drawn.size() > 1000);  // one to four per column of a plot some hundreds of pixels wide
+  CHECK(drawn.size() < 4000);
+  CHECK(lines[1].size() == 300);
+  const auto by_y = [](const auto& a, const auto& b) { return a.second < b.second; };
+  const auto top = std::min_element(drawn.begin(), drawn.end(), by_y);   // the spike: SVG's y grows downwards
+  const auto bottom = std::max_element(drawn.begin(), drawn.end(), by_y);
+  // The spike is 3 above the wave's top (3.1): the highest point, far above the others.
+  CHECK(std::count_if(drawn.begin(), drawn.end(), [&](const auto& p) { return p.second < top->second + 20; }) == 1);
+  CHECK(bottom->second > top->second + 100);
+  CHECK(std::is_sorted(drawn.begin(), drawn.end(), [](const auto& a, const auto& b) { return a.first < b.first; }));
 }
 
 TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finished runs", "[sweep]") {
