@@ -365,7 +365,14 @@ std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vect
   for (size_t i = 0; i < columns.size(); ++i) out << "--:|";
   out << "\n";
   for (const SweepResult& result : results) {
-    out << "| " << result.run.index << " |";
+    // A run that trained has its own report beside its files.
+    const bool reported = (result.status == "done" || result.status == "interrupted") && result.summary.is_object() &&
+                          result.summary.contains("steps");
+    if (reported) {
+      out << "| [" << result.run.index << "](<runs/" << result.run.name << "/report.md>) |";
+    } else {
+      out << "| " << result.run.index << " |";
+    }
     for (size_t a = 0; a < axes.size() && a < result.run.choice.size(); ++a) {
       out << " " << markdown_cell(axes[a].shown[result.run.choice[a]]) << " |";
     }

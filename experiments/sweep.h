@@ -88,7 +88,7 @@ struct SweepResult {
 // The comparison table, one row per run: the swept values, status, final eval loss and accuracy,
 // train loss, tokens/s, load CV, MaxVio, drop rate (routing_overall), parameters, steps, time.
 // Missing values are "–" in Markdown and empty in CSV. In Markdown the best eval loss and accuracy
-// among the finished runs are bold.
+// among the finished runs are bold. The number of a run that trained links to its report.md.
 std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 // When run.seed is swept over two or more values: one row per combination of the other swept values,

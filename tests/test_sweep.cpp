@@ -236,10 +236,11 @@ TEST_CASE("sweep: the Markdown table has a row per run with the swept values and
   INFO(table);
   CHECK_THAT(table, StartsWith("| # | router.name | status | eval loss | eval acc | train loss | tokens/s | load CV | "
                                "MaxVio | drop rate | parameters | steps | time (s) |\n"));
-  CHECK_THAT(table, Contains("| 0 | switch | done | 0.5000 | 0.750 | 0.6000 | 12,346 | 0.224 | 0.600 | 1.2% | "
-                             "199,752 | 600 | 61 |"));
+  // A finished run's number links to its report.
+  CHECK_THAT(table, Contains("| [0](<runs/" + results[0].run.name + "/report.md>) | switch | done | 0.5000 | 0.750 | "
+                             "0.6000 | 12,346 | 0.224 | 0.600 | 1.2% | 199,752 | 600 | 61 |"));
   // The best eval loss and accuracy are bold.
-  CHECK_THAT(table, Contains("| 1 | topk | done | **0.2500** | **0.900** | 0.3500 |"));
+  CHECK_THAT(table, Contains("/report.md>) | topk | done | **0.2500** | **0.900** | 0.3500 |"));
   CHECK_THAT(table, Contains("| 2 | hash | pending | – | – | – | – | – | – | – | – | – | – |"));
   CHECK(count(table, "\n") == 2 + 3);
 
@@ -441,6 +442,7 @@ TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finish
   }
   CHECK(count(read_file(out + "/results.csv"), ",done,") == 2);
   require_well_formed_svg(read_file(out + "/loss_curves.svg"));
+  CHECK_THAT(read_file(out + "/results.md"), Contains("| [1](<runs/01-run.seed=1/report.md>) | 1 |"));
 
   // Rerunning into the same folder without --resume is refused.
   CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false)), Contains("--resume"));
