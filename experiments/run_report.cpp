@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -45,6 +44,12 @@ std::optional<double> number_at(const nlohmann::json& json, const std::string& p
   const nlohmann::json::json_pointer path(pointer);
   if (!json.contains(path)) return std::nullopt;
   return finite_number(json.at(path));
+}
+
+std::string grouped_digits(double value) {
+  std::string digits = std::to_string(static_cast<long long>(std::llround(std::abs(value))));
+  for (int at = static_cast<int>(digits.size()) - 3; at > 0; at -= 3) digits.insert(static_cast<size_t>(at), ",");
+  return (std::llround(value) < 0 ? "-" : "") + digits;
 }
 
 std::string format_duration(double seconds) {
@@ -152,13 +157,6 @@ std::string percent(const nlohmann::json& json, const std::string& pointer) {
   return value ? fixed(100 * *value, 1) + "%" : "–";
 }
 
-// 12345678 -> "12,345,678".
-std::string grouped(int64_t value) {
-  std::string digits = std::to_string(value < 0 ? -value : value);
-  for (int at = static_cast<int>(digits.size()) - 3; at > 0; at -= 3) digits.insert(static_cast<size_t>(at), ",");
-  return (value < 0 ? "-" : "") + digits;
-}
-
 }  // namespace
 
 std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title) {
@@ -251,7 +249,7 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
     if (!text(key).empty()) setup.push_back(text(key));
   }
   if (const auto parameters = number_at(summary, "/parameters")) {
-    setup.push_back(grouped(static_cast<int64_t>(*parameters)) + " parameters");
+    setup.push_back(grouped_digits(*parameters) + " parameters");
   }
   if (!text("backend").empty()) setup.push_back("backend " + text("backend"));
   out << join(setup, " · ") << "  \n";
@@ -260,9 +258,9 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
   const auto steps = number_at(summary, "/steps");
   const auto seconds = number_at(summary, "/train_seconds");
   const auto speed = number_at(summary, "/tokens_per_second");
-  out << "\n" << (steps ? grouped(static_cast<int64_t>(*steps)) : "?") << " steps";
+  out << "\n" << (steps ? grouped_digits(*steps) : "?") << " steps";
   if (seconds) out << " in " << format_duration(*seconds);
-  if (speed) out << " (" << grouped(std::llround(*speed)) << " tokens/s)";
+  if (speed) out << " (" << grouped_digits(*speed) << " tokens/s)";
   if (interrupted) {
     out << "; interrupted: continue with `--resume`";
   } else if (summary.is_object() && summary.value("stopped_early", false)) {

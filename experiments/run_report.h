@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "experiments/plot.h"
 
@@ -17,6 +18,8 @@ nlohmann::json read_json_lines(const std::string& path);
 // The finite number at a JSON pointer ("/final/eval_loss"), or nothing (absent, not a number, or NaN,
 // which JSON stores as null).
 std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer);
+// Rounded to a whole number, the digits grouped by three: 1234567.4 -> "1,234,567".
+std::string grouped_digits(double value);
 // Whole seconds, rounded: "7s", "12m30s", "1h02m03s".
 std::string format_duration(double seconds);
 

@@ -299,17 +299,10 @@ std::optional<double> column_value(const ResultColumn& column, const SweepResult
   return number_at(result.summary, column.pointer);
 }
 
-// 1234567 -> "1,234,567".
-std::string grouped(double value) {
-  std::string digits = std::to_string(static_cast<long long>(std::llround(std::abs(value))));
-  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(static_cast<size_t>(i), ",");
-  return (value < 0 ? "-" : "") + digits;
-}
-
 std::string show_number(const ResultColumn& column, double value) {
   char buffer[48];
   switch (column.format) {
-    case Format::grouped: return grouped(value);
+    case Format::grouped: return grouped_digits(value);
     case Format::percent: std::snprintf(buffer, sizeof buffer, "%.*f%%", column.decimals, 100 * value); break;
     case Format::fixed: std::snprintf(buffer, sizeof buffer, "%.*f", column.decimals, value); break;
   }

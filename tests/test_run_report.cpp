@@ -65,6 +65,10 @@ nlohmann::json synthetic_summary(std::vector<double> second_load) {
 }  // namespace
 
 TEST_CASE("run report: the readers the sweep shares", "[report]") {
+  CHECK(grouped_digits(1234567.4) == "1,234,567");
+  CHECK(grouped_digits(999.5) == "1,000");
+  CHECK(grouped_digits(-12345) == "-12,345");
+  CHECK(grouped_digits(-0.2) == "0");
   CHECK(format_duration(0.4) == "0s");
   CHECK(format_duration(59.6) == "1m00s");
   CHECK(format_duration(65.4) == "1m05s");
