@@ -147,7 +147,7 @@ struct TrainerState {
   int64_t step = 0;          // completed steps
   double seconds = 0;        // training time so far
   int64_t tokens = 0;        // tokens trained on so far
-  nlohmann::json last_eval;  // the latest evaluation
+  nlohmann::json last_eval = nlohmann::json::object();  // the latest evaluation; {} before the first
 };
 
 void save_checkpoint(const std::string& folder, const Model& model, const Optimizer& optimizer,
@@ -177,6 +177,7 @@ TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer&
   state.seconds = json.at("seconds").get<double>();
   state.tokens = json.at("tokens").get<int64_t>();
   state.last_eval = json.at("last_eval");
+  if (state.last_eval.is_null()) state.last_eval = nlohmann::json::object();  // written before the first evaluation
   const SafetensorsFile weights = read_safetensors(folder + "/model.safetensors");
   const SafetensorsFile moments = read_safetensors(folder + "/optimizer.safetensors");
   if (metadata_step(weights) != state.step || metadata_step(moments) != state.step) {

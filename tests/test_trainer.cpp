@@ -199,6 +199,25 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
   std::filesystem::remove_all(folder);
 }
 
+TEST_CASE("an interruption before the first evaluation ends with a summary without eval figures", "[trainer]") {
+  const std::string folder = temporary_folder("early");
+  const Experiment experiment = training_experiment(folder);
+  BuiltExperiment built = build_experiment(experiment);
+  built.model->initialize(0);
+  InterruptingTask interrupting(std::move(built.task), 1);  // evaluations come at steps 6 and 12
+  const TrainingOutcome stopped = train(experiment, *built.model, interrupting, folder, false);
+  CHECK(stopped.interrupted);
+  CHECK(stopped.summary["steps"] == 2);
+  CHECK(std::isfinite(stopped.summary["final"]["train_loss"].get<double>()));
+  CHECK(std::isnan(stopped.summary["final"]["eval_loss"].get<double>()));
+  // --resume reads the checkpoint, saved before any evaluation, and finishes the run.
+  BuiltExperiment again = build_experiment(experiment);
+  const TrainingOutcome resumed = train(experiment, *again.model, *again.task, folder, true);
+  CHECK(resumed.summary["steps"] == 12);
+  CHECK(std::isfinite(resumed.summary["final"]["eval_loss"].get<double>()));
+  std::filesystem::remove_all(folder);
+}
+
 TEST_CASE("resuming after an interruption ends exactly where an uninterrupted run ends", "[trainer]") {
   const std::string whole = temporary_folder("whole"), parts = temporary_folder("parts");
   const Experiment experiment = training_experiment(whole);
