@@ -143,7 +143,7 @@ TEST_CASE("run report: report.md states the summary's figures", "[report]") {
   const std::string report = run_report_markdown("demo-run", synthetic_summary({0.25, 0.25, 0.25, 0.25}),
                                                  synthetic_metrics(), false, {"loss.svg", "routing.svg"});
   CHECK_THAT(report, StartsWith("# demo-run\n\nexperiments/x.toml · 4 blocks (2 mamba, 2 moe) · 218,700 parameters "
-                                "· backend cpu  \ntask: induction_heads: recall\n"));
+                                "· backend cpu  \ntask: induction_heads: recall  \nsettings: [config.toml](config.toml)"));
   CHECK_THAT(report, Contains("\n1,234 steps in 1m05s (12,346 tokens/s); stopped early: eval accuracy reached "
                               "training.stop_at_eval_accuracy.\n"));
   // Train accuracy from the last metrics line; the eval accuracy, null in summary.json, as "–".
