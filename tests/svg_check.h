@@ -3,25 +3,32 @@
 
 #include <catch2/catch.hpp>
 
-#include <regex>
+#include <cctype>
 #include <string>
 #include <vector>
 
 namespace mr1::test {
 
-// Tags open and close in a proper nesting, and the document is one <svg> element.
+// Tags open and close in a proper nesting, and the document is one <svg> element. (Scanned by hand:
+// std::regex recurses once per character, which overflows the stack on a long points="..." list.)
 inline void require_well_formed_svg(const std::string& svg) {
   REQUIRE_THAT(svg, Catch::Matchers::StartsWith("<svg xmlns=\"http://www.w3.org/2000/svg\""));
   std::vector<std::string> open;
-  const std::regex tag("<(/?)([a-zA-Z][a-zA-Z0-9]*)[^>]*?(/?)>");
-  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), tag); it != std::sregex_iterator(); ++it) {
-    const std::string closing = (*it)[1], name = (*it)[2], self_closing = (*it)[3];
-    if (!self_closing.empty()) continue;
-    if (closing.empty()) {
+  for (size_t at = svg.find('<'); at != std::string::npos; at = svg.find('<', at + 1)) {
+    const size_t end = svg.find('>', at);
+    REQUIRE(end != std::string::npos);
+    const bool closing = svg[at + 1] == '/';
+    const size_t name_begin = at + (closing ? 2 : 1);
+    size_t name_end = name_begin;
+    while (name_end < end && std::isalnum(static_cast<unsigned char>(svg[name_end]))) ++name_end;
+    const std::string name = svg.substr(name_begin, name_end - name_begin);
+    INFO("tag <" << (closing ? "/" : "") << name << "> at offset " << at);
+    REQUIRE(!name.empty());
+    if (svg[end - 1] == '/') continue;  // self-closing
+    if (!closing) {
       open.push_back(name);
       continue;
     }
-    INFO("closing </" << name << "> at offset " << it->position());
     REQUIRE(!open.empty());
     REQUIRE(open.back() == name);
     open.pop_back();
