@@ -220,14 +220,26 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
   return axes;
 }
 
+std::string sweep_label(const std::vector<SweepAxis>& axes, const std::vector<size_t>& choice) {
+  // The last part of each key ("name", "d_state") unless two axes share it.
+  std::map<std::string, int> last_parts;
+  for (const SweepAxis& axis : axes) ++last_parts[last_component(axis.key)];
+  std::vector<std::string> parts;
+  for (size_t a = 0; a < axes.size() && a < choice.size(); ++a) {
+    const SweepAxis& axis = axes[a];
+    const std::string& shown = axis.shown[choice[a]];
+    const std::string short_key = last_parts[last_component(axis.key)] > 1 ? axis.key : last_component(axis.key);
+    // One axis of strings (router names): the value says it all; numbers need their key.
+    const bool bare = axes.size() == 1 && !axis.values[choice[a]].empty() && axis.values[choice[a]].front() == '"';
+    parts.push_back(bare ? shown : short_key + "=" + shown);
+  }
+  return join(parts, ", ");
+}
+
 std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes) {
   size_t total = 1;
   for (const SweepAxis& axis : axes) total *= axis.values.size();
   const int digits = std::max(2, static_cast<int>(std::to_string(total > 0 ? total - 1 : 0).size()));
-
-  // Labels use the last part of each key ("name", "d_state") unless two axes share it.
-  std::map<std::string, int> last_parts;
-  for (const SweepAxis& axis : axes) ++last_parts[last_component(axis.key)];
 
   std::vector<SweepRun> runs;
   std::vector<size_t> choice(axes.size(), 0);
@@ -235,21 +247,17 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes) {
     SweepRun run;
     run.index = static_cast<int64_t>(index);
     run.choice = choice;
-    std::vector<std::string> name_parts, label_parts;
+    std::vector<std::string> name_parts;
     for (size_t a = 0; a < axes.size(); ++a) {
       const SweepAxis& axis = axes[a];
-      const std::string& shown = axis.shown[choice[a]];
       run.assignments.push_back(axis.key + "=" + axis.values[choice[a]]);
-      name_parts.push_back(axis.key + "=" + shown);
-      const std::string short_key = last_parts[last_component(axis.key)] > 1 ? axis.key : last_component(axis.key);
-      // One axis of strings (router names): the value says it all; numbers need their key.
-      const bool bare = axes.size() == 1 && axis.values[choice[a]].front() == '"';
-      label_parts.push_back(bare ? shown : short_key + "=" + shown);
+      name_parts.push_back(axis.key + "=" + axis.shown[choice[a]]);
     }
     std::string prefix = std::to_string(index);
     prefix.insert(0, static_cast<size_t>(std::max(0, digits - static_cast<int>(prefix.size()))), '0');
     run.name = sanitize_folder_name(prefix + "-" + join(name_parts, ","));
-    run.label = join(label_parts, ", ");
+    run.folder = "runs/" + run.name;
+    run.label = sweep_label(axes, choice);
     runs.push_back(std::move(run));
     // The last axis varies fastest, like nested loops in file order.
     for (size_t a = axes.size(); a-- > 0;) {
@@ -362,7 +370,7 @@ std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vect
     const bool reported = (result.status == "done" || result.status == "interrupted") && result.summary.is_object() &&
                           result.summary.contains("steps");
     if (reported) {
-      out << "| [" << result.run.index << "](<runs/" << result.run.name << "/report.md>) |";
+      out << "| [" << result.run.index << "](<" << result.run.folder << "/report.md>) |";
     } else {
       out << "| " << result.run.index << " |";
     }
@@ -607,8 +615,8 @@ std::string legend_label(const std::vector<SweepAxis>& axes, const SweepRun& run
   return labelled.insert(colour).second ? label : "";
 }
 
-std::string chart_subtitle(const std::vector<SweepAxis>& axes) {
-  std::string subtitle = "swept: " + swept_keys(axes);
+std::string chart_subtitle(const std::vector<SweepAxis>& axes, const std::string& varied) {
+  std::string subtitle = varied + ": " + swept_keys(axes);
   if (grouped_seed_axis(axes) != axes.size()) subtitle += "; one colour per combination, one line per seed";
   return subtitle;
 }
@@ -628,10 +636,11 @@ LineSeries metric_series(const std::vector<SweepAxis>& axes, const SweepResult& 
 
 }  // namespace
 
-std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                            const std::string& varied) {
   LineChart chart;
   chart.title = "Loss per run";
-  chart.subtitle = chart_subtitle(axes);
+  chart.subtitle = chart_subtitle(axes, varied);
   chart.x_label = "step";
   chart.y_label = "loss";
   bool any_eval = false;
@@ -657,10 +666,11 @@ std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vecto
   return line_chart_svg(chart);
 }
 
-std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                                const std::string& varied) {
   LineChart chart;
   chart.title = "Eval accuracy per run";
-  chart.subtitle = chart_subtitle(axes);
+  chart.subtitle = chart_subtitle(axes, varied);
   chart.x_label = "step";
   chart.y_label = "eval accuracy";
   chart.y_low = 0;
@@ -677,7 +687,8 @@ std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::v
   return any ? line_chart_svg(chart) : "";
 }
 
-std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                            const std::string& varied) {
   BarPanelGrid grid;
   grid.title = "Expert load per MoE layer";
   grid.subtitle = "share of the routed tokens per expert, on the eval batches after training; dashed: uniform 1/X";
@@ -702,7 +713,7 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
   }
   if (grid.panels.empty()) return "";
   for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
-  grid.subtitle += " · swept: " + swept_keys(axes);
+  grid.subtitle += " · " + varied + ": " + swept_keys(axes);
   return bar_panels_svg(grid);
 }
 

@@ -50,6 +50,7 @@ struct SweepRun {
   int64_t index = 0;
   std::vector<size_t> choice;   // per axis, the index of its value
   std::string name;             // folder name: "03-router.name=topk,model.d_state=32"
+  std::string folder;           // the run's folder as seen from the results: "runs/NAME"
   std::string label;            // for plots: "topk" (one axis) or "name=topk, d_state=32"
   std::vector<std::string> assignments;  // "router.name=\"topk\"", for ExperimentFile::set
 };
@@ -63,6 +64,10 @@ void drop_sweep_lists(ExperimentFile& file);
 // in the file, or a missing or empty [sweep]. Whether a key exists is checked later, by loading and
 // building each run (command_sweep does that for every combination before it runs any).
 std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file);
+
+// A run's label from its value of each axis: "topk" (one axis of strings), "d_state=32", or
+// "name=topk, d_state=32" (the last part of each key, the whole key where two axes share it).
+std::string sweep_label(const std::vector<SweepAxis>& axes, const std::vector<size_t>& choice);
 
 // Every combination, the first axis varying slowest; names carry a zero-padded index prefix.
 std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes);
@@ -99,14 +104,18 @@ std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<Sw
 std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 std::string results_over_seeds_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 
+// The charts' subtitles name the axes' keys after `varied`: "swept: router.name".
 // Train loss of every run against the step on one chart (eval loss dashed, same colour), log scale
 // when the losses span more than a factor of 10.
-std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
+std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                            const std::string& varied = "swept");
 // Eval accuracy of every run against the step; empty string when no run has evaluations.
-std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
+std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                                const std::string& varied = "swept");
 // One panel per run with final routing: per MoE layer, the load fraction of each expert, with the
 // uniform 1/X line. Empty string when no run has routing statistics.
-std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
+std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                            const std::string& varied = "swept");
 
 // Runs the sweep of the experiment file FILE into --out DIR (else [output] dir/NAME-sweep-TIMESTAMP):
 // validates every combination first, then runs them in turn into DIR/runs/NAME/, writing sweep.json,
