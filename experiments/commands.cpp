@@ -42,6 +42,8 @@ std::string usage() {
          "  mamba-r1 list                      everything in the registry\n"
          "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]] [--jobs N]   every combination\n"
          "                   of [sweep], N runs at a time (each a process of its own; default 1)\n"
+         "  mamba-r1 compare RUN_DIR RUN_DIR... [--out DIR]   runs made apart (or a sweep's folder) side by\n"
+         "                   side: the settings that differ, the results table and the charts\n"
          "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput,\n"
          "                   and where a training step's time goes\n"
          "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"

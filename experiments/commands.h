@@ -49,5 +49,6 @@ int command_validate(const CommandLine& line);
 int command_bench(const CommandLine& line);
 int command_generate(const CommandLine& line);  // experiments/generate.cpp
 int command_sweep(const CommandLine& line);  // experiments/sweep.cpp
+int command_compare(const CommandLine& line);  // experiments/compare.cpp
 
 }  // namespace mr1

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     if (line.command == "bench") return command_bench(line);
     if (line.command == "generate") return command_generate(line);
     if (line.command == "sweep") return command_sweep(line);
+    if (line.command == "compare") return command_compare(line);
     if (line.command == "help") {
       std::fputs(usage().c_str(), stdout);
       return 0;

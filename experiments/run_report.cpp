@@ -306,9 +306,6 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
   return out.str();
 }
 
-namespace {
-
-// Writes each chart that has something to draw; returns their file names.
 std::vector<std::string> write_charts(const std::string& folder,
                                       const std::vector<std::pair<std::string, std::string>>& charts) {
   std::vector<std::string> written;
@@ -319,6 +316,8 @@ std::vector<std::string> write_charts(const std::string& folder,
   }
   return written;
 }
+
+namespace {
 
 nlohmann::json read_metrics(const std::string& folder) {
   const std::string path = folder + "/metrics.jsonl";

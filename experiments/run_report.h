@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "experiments/plot.h"
@@ -43,6 +44,11 @@ std::string run_expert_load_svg(const nlohmann::json& summary, const std::string
 std::string run_report_markdown(const std::string& name, const nlohmann::json& summary,
                                 const nlohmann::json& metrics, bool interrupted,
                                 const std::vector<std::string>& charts);
+
+// Writes each (file name, SVG) of `charts` that has something to draw (a non-empty SVG) into the folder,
+// each to a temporary file renamed into place; returns the names written.
+std::vector<std::string> write_charts(const std::string& folder,
+                                      const std::vector<std::pair<std::string, std::string>>& charts);
 
 // loss.svg, accuracy.svg and routing.svg (those with something to draw) from the metrics.jsonl of a
 // run folder, written beside it: the trainer calls it after each evaluation, so that the charts follow

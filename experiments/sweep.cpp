@@ -211,6 +211,7 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
   for (const auto& [path, entry] : ordered) {
     SweepAxis axis;
     axis.key = path;
+    axis.repeats = path == "run.seed";
     for (const toml::node& value : *entry.node->as_array()) {
       axis.values.push_back(render_toml_value(value));
       axis.shown.push_back(show_toml_value(value));
@@ -418,10 +419,10 @@ std::vector<const ResultColumn*> seed_columns() {
   return columns;
 }
 
-// The axis of run.seed when it is swept over two or more values, else axes.size().
+// The axis of repeats (run.seed) when it has two or more values, else axes.size().
 size_t seed_axis_index(const std::vector<SweepAxis>& axes) {
   for (size_t a = 0; a < axes.size(); ++a) {
-    if (axes[a].key == "run.seed" && axes[a].values.size() >= 2) return a;
+    if (axes[a].repeats && axes[a].values.size() >= 2) return a;
   }
   return axes.size();
 }
@@ -587,6 +588,12 @@ std::string swept_keys(const std::vector<SweepAxis>& axes) {
   return join(keys, ", ");
 }
 
+// The keys for a chart's subtitle, which has room for about 90 characters of them.
+std::string chart_keys(const std::vector<SweepAxis>& axes) {
+  const std::string keys = swept_keys(axes);
+  return keys.size() <= 90 ? keys : std::to_string(axes.size()) + " keys, as in results.md";
+}
+
 // The axis of run.seed when it is swept over two or more values beside other keys, else axes.size().
 size_t grouped_seed_axis(const std::vector<SweepAxis>& axes) {
   return axes.size() >= 2 ? seed_axis_index(axes) : axes.size();
@@ -605,7 +612,9 @@ std::pair<size_t, std::string> run_style(const std::vector<SweepAxis>& axes, con
     const std::string& shown = axes[a].shown[run.choice[a]];
     parts.push_back(axes.size() == 2 ? shown : last_component(axes[a].key) + "=" + shown);
   }
-  return {colour, join(parts, ", ")};
+  std::string label = join(parts, ", ");
+  if (label.size() > 48) label = label.substr(0, 45) + "...";  // the table has them all
+  return {colour, label};
 }
 
 // The legend text of a run's line: with seeds grouped, only the first line of each colour has one.
@@ -616,7 +625,7 @@ std::string legend_label(const std::vector<SweepAxis>& axes, const SweepRun& run
 }
 
 std::string chart_subtitle(const std::vector<SweepAxis>& axes, const std::string& varied) {
-  std::string subtitle = varied + ": " + swept_keys(axes);
+  std::string subtitle = varied + ": " + chart_keys(axes);
   if (grouped_seed_axis(axes) != axes.size()) subtitle += "; one colour per combination, one line per seed";
   return subtitle;
 }
@@ -713,8 +722,16 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
   }
   if (grid.panels.empty()) return "";
   for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
-  grid.subtitle += " · " + varied + ": " + swept_keys(axes);
+  grid.subtitle += " · " + varied + ": " + chart_keys(axes);
   return bar_panels_svg(grid);
+}
+
+std::vector<std::pair<std::string, std::string>> sweep_charts(const std::vector<SweepAxis>& axes,
+                                                              const std::vector<SweepResult>& results,
+                                                              const std::string& varied) {
+  return {{"loss_curves.svg", loss_curves_svg(axes, results, varied)},
+          {"eval_accuracy.svg", accuracy_curves_svg(axes, results, varied)},
+          {"expert_load.svg", expert_load_svg(axes, results, varied)}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -796,9 +813,6 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
   write_file_atomic(folder + "/sweep.json", sweep_state(experiment_path, sets, axes, results).dump(2) + "\n");
   write_file_atomic(folder + "/results.csv", results_csv(axes, results));
 
-  std::vector<std::pair<std::string, std::string>> plots{{"loss_curves.svg", loss_curves_svg(axes, results)},
-                                                         {"eval_accuracy.svg", accuracy_curves_svg(axes, results)},
-                                                         {"expert_load.svg", expert_load_svg(axes, results)}};
   int64_t done = 0;
   double seconds = 0;
   for (const SweepResult& result : results) done += result.status == "done", seconds += result.seconds;
@@ -819,9 +833,7 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
              << "Each combination of the other swept values over its finished seeds: mean ± sample standard "
                 "deviation, and the lowest eval accuracy of any seed.\n";
   }
-  for (const auto& [file, svg] : plots) {
-    if (svg.empty()) continue;
-    write_file_atomic(folder + "/" + file, svg);
+  for (const std::string& file : write_charts(folder, sweep_charts(axes, results))) {
     markdown << "\n![" << file.substr(0, file.size() - 4) << "](" << file << ")\n";
   }
   write_file_atomic(folder + "/results.md", markdown.str());

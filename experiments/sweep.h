@@ -43,6 +43,9 @@ struct SweepAxis {
   std::string key;                  // full dotted path: "router.name", "run.seed"
   std::vector<std::string> values;  // each as TOML text: "\"topk\"", "32", "[\"mamba\", \"moe\"]"
   std::vector<std::string> shown;   // each as shown in names and tables: "topk", "32", "mamba+moe"
+  // The values are repeats of one setting (run.seed): runs that differ only here are grouped, in the
+  // table over seeds and as one colour in the charts (when there are two or more values).
+  bool repeats = false;
 };
 
 // One combination of values: the i-th value of each axis.
@@ -116,6 +119,10 @@ std::string accuracy_curves_svg(const std::vector<SweepAxis>& axes, const std::v
 // uniform 1/X line. Empty string when no run has routing statistics.
 std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
                             const std::string& varied = "swept");
+// (file name, SVG) of the three charts above: loss_curves.svg, eval_accuracy.svg, expert_load.svg.
+std::vector<std::pair<std::string, std::string>> sweep_charts(const std::vector<SweepAxis>& axes,
+                                                              const std::vector<SweepResult>& results,
+                                                              const std::string& varied = "swept");
 
 // Runs the sweep of the experiment file FILE into --out DIR (else [output] dir/NAME-sweep-TIMESTAMP):
 // validates every combination first, then runs them in turn into DIR/runs/NAME/, writing sweep.json,

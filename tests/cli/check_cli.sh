@@ -85,5 +85,18 @@ expect "forward --backward writes loss and gradients" 0 "loss [0-9.]+" -- \
   "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/grads.safetensors" --backward
 expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
 
+quick="$ROOT/experiments/quickstart.toml"
+short=(--set training.steps=4 --set training.log_every=2 --set training.eval_every=2 --set training.eval_batches=1)
+expect "a training run writes report.md" 0 "eval \(last evaluation\)" -- \
+  bash -c '"$0" run "$1" "${@:3}" --out "$2/seed0" >/dev/null 2>&1 && cat "$2/seed0/report.md"' \
+  "$BIN" "$quick" "$WORK" "${short[@]}"
+"$BIN" run "$quick" "${short[@]}" --set run.seed=1 --out "$WORK/seed1" >/dev/null 2>&1
+expect "compare names the differing settings" 0 "differing settings: run.seed" -- \
+  "$BIN" compare "$WORK/seed0" "$WORK/seed1" --out "$WORK/compared"
+expect "compare writes results.md" 0 "^# Comparison of 2 runs" -- cat "$WORK/compared/results.md"
+expect "compare needs two runs" 2 "compare needs two or more run folders" -- "$BIN" compare "$WORK/seed0"
+expect "compare names a folder that is not a run" 2 "nowhere: not a run folder" -- \
+  "$BIN" compare "$WORK/seed0" "$WORK/nowhere"
+
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,225 @@
+// Comparing run folders: their settings' differences as axes, their outcomes as a sweep's results.
+#include "experiments/compare.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "experiments/files.h"
+#include "experiments/run_report.h"
+#include "registry/config.h"
+
+namespace mr1 {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// The run folders a path stands for: itself, or each of a sweep's runs/* (in name order, which is the
+// sweep's order).
+std::vector<std::string> run_folders(const std::string& path) {
+  if (fs::exists(path + "/config.toml")) return {path};
+  if (fs::exists(path + "/sweep.json") && fs::is_directory(path + "/runs")) {
+    std::vector<std::string> runs;
+    for (const fs::directory_entry& entry : fs::directory_iterator(path + "/runs")) {
+      if (fs::exists(entry.path() / "config.toml")) runs.push_back(entry.path().string());
+    }
+    std::sort(runs.begin(), runs.end());
+    if (!runs.empty()) return runs;
+  }
+  throw ConfigError(path + ": not a run folder (config.toml, summary.json, metrics.jsonl) nor a sweep folder " +
+                    "(sweep.json, runs/)");
+}
+
+// Every value of a config file by its dotted key, [output] and [sweep] left out.
+void flatten(const toml::table& table, const std::string& prefix, std::map<std::string, std::string>& values) {
+  for (auto&& [key, node] : table) {
+    const std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    if (path == "output" || path == "sweep") continue;
+    if (const toml::table* inner = node.as_table()) {
+      flatten(*inner, path, values);
+    } else {
+      values[path] = render_toml_value(node);
+    }
+  }
+}
+
+struct RunSettings {
+  std::map<std::string, std::string> values;  // dotted key -> TOML text
+  std::map<std::string, std::string> shown;   // dotted key -> as shown in tables
+};
+
+RunSettings read_settings(const std::string& folder) {
+  const std::string path = folder + "/config.toml";
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& error) {
+    throw ConfigError(path + ":" + std::to_string(error.source().begin.line) + ": TOML syntax error: " +
+                      std::string(error.description()));
+  }
+  RunSettings settings;
+  flatten(table, "", settings.values);
+  for (const auto& [key, text] : settings.values) {
+    const toml::table value = toml::parse("value = " + text);
+    settings.shown[key] = show_toml_value(*value.get("value"));
+  }
+  return settings;
+}
+
+std::string status_of(const nlohmann::json& summary, const RunSettings& settings) {
+  if (!summary.is_object()) return "unfinished";
+  const auto steps = number_at(summary, "/steps");
+  const auto planned = settings.values.find("training.steps");
+  if (steps && planned != settings.values.end() && !summary.value("stopped_early", false) &&
+      *steps < std::stod(planned->second)) {
+    return "interrupted";
+  }
+  return "done";
+}
+
+// A folder relative to `base` when both resolve, else as given.
+std::string relative_to(const std::string& folder, const std::string& base) {
+  std::error_code error;
+  const fs::path relative = fs::relative(fs::absolute(folder), fs::absolute(base), error);
+  return error || relative.empty() ? folder : relative.generic_string();
+}
+
+}  // namespace
+
+Comparison compare_runs(const std::vector<std::string>& paths, const std::string& out) {
+  Comparison comparison;
+  for (const std::string& path : paths) {
+    for (const std::string& folder : run_folders(path)) comparison.folders.push_back(folder);
+  }
+  std::vector<RunSettings> settings;
+  for (const std::string& folder : comparison.folders) settings.push_back(read_settings(folder));
+
+  // A key differs when two runs give it different values (or one gives it and another does not).
+  std::map<std::string, bool> keys;  // sorted: the axes' order
+  for (const RunSettings& run : settings) {
+    for (const auto& [key, value] : run.values) keys[key] = false;
+  }
+  for (auto& [key, differs] : keys) {
+    const auto value_of = [&](const RunSettings& run) {
+      const auto found = run.values.find(key);
+      return found == run.values.end() ? std::string() : found->second;
+    };
+    for (const RunSettings& run : settings) differs = differs || value_of(run) != value_of(settings.front());
+  }
+  std::vector<std::vector<size_t>> choices(settings.size());
+  for (const auto& [key, differs] : keys) {
+    if (!differs) continue;
+    SweepAxis axis;
+    axis.key = key;
+    for (size_t r = 0; r < settings.size(); ++r) {
+      const auto found = settings[r].values.find(key);
+      const std::string value = found == settings[r].values.end() ? "" : found->second;
+      auto at = std::find(axis.values.begin(), axis.values.end(), value);
+      if (at == axis.values.end()) {
+        axis.values.push_back(value);
+        axis.shown.push_back(value.empty() ? "default" : settings[r].shown.at(key));
+        at = axis.values.end() - 1;
+      }
+      choices[r].push_back(static_cast<size_t>(at - axis.values.begin()));
+    }
+    comparison.axes.push_back(std::move(axis));
+  }
+  // Seeds are grouped when two runs differ in run.seed alone (there is something to average).
+  for (size_t a = 0; a < comparison.axes.size(); ++a) {
+    if (comparison.axes[a].key != "run.seed") continue;
+    std::set<std::vector<size_t>> others;
+    for (const std::vector<size_t>& choice : choices) {
+      std::vector<size_t> other = choice;
+      other.erase(other.begin() + static_cast<std::ptrdiff_t>(a));
+      comparison.axes[a].repeats = comparison.axes[a].repeats || !others.insert(other).second;
+    }
+  }
+
+  for (size_t r = 0; r < comparison.folders.size(); ++r) {
+    const std::string& folder = comparison.folders[r];
+    SweepResult result;
+    result.run.index = static_cast<int64_t>(r);
+    result.run.choice = choices[r];
+    result.run.name = fs::path(folder).filename().string();
+    if (result.run.name.empty()) result.run.name = fs::path(folder).parent_path().filename().string();  // "x/"
+    result.run.folder = relative_to(folder, out);
+    // The legend: the differing values when they are short, else the run's folder name.
+    const std::string values = sweep_label(comparison.axes, choices[r]);
+    result.run.label = comparison.axes.empty() || values.size() > 48 ? result.run.name : values;
+    result.summary = nullptr;
+    if (fs::exists(folder + "/summary.json")) result.summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
+    result.metrics = fs::exists(folder + "/metrics.jsonl") ? read_json_lines(folder + "/metrics.jsonl")
+                                                          : nlohmann::json::array();
+    result.status = status_of(result.summary, settings[r]);
+    result.seconds = number_at(result.summary, "/train_seconds").value_or(0.0);
+    comparison.results.push_back(std::move(result));
+  }
+  return comparison;
+}
+
+std::string comparison_markdown(const Comparison& comparison, const std::vector<std::string>& charts) {
+  std::vector<std::string> keys;
+  for (const SweepAxis& axis : comparison.axes) keys.push_back(axis.key);
+  std::ostringstream out;
+  out << "# Comparison of " << comparison.results.size() << " runs\n\n";
+  if (keys.empty()) {
+    out << "Their config.toml files do not differ (other than in [output]).\n\n";
+  } else {
+    out << "Settings that differ between their config.toml files: " << join(keys, ", ")
+        << " (default: not in that run's file, the program's default applied).\n\n";
+  }
+  out << results_markdown(comparison.axes, comparison.results) << "\n"
+      << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
+         "tokens/s: training throughput; load CV, MaxVio and drop rate: the mean over MoE layers, on the eval "
+         "batches at the end; time: training time.\n";
+  const std::string over_seeds = results_over_seeds_markdown(comparison.axes, comparison.results);
+  if (!over_seeds.empty()) {
+    out << "\n## Over seeds\n\n"
+        << over_seeds << "\n"
+        << "Each combination of the other differing settings over its finished seeds: mean ± sample standard "
+           "deviation, and the lowest eval accuracy of any seed.\n";
+  }
+  out << "\n## Runs\n\n";
+  for (const SweepResult& result : comparison.results) {
+    out << "* " << result.run.index << ": `" << comparison.folders[static_cast<size_t>(result.run.index)] << "`"
+        << (result.status == "done" ? "" : " (" + result.status + ")") << "\n";
+  }
+  for (const std::string& chart : charts) {
+    out << "\n![" << chart.substr(0, chart.rfind('.')) << "](" << chart << ")\n";
+  }
+  return out.str();
+}
+
+int command_compare(const CommandLine& line) {
+  if (line.positional.size() < 2 && !(line.positional.size() == 1 && fs::exists(line.positional[0] + "/sweep.json"))) {
+    throw UsageError("compare needs two or more run folders (or a sweep's folder)");
+  }
+  std::string out = line.option("out");
+  if (out.empty()) out = "runs/compare-" + timestamp();
+  const Comparison comparison = compare_runs(line.positional, out);
+  make_directories(out);
+
+  const std::vector<std::string> written =
+      write_charts(out, sweep_charts(comparison.axes, comparison.results, "differing"));
+  write_file_atomic(out + "/results.csv", results_csv(comparison.axes, comparison.results));
+  if (!results_over_seeds_markdown(comparison.axes, comparison.results).empty()) {
+    write_file_atomic(out + "/results_over_seeds.csv", results_over_seeds_csv(comparison.axes, comparison.results));
+  }
+  write_file_atomic(out + "/results.md", comparison_markdown(comparison, written));
+
+  std::vector<std::string> keys;
+  for (const SweepAxis& axis : comparison.axes) keys.push_back(axis.key);
+  spdlog::info("compared {} runs; differing settings: {}", comparison.results.size(),
+               keys.empty() ? std::string("none") : join(keys, ", "));
+  std::fputs(results_markdown(comparison.axes, comparison.results).c_str(), stdout);
+  spdlog::info("wrote {}/results.md, results.csv and the charts", out);
+  return 0;
+}
+
+}  // namespace mr1

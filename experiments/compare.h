@@ -1,0 +1,38 @@
+// Comparing runs made apart (`mamba-r1 compare RUN_DIR... [--out DIR]`), as a sweep compares its own:
+// each run folder's config.toml, summary.json and metrics.jsonl are read, the settings that differ
+// between the runs' config.toml files become the table's columns (as a sweep's swept keys), and the
+// sweep's table, its table over seeds (when run.seed differs) and its charts are written to DIR.
+// A sweep's folder stands for all of its runs.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "experiments/commands.h"
+#include "experiments/sweep.h"
+
+namespace mr1 {
+
+struct Comparison {
+  std::vector<std::string> folders;  // the run folders, in the order given (a sweep's runs in its order)
+  std::vector<SweepAxis> axes;       // one per differing setting, its values in the order first met
+  std::vector<SweepResult> results;  // one per run: its values (run.choice), summary and metrics
+};
+
+// The run folders named by `paths` (a sweep folder: each of its runs/*), read and compared. A setting
+// is a dotted key of config.toml ([output] and [sweep] left out); one that a run's file lacks has the
+// value "default" there (the program's default applied). A run is "done" with its summary.json,
+// "interrupted" when that summary has fewer steps than its training.steps (and it did not stop early),
+// "unfinished" without one. Each run's folder is given relative to `out`, for the table's links.
+// Throws ConfigError naming a path that is not a run or sweep folder.
+Comparison compare_runs(const std::vector<std::string>& paths, const std::string& out);
+
+// results.md: the differing settings, the table (each run's number linking to its report.md), the
+// table over seeds, the runs' folders, and the charts named in `charts`.
+std::string comparison_markdown(const Comparison& comparison, const std::vector<std::string>& charts);
+
+// Writes results.md, results.csv (and results_over_seeds.csv) and the charts into --out DIR (default
+// runs/compare-TIMESTAMP), and prints the table. Returns 0.
+int command_compare(const CommandLine& line);
+
+}  // namespace mr1
