@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -25,7 +26,8 @@ std::string own_executable() {
   return std::string(buffer.data(), static_cast<size_t>(length));
 }
 
-pid_t start_child(const std::vector<std::string>& arguments, const std::string& log_path) {
+pid_t start_child(const std::vector<std::string>& arguments, const std::string& log_path,
+                  const std::vector<std::string>& environment) {
   if (arguments.empty()) throw std::runtime_error("start_child: no program given");
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
@@ -34,8 +36,21 @@ pid_t start_child(const std::vector<std::string>& arguments, const std::string& 
   std::vector<char*> argv;
   for (const std::string& argument : arguments) argv.push_back(const_cast<char*>(argument.c_str()));
   argv.push_back(nullptr);
+  // The parent's variables, less those `environment` sets, then those.
+  std::vector<std::string> variables;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    const std::string variable(*entry);
+    const std::string name = variable.substr(0, variable.find('=') + 1);
+    const bool replaced = std::any_of(environment.begin(), environment.end(),
+                                      [&](const std::string& set) { return set.rfind(name, 0) == 0; });
+    if (!replaced) variables.push_back(variable);
+  }
+  variables.insert(variables.end(), environment.begin(), environment.end());
+  std::vector<char*> envp;
+  for (std::string& variable : variables) envp.push_back(variable.data());
+  envp.push_back(nullptr);
   pid_t pid = -1;
-  const int error = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  const int error = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   if (error != 0) throw std::runtime_error("could not start " + arguments[0] + ": " + std::strerror(error));
   return pid;

@@ -16,8 +16,10 @@ namespace mr1 {
 std::string own_executable();
 
 // Starts `arguments` (arguments[0]: the program's path) with standard output and standard error appended
-// to log_path. Throws std::runtime_error naming the program when it cannot be started.
-pid_t start_child(const std::vector<std::string>& arguments, const std::string& log_path);
+// to log_path, in this process's environment with the NAME=VALUE entries of `environment` set over it.
+// Throws std::runtime_error naming the program when it cannot be started.
+pid_t start_child(const std::vector<std::string>& arguments, const std::string& log_path,
+                  const std::vector<std::string>& environment = {});
 
 struct ChildExit {
   pid_t pid = -1;

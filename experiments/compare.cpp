@@ -20,6 +20,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+constexpr size_t kSettingColumns = 4;  // more differing settings go into a table of their own
+
 // The run folders a path stands for: itself, or each of a sweep's runs/* (in name order, which is the
 // sweep's order).
 std::vector<std::string> run_folders(const std::string& path) {
@@ -72,6 +74,13 @@ RunSettings read_settings(const std::string& folder) {
   return settings;
 }
 
+// "A", "B", ..., "Z", "AA", "AB", ...
+std::string combination_name(size_t index) {
+  std::string name;
+  for (size_t i = index + 1; i > 0; i = (i - 1) / 26) name.insert(name.begin(), static_cast<char>('A' + (i - 1) % 26));
+  return name;
+}
+
 std::string status_of(const nlohmann::json& summary, const RunSettings& settings) {
   if (!summary.is_object()) return "unfinished";
   const auto steps = number_at(summary, "/steps");
@@ -112,7 +121,8 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
     };
     for (const RunSettings& run : settings) differs = differs || value_of(run) != value_of(settings.front());
   }
-  std::vector<std::vector<size_t>> choices(settings.size());
+  std::vector<std::vector<size_t>>& values = comparison.values;
+  values.assign(settings.size(), {});
   for (const auto& [key, differs] : keys) {
     if (!differs) continue;
     SweepAxis axis;
@@ -126,19 +136,49 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
         axis.shown.push_back(value.empty() ? "default" : settings[r].shown.at(key));
         at = axis.values.end() - 1;
       }
-      choices[r].push_back(static_cast<size_t>(at - axis.values.begin()));
+      values[r].push_back(static_cast<size_t>(at - axis.values.begin()));
     }
-    comparison.axes.push_back(std::move(axis));
+    comparison.settings.push_back(std::move(axis));
   }
-  // Seeds are grouped when two runs differ in run.seed alone (there is something to average).
-  for (size_t a = 0; a < comparison.axes.size(); ++a) {
-    if (comparison.axes[a].key != "run.seed") continue;
-    std::set<std::vector<size_t>> others;
-    for (const std::vector<size_t>& choice : choices) {
-      std::vector<size_t> other = choice;
-      other.erase(other.begin() + static_cast<std::ptrdiff_t>(a));
-      comparison.axes[a].repeats = comparison.axes[a].repeats || !others.insert(other).second;
+
+  // Seeds are repeats when two runs differ in run.seed alone (there is something to average).
+  size_t seed = comparison.settings.size();
+  std::vector<std::vector<size_t>> others(values.size());  // each run's values but its seed
+  for (size_t a = 0; a < comparison.settings.size(); ++a) {
+    if (comparison.settings[a].key == "run.seed") seed = a;
+  }
+  std::set<std::vector<size_t>> distinct;
+  bool repeated = false;
+  for (size_t r = 0; r < values.size(); ++r) {
+    others[r] = values[r];
+    if (seed < others[r].size()) others[r].erase(others[r].begin() + static_cast<std::ptrdiff_t>(seed));
+    repeated = !distinct.insert(others[r]).second || repeated;
+  }
+  if (repeated) comparison.settings[seed].repeats = true;
+
+  // The table's and charts' axes: the settings themselves when few; else one axis naming each combination
+  // of them (A, B, ...; with seeds repeated, each combination of the others), and the seed axis.
+  std::vector<std::vector<size_t>> choices = values;
+  if (comparison.settings.size() <= kSettingColumns) {
+    comparison.axes = comparison.settings;
+  } else {
+    SweepAxis combination;
+    combination.key = "settings";
+    const std::vector<std::vector<size_t>>& keys_of_run = repeated ? others : values;
+    std::vector<std::vector<size_t>> seen;
+    for (size_t r = 0; r < values.size(); ++r) {
+      auto at = std::find(seen.begin(), seen.end(), keys_of_run[r]);
+      if (at == seen.end()) {
+        seen.push_back(keys_of_run[r]);
+        combination.shown.push_back(combination_name(seen.size() - 1));
+        combination.values.push_back("\"" + combination.shown.back() + "\"");
+        at = seen.end() - 1;
+      }
+      choices[r] = {static_cast<size_t>(at - seen.begin())};
+      if (repeated) choices[r].push_back(values[r][seed]);
     }
+    comparison.axes.push_back(std::move(combination));
+    if (repeated) comparison.axes.push_back(comparison.settings[seed]);
   }
 
   for (size_t r = 0; r < comparison.folders.size(); ++r) {
@@ -150,8 +190,8 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
     if (result.run.name.empty()) result.run.name = fs::path(folder).parent_path().filename().string();  // "x/"
     result.run.folder = relative_to(folder, out);
     // The legend: the differing values when they are short, else the run's folder name.
-    const std::string values = sweep_label(comparison.axes, choices[r]);
-    result.run.label = comparison.axes.empty() || values.size() > 48 ? result.run.name : values;
+    const std::string label = sweep_label(comparison.axes, choices[r]);
+    result.run.label = comparison.axes.empty() || label.size() > 48 ? result.run.name : label;
     result.summary = nullptr;
     if (fs::exists(folder + "/summary.json")) result.summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
     result.metrics = fs::exists(folder + "/metrics.jsonl") ? read_json_lines(folder + "/metrics.jsonl")
@@ -165,7 +205,7 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
 
 std::string comparison_markdown(const Comparison& comparison, const std::vector<std::string>& charts) {
   std::vector<std::string> keys;
-  for (const SweepAxis& axis : comparison.axes) keys.push_back(axis.key);
+  for (const SweepAxis& axis : comparison.settings) keys.push_back(axis.key);
   std::ostringstream out;
   out << "# Comparison of " << comparison.results.size() << " runs\n\n";
   if (keys.empty()) {
@@ -173,6 +213,32 @@ std::string comparison_markdown(const Comparison& comparison, const std::vector<
   } else {
     out << "Settings that differ between their config.toml files: " << join(keys, ", ")
         << " (default: not in that run's file, the program's default applied).\n\n";
+  }
+  if (!comparison.axes.empty() && comparison.axes.front().key == "settings") {
+    // One column per combination of the settings (A, B, ...), one row per setting.
+    const SweepAxis& combination = comparison.axes.front();
+    const size_t count = combination.values.size();
+    std::vector<size_t> first_run(count, 0);  // a run of each combination, for its values
+    std::vector<std::vector<std::string>> runs(count);
+    for (const SweepResult& result : comparison.results) {
+      const size_t c = result.run.choice.front();
+      if (runs[c].empty()) first_run[c] = static_cast<size_t>(result.run.index);
+      runs[c].push_back(std::to_string(result.run.index));
+    }
+    out << "| setting |";
+    for (const std::string& name : combination.shown) out << " " << name << " |";
+    out << "\n|---|";
+    for (size_t c = 0; c < count; ++c) out << "---|";
+    out << "\n";
+    for (size_t a = 0; a < comparison.settings.size(); ++a) {
+      if (comparison.settings[a].repeats) continue;  // a column of its own in the tables below
+      out << "| " << comparison.settings[a].key << " |";
+      for (size_t c = 0; c < count; ++c) out << " " << comparison.settings[a].shown[comparison.values[first_run[c]][a]] << " |";
+      out << "\n";
+    }
+    out << "| (runs) |";
+    for (size_t c = 0; c < count; ++c) out << " " << join(runs[c], ", ") << " |";
+    out << "\n\n";
   }
   out << results_markdown(comparison.axes, comparison.results) << "\n"
       << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
@@ -214,7 +280,7 @@ int command_compare(const CommandLine& line) {
   write_file_atomic(out + "/results.md", comparison_markdown(comparison, written));
 
   std::vector<std::string> keys;
-  for (const SweepAxis& axis : comparison.axes) keys.push_back(axis.key);
+  for (const SweepAxis& axis : comparison.settings) keys.push_back(axis.key);
   spdlog::info("compared {} runs; differing settings: {}", comparison.results.size(),
                keys.empty() ? std::string("none") : join(keys, ", "));
   std::fputs(results_markdown(comparison.axes, comparison.results).c_str(), stdout);

@@ -14,9 +14,14 @@
 namespace mr1 {
 
 struct Comparison {
-  std::vector<std::string> folders;  // the run folders, in the order given (a sweep's runs in its order)
-  std::vector<SweepAxis> axes;       // one per differing setting, its values in the order first met
-  std::vector<SweepResult> results;  // one per run: its values (run.choice), summary and metrics
+  std::vector<std::string> folders;          // the run folders, in the order given (a sweep's in its order)
+  std::vector<SweepAxis> settings;           // one per differing setting, its values in the order first met
+  std::vector<std::vector<size_t>> values;   // per run, the index of its value of each setting
+  // The columns of the results table and the charts' legends: the settings themselves when there are up
+  // to 4, else "settings", naming each combination of them A, B, ... (with repeated seeds, each
+  // combination of the others, then run.seed).
+  std::vector<SweepAxis> axes;
+  std::vector<SweepResult> results;          // one per run: run.choice over `axes`, summary and metrics
 };
 
 // The run folders named by `paths` (a sweep folder: each of its runs/*), read and compared. A setting
@@ -27,8 +32,9 @@ struct Comparison {
 // Throws ConfigError naming a path that is not a run or sweep folder.
 Comparison compare_runs(const std::vector<std::string>& paths, const std::string& out);
 
-// results.md: the differing settings, the table (each run's number linking to its report.md), the
-// table over seeds, the runs' folders, and the charts named in `charts`.
+// results.md: the differing settings (as a table of their own, one column per combination, when there
+// are more than 4), the results table (each run's number linking to its report.md), the table over seeds,
+// the runs' folders, and the charts named in `charts`.
 std::string comparison_markdown(const Comparison& comparison, const std::vector<std::string>& charts);
 
 // Writes results.md, results.csv (and results_over_seeds.csv) and the charts into --out DIR (default

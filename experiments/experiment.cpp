@@ -87,9 +87,19 @@ void load_weights(Model& model, const std::string& path) {
   model.parameters().load(file);
 }
 
+namespace {
+
+// "cpu (2 threads)", "cpu (1 thread)".
+std::string cpu_backend() {
+  const int threads = Eigen::nbThreads();
+  return "cpu (" + std::to_string(threads) + (threads == 1 ? " thread)" : " threads)");
+}
+
+}  // namespace
+
 Device resolve_backend(const std::string& requested) {
   if (requested == "cpu") {
-    spdlog::info("backend: cpu ({} threads)", Eigen::nbThreads());
+    spdlog::info("backend: {}", cpu_backend());
     return Device::cpu;
   }
   const std::string reason = cuda::unavailable_reason();
@@ -99,16 +109,16 @@ Device resolve_backend(const std::string& requested) {
     return Device::cuda;
   }
   if (!reason.empty()) {
-    spdlog::info("backend: cpu ({} threads); CUDA not used: {}", Eigen::nbThreads(), reason);
+    spdlog::info("backend: {}; CUDA not used: {}", cpu_backend(), reason);
     return Device::cpu;
   }
   // auto: the GPU when its kernels agree with the CPU on a small model (forward and backward, well under
   // a second); otherwise the CPU, saying why.
   const std::string failure = cuda_self_check();
   if (!failure.empty()) {
-    spdlog::warn("backend: cpu ({} threads); CUDA device {} found, but its self-check against the CPU failed: {}. "
+    spdlog::warn("backend: {}; CUDA device {} found, but its self-check against the CPU failed: {}. "
                  "`mamba-r1 validate` compares every op; --backend cuda uses the device anyway",
-                 Eigen::nbThreads(), cuda::device_description(), failure);
+                 cpu_backend(), cuda::device_description(), failure);
     return Device::cpu;
   }
   spdlog::info("backend: cuda (auto), {}{}; self-check against the CPU passed", cuda::device_description(),

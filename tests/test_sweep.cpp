@@ -2,8 +2,8 @@
 // as TOML, the results table and CSV, the SVG plots, resuming a real (tiny) sweep, and the errors.
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
+#include <thread>
 
 #include <unistd.h>
 
@@ -473,8 +473,9 @@ TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finish
 TEST_CASE("sweep: --jobs 2 runs each combination in a process of its own, with the same results", "[sweep]") {
   const std::string folder = temp_folder("jobs");
   const std::string path = write_text(folder, "tiny.toml", kTinyExperiment);
-  REQUIRE(command_sweep(sweep_line(path, folder + "/one", false)) == 0);
-  CommandLine parallel = sweep_line(path, folder + "/two", false);
+  // One thread per run both ways: the thread count changes the rounding of some sums.
+  REQUIRE(command_sweep(sweep_line(path, folder + "/one", false, {"run.threads=1"})) == 0);
+  CommandLine parallel = sweep_line(path, folder + "/two", false, {"run.threads=1"});
   parallel.options["jobs"] = "2";
   parallel.program = MAMBA_R1_PROGRAM;
   REQUIRE(command_sweep(parallel) == 0);
@@ -490,6 +491,15 @@ TEST_CASE("sweep: --jobs 2 runs each combination in a process of its own, with t
     CHECK_THAT(read_file(folder + "/two" + run + "/run.log"), Contains("wrote"));  // the child's log
   }
   CHECK(count(read_file(folder + "/two/results.csv"), ",done,") == 2);
+
+  // With run.threads = 0 (every core), the runs at a time share the cores: 2 at a time, each on half.
+  CommandLine sharing = sweep_line(path, folder + "/shared", false);
+  sharing.options["jobs"] = "2";
+  sharing.program = MAMBA_R1_PROGRAM;
+  REQUIRE(command_sweep(sharing) == 0);
+  const unsigned share = std::max(1u, std::thread::hardware_concurrency() / 2);
+  CHECK_THAT(read_file(folder + "/shared/runs/00-run.seed=0/run.log"),
+             Contains("backend: cpu (" + std::to_string(share) + (share == 1 ? " thread)" : " threads)")));
 
   // A run whose process fails is marked failed with its exit status; the sweep goes on and exits 1.
   CommandLine failing = sweep_line(path, folder + "/failing", false);
