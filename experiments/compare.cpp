@@ -77,7 +77,9 @@ RunSettings read_settings(const std::string& folder) {
 // "A", "B", ..., "Z", "AA", "AB", ...
 std::string combination_name(size_t index) {
   std::string name;
-  for (size_t i = index + 1; i > 0; i = (i - 1) / 26) name.insert(name.begin(), static_cast<char>('A' + (i - 1) % 26));
+  for (size_t i = index + 1; i > 0; i = (i - 1) / 26) {
+    name.insert(name.begin(), static_cast<char>('A' + (i - 1) % 26));
+  }
   return name;
 }
 
@@ -148,10 +150,10 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
     if (comparison.settings[a].key == "run.seed") seed = a;
   }
   std::set<std::vector<size_t>> distinct;
-  bool repeated = false;
-  for (size_t r = 0; r < values.size(); ++r) {
+  bool repeated = false;  // (runs alike in every setting, seed included, are not repeats of a seed)
+  for (size_t r = 0; r < values.size() && seed < comparison.settings.size(); ++r) {
     others[r] = values[r];
-    if (seed < others[r].size()) others[r].erase(others[r].begin() + static_cast<std::ptrdiff_t>(seed));
+    others[r].erase(others[r].begin() + static_cast<std::ptrdiff_t>(seed));
     repeated = !distinct.insert(others[r]).second || repeated;
   }
   if (repeated) comparison.settings[seed].repeats = true;

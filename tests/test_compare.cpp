@@ -120,6 +120,14 @@ TEST_CASE("compare: runs that differ in run.seed alone are grouped over seeds", 
   const Comparison single = compare_runs({x, z}, root);
   CHECK_FALSE(single.axes[1].repeats);
   CHECK(results_over_seeds_markdown(single.axes, single.results).empty());
+
+  // Two runs of the same settings: nothing differs, nothing to group.
+  const std::string twin = make_run(root, "twin", config("topk", 0), summary_of(10, 2.5));
+  const Comparison alike = compare_runs({x, twin}, root);
+  CHECK(alike.settings.empty());
+  CHECK(alike.axes.empty());
+  CHECK(alike.results[1].run.label == "twin");
+  CHECK_THAT(comparison_markdown(alike, {}), Contains("Their config.toml files do not differ"));
   std::filesystem::remove_all(root);
 }
 
@@ -155,5 +163,37 @@ TEST_CASE("compare: a sweep's folder stands for its runs; the files written; the
   // A broken config.toml is named with its line.
   write_file_atomic(other + "/config.toml", "[router\n");
   CHECK_THROWS_WITH(compare_runs({sweep, other}, root), Contains(other + "/config.toml:1: TOML syntax error"));
+  std::filesystem::remove_all(root);
+}
+
+TEST_CASE("compare: more than 4 differing settings get a table of their own, one column per combination",
+          "[compare]") {
+  const std::string root = fresh_folder("wide");
+  const auto config = [](int dim, const char* router, int seed) {
+    return "[model]\ndim = " + std::to_string(dim) + "\nd_state = " + std::to_string(dim / 2) + "\nexpert_dim = " +
+           std::to_string(2 * dim) + "\n[router]\nname = \"" + router + "\"\n[training]\nsteps = " +
+           std::to_string(dim) + "\n[run]\nseed = " + std::to_string(seed) + "\n";
+  };
+  const std::string p = make_run(root, "p", config(8, "switch", 0), summary_of(8, 3.0));
+  const std::string q = make_run(root, "q", config(16, "topk", 0), summary_of(16, 2.0));
+  const std::string r = make_run(root, "r", config(16, "topk", 1), summary_of(16, 1.0));
+  const Comparison comparison = compare_runs({p, q, r}, root);
+  REQUIRE(keys_of(comparison) == std::vector<std::string>{"settings", "run.seed"});
+  CHECK(comparison.settings.size() == 6);  // model.d_state, dim, expert_dim, router.name, run.seed, training.steps
+  CHECK(comparison.axes[0].shown == std::vector<std::string>{"A", "B"});
+  CHECK(comparison.results[0].run.choice == std::vector<size_t>{0, 0});
+  CHECK(comparison.results[2].run.choice == std::vector<size_t>{1, 1});
+  // The charts: one colour per combination, named by its letter.
+  const std::string loss = loss_curves_svg(comparison.axes, comparison.results, "differing");
+  CHECK(test::count(loss, ">A</text>") == 1);
+  CHECK(test::count(loss, ">B</text>") == 1);
+
+  const std::string markdown = comparison_markdown(comparison, {});
+  CHECK_THAT(markdown, Contains("| setting | A | B |\n|---|---|---|\n| model.d_state | 4 | 8 |\n| model.dim | 8 | 16 |\n"
+                                "| model.expert_dim | 16 | 32 |\n| router.name | switch | topk |\n"
+                                "| training.steps | 8 | 16 |\n| (runs) | 0 | 1, 2 |\n"));
+  CHECK_THAT(markdown, Contains("| [2](<r/report.md>) | B | 1 | **1.0000** |"));
+  // B over its two seeds: eval loss 1.5 ± 0.7071.
+  CHECK_THAT(markdown, Contains("| B | 2 | 1.5000 ± 0.7071 |"));
   std::filesystem::remove_all(root);
 }
