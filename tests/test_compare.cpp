@@ -107,7 +107,7 @@ TEST_CASE("compare: runs that differ in run.seed alone are grouped over seeds", 
   };
   const std::string x = make_run(root, "x", config("topk", 0), summary_of(10, 2.0));
   const std::string y = make_run(root, "y", config("topk", 1), summary_of(10, 1.0));
-  const std::string z = make_run(root, "z", config("switch", 0), summary_of(10, 3.0));
+  const std::string z = make_run(root, "z", config("switch", 1), summary_of(10, 3.0));
   const Comparison grouped = compare_runs({x, y, z}, root);
   REQUIRE(keys_of(grouped) == std::vector<std::string>{"router.name", "run.seed"});
   CHECK(grouped.axes[1].repeats);
@@ -116,8 +116,9 @@ TEST_CASE("compare: runs that differ in run.seed alone are grouped over seeds", 
   CHECK_THAT(over_seeds, Contains("| topk | 2 | 1.5000 ± 0.7071 |"));
   CHECK_THAT(over_seeds, Contains("| switch | 1 | 3.0000 |"));
 
-  // Without y, every combination has one seed: not grouped.
+  // Without y, the seeds differ too, but every combination has one: not grouped.
   const Comparison single = compare_runs({x, z}, root);
+  REQUIRE(keys_of(single) == std::vector<std::string>{"router.name", "run.seed"});
   CHECK_FALSE(single.axes[1].repeats);
   CHECK(results_over_seeds_markdown(single.axes, single.results).empty());
 
