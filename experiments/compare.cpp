@@ -54,10 +54,14 @@ void flatten(const toml::table& table, const std::string& prefix, std::map<std::
 struct RunSettings {
   std::map<std::string, std::string> values;  // dotted key -> TOML text
   std::map<std::string, std::string> shown;   // dotted key -> as shown in tables
+  bool effective = false;                     // read from effective.toml: every setting the run used
 };
 
+// A run's settings: its effective.toml (every setting with the value used, defaults included) when it has
+// one, else its config.toml (the file and its --set values; runs of earlier versions).
 RunSettings read_settings(const std::string& folder) {
-  const std::string path = folder + "/config.toml";
+  const bool effective = fs::exists(folder + "/effective.toml");
+  const std::string path = folder + (effective ? "/effective.toml" : "/config.toml");
   toml::table table;
   try {
     table = toml::parse_file(path);
@@ -66,6 +70,7 @@ RunSettings read_settings(const std::string& folder) {
                       std::string(error.description()));
   }
   RunSettings settings;
+  settings.effective = effective;
   flatten(table, "", settings.values);
   for (const auto& [key, text] : settings.values) {
     const toml::table value = toml::parse("value = " + text);
@@ -116,12 +121,14 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
   for (const RunSettings& run : settings) {
     for (const auto& [key, value] : run.values) keys[key] = false;
   }
+  // A setting a run lacks: "default" in a config.toml (the program's default applied), "unused" in an
+  // effective.toml (the run did not read it: top_k of a switch router).
+  const auto value_of = [](const RunSettings& run, const std::string& key) {
+    const auto found = run.values.find(key);
+    return found != run.values.end() ? found->second : run.effective ? std::string("(unused)") : std::string();
+  };
   for (auto& [key, differs] : keys) {
-    const auto value_of = [&](const RunSettings& run) {
-      const auto found = run.values.find(key);
-      return found == run.values.end() ? std::string() : found->second;
-    };
-    for (const RunSettings& run : settings) differs = differs || value_of(run) != value_of(settings.front());
+    for (const RunSettings& run : settings) differs = differs || value_of(run, key) != value_of(settings.front(), key);
   }
   std::vector<std::vector<size_t>>& values = comparison.values;
   values.assign(settings.size(), {});
@@ -130,12 +137,14 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
     SweepAxis axis;
     axis.key = key;
     for (size_t r = 0; r < settings.size(); ++r) {
-      const auto found = settings[r].values.find(key);
-      const std::string value = found == settings[r].values.end() ? "" : found->second;
+      const std::string value = value_of(settings[r], key);
       auto at = std::find(axis.values.begin(), axis.values.end(), value);
       if (at == axis.values.end()) {
+        const auto shown = settings[r].shown.find(key);
         axis.values.push_back(value);
-        axis.shown.push_back(value.empty() ? "default" : settings[r].shown.at(key));
+        axis.shown.push_back(shown != settings[r].shown.end() ? shown->second
+                             : settings[r].effective              ? "unused"
+                                                                  : "default");
         at = axis.values.end() - 1;
       }
       values[r].push_back(static_cast<size_t>(at - axis.values.begin()));
@@ -211,10 +220,12 @@ std::string comparison_markdown(const Comparison& comparison, const std::vector<
   std::ostringstream out;
   out << "# Comparison of " << comparison.results.size() << " runs\n\n";
   if (keys.empty()) {
-    out << "Their config.toml files do not differ (other than in [output]).\n\n";
+    out << "Their settings do not differ (other than in [output]).\n\n";
   } else {
-    out << "Settings that differ between their config.toml files: " << join(keys, ", ")
-        << " (default: not in that run's file, the program's default applied).\n\n";
+    out << "Settings that differ between the runs: " << join(keys, ", ")
+        << " (from each run's effective.toml, every setting with the value used; for a run without one, from "
+           "its config.toml, where `default` marks a setting left to the program's default; `unused`: a "
+           "setting the run did not read).\n\n";
   }
   if (!comparison.axes.empty() && comparison.axes.front().key == "settings") {
     // One column per combination of the settings (A, B, ...), one row per setting.

@@ -1,6 +1,6 @@
 // Comparing runs made apart (`mamba-r1 compare RUN_DIR... [--out DIR]`), as a sweep compares its own:
-// each run folder's config.toml, summary.json and metrics.jsonl are read, the settings that differ
-// between the runs' config.toml files become the table's columns (as a sweep's swept keys), and the
+// each run folder's effective.toml (or config.toml), summary.json and metrics.jsonl are read, the
+// settings that differ between the runs become the table's columns (as a sweep's swept keys), and the
 // sweep's table, its table over seeds (when run.seed differs) and its charts are written to DIR.
 // A sweep's folder stands for all of its runs.
 #pragma once
@@ -25,8 +25,9 @@ struct Comparison {
 };
 
 // The run folders named by `paths` (a sweep folder: each of its runs/*), read and compared. A setting
-// is a dotted key of config.toml ([output] and [sweep] left out); one that a run's file lacks has the
-// value "default" there (the program's default applied). A run is "done" with its summary.json,
+// is a dotted key of the run's effective.toml (every setting with the value the run used), or of its
+// config.toml for a run without one ([output] and [sweep] left out). A setting a run lacks is "unused"
+// in an effective.toml (the run did not read it) and "default" in a config.toml. A run is "done" with its summary.json,
 // "interrupted" when that summary has fewer steps than its training.steps (and it did not stop early),
 // "unfinished" without one. Each run's folder is given relative to `out`, for the table's links.
 // Throws ConfigError naming a path that is not a run or sweep folder.

@@ -128,6 +128,8 @@ RunResult run_experiment(const Experiment& experiment, const std::string& folder
   summary["blocks"] = describe_blocks(experiment.model);
   summary["task"] = built.task->describe();
   write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
+  // Every setting with the value used, defaults included: what the run was, whatever the defaults become.
+  write_file_atomic(folder + "/effective.toml", experiment.file.effective_toml() + "\n");
   if (built.task->trainable()) {
     write_run_report(folder, result.interrupted);
     spdlog::info("wrote {}/summary.json and report.md (tables and charts)", folder);

@@ -75,9 +75,7 @@ std::string sweep_label(const std::vector<SweepAxis>& axes, const std::vector<si
 // Every combination, the first axis varying slowest; names carry a zero-padded index prefix.
 std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes);
 
-// A value as TOML text for ExperimentFile::set: strings quoted and escaped, floats that read back
-// exactly (3e-3 -> 0.003), arrays "[a, b]", inline tables "{ k = v }".
-std::string render_toml_value(const toml::node& node);
+// (render_toml_value, in registry/config.h, gives a value as TOML text for ExperimentFile::set.)
 // A value as shown in run names and tables: strings bare, arrays joined with "+" ("none" when empty).
 std::string show_toml_value(const toml::node& node);
 // Keeps letters, digits and . _ = , + - ; anything else becomes '_'. Cut to 100 characters.

@@ -1,6 +1,10 @@
 // Typed reading of experiment TOML, --set overrides and the errors that name file, key and line.
 #include "registry/config.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 namespace mr1 {
@@ -54,6 +58,13 @@ std::vector<std::string> key_parts(const std::string& assignment, const std::str
   return parts;
 }
 
+template <typename Value>
+toml::array as_array(const std::vector<Value>& values) {
+  toml::array array;
+  for (const Value& value : values) array.push_back(value);
+  return array;
+}
+
 }  // namespace
 
 std::string join(const std::vector<std::string>& items, const std::string& separator) {
@@ -74,13 +85,109 @@ std::string type_name(const toml::node& node) {
   }
 }
 
+namespace {
+
+std::string render_double(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  // The shortest %g text that reads back as the same double: 3e-3 -> "0.003", not 0.0030000000000000001.
+  char buffer[40];
+  for (int precision = 1; precision <= 17; ++precision) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", precision, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  std::string text = buffer;
+  if (text.find_first_of(".eE") == std::string::npos) text += ".0";  // TOML needs a float to look like one
+  return text;
+}
+
+std::string quote_toml_string(const std::string& value) {
+  std::string quoted = "\"";
+  for (unsigned char c : value) {
+    switch (c) {
+      case '"': quoted += "\\\""; break;
+      case '\\': quoted += "\\\\"; break;
+      case '\n': quoted += "\\n"; break;
+      case '\t': quoted += "\\t"; break;
+      case '\r': quoted += "\\r"; break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char escape[8];
+          std::snprintf(escape, sizeof escape, "\\u%04x", c);
+          quoted += escape;
+        } else {
+          quoted += static_cast<char>(c);
+        }
+    }
+  }
+  return quoted + "\"";
+}
+
+}  // namespace
+
+std::string toml_key(const std::string& key) {
+  const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-';
+  });
+  return bare ? key : quote_toml_string(key);
+}
+
+std::string render_toml_value(const toml::node& node) {
+  if (auto value = node.value_exact<std::string>()) return quote_toml_string(*value);
+  if (auto value = node.value_exact<int64_t>()) return std::to_string(*value);
+  if (auto value = node.value_exact<double>()) return render_double(*value);
+  if (auto value = node.value_exact<bool>()) return *value ? "true" : "false";
+  if (const toml::array* array = node.as_array()) {
+    std::vector<std::string> items;
+    for (const toml::node& item : *array) items.push_back(render_toml_value(item));
+    return "[" + join(items, ", ") + "]";
+  }
+  if (const toml::table* table = node.as_table()) {
+    std::vector<std::string> items;
+    for (const auto& [key, value] : *table) {
+      items.push_back(toml_key(std::string(key.str())) + " = " + render_toml_value(value));
+    }
+    return items.empty() ? "{}" : "{ " + join(items, ", ") + " }";
+  }
+  std::ostringstream out;  // dates and times: TOML++ writes them as TOML
+  node.visit([&](const auto& value) { out << value; });
+  return out.str();
+}
+
+namespace {
+
+// A table's values, then each sub-table as a [path] section (TOML's order).
+void write_table(std::ostringstream& out, const toml::table& table, const std::string& path) {
+  for (const auto& [key, node] : table) {
+    if (!node.is_table()) out << toml_key(std::string(key.str())) << " = " << render_toml_value(node) << "\n";
+  }
+  for (const auto& [key, node] : table) {
+    if (!node.is_table()) continue;
+    const std::string inner = (path.empty() ? "" : path + ".") + toml_key(std::string(key.str()));
+    const toml::table& sub = *node.as_table();
+    // A header for a table with values of its own or none at all ([model.layers] holds tables only).
+    const bool values = std::any_of(sub.begin(), sub.end(), [](const auto& entry) { return !entry.second.is_table(); });
+    if (values || sub.empty()) out << (out.tellp() > 0 ? "\n" : "") << "[" << inner << "]\n";
+    write_table(out, sub, inner);
+  }
+}
+
+}  // namespace
+
+std::string toml_document(const toml::table& table) {
+  std::ostringstream out;
+  write_table(out, table, "");
+  return out.str();
+}
+
 ConfigTable::ConfigTable(const toml::table* table, std::string file, std::string path,
-                         std::shared_ptr<const SetAssignments> assignments)
+                         std::shared_ptr<const SetAssignments> assignments, std::shared_ptr<toml::table> effective)
     : table_(table ? table : &empty_table()),
       file_(std::move(file)),
       path_(std::move(path)),
       read_keys_(std::make_shared<std::set<std::string>>()),
-      assignments_(std::move(assignments)) {}
+      assignments_(std::move(assignments)),
+      effective_(std::move(effective)) {}
 
 const toml::node* ConfigTable::lookup(const std::string& key) const {
   read_keys_->insert(key);
@@ -125,40 +232,56 @@ void ConfigTable::fail(const std::string& key, const std::string& message) const
 }
 
 int64_t ConfigTable::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
-  const toml::node* node = lookup(key);
-  if (!node) return fallback;
-  auto value = node->value_exact<int64_t>();
-  if (!value) fail(key, "expected an integer, found " + type_name(*node) + " " + render(*node));
-  if (*value < min || *value > max) {
-    std::string range = min == INT64_MIN ? "<= " + std::to_string(max)
-                        : max == INT64_MAX ? ">= " + std::to_string(min)
-                                           : "from " + std::to_string(min) + " to " + std::to_string(max);
-    fail(key, "expected an integer " + range + ", found " + std::to_string(*value));
-  }
-  return *value;
+  const int64_t result = [&]() -> int64_t {
+    const toml::node* node = lookup(key);
+    if (!node) return fallback;
+    auto value = node->value_exact<int64_t>();
+    if (!value) fail(key, "expected an integer, found " + type_name(*node) + " " + render(*node));
+    if (*value < min || *value > max) {
+      std::string range = min == INT64_MIN ? "<= " + std::to_string(max)
+                          : max == INT64_MAX ? ">= " + std::to_string(min)
+                                             : "from " + std::to_string(min) + " to " + std::to_string(max);
+      fail(key, "expected an integer " + range + ", found " + std::to_string(*value));
+    }
+    return *value;
+  }();
+  record(key, toml::value<int64_t>(result));
+  return result;
 }
 
 double ConfigTable::get_double(const std::string& key, double fallback) const {
-  const toml::node* node = lookup(key);
-  if (!node) return fallback;
-  if (!node->is_number()) fail(key, "expected a number, found " + type_name(*node) + " " + render(*node));
-  return *node->value<double>();
+  const double result = [&]() -> double {
+    const toml::node* node = lookup(key);
+    if (!node) return fallback;
+    if (!node->is_number()) fail(key, "expected a number, found " + type_name(*node) + " " + render(*node));
+    return *node->value<double>();
+  }();
+  record(key, toml::value<double>(result));
+  return result;
 }
 
 bool ConfigTable::get_bool(const std::string& key, bool fallback) const {
-  const toml::node* node = lookup(key);
-  if (!node) return fallback;
-  auto value = node->value_exact<bool>();
-  if (!value) fail(key, "expected true or false, found " + type_name(*node) + " " + render(*node));
-  return *value;
+  const bool result = [&]() -> bool {
+    const toml::node* node = lookup(key);
+    if (!node) return fallback;
+    auto value = node->value_exact<bool>();
+    if (!value) fail(key, "expected true or false, found " + type_name(*node) + " " + render(*node));
+    return *value;
+  }();
+  record(key, toml::value<bool>(result));
+  return result;
 }
 
 std::string ConfigTable::get_string(const std::string& key, const std::string& fallback) const {
-  const toml::node* node = lookup(key);
-  if (!node) return fallback;
-  auto value = node->value_exact<std::string>();
-  if (!value) fail(key, "expected a string, found " + type_name(*node) + " " + render(*node));
-  return *value;
+  const std::string result = [&]() -> std::string {
+    const toml::node* node = lookup(key);
+    if (!node) return fallback;
+    auto value = node->value_exact<std::string>();
+    if (!value) fail(key, "expected a string, found " + type_name(*node) + " " + render(*node));
+    return *value;
+  }();
+  record(key, toml::value<std::string>(result));
+  return result;
 }
 
 std::string ConfigTable::get_choice(const std::string& key, const std::string& fallback,
@@ -172,36 +295,62 @@ std::string ConfigTable::get_choice(const std::string& key, const std::string& f
 
 std::vector<std::string> ConfigTable::get_string_list(const std::string& key,
                                                       const std::vector<std::string>& fallback) const {
-  const toml::node* node = lookup(key);
-  if (!node) return fallback;
-  if (auto single = node->value_exact<std::string>()) return {*single};
-  const toml::array* array = node->as_array();
-  if (!array) fail(key, "expected a list of strings, found " + type_name(*node) + " " + render(*node));
-  std::vector<std::string> values;
-  for (const toml::node& item : *array) {
-    auto value = item.value_exact<std::string>();
-    if (!value) fail(key, "expected a list of strings, found an element that is " + type_name(item));
-    values.push_back(*value);
-  }
-  return values;
+  const std::vector<std::string> result = [&]() -> std::vector<std::string> {
+    const toml::node* node = lookup(key);
+    if (!node) return fallback;
+    if (auto single = node->value_exact<std::string>()) return {*single};
+    const toml::array* array = node->as_array();
+    if (!array) fail(key, "expected a list of strings, found " + type_name(*node) + " " + render(*node));
+    std::vector<std::string> values;
+    for (const toml::node& item : *array) {
+      auto value = item.value_exact<std::string>();
+      if (!value) fail(key, "expected a list of strings, found an element that is " + type_name(item));
+      values.push_back(*value);
+    }
+    return values;
+  }();
+  record(key, as_array(result));
+  return result;
 }
 
 std::vector<int64_t> ConfigTable::get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const {
-  const toml::node* node = lookup(key);
-  if (!node) return fallback;
-  if (auto single = node->value_exact<int64_t>()) return {*single};
-  const toml::array* array = node->as_array();
-  if (!array) fail(key, "expected a list of integers, found " + type_name(*node) + " " + render(*node));
-  std::vector<int64_t> values;
-  for (const toml::node& item : *array) {
-    auto value = item.value_exact<int64_t>();
-    if (!value) fail(key, "expected a list of integers, found an element that is " + type_name(item));
-    values.push_back(*value);
-  }
-  return values;
+  const std::vector<int64_t> result = [&]() -> std::vector<int64_t> {
+    const toml::node* node = lookup(key);
+    if (!node) return fallback;
+    if (auto single = node->value_exact<int64_t>()) return {*single};
+    const toml::array* array = node->as_array();
+    if (!array) fail(key, "expected a list of integers, found " + type_name(*node) + " " + render(*node));
+    std::vector<int64_t> values;
+    for (const toml::node& item : *array) {
+      auto value = item.value_exact<int64_t>();
+      if (!value) fail(key, "expected a list of integers, found an element that is " + type_name(item));
+      values.push_back(*value);
+    }
+    return values;
+  }();
+  record(key, as_array(result));
+  return result;
 }
 
-const toml::node* ConfigTable::node(const std::string& key) const { return lookup(key); }
+const toml::node* ConfigTable::node(const std::string& key) const {
+  const toml::node* found = lookup(key);
+  if (found) found->visit([&](const auto& value) { record(key, value); });
+  return found;
+}
+
+void ConfigTable::record_node(const std::string& key, const toml::node& value) const {
+  if (!effective_) return;
+  toml::table* table = effective_.get();
+  for (size_t begin = 0; !path_.empty() && begin <= path_.size();) {
+    const size_t end = std::min(path_.find('.', begin), path_.size());
+    const std::string part = path_.substr(begin, end - begin);
+    if (!table->contains(part)) table->insert(part, toml::table{});
+    table = table->get_as<toml::table>(part);
+    if (!table) return;  // a value where a table would go: nothing to record under it
+    begin = end + 1;
+  }
+  value.visit([&](const auto& copy) { table->insert_or_assign(key, copy); });
+}
 
 ConfigTable ConfigTable::table(const std::string& key) const {
   if (fallback_ && !table_->contains(key)) {
@@ -210,7 +359,8 @@ ConfigTable ConfigTable::table(const std::string& key) const {
   }
   const toml::node* node = lookup(key);
   if (node && !node->is_table()) fail(key, "expected a table, found " + type_name(*node) + " " + render(*node));
-  return ConfigTable(node ? node->as_table() : nullptr, file_, path_.empty() ? key : path_ + "." + key, assignments_);
+  return ConfigTable(node ? node->as_table() : nullptr, file_, path_.empty() ? key : path_ + "." + key, assignments_,
+                     effective_);
 }
 
 void ConfigTable::reject_unknown_keys() const {
@@ -293,7 +443,7 @@ ConfigTable ExperimentFile::table(const std::string& name) const {
   if (node && !node->is_table()) {
     throw ConfigError(top_level_where(name, *node) + ": expected a table [" + name + "], found " + type_name(*node));
   }
-  return ConfigTable(node ? node->as_table() : nullptr, file_, name, assignments_);
+  return ConfigTable(node ? node->as_table() : nullptr, file_, name, assignments_, effective_);
 }
 
 std::string ExperimentFile::top_level_where(const std::string& name, const toml::node& node) const {
@@ -314,10 +464,8 @@ void ExperimentFile::reject_unknown_tables(const std::vector<std::string>& known
   }
 }
 
-std::string ExperimentFile::to_toml() const {
-  std::ostringstream out;
-  out << *root_;
-  return out.str();
-}
+std::string ExperimentFile::to_toml() const { return toml_document(*root_); }
+
+std::string ExperimentFile::effective_toml() const { return toml_document(*effective_); }
 
 }  // namespace mr1

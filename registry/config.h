@@ -29,6 +29,15 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 // "an integer", "a string", ...: what a TOML value is, for error messages.
 std::string type_name(const toml::node& node);
 
+// A value as TOML text: strings quoted and escaped, floats that read back exactly (3e-3 -> 0.003, not
+// 0.0030000000000000001), arrays "[a, b]", inline tables "{ k = v }".
+std::string render_toml_value(const toml::node& node);
+// A key as TOML writes it: bare when it can be, else quoted.
+std::string toml_key(const std::string& key);
+// A table as a TOML document: its values, then each sub-table as a [path] section, values rendered as
+// render_toml_value does.
+std::string toml_document(const toml::table& table);
+
 // The --set assignments applied to an experiment: full key path ("training.lr") to the assignment as
 // given ("training.lr=-1").
 using SetAssignments = std::map<std::string, std::string>;
@@ -38,9 +47,12 @@ using SetAssignments = std::map<std::string, std::string>;
 class ConfigTable {
  public:
   // `assignments`: the experiment's --set assignments (may be null), so that an error about a value
-  // set there names the assignment instead of a line of the file.
+  // set there names the assignment instead of a line of the file. `effective` (may be null): the table
+  // into which every get_* records, under this table's path, the value it returned (the file's or the
+  // default), which ExperimentFile::effective_toml writes out.
   ConfigTable(const toml::table* table, std::string file, std::string path,
-              std::shared_ptr<const SetAssignments> assignments = nullptr);
+              std::shared_ptr<const SetAssignments> assignments = nullptr,
+              std::shared_ptr<toml::table> effective = nullptr);
 
   const std::string& path() const { return path_; }
   const std::string& file() const { return file_; }
@@ -64,7 +76,7 @@ class ConfigTable {
   // there; errors about it name its place there). reject_unknown_keys checks this table's own keys.
   // Shares this table's record of read keys.
   ConfigTable over(const ConfigTable& fallback) const;
-  const toml::node* node(const std::string& key) const;  // raw node; marks `key` as read
+  const toml::node* node(const std::string& key) const;  // raw node; marks `key` as read (and records it)
 
   // Throws ConfigError for the first key of this table that no get_* asked for, listing the keys that were.
   void reject_unknown_keys() const;
@@ -76,12 +88,19 @@ class ConfigTable {
 
  private:
   const toml::node* lookup(const std::string& key) const;
+  // Records `value` as the effective value of this table's `key`.
+  void record_node(const std::string& key, const toml::node& value) const;
+  template <typename Value>
+  void record(const std::string& key, const Value& value) const {
+    record_node(key, value);
+  }
   const toml::table* table_;
   std::string file_;
   std::string path_;
   std::shared_ptr<std::set<std::string>> read_keys_;
   std::shared_ptr<const SetAssignments> assignments_;
   std::shared_ptr<const ConfigTable> fallback_;
+  std::shared_ptr<toml::table> effective_;
 };
 
 // A whole experiment file with the --set overrides applied.
@@ -104,6 +123,9 @@ class ExperimentFile {
   void reject_unknown_tables(const std::vector<std::string>& known) const;
   // The resolved file as TOML text (for the run's output folder).
   std::string to_toml() const;
+  // Every setting the program read from this file's tables so far, with the value it used, the file's
+  // or its default, as TOML text (effective.toml in the run's folder).
+  std::string effective_toml() const;
 
  private:
   // "file:line: name", or "--set name.key=value: name" for a table a --set assignment created.
@@ -112,6 +134,7 @@ class ExperimentFile {
   std::string file_;
   std::shared_ptr<toml::table> root_;
   std::shared_ptr<SetAssignments> assignments_ = std::make_shared<SetAssignments>();
+  std::shared_ptr<toml::table> effective_ = std::make_shared<toml::table>();
 };
 
 }  // namespace mr1

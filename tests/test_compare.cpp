@@ -89,8 +89,8 @@ TEST_CASE("compare: the settings that differ become columns, each run with its s
   CHECK_FALSE(comparison.axes[1].repeats);
 
   const std::string markdown = comparison_markdown(comparison, {"loss_curves.svg"});
-  CHECK_THAT(markdown, StartsWith("# Comparison of 3 runs\n\nSettings that differ between their config.toml files: "
-                                  "router.name, run.seed, training.steps"));
+  CHECK_THAT(markdown, StartsWith("# Comparison of 3 runs\n\nSettings that differ between the runs: router.name, "
+                                  "run.seed, training.steps (from each run's effective.toml"));
   CHECK_THAT(markdown, Contains("| [0](<../a/report.md>) | switch | 0 | default | done | 2.0000 | 0.500 | 1.7500 |"));
   CHECK_THAT(markdown, Contains("| 1 | topk | 0 | default | unfinished | – |"));
   CHECK_THAT(markdown, Contains("| [2](<../c/report.md>) | topk | 1 | 10 | interrupted | 1.5000 |"));
@@ -128,7 +128,7 @@ TEST_CASE("compare: runs that differ in run.seed alone are grouped over seeds", 
   CHECK(alike.settings.empty());
   CHECK(alike.axes.empty());
   CHECK(alike.results[1].run.label == "twin");
-  CHECK_THAT(comparison_markdown(alike, {}), Contains("Their config.toml files do not differ"));
+  CHECK_THAT(comparison_markdown(alike, {}), Contains("Their settings do not differ"));
   std::filesystem::remove_all(root);
 }
 
@@ -196,5 +196,25 @@ TEST_CASE("compare: more than 4 differing settings get a table of their own, one
   CHECK_THAT(markdown, Contains("| [2](<r/report.md>) | B | 1 | **1.0000** |"));
   // B over its two seeds: eval loss 1.5 ± 0.7071.
   CHECK_THAT(markdown, Contains("| B | 2 | 1.5000 ± 0.7071 |"));
+  std::filesystem::remove_all(root);
+}
+
+TEST_CASE("compare: a run's effective.toml, every setting it used, is compared in place of its config.toml",
+          "[compare]") {
+  const std::string root = fresh_folder("effective");
+  // Both files leave the learning rate to its default; their effective.toml files say what it was. The
+  // switch run never read top_k.
+  const std::string a = make_run(root, "a", "[router]\nname = \"switch\"\n", summary_of(10, 2.0));
+  const std::string b = make_run(root, "b", "[router]\nname = \"topk\"\n", summary_of(10, 1.0));
+  write_file_atomic(a + "/effective.toml", "[router]\nname = \"switch\"\n[training]\nlearning_rate = 0.001\n"
+                                           "steps = 10\n");
+  write_file_atomic(b + "/effective.toml", "[router]\nname = \"topk\"\ntop_k = 2\n[training]\n"
+                                           "learning_rate = 0.001\nsteps = 20\n");
+  const Comparison comparison = compare_runs({a, b}, root);
+  CHECK(keys_of(comparison) == std::vector<std::string>{"router.name", "router.top_k", "training.steps"});
+  CHECK(comparison.settings[1].shown == std::vector<std::string>{"unused", "2"});
+  // b's summary has 10 of its 20 steps.
+  CHECK(comparison.results[0].status == "done");
+  CHECK(comparison.results[1].status == "interrupted");
   std::filesystem::remove_all(root);
 }

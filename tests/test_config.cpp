@@ -215,3 +215,30 @@ TEST_CASE("the shipped experiment files load and build", "[config]") {
     CHECK_NOTHROW(build_experiment(load_experiment(entry.path().string(), {})));
   }
 }
+
+TEST_CASE("the effective settings: every value read, defaults included, as TOML that reads back", "[config]") {
+  const Experiment experiment =
+      load_text("[model]\ndim = 8\norder = [\"mamba\", \"moe\"]\nnum_experts = 3\nvocab_size = 5\n"
+                "[model.layers.1.router]\nname = \"topk\"\n[training]\nlearning_rate = 3e-3\n",
+                {"router.capacity_factor=2.0"});
+  build_experiment(experiment);
+  const std::string text = experiment.file.effective_toml();
+  INFO(text);
+  const toml::table effective = toml::parse(text);
+  CHECK(effective["model"]["dim"].value<int64_t>() == 8);
+  CHECK(effective["model"]["d_state"].value<int64_t>() == 64);  // the default, not in the file
+  CHECK(effective["model"]["norm"].value<std::string>() == "rmsnorm");
+  CHECK(effective["router"]["name"].value<std::string>() == "switch");
+  CHECK(effective["router"]["capacity_factor"].value<double>() == 2.0);  // from --set
+  // Block 1's router: its own name, top_k's default for topk, capacity_factor from [router].
+  CHECK(effective["model"]["layers"]["1"]["router"]["name"].value<std::string>() == "topk");
+  CHECK(effective["model"]["layers"]["1"]["router"]["top_k"].value<int64_t>() == 2);
+  CHECK(effective["model"]["layers"]["1"]["router"]["capacity_factor"].value<double>() == 2.0);
+  CHECK(effective["task"]["name"].value<std::string>() == "forward");
+  // [training] is read by the trainer, which has not run here.
+  CHECK_FALSE(effective.contains("training"));
+  // Floats as the shortest text that reads back: 0.003, not 0.0030000000000000001.
+  CHECK_THAT(experiment.file.to_toml(), Contains("\nlearning_rate = 0.003\n"));
+  CHECK_THAT(text, Contains("\n[model.layers.1.router]\n"));
+  CHECK(text.find("[model.layers]\n") == std::string::npos);  // no header for a table of tables only
+}

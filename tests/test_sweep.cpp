@@ -431,6 +431,7 @@ TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finish
     CHECK(std::filesystem::exists(run + "/summary.json"));
     CHECK(std::filesystem::exists(run + "/metrics.jsonl"));
     CHECK(std::filesystem::exists(run + "/report.md"));  // and its charts, as after every training run
+    CHECK_THAT(read_file(run + "/effective.toml"), Contains("\n[training]\n"));  // the trainer's settings too
     require_well_formed_svg(read_file(run + "/loss.svg"));
     // A run's config.toml is that run alone: its seed set, its [sweep] emptied.
     CHECK(read_file(run + "/config.toml").find("seed = [") == std::string::npos);

@@ -90,6 +90,10 @@ short=(--set training.steps=4 --set training.log_every=2 --set training.eval_eve
 expect "a training run writes report.md" 0 "eval \(last evaluation\)" -- \
   bash -c '"$0" run "$1" "${@:3}" --out "$2/seed0" >/dev/null 2>&1 && cat "$2/seed0/report.md"' \
   "$BIN" "$quick" "$WORK" "${short[@]}"
+expect "effective.toml holds the defaults" 0 "^final_lr_ratio = 0.1$" -- cat "$WORK/seed0/effective.toml"
+expect "effective.toml runs the same run again" 0 "^same$" -- bash -c '"$0" run "$1/seed0/effective.toml" \
+  --out "$1/again" >/dev/null 2>&1 && python3 -c "import json, sys; a, b = (json.load(open(f))[\"final\"] for f in \
+  sys.argv[1:]); print(\"same\" if a == b else (a, b))" "$1/seed0/summary.json" "$1/again/summary.json"' "$BIN" "$WORK"
 "$BIN" run "$quick" "${short[@]}" --set run.seed=1 --out "$WORK/seed1" >/dev/null 2>&1
 expect "compare names the differing settings" 0 "differing settings: run.seed" -- \
   "$BIN" compare "$WORK/seed0" "$WORK/seed1" --out "$WORK/compared"
