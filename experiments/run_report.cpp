@@ -254,8 +254,9 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
   if (!text("backend").empty()) setup.push_back("backend " + text("backend"));
   out << join(setup, " · ") << "  \n";
   if (!text("task").empty()) out << "task: " << text("task") << "  \n";
-  out << "settings: [config.toml](config.toml) (the experiment as run, with its --set values); per logging "
-         "window: [metrics.jsonl](metrics.jsonl)\n";
+  out << "settings: [config.toml](config.toml) (the experiment file with its --set values), "
+         "[effective.toml](effective.toml) (every setting with the value used); per logging window: "
+         "[metrics.jsonl](metrics.jsonl)\n";
 
   const auto steps = number_at(summary, "/steps");
   const auto seconds = number_at(summary, "/train_seconds");
