@@ -227,6 +227,7 @@ TEST_CASE("the effective settings: every value read, defaults included, as TOML 
   const toml::table effective = toml::parse(text);
   CHECK(effective["model"]["dim"].value<int64_t>() == 8);
   CHECK(effective["model"]["d_state"].value<int64_t>() == 64);  // the default, not in the file
+  CHECK(effective["model"]["dt_rank"].value<int64_t>() == 1);    // "auto": ceil(8 / 16), the rank used
   CHECK(effective["model"]["norm"].value<std::string>() == "rmsnorm");
   CHECK(effective["router"]["name"].value<std::string>() == "switch");
   CHECK(effective["router"]["capacity_factor"].value<double>() == 2.0);  // from --set
