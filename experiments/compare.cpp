@@ -203,10 +203,8 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
     // The legend: the differing values when they are short, else the run's folder name.
     const std::string label = sweep_label(comparison.axes, choices[r]);
     result.run.label = comparison.axes.empty() || label.size() > 48 ? result.run.name : label;
-    result.summary = nullptr;
-    if (fs::exists(folder + "/summary.json")) result.summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
-    result.metrics = fs::exists(folder + "/metrics.jsonl") ? read_json_lines(folder + "/metrics.jsonl")
-                                                          : nlohmann::json::array();
+    result.summary = read_run_summary(folder);
+    result.metrics = read_run_metrics(folder);
     result.status = status_of(result.summary, settings[r]);
     result.seconds = number_at(result.summary, "/train_seconds").value_or(0.0);
     comparison.results.push_back(std::move(result));
@@ -253,17 +251,7 @@ std::string comparison_markdown(const Comparison& comparison, const std::vector<
     for (size_t c = 0; c < count; ++c) out << " " << join(runs[c], ", ") << " |";
     out << "\n\n";
   }
-  out << results_markdown(comparison.axes, comparison.results) << "\n"
-      << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
-         "tokens/s: training throughput; load CV, MaxVio and drop rate: the mean over MoE layers, on the eval "
-         "batches at the end; time: training time.\n";
-  const std::string over_seeds = results_over_seeds_markdown(comparison.axes, comparison.results);
-  if (!over_seeds.empty()) {
-    out << "\n## Over seeds\n\n"
-        << over_seeds << "\n"
-        << "Each combination of the other differing settings over its finished seeds: mean ± sample standard "
-           "deviation, and the lowest eval accuracy of any seed.\n";
-  }
+  out << results_section(comparison.axes, comparison.results, "training time", "differing settings");
   out << "\n## Runs\n\n";
   for (const SweepResult& result : comparison.results) {
     out << "* " << result.run.index << ": `" << comparison.folders[static_cast<size_t>(result.run.index)] << "`"

@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <map>
-#include <sstream>
 
 #include "experiments/files.h"
 #include "experiments/run_report.h"
@@ -38,9 +37,7 @@ std::string describe_overrides(const ModelConfig& model) {
     add("expert_dim", overrides.expert_dim);
     if (overrides.router) {
       for (const std::string& key : overrides.router->keys()) {
-        std::ostringstream value;
-        overrides.router->node(key)->visit([&](const auto& v) { value << v; });
-        parts.push_back("router." + key + " = " + value.str());
+        parts.push_back("router." + key + " = " + render_toml_value(*overrides.router->node(key)));
       }
     }
     text += (text.empty() ? "" : "; ") + std::string("block ") + std::to_string(i) + " (" + model.block_kind(i) +

@@ -318,12 +318,17 @@ std::vector<std::string> write_charts(const std::string& folder,
   return written;
 }
 
-namespace {
+nlohmann::json read_run_summary(const std::string& folder) {
+  const std::string path = folder + "/summary.json";
+  return std::filesystem::exists(path) ? nlohmann::json::parse(read_file(path)) : nlohmann::json(nullptr);
+}
 
-nlohmann::json read_metrics(const std::string& folder) {
+nlohmann::json read_run_metrics(const std::string& folder) {
   const std::string path = folder + "/metrics.jsonl";
   return std::filesystem::exists(path) ? read_json_lines(path) : nlohmann::json::array();
 }
+
+namespace {
 
 std::string folder_name(const std::string& folder) {
   std::filesystem::path path(folder);
@@ -341,12 +346,12 @@ std::vector<std::pair<std::string, std::string>> metrics_charts(const nlohmann::
 }  // namespace
 
 void write_progress_charts(const std::string& folder) {
-  write_charts(folder, metrics_charts(read_metrics(folder), folder_name(folder)));
+  write_charts(folder, metrics_charts(read_run_metrics(folder), folder_name(folder)));
 }
 
 void write_run_report(const std::string& folder, bool interrupted) {
-  const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));
-  const nlohmann::json metrics = read_metrics(folder);
+  const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));  // written just before
+  const nlohmann::json metrics = read_run_metrics(folder);
   const std::string name = folder_name(folder);
   std::vector<std::pair<std::string, std::string>> charts = metrics_charts(metrics, name);
   charts.push_back({"expert_load.svg", run_expert_load_svg(summary, name + ": expert load")});

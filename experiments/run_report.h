@@ -19,6 +19,10 @@ nlohmann::json read_json_lines(const std::string& path);
 // The finite number at a JSON pointer ("/final/eval_loss"), or nothing (absent, not a number, or NaN,
 // which JSON stores as null).
 std::optional<double> number_at(const nlohmann::json& json, const std::string& pointer);
+// A run folder's summary.json (null when it has none yet) and its metrics.jsonl lines (an empty array
+// when it has none).
+nlohmann::json read_run_summary(const std::string& folder);
+nlohmann::json read_run_metrics(const std::string& folder);
 // Rounded to a whole number, the digits grouped by three: 1234567.4 -> "1,234,567".
 std::string grouped_digits(double value);
 // Whole seconds, rounded: "7s", "12m30s", "1h02m03s".

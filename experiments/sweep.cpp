@@ -667,6 +667,25 @@ std::vector<std::pair<std::string, std::string>> sweep_charts(const std::vector<
           {"expert_load.svg", expert_load_svg(axes, results, varied)}};
 }
 
+std::string results_section(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                            const std::string& time, const std::string& others) {
+  std::ostringstream out;
+  out << results_markdown(axes, results) << "\n"
+      << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
+         "tokens/s: training throughput; load CV (coefficient of variation of the experts' load), MaxVio "
+         "(max load / mean load − 1) and drop rate (assignments dropped for capacity): the mean over MoE "
+         "layers, measured on the eval batches at the end; time: "
+      << time << ".\n";
+  const std::string over_seeds = results_over_seeds_markdown(axes, results);
+  if (!over_seeds.empty()) {
+    out << "\n## Over seeds\n\n"
+        << over_seeds << "\n"
+        << "Each combination of the other " << others << " over its finished seeds: mean ± sample standard "
+        << "deviation, and the lowest eval accuracy of any seed.\n";
+  }
+  return out.str();
+}
+
 // ---------------------------------------------------------------------------------------------
 // The sweep command.
 
@@ -704,11 +723,8 @@ void read_run_outputs(SweepResult& result, const std::string& folder) {
   result.summary = nullptr;
   result.metrics = nlohmann::json::array();
   if (result.status == "pending") return;
-  const std::string summary = folder + "/summary.json";
-  if ((result.status == "done" || result.status == "interrupted") && std::filesystem::exists(summary)) {
-    result.summary = nlohmann::json::parse(read_file(summary));
-  }
-  if (std::filesystem::exists(folder + "/metrics.jsonl")) result.metrics = read_json_lines(folder + "/metrics.jsonl");
+  if (result.status == "done" || result.status == "interrupted") result.summary = read_run_summary(folder);
+  result.metrics = read_run_metrics(folder);
 }
 
 nlohmann::json sweep_state(const std::string& experiment_path, const std::vector<std::string>& sets,
@@ -753,18 +769,9 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
   markdown << "# Sweep of " << experiment_path << "\n\n"
            << done << " of " << results.size() << " runs finished (" << format_duration(seconds)
            << " of run time); swept: " << swept_keys(axes) << ".\n\n"
-           << results_markdown(axes, results) << "\n"
-           << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
-              "tokens/s: training throughput; load CV (coefficient of variation of the experts' load), MaxVio "
-              "(max load / mean load − 1) and drop rate (assignments dropped for capacity): the mean over MoE "
-              "layers, measured on the eval batches at the end; time: wall time of the run.\n";
-  const std::string over_seeds = results_over_seeds_markdown(axes, results);
-  if (!over_seeds.empty()) {
+           << results_section(axes, results, "wall time of the run", "swept values");
+  if (!results_over_seeds_markdown(axes, results).empty()) {
     write_file_atomic(folder + "/results_over_seeds.csv", results_over_seeds_csv(axes, results));
-    markdown << "\n## Over seeds\n\n"
-             << over_seeds << "\n"
-             << "Each combination of the other swept values over its finished seeds: mean ± sample standard "
-                "deviation, and the lowest eval accuracy of any seed.\n";
   }
   for (const std::string& file : write_charts(folder, sweep_charts(axes, results))) {
     markdown << "\n![" << file.substr(0, file.size() - 4) << "](" << file << ")\n";
@@ -799,9 +806,9 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 // Runs the sweep's runs as child processes, `jobs` at a time: each is `mamba-r1 run FILE --set ... --out
 // RUN_FOLDER [--resume]` of line.program (or this program), with `environment` set over this process's,
-// writing its log to RUN_FOLDER/run.log. begin_run and end_run are command_sweep's (the same bookkeeping as one run at a time). Returns whether
-// the sweep was interrupted (Ctrl-C, or a run that was): no further run starts, and those running are
-// waited for while they save their checkpoints.
+// writing its log to RUN_FOLDER/run.log. begin_run and end_run are command_sweep's (the same bookkeeping
+// as one run at a time). Returns whether the sweep was interrupted (Ctrl-C, or a run that was): no further
+// run starts, and those running are waited for while they save their checkpoints.
 bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std::string>& environment,
                    std::vector<SweepResult>& results,
                    const std::function<bool(SweepResult&, bool&)>& begin_run,
