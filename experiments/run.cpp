@@ -91,7 +91,9 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
   summary["forward_seconds_all"] = seconds;
   summary["tokens"] = tokens;
   summary["tokens_per_second"] = tokens / mean_seconds;
+  summary["warmup_passes"] = experiment.run.warmup;
   summary["aux_loss"] = output.aux_loss;
+  put_routing(summary, output.routing);
   return summary;
 }
 
@@ -127,12 +129,8 @@ RunResult run_experiment(const Experiment& experiment, const std::string& folder
   write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
   // Every setting with the value used, defaults included: what the run was, whatever the defaults become.
   write_file_atomic(folder + "/effective.toml", experiment.file.effective_toml() + "\n");
-  if (built.task->trainable()) {
-    write_run_report(folder, result.interrupted);
-    spdlog::info("wrote {}/summary.json and report.md (tables and charts)", folder);
-  } else {
-    spdlog::info("wrote {}/summary.json", folder);
-  }
+  write_run_report(folder, result.interrupted);
+  spdlog::info("wrote {}/summary.json and report.md (tables and charts)", folder);
   return result;
 }
 

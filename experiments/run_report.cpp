@@ -218,7 +218,7 @@ std::string run_routing_svg(const nlohmann::json& metrics, const std::string& ti
   return line_chart_svg(chart);
 }
 
-std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title) {
+std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title, const std::string& measured_on) {
   BarPanel panel = expert_load_panel(summary);
   if (panel.groups.empty()) return "";
   size_t experts = 0;
@@ -229,7 +229,7 @@ std::string run_expert_load_svg(const nlohmann::json& summary, const std::string
                    percent(summary, "/routing_overall/dropped_fraction");
   BarPanelGrid grid;
   grid.title = title;
-  grid.subtitle = "share of the routed tokens per expert, on the eval batches after training";
+  grid.subtitle = "share of the routed tokens per expert, " + measured_on;
   grid.y_label = "load fraction";
   for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
   grid.columns = 1;
@@ -238,10 +238,12 @@ std::string run_expert_load_svg(const nlohmann::json& summary, const std::string
   return bar_panels_svg(grid);
 }
 
-std::string run_report_markdown(const std::string& name, const nlohmann::json& summary,
-                                const nlohmann::json& metrics, bool interrupted,
-                                const std::vector<std::string>& charts) {
-  std::ostringstream out;
+namespace {
+
+// A report's head: the run's name, its setup in one line, the task, and links to its settings (and to
+// metrics.jsonl when the run logged one).
+void write_report_head(std::ostringstream& out, const std::string& name, const nlohmann::json& summary,
+                       bool metrics) {
   out << "# " << name << "\n\n";
   const auto text = [&](const char* key) { return summary.is_object() ? summary.value(key, std::string()) : ""; };
   std::vector<std::string> setup;
@@ -255,8 +257,49 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
   out << join(setup, " · ") << "  \n";
   if (!text("task").empty()) out << "task: " << text("task") << "  \n";
   out << "settings: [config.toml](config.toml) (the experiment file with its --set values), "
-         "[effective.toml](effective.toml) (every setting with the value used); per logging window: "
-         "[metrics.jsonl](metrics.jsonl)\n";
+         "[effective.toml](effective.toml) (every setting with the value used)";
+  if (metrics) out << "; per logging window: [metrics.jsonl](metrics.jsonl)";
+  out << "\n";
+}
+
+// The table of summary["routing"], one row per MoE layer and the mean, under `heading`; nothing when the
+// model has no MoE layer.
+void write_routing_section(std::ostringstream& out, const nlohmann::json& summary, const std::string& heading) {
+  if (!summary.is_object() || !summary.contains("routing") || !summary["routing"].is_array()) return;
+  out << "\n## " << heading << "\n\n"
+      << "| block | experts | load CV | MaxVio | drop rate | entropy | aux loss | z loss |\n"
+      << "|---|---|---|---|---|---|---|---|\n";
+  const auto row = [&](const std::string& block, const std::string& experts, const nlohmann::json& figures) {
+    out << "| " << block << " | " << experts << " | " << figure(figures, "/load_cv", 3) << " | "
+        << figure(figures, "/max_violation", 3) << " | " << percent(figures, "/dropped_fraction") << " | "
+        << figure(figures, "/entropy", 3) << " | " << figure(figures, "/aux_loss", 4) << " | "
+        << figure(figures, "/z_loss", 4) << " |\n";
+  };
+  for (const nlohmann::json& layer : summary["routing"]) {
+    const size_t experts = layer.contains("load") && layer["load"].is_array() ? layer["load"].size() : 0;
+    row(std::to_string(layer.value("layer", int64_t{-1})), std::to_string(experts), layer);
+  }
+  if (summary.contains("routing_overall")) row("mean", "", summary["routing_overall"]);
+  out << "\nload CV: coefficient of variation of the experts' load; MaxVio: max load / mean load − 1; drop "
+         "rate: assignments dropped for capacity; entropy: the mean per token of the entropy of the router's "
+         "probabilities over log(experts) (1: uniform).\n";
+}
+
+// The charts, named by their files, as images.
+void write_chart_links(std::ostringstream& out, const std::vector<std::string>& charts) {
+  if (!charts.empty()) out << "\n";
+  for (const std::string& chart : charts) {
+    out << "![" << chart.substr(0, chart.rfind('.')) << "](" << chart << ")\n";
+  }
+}
+
+}  // namespace
+
+std::string run_report_markdown(const std::string& name, const nlohmann::json& summary,
+                                const nlohmann::json& metrics, bool interrupted,
+                                const std::vector<std::string>& charts) {
+  std::ostringstream out;
+  write_report_head(out, name, summary, true);
 
   const auto steps = number_at(summary, "/steps");
   const auto seconds = number_at(summary, "/train_seconds");
@@ -281,29 +324,49 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
       << "| eval (last evaluation) | " << figure(summary, "/final/eval_loss", 4) << " | "
       << figure(summary, "/final/eval_accuracy", 3) << " |\n";
 
-  if (summary.is_object() && summary.contains("routing") && summary["routing"].is_array()) {
-    out << "\n## Routing at the end (eval batches)\n\n"
-        << "| block | experts | load CV | MaxVio | drop rate | entropy | aux loss | z loss |\n"
-        << "|---|---|---|---|---|---|---|---|\n";
-    const auto row = [&](const std::string& block, const std::string& experts, const nlohmann::json& figures) {
-      out << "| " << block << " | " << experts << " | " << figure(figures, "/load_cv", 3) << " | "
-          << figure(figures, "/max_violation", 3) << " | " << percent(figures, "/dropped_fraction") << " | "
-          << figure(figures, "/entropy", 3) << " | " << figure(figures, "/aux_loss", 4) << " | "
-          << figure(figures, "/z_loss", 4) << " |\n";
-    };
-    for (const nlohmann::json& layer : summary["routing"]) {
-      const size_t experts = layer.contains("load") && layer["load"].is_array() ? layer["load"].size() : 0;
-      row(std::to_string(layer.value("layer", int64_t{-1})), std::to_string(experts), layer);
+  write_routing_section(out, summary, "Routing at the end (eval batches)");
+  write_chart_links(out, charts);
+  return out.str();
+}
+
+std::string forward_report_markdown(const std::string& name, const nlohmann::json& summary,
+                                    const std::vector<std::string>& charts) {
+  std::ostringstream out;
+  write_report_head(out, name, summary, false);
+
+  std::vector<double> passes;
+  if (summary.is_object() && summary.contains("forward_seconds_all") && summary["forward_seconds_all"].is_array()) {
+    for (const nlohmann::json& seconds : summary["forward_seconds_all"]) {
+      passes.push_back(seconds.is_number() ? seconds.get<double>() : NAN);
     }
-    if (summary.contains("routing_overall")) row("mean", "", summary["routing_overall"]);
-    out << "\nload CV: coefficient of variation of the experts' load; MaxVio: max load / mean load − 1; drop "
-           "rate: assignments dropped for capacity; entropy: the mean per token of the entropy of the router's "
-           "probabilities over log(experts) (1: uniform).\n";
   }
-  if (!charts.empty()) out << "\n";
-  for (const std::string& chart : charts) {
-    out << "![" << chart.substr(0, chart.rfind('.')) << "](" << chart << ")\n";
+  const auto tokens = number_at(summary, "/tokens");
+  const auto warmup = number_at(summary, "/warmup_passes");
+  out << "\nForward passes only (no training): " << passes.size() << " timed";
+  if (warmup) out << " after " << grouped_digits(*warmup) << " warm-up";
+  if (tokens) out << ", " << grouped_digits(*tokens) << " tokens each";
+  out << ".\n\n| pass | seconds | tokens/s |\n|---|---|---|\n";
+  const auto row = [&](const std::string& pass, std::optional<double> seconds) {
+    const bool timed = seconds && std::isfinite(*seconds) && *seconds > 0;
+    out << "| " << pass << " | " << (timed ? fixed(*seconds, 4) : "–") << " | "
+        << (timed && tokens ? grouped_digits(*tokens / *seconds) : "–") << " |\n";
+  };
+  row("mean", number_at(summary, "/forward_seconds"));
+  row("best", number_at(summary, "/forward_seconds_best"));
+  for (size_t i = 0; i < passes.size(); ++i) row(std::to_string(i + 1), passes[i]);
+
+  std::string shape;
+  if (summary.is_object() && summary.contains("output_shape") && summary["output_shape"].is_array()) {
+    std::vector<std::string> sizes;
+    for (const nlohmann::json& size : summary["output_shape"]) sizes.push_back(size.dump());
+    shape = " (" + join(sizes) + ")";
   }
+  out << "\nOutput" << shape << " after the final norm: mean " << figure(summary, "/output_mean", 4) << ", std "
+      << figure(summary, "/output_std", 4) << "; aux and z losses of the MoE layers " << figure(summary, "/aux_loss", 4)
+      << ".\n";
+
+  write_routing_section(out, summary, "Routing of the last timed pass");
+  write_chart_links(out, charts);
   return out.str();
 }
 
@@ -351,10 +414,17 @@ void write_progress_charts(const std::string& folder) {
 
 void write_run_report(const std::string& folder, bool interrupted) {
   const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));  // written just before
-  const nlohmann::json metrics = read_run_metrics(folder);
   const std::string name = folder_name(folder);
+  if (summary.contains("forward_seconds")) {
+    const std::vector<std::string> written = write_charts(
+        folder, {{"expert_load.svg", run_expert_load_svg(summary, name + ": expert load", "in the last timed pass")}});
+    write_file_atomic(folder + "/report.md", forward_report_markdown(name, summary, written));
+    return;
+  }
+  const nlohmann::json metrics = read_run_metrics(folder);
   std::vector<std::pair<std::string, std::string>> charts = metrics_charts(metrics, name);
-  charts.push_back({"expert_load.svg", run_expert_load_svg(summary, name + ": expert load")});
+  charts.push_back(
+      {"expert_load.svg", run_expert_load_svg(summary, name + ": expert load", "on the eval batches after training")});
   const std::vector<std::string> written = write_charts(folder, charts);
   write_file_atomic(folder + "/report.md", run_report_markdown(name, summary, metrics, interrupted, written));
 }

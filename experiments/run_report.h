@@ -40,14 +40,21 @@ std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title
 std::string run_accuracy_svg(const nlohmann::json& metrics, const std::string& title);
 // Per MoE layer, one colour: the load CV of each logging window (solid) and its drop rate (dashed).
 std::string run_routing_svg(const nlohmann::json& metrics, const std::string& title);
-// The experts' load per MoE layer at the end (on the eval batches), from summary.json.
-std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title);
+// The experts' load per MoE layer, from summary.json; `measured_on` ends the subtitle ("on the eval
+// batches after training").
+std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title,
+                                const std::string& measured_on);
 
 // report.md: the run's setup and outcome, final losses and accuracies, routing per MoE layer, and the
 // charts named in `charts` (file names beside report.md) as images.
 std::string run_report_markdown(const std::string& name, const nlohmann::json& summary,
                                 const nlohmann::json& metrics, bool interrupted,
                                 const std::vector<std::string>& charts);
+
+// report.md of a forward-only run (summary.json has forward_seconds): the setup, the time of each pass,
+// the output's statistics and the routing per MoE layer of the last pass.
+std::string forward_report_markdown(const std::string& name, const nlohmann::json& summary,
+                                    const std::vector<std::string>& charts);
 
 // Writes each (file name, SVG) of `charts` that has something to draw (a non-empty SVG) into the folder,
 // each to a temporary file renamed into place; returns the names written.
@@ -59,9 +66,10 @@ std::vector<std::string> write_charts(const std::string& folder,
 // a long run as it goes.
 void write_progress_charts(const std::string& folder);
 
-// Reads summary.json and metrics.jsonl of a training run's folder and writes report.md and the charts
-// (loss.svg, accuracy.svg, routing.svg, expert_load.svg; those with something to draw) beside them, each
-// to a temporary file renamed into place.
+// Reads summary.json and metrics.jsonl of a run's folder and writes report.md and the charts (loss.svg,
+// accuracy.svg, routing.svg, expert_load.svg; those with something to draw) beside them, each to a
+// temporary file renamed into place. A forward-only run's report is forward_report_markdown's, with
+// expert_load.svg alone.
 void write_run_report(const std::string& folder, bool interrupted);
 
 }  // namespace mr1

@@ -257,6 +257,29 @@ std::string markdown_cell(const std::string& text) {
   return cell;
 }
 
+// Whether some runs trained (their summary has steps) and whether some ran forward passes only (task
+// "forward": forward_seconds), which time forward passes and route their input without training.
+struct RunKinds {
+  bool trained = false, forward = false;
+  bool forward_only() const { return forward && !trained; }
+  // What a figure means: `training`'s meaning, `forward_pass`'s when every run is forward-only, both
+  // when the runs are mixed.
+  std::string either(const std::string& training, const std::string& forward_pass) const {
+    if (forward_only()) return forward_pass;
+    return forward ? training + " (forward-only runs: " + forward_pass + ")" : training;
+  }
+};
+
+RunKinds run_kinds(const std::vector<SweepResult>& results) {
+  RunKinds kinds;
+  for (const SweepResult& result : results) {
+    if (!result.summary.is_object()) continue;
+    kinds.trained = kinds.trained || result.summary.contains("steps");
+    kinds.forward = kinds.forward || result.summary.contains("forward_seconds");
+  }
+  return kinds;
+}
+
 std::string csv_cell(const std::string& text) {
   if (text.find_first_of(",\"\n") == std::string::npos) return text;
   std::string quoted = "\"";
@@ -267,7 +290,14 @@ std::string csv_cell(const std::string& text) {
 }  // namespace
 
 std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
-  const auto& columns = result_columns();
+  // Runs that are all forward-only have no losses, accuracy or steps: those columns are left out.
+  const RunKinds kinds = run_kinds(results);
+  std::vector<ResultColumn> columns;
+  for (const ResultColumn& column : result_columns()) {
+    const std::string pointer = column.pointer;
+    if (kinds.forward_only() && (pointer.rfind("/final/", 0) == 0 || pointer == "/steps")) continue;
+    columns.push_back(column);
+  }
   const bool show_status = std::any_of(results.begin(), results.end(), [](const SweepResult& r) { return r.status != "done"; });
 
   // The best eval loss (lowest) and accuracy (highest) among finished runs, as shown, bold unless
@@ -300,9 +330,9 @@ std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vect
   for (size_t i = 0; i < columns.size(); ++i) out << "--:|";
   out << "\n";
   for (const SweepResult& result : results) {
-    // A run that trained has its own report beside its files.
+    // A finished run (trained, or forward only) has its own report beside its files.
     const bool reported = (result.status == "done" || result.status == "interrupted") && result.summary.is_object() &&
-                          result.summary.contains("steps");
+                          (result.summary.contains("steps") || result.summary.contains("forward_seconds"));
     if (reported) {
       out << "| [" << result.run.index << "](<" << result.run.folder << "/report.md>) |";
     } else {
@@ -602,6 +632,7 @@ std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vecto
     if (!train.y.empty()) chart.series.push_back(std::move(train));  // runs not started yet stay out
     if (!eval.y.empty()) chart.series.push_back(std::move(eval));
   }
+  if (chart.series.empty()) return "";
   chart.log_y = low > 0 && high / low > 10;
   chart.style_keys.push_back({false, "train loss"});
   if (any_eval) chart.style_keys.push_back({true, "eval loss"});
@@ -633,7 +664,9 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
                             const std::string& varied) {
   BarPanelGrid grid;
   grid.title = "Expert load per MoE layer";
-  grid.subtitle = "share of the routed tokens per expert, on the eval batches after training; dashed: uniform 1/X";
+  grid.subtitle = "share of the routed tokens per expert, " +
+                  run_kinds(results).either("on the eval batches after training", "in the last timed pass") +
+                  "; dashed: uniform 1/X";
   grid.y_label = "load fraction";
   size_t experts = 0;
   for (const SweepResult& result : results) {
@@ -669,13 +702,17 @@ std::vector<std::pair<std::string, std::string>> sweep_charts(const std::vector<
 
 std::string results_section(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
                             const std::string& time, const std::string& others) {
+  const RunKinds kinds = run_kinds(results);
   std::ostringstream out;
-  out << results_markdown(axes, results) << "\n"
-      << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; "
-         "tokens/s: training throughput; load CV (coefficient of variation of the experts' load), MaxVio "
-         "(max load / mean load − 1) and drop rate (assignments dropped for capacity): the mean over MoE "
-         "layers, measured on the eval batches at the end; time: "
-      << time << ".\n";
+  out << results_markdown(axes, results) << "\n";
+  if (!kinds.forward_only()) {
+    out << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; ";
+  }
+  out << "tokens/s: "
+      << kinds.either("training throughput", "forward throughput")
+      << "; load CV (coefficient of variation of the experts' load), MaxVio (max load / mean load − 1) and drop "
+         "rate (assignments dropped for capacity): the mean over MoE layers, measured "
+      << kinds.either("on the eval batches at the end", "in the last timed pass") << "; time: " << time << ".\n";
   const std::string over_seeds = results_over_seeds_markdown(axes, results);
   if (!over_seeds.empty()) {
     out << "\n## Over seeds\n\n"

@@ -112,7 +112,8 @@ std::string results_section(const std::vector<SweepAxis>& axes, const std::vecto
 
 // The charts' subtitles name the axes' keys after `varied`: "swept: router.name".
 // Train loss of every run against the step on one chart (eval loss dashed, same colour), log scale
-// when the losses span more than a factor of 10.
+// when the losses span more than a factor of 10; empty string when no run has logged a loss yet (or
+// none trains).
 std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
                             const std::string& varied = "swept");
 // Eval accuracy of every run against the step; empty string when no run has evaluations.

@@ -61,6 +61,18 @@ namespace {
 std::atomic<bool> interrupt_requested{false};
 extern "C" void on_interrupt(int) { interrupt_requested = true; }
 
+// The mean over MoE layers of each routing scalar: the "overall" routing figures.
+nlohmann::json overall_routing(const nlohmann::json& layers) {
+  nlohmann::json overall;
+  if (layers.empty()) return overall;
+  for (const char* key : {"load_cv", "max_violation", "dropped_fraction", "entropy", "aux_loss", "z_loss"}) {
+    double total = 0;
+    for (const auto& layer : layers) total += layer[key].get<double>();
+    overall[key] = total / static_cast<double>(layers.size());
+  }
+  return overall;
+}
+
 // Sums the routing statistics of every MoE layer over the steps of a logging window.
 class RoutingAverage {
  public:
@@ -97,6 +109,13 @@ class RoutingAverage {
     }
     return layers;
   }
+  // object["routing"] = report() and object["routing_overall"] = its mean over layers; nothing without MoE layers.
+  void put(nlohmann::json& object) const {
+    const nlohmann::json layers = report();
+    if (layers.empty()) return;
+    object["routing"] = layers;
+    object["routing_overall"] = overall_routing(layers);
+  }
   void reset() {
     sums_.clear();
     count_ = 0;
@@ -106,18 +125,6 @@ class RoutingAverage {
   std::vector<RoutingStats> sums_;
   int64_t count_ = 0;
 };
-
-// The mean over MoE layers of each routing scalar: the "overall" routing figures.
-nlohmann::json overall_routing(const nlohmann::json& layers) {
-  nlohmann::json overall;
-  if (layers.empty()) return overall;
-  for (const char* key : {"load_cv", "max_violation", "dropped_fraction", "entropy", "aux_loss", "z_loss"}) {
-    double total = 0;
-    for (const auto& layer : layers) total += layer[key].get<double>();
-    overall[key] = total / static_cast<double>(layers.size());
-  }
-  return overall;
-}
 
 struct Evaluation {
   double loss = 0, lm_loss = 0, accuracy = 0;
@@ -207,6 +214,12 @@ void truncate_metrics(const std::string& path, int64_t step) {
 }
 
 }  // namespace
+
+void put_routing(nlohmann::json& object, const std::vector<RoutingStats>& routing) {
+  RoutingAverage average;
+  average.add(routing);
+  average.put(object);
+}
 
 TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, const std::string& folder, bool resume) {
   const TrainingSettings settings = read_training_settings(experiment.table("training"));
@@ -309,11 +322,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
                {"grad_norm", window_grad_norm / window_steps},
                {"tokens_per_second", throughput},
                {"elapsed_seconds", state.seconds}};
-      const nlohmann::json layers = routing.report();
-      if (!layers.empty()) {
-        entry["routing"] = layers;
-        entry["routing_overall"] = overall_routing(layers);
-      }
+      routing.put(entry);
       spdlog::info("step {:>5}/{} | loss {:.4f} | acc {:.3f} | lr {:.2e} | |g| {:.2f} | {:.0f} tok/s | eta {}",
                    state.step, settings.steps, last_train_loss, accuracy, learning_rate, window_grad_norm / window_steps,
                    throughput, format_duration(remaining));
@@ -370,11 +379,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
   for (int64_t i = 0; i < settings.eval_batches; ++i) {
     final_routing.add(model.forward(task.batch(Split::eval, i).input, ForwardOptions{}).routing);
   }
-  const nlohmann::json layers = final_routing.report();
-  if (!layers.empty()) {
-    summary["routing"] = layers;
-    summary["routing_overall"] = overall_routing(layers);
-  }
+  final_routing.put(summary);
   return outcome;
 }
 

@@ -41,4 +41,8 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
 // variation, MaxVio (max load / mean load − 1), drop rate, normalised entropy, aux and z losses.
 nlohmann::json routing_metrics(const RoutingStats& stats);
 
+// object["routing"]: routing_metrics of each MoE layer of one forward pass (with its "layer"), and
+// object["routing_overall"]: the mean of each figure over those layers. Nothing when there is no MoE layer.
+void put_routing(nlohmann::json& object, const std::vector<RoutingStats>& routing);
+
 }  // namespace mr1

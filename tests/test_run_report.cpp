@@ -131,12 +131,14 @@ TEST_CASE("run report: the charts draw what the metrics hold", "[report]") {
   CHECK_THAT(routing, Contains(">drop rate (assignments over capacity)</text>"));
   CHECK(run_routing_svg(nlohmann::json::array({{{"step", 1}, {"train_loss", 2.0}}}), "x").empty());
 
-  const std::string load = run_expert_load_svg(synthetic_summary({0.25, 0.25, 0.25, 0.25}), "demo: load");
+  const std::string load =
+      run_expert_load_svg(synthetic_summary({0.25, 0.25, 0.25, 0.25}), "demo: load", "on the eval batches");
   require_well_formed_svg(load);
   CHECK_THAT(load, Contains(">block 1</text>") && Contains(">block 3</text>") && Contains(">1/4</text>") &&
-                       Contains("mean over layers: CV 0.200 · MaxVio 0.400 · drop 2.5%"));
+                       Contains("mean over layers: CV 0.200 · MaxVio 0.400 · drop 2.5%") &&
+                       Contains(">share of the routed tokens per expert, on the eval batches</text>"));
   CHECK(count(load, ">expert 3</text>") == 1);
-  CHECK(run_expert_load_svg(nlohmann::json{{"steps", 3}}, "x").empty());
+  CHECK(run_expert_load_svg(nlohmann::json{{"steps", 3}}, "x", "y").empty());
 }
 
 TEST_CASE("run report: report.md states the summary's figures", "[report]") {
@@ -163,6 +165,38 @@ TEST_CASE("run report: report.md states the summary's figures", "[report]") {
   CHECK_THAT(interrupted, Contains("| train (last logging window) | 2.2500 | – |\n"));
   CHECK(interrupted.find("Routing") == std::string::npos);
   CHECK(interrupted.find("![") == std::string::npos);
+}
+
+TEST_CASE("run report: a forward-only run's report states its passes, output and routing", "[report]") {
+  nlohmann::json summary = synthetic_summary({0.25, 0.25, 0.25, 0.25});
+  for (const char* key : {"steps", "train_seconds", "stopped_early", "final"}) summary.erase(key);
+  summary["task"] = "forward: random input (4, 64, 32) embeddings, mask ones";
+  summary["tokens"] = 256;
+  summary["warmup_passes"] = 1;
+  summary["forward_seconds_all"] = {0.5, 0.25, 0.125};
+  summary["forward_seconds"] = 0.875 / 3;
+  summary["forward_seconds_best"] = 0.125;
+  summary["tokens_per_second"] = 256 / (0.875 / 3);
+  summary["output_shape"] = {4, 64, 32};
+  summary["output_mean"] = 0.0625;
+  summary["output_std"] = 1.5;
+  summary["aux_loss"] = 0.025;
+  const std::string report = forward_report_markdown("seed", summary, {"expert_load.svg"});
+  CHECK_THAT(report, StartsWith("# seed\n\nexperiments/x.toml · 4 blocks (2 mamba, 2 moe) · 218,700 parameters · "
+                                "backend cpu  \ntask: forward: random input (4, 64, 32) embeddings, mask ones  \n"));
+  // No metrics.jsonl to link: the run logged none.
+  CHECK_THAT(report, Contains("(every setting with the value used)\n"));
+  CHECK(report.find("metrics.jsonl") == std::string::npos);
+  CHECK_THAT(report, Contains("\nForward passes only (no training): 3 timed after 1 warm-up, 256 tokens each.\n"));
+  // tokens/s of each row = 256 / its seconds: mean 256 / 0.291666 = 877.7, best 2048, passes 512, 1024, 2048.
+  CHECK_THAT(report, Contains("| mean | 0.2917 | 878 |\n| best | 0.1250 | 2,048 |\n| 1 | 0.5000 | 512 |\n"
+                              "| 2 | 0.2500 | 1,024 |\n| 3 | 0.1250 | 2,048 |\n"));
+  CHECK_THAT(report, Contains("\nOutput (4, 64, 32) after the final norm: mean 0.0625, std 1.5000; aux and z losses of "
+                              "the MoE layers 0.0250.\n"));
+  CHECK_THAT(report, Contains("## Routing of the last timed pass\n"));
+  CHECK_THAT(report, Contains("| 3 | 4 | 0.300 | 0.600 | 0.0% | 0.875 | 0.0125 | 0.0000 |\n"));
+  CHECK_THAT(report, Contains("\n![expert_load](expert_load.svg)\n"));
+  CHECK(report.find("steps") == std::string::npos);
 }
 
 TEST_CASE("run report: the files written into a run folder", "[report]") {
@@ -193,5 +227,21 @@ TEST_CASE("run report: the files written into a run folder", "[report]") {
   CHECK_THAT(report, Contains("![loss](loss.svg)\n![accuracy](accuracy.svg)\n![routing](routing.svg)\n"
                               "![expert_load](expert_load.svg)\n"));
   require_well_formed_svg(read_file(folder + "/expert_load.svg"));
+
+  // A forward-only run (summary.json has forward_seconds): its report and the expert load alone, whatever
+  // else the folder holds.
+  const std::string forward = folder + "/forward";
+  std::filesystem::create_directories(forward);
+  nlohmann::json summary = synthetic_summary({0.5, 0.5, 0.0, 0.0});
+  summary["forward_seconds"] = 0.5;
+  write_file_atomic(forward + "/summary.json", summary.dump());
+  write_run_report(forward, false);
+  CHECK_THAT(read_file(forward + "/report.md"),
+             StartsWith("# forward\n") && Contains("## Routing of the last timed pass\n") &&
+                 Contains("\n![expert_load](expert_load.svg)\n"));
+  CHECK_THAT(read_file(forward + "/expert_load.svg"), Contains("per expert, in the last timed pass</text>"));
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(forward)) ++files;
+  CHECK(files == 3);  // summary.json, report.md, expert_load.svg
   std::filesystem::remove_all(folder);
 }

@@ -329,6 +329,37 @@ TEST_CASE("sweep: the CSV has a header, a row per run, raw numbers and empty mis
   CHECK_THAT(results_csv(order, one), Contains(",\"a,b\",pending"));
 }
 
+TEST_CASE("sweep: forward-only runs are shown without the training columns, their figures explained", "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  std::vector<SweepResult> results = synthetic_results(axes);
+  // Runs of the "forward" task: timed passes and the routing of the last, no steps, losses or metrics.
+  for (SweepResult& result : results) {
+    if (result.status != "done") continue;
+    for (const char* key : {"final", "steps"}) result.summary.erase(key);
+    result.summary["forward_seconds"] = 0.25;
+    result.metrics = nlohmann::json::array();
+  }
+  const std::string section = results_section(axes, results, "wall time of the run", "swept values");
+  INFO(section);
+  CHECK_THAT(section, StartsWith("| # | router.name | status | tokens/s | load CV | MaxVio | drop rate | parameters | "
+                                 "time (s) |\n"));
+  CHECK_THAT(section, Contains("| [0](<runs/" + results[0].run.name + "/report.md>) | switch | done | 12,346 | 0.224 | "
+                               "0.600 | 1.2% | 199,752 | 61 |\n"));
+  CHECK_THAT(section, Contains("\ntokens/s: forward throughput; load CV "));
+  CHECK_THAT(section, Contains("the mean over MoE layers, measured in the last timed pass; time: wall time of the run.\n"));
+  CHECK(section.find("eval loss") == std::string::npos);
+  // No run logged a loss: no loss chart; the expert load says where it was measured.
+  CHECK(loss_curves_svg(axes, results).empty());
+  CHECK_THAT(expert_load_svg(axes, results), Contains("share of the routed tokens per expert, in the last timed pass;"));
+
+  // Mixed with a run that trained: every column, each figure's meaning for both kinds of run.
+  results[1] = synthetic_results(axes)[1];
+  const std::string mixed = results_section(axes, results, "wall time of the run", "swept values");
+  CHECK_THAT(mixed, StartsWith("| # | router.name | status | eval loss |"));
+  CHECK_THAT(mixed, Contains("tokens/s: training throughput (forward-only runs: forward throughput);"));
+  CHECK_THAT(mixed, Contains("measured on the eval batches at the end (forward-only runs: in the last timed pass);"));
+}
+
 TEST_CASE("sweep: the loss chart is a well-formed SVG with a line per run and the legend", "[sweep]") {
   const auto axes = axes_of(kRouterSweep);
   const auto results = synthetic_results(axes);

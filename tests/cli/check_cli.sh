@@ -32,6 +32,7 @@ expect "list shows the per-block keys" 0 "moe .*per block in \[model.layers.i\]:
 expect "run the seed example (short)" 0 "output shape \(4, 64, 256\)" -- \
   "$BIN" run "$seed" --set task.seq_len=64 --set run.repeats=1 --out "$WORK/seed"
 expect "summary.json written" 0 "tokens_per_second" -- cat "$WORK/seed/summary.json"
+expect "a forward run writes report.md with its routing" 0 "Routing of the last timed pass" -- cat "$WORK/seed/report.md"
 expect "resolved config written" 0 "d_state = 16" -- cat "$WORK/seed/config.toml"
 expect "unknown key names its --set, key and valid keys" 2 "--set model.dimm=3: model.dimm: unknown key.*valid keys" -- \
   "$BIN" run "$seed" --set model.dimm=3 --out "$WORK/bad"
