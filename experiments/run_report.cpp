@@ -353,7 +353,13 @@ std::string forward_report_markdown(const std::string& name, const nlohmann::jso
   };
   row("mean", number_at(summary, "/forward_seconds"));
   row("best", number_at(summary, "/forward_seconds_best"));
-  for (size_t i = 0; i < passes.size(); ++i) row(std::to_string(i + 1), passes[i]);
+  // Each pass, when they fit on a screen; else the slowest alone.
+  constexpr size_t kPassRows = 20;
+  if (passes.size() <= kPassRows) {
+    for (size_t i = 0; i < passes.size(); ++i) row(std::to_string(i + 1), passes[i]);
+  } else {
+    row("slowest", *std::max_element(passes.begin(), passes.end()));
+  }
 
   std::string shape;
   if (summary.is_object() && summary.contains("output_shape") && summary["output_shape"].is_array()) {

@@ -197,6 +197,12 @@ TEST_CASE("run report: a forward-only run's report states its passes, output and
   CHECK_THAT(report, Contains("| 3 | 4 | 0.300 | 0.600 | 0.0% | 0.875 | 0.0125 | 0.0000 |\n"));
   CHECK_THAT(report, Contains("\n![expert_load](expert_load.svg)\n"));
   CHECK(report.find("steps") == std::string::npos);
+
+  // More passes than fit on a screen: the slowest stands for them.
+  summary["forward_seconds_all"] = std::vector<double>(25, 0.125);
+  summary["forward_seconds_all"][7] = 0.5;
+  const std::string many = forward_report_markdown("seed", summary, {});
+  CHECK_THAT(many, Contains("| best | 0.1250 | 2,048 |\n| slowest | 0.5000 | 512 |\n\nOutput"));
 }
 
 TEST_CASE("run report: the files written into a run folder", "[report]") {
