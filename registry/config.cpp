@@ -338,6 +338,10 @@ const toml::node* ConfigTable::node(const std::string& key) const {
   return found;
 }
 
+void ConfigTable::record_resolved(const std::string& key, int64_t value) const {
+  record_node(key, toml::value<int64_t>(value));
+}
+
 void ConfigTable::record_node(const std::string& key, const toml::node& value) const {
   if (!effective_) return;
   toml::table* table = effective_.get();

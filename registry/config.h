@@ -77,6 +77,9 @@ class ConfigTable {
   // Shares this table's record of read keys.
   ConfigTable over(const ConfigTable& fallback) const;
   const toml::node* node(const std::string& key) const;  // raw node; marks `key` as read (and records it)
+  // Records `value` as the effective value of `key`, for a setting given by name that resolves to a
+  // number (dt_rank = "auto" is ceil(dim / 16)): effective_toml then holds the number used.
+  void record_resolved(const std::string& key, int64_t value) const;
 
   // Throws ConfigError for the first key of this table that no get_* asked for, listing the keys that were.
   void reject_unknown_keys() const;

@@ -18,14 +18,16 @@ void check_registered(const ConfigTable& table, const std::string& key, const Re
   }
 }
 
-// dt_rank: "auto" (ceil(dim / 16)) or an integer >= 1; `fallback` when absent (read as an integer, so
-// that the effective settings hold the rank used).
+// dt_rank: "auto" (ceil(dim / 16)) or an integer >= 1; `fallback` when absent. The effective settings
+// hold the rank used, also for "auto".
 int64_t read_dt_rank(const ConfigTable& table, int64_t dim, int64_t fallback) {
   if (!table.has("dt_rank")) return table.get_int("dt_rank", fallback, 1);
   const toml::node* node = table.node("dt_rank");
   if (auto text = node->value_exact<std::string>()) {
     if (*text != "auto") table.fail("dt_rank", "expected \"auto\" or an integer >= 1, found \"" + *text + "\"");
-    return (dim + 15) / 16;
+    const int64_t rank = (dim + 15) / 16;
+    table.record_resolved("dt_rank", rank);
+    return rank;
   }
   return table.get_int("dt_rank", 0, 1);
 }

@@ -242,4 +242,12 @@ TEST_CASE("the effective settings: every value read, defaults included, as TOML 
   CHECK_THAT(experiment.file.to_toml(), Contains("\nlearning_rate = 0.003\n"));
   CHECK_THAT(text, Contains("\n[model.layers.1.router]\n"));
   CHECK(text.find("[model.layers]\n") == std::string::npos);  // no header for a table of tables only
+
+  // dt_rank = "auto" given, in [model] and in a block's keys: the rank it stood for.
+  const Experiment named = load_text("[model]\ndim = 40\norder = [\"mamba\"]\ndepth = 2\ndt_rank = \"auto\"\n"
+                                     "[model.layers.1]\ndt_rank = \"auto\"\nd_state = 4\n");
+  build_experiment(named);
+  const toml::table resolved = toml::parse(named.file.effective_toml());
+  CHECK(resolved["model"]["dt_rank"].value_exact<int64_t>() == 3);  // ceil(40 / 16)
+  CHECK(resolved["model"]["layers"]["1"]["dt_rank"].value_exact<int64_t>() == 3);
 }
