@@ -163,6 +163,16 @@ std::string tick_label(double value, double step) {
   return buffer;
 }
 
+bool spans_decades(const LineChart& chart) {
+  double low = INFINITY, high = 0;
+  for (const LineSeries& series : chart.series) {
+    for (double y : series.y) {
+      if (std::isfinite(y)) low = std::min(low, y), high = std::max(high, y);
+    }
+  }
+  return low > 0 && high / low > 10;
+}
+
 std::string line_chart_svg(const LineChart& chart) {
   // Data ranges over the points that can be drawn.
   const double infinity = std::numeric_limits<double>::infinity();

@@ -30,6 +30,10 @@ struct LineChart {
   int width = 980, height = 560;
 };
 
+// Whether the finite y values of the chart's series are all positive and span more than a factor of 10,
+// which a log scale shows better (losses falling by decades).
+bool spans_decades(const LineChart& chart);
+
 // The chart as a standalone SVG document. A chart without a single finite point still renders
 // (axes and a "no data" note).
 std::string line_chart_svg(const LineChart& chart);

@@ -88,7 +88,8 @@ std::optional<double> number_in(const nlohmann::json& object, const char* key) {
   return found == object.end() ? std::nullopt : finite_number(*found);
 }
 
-// (step, value of `key`) over the metrics lines that have both.
+}  // namespace
+
 LineSeries series_of(const nlohmann::json& metrics, const char* key) {
   LineSeries series;
   if (!metrics.is_array()) return series;
@@ -101,6 +102,8 @@ LineSeries series_of(const nlohmann::json& metrics, const char* key) {
   }
   return series;
 }
+
+namespace {
 
 // Per MoE layer, in the order first met: its block number and its (step, load CV) and (step, drop rate)
 // series, in one pass over the metrics lines.
@@ -167,11 +170,7 @@ std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title
   chart.y_label = "loss";
   add_train_and_eval(chart, series_of(metrics, "train_loss"), series_of(metrics, "eval_loss"), "train loss",
                      "eval loss");
-  double low = INFINITY, high = 0;
-  for (const LineSeries& series : chart.series) {
-    for (double y : series.y) low = std::min(low, y), high = std::max(high, y);
-  }
-  chart.log_y = low > 0 && high / low > 10;
+  chart.log_y = spans_decades(chart);
   return line_chart_svg(chart);
 }
 

@@ -28,6 +28,9 @@ std::string grouped_digits(double value);
 // Whole seconds, rounded: "7s", "12m30s", "1h02m03s".
 std::string format_duration(double seconds);
 
+// (step, value of `key`) over the metrics lines that have both as finite numbers.
+LineSeries series_of(const nlohmann::json& metrics, const char* key);
+
 // One bar group per MoE layer of summary["routing"] ("block 3": the load fraction of each expert), with
 // the uniform 1/X reference line when every layer has X experts. No groups when there is no routing.
 BarPanel expert_load_panel(const nlohmann::json& summary);

@@ -594,15 +594,9 @@ std::string chart_subtitle(const std::vector<SweepAxis>& axes, const std::string
 }
 
 // (step, value) of `key` over the metrics lines of a run that have it, in the run's colour.
-LineSeries metric_series(const std::vector<SweepAxis>& axes, const SweepResult& result, const std::string& key) {
-  LineSeries series;
+LineSeries metric_series(const std::vector<SweepAxis>& axes, const SweepResult& result, const char* key) {
+  LineSeries series = series_of(result.metrics, key);
   series.colour = run_style(axes, result.run).first;
-  if (!result.metrics.is_array()) return series;
-  for (const nlohmann::json& entry : result.metrics) {
-    if (!entry.contains(key) || !entry[key].is_number() || !entry.contains("step")) continue;
-    series.x.push_back(entry["step"].get<double>());
-    series.y.push_back(entry[key].get<double>());
-  }
   return series;
 }
 
@@ -616,7 +610,6 @@ std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vecto
   chart.x_label = "step";
   chart.y_label = "loss";
   bool any_eval = false;
-  double low = INFINITY, high = 0;
   std::set<size_t> labelled;
   for (const SweepResult& result : results) {
     LineSeries train = metric_series(axes, result, "train_loss");
@@ -624,16 +617,11 @@ std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vecto
     LineSeries eval = metric_series(axes, result, "eval_loss");
     eval.dashed = true;
     any_eval = any_eval || !eval.y.empty();
-    for (const LineSeries* series : {&train, &eval}) {
-      for (double y : series->y) {
-        if (std::isfinite(y)) low = std::min(low, y), high = std::max(high, y);
-      }
-    }
     if (!train.y.empty()) chart.series.push_back(std::move(train));  // runs not started yet stay out
     if (!eval.y.empty()) chart.series.push_back(std::move(eval));
   }
   if (chart.series.empty()) return "";
-  chart.log_y = low > 0 && high / low > 10;
+  chart.log_y = spans_decades(chart);
   chart.style_keys.push_back({false, "train loss"});
   if (any_eval) chart.style_keys.push_back({true, "eval loss"});
   return line_chart_svg(chart);
@@ -807,9 +795,8 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
            << done << " of " << results.size() << " runs finished (" << format_duration(seconds)
            << " of run time); swept: " << swept_keys(axes) << ".\n\n"
            << results_section(axes, results, "wall time of the run", "swept values");
-  if (!results_over_seeds_markdown(axes, results).empty()) {
-    write_file_atomic(folder + "/results_over_seeds.csv", results_over_seeds_csv(axes, results));
-  }
+  const std::string over_seeds = results_over_seeds_csv(axes, results);  // empty without repeated seeds
+  if (!over_seeds.empty()) write_file_atomic(folder + "/results_over_seeds.csv", over_seeds);
   for (const std::string& file : write_charts(folder, sweep_charts(axes, results))) {
     markdown << "\n![" << file.substr(0, file.size() - 4) << "](" << file << ")\n";
   }

@@ -410,6 +410,22 @@ TEST_CASE("plot: ticks are round numbers that cover the range", "[sweep]") {
   CHECK(tick_label(1500, 500) == "1500");
   CHECK(tick_label(0.0001, 0.0001) == "1e-04");
   require_well_formed_svg(line_chart_svg(LineChart{}));  // no data still renders
+
+  // A log scale for positive values over more than a factor of 10, across series, NaN left out.
+  const auto chart_of = [](std::vector<std::vector<double>> ys) {
+    LineChart chart;
+    for (auto& y : ys) {
+      LineSeries series;
+      series.x.assign(y.size(), 1.0);
+      series.y = std::move(y);
+      chart.series.push_back(std::move(series));
+    }
+    return chart;
+  };
+  CHECK(spans_decades(chart_of({{0.5, 2.0}, {NAN, 6.0}})));
+  CHECK_FALSE(spans_decades(chart_of({{1.0, 9.0}, {NAN}})));
+  CHECK_FALSE(spans_decades(chart_of({{0.0, 20.0}})));  // a zero has no place on a log scale
+  CHECK_FALSE(spans_decades(chart_of({})));
 }
 
 TEST_CASE("plot: a line of many more points than pixels keeps each column's extremes", "[sweep]") {
