@@ -99,6 +99,17 @@ std::string status_of(const nlohmann::json& summary, const RunSettings& settings
   return "done";
 }
 
+// The seconds a run spent on its work: its training, or for a forward-only run (task "forward") its timed
+// passes together; 0 when the summary has neither (unfinished).
+double work_seconds(const nlohmann::json& summary) {
+  if (const auto seconds = number_at(summary, "/train_seconds")) return *seconds;
+  double passes = 0;
+  if (summary.is_object() && summary.contains("forward_seconds_all")) {
+    for (const auto& pass : summary["forward_seconds_all"]) passes += pass.is_number() ? pass.get<double>() : 0.0;
+  }
+  return passes;
+}
+
 // A folder relative to `base` when both resolve, else as given.
 std::string relative_to(const std::string& folder, const std::string& base) {
   std::error_code error;
@@ -206,7 +217,7 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
     result.summary = read_run_summary(folder);
     result.metrics = read_run_metrics(folder);
     result.status = status_of(result.summary, settings[r]);
-    result.seconds = number_at(result.summary, "/train_seconds").value_or(0.0);
+    result.seconds = work_seconds(result.summary);
     comparison.results.push_back(std::move(result));
   }
   return comparison;
@@ -251,7 +262,8 @@ std::string comparison_markdown(const Comparison& comparison, const std::vector<
     for (size_t c = 0; c < count; ++c) out << " " << join(runs[c], ", ") << " |";
     out << "\n\n";
   }
-  out << results_section(comparison.axes, comparison.results, "training time", "differing settings");
+  out << results_section(comparison.axes, comparison.results, "training time", "differing settings",
+                         "the timed forward passes together");
   out << "\n## Runs\n\n";
   for (const SweepResult& result : comparison.results) {
     out << "* " << result.run.index << ": `" << comparison.folders[static_cast<size_t>(result.run.index)] << "`"

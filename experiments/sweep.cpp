@@ -207,7 +207,7 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes) {
 
 namespace {
 
-enum class Format { fixed, percent, grouped };
+enum class Format { fixed, percent, grouped, seconds };
 
 // One column of the results: where its value is in summary.json and how Markdown shows it.
 struct ResultColumn {
@@ -229,7 +229,7 @@ const std::vector<ResultColumn>& result_columns() {
       {"drop rate", "dropped_fraction", "/routing_overall/dropped_fraction", Format::percent, 1},
       {"parameters", "parameters", "/parameters", Format::grouped, 0},
       {"steps", "steps", "/steps", Format::fixed, 0},
-      {"time (s)", "seconds", "", Format::fixed, 0},
+      {"time (s)", "seconds", "", Format::seconds, 0},
   };
   return columns;
 }
@@ -247,6 +247,10 @@ std::string show_number(const ResultColumn& column, double value) {
     case Format::grouped: return grouped_digits(value);
     case Format::percent: std::snprintf(buffer, sizeof buffer, "%.*f%%", column.decimals, 100 * value); break;
     case Format::fixed: std::snprintf(buffer, sizeof buffer, "%.*f", column.decimals, value); break;
+    // Whole seconds from 10 s up; below, the digits that tell short runs (forward passes) apart.
+    case Format::seconds:
+      std::snprintf(buffer, sizeof buffer, value >= 10 ? "%.0f" : value >= 1 ? "%.1f" : "%#.2g", value);
+      break;
   }
   return buffer;
 }
@@ -265,7 +269,7 @@ struct RunKinds {
   // What a figure means: `training`'s meaning, `forward_pass`'s when every run is forward-only, both
   // when the runs are mixed.
   std::string either(const std::string& training, const std::string& forward_pass) const {
-    if (forward_only()) return forward_pass;
+    if (forward_only() || training == forward_pass) return forward_pass;
     return forward ? training + " (forward-only runs: " + forward_pass + ")" : training;
   }
 };
@@ -689,7 +693,7 @@ std::vector<std::pair<std::string, std::string>> sweep_charts(const std::vector<
 }
 
 std::string results_section(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
-                            const std::string& time, const std::string& others) {
+                            const std::string& time, const std::string& others, const std::string& forward_time) {
   const RunKinds kinds = run_kinds(results);
   std::ostringstream out;
   out << results_markdown(axes, results) << "\n";
@@ -700,7 +704,8 @@ std::string results_section(const std::vector<SweepAxis>& axes, const std::vecto
       << kinds.either("training throughput", "forward throughput")
       << "; load CV (coefficient of variation of the experts' load), MaxVio (max load / mean load − 1) and drop "
          "rate (assignments dropped for capacity): the mean over MoE layers, measured "
-      << kinds.either("on the eval batches at the end", "in the last timed pass") << "; time: " << time << ".\n";
+      << kinds.either("on the eval batches at the end", "in the last timed pass")
+      << "; time: " << kinds.either(time, forward_time.empty() ? time : forward_time) << ".\n";
   const std::string over_seeds = results_over_seeds_markdown(axes, results);
   if (!over_seeds.empty()) {
     out << "\n## Over seeds\n\n"

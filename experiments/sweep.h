@@ -105,10 +105,11 @@ std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<Sw
 std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 std::string results_over_seeds_csv(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results);
 // results.md's tables: the results table and the sentence that explains its columns (`time`: what its
-// time column holds), then, when seeds are repeated, "## Over seeds" with that table and its sentence
-// (`others`: what the combinations are of, "swept values").
+// time column holds; `forward_time`, when not empty, what it holds for forward-only runs), then, when
+// seeds are repeated, "## Over seeds" with that table and its sentence (`others`: what the combinations
+// are of, "swept values").
 std::string results_section(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
-                            const std::string& time, const std::string& others);
+                            const std::string& time, const std::string& others, const std::string& forward_time = "");
 
 // The charts' subtitles name the axes' keys after `varied`: "swept: router.name".
 // Train loss of every run against the step on one chart (eval loss dashed, same colour), log scale

@@ -132,6 +132,45 @@ TEST_CASE("compare: runs that differ in run.seed alone are grouped over seeds", 
   std::filesystem::remove_all(root);
 }
 
+TEST_CASE("compare: forward-only runs are timed by their passes, training runs by their training", "[compare]") {
+  const std::string root = fresh_folder("forward");
+  // Runs of the "forward" task: timed passes and routing, no steps, losses or metrics.jsonl.
+  const auto forward_run = [&](const char* name, const char* router, std::vector<double> passes) {
+    const nlohmann::json summary = {{"forward_seconds_all", passes},
+                                    {"forward_seconds", 0.0},
+                                    {"tokens_per_second", 2048.0},
+                                    {"parameters", 1234},
+                                    {"routing_overall", {{"load_cv", 0.25}}}};
+    const std::string folder =
+        make_run(root, name, std::string("[task]\nname = \"forward\"\n[router]\nname = \"") + router + "\"\n", summary);
+    std::filesystem::remove(folder + "/metrics.jsonl");
+    return folder;
+  };
+  const std::string a = forward_run("a", "switch", {0.1, 0.4});
+  const std::string b = forward_run("b", "topk", {1.5, 2.0, 2.5});
+  const Comparison comparison = compare_runs({a, b}, root + "/out");
+  REQUIRE(comparison.results.size() == 2);
+  CHECK(comparison.results[0].seconds == Approx(0.5));
+  CHECK(comparison.results[1].seconds == Approx(6.0));
+  const std::string markdown = comparison_markdown(comparison, {});
+  INFO(markdown);
+  CHECK_THAT(markdown, Contains("| # | router.name | tokens/s | load CV | MaxVio | drop rate | parameters | time (s) |\n"));
+  // Under 1 s two significant digits, under 10 s one decimal.
+  CHECK_THAT(markdown, Contains("| switch | 2,048 | 0.250 | – | – | 1,234 | 0.50 |\n"));
+  CHECK_THAT(markdown, Contains("| topk | 2,048 | 0.250 | – | – | 1,234 | 6.0 |\n"));
+  CHECK_THAT(markdown, Contains("; time: the timed forward passes together.\n"));
+
+  // Beside a training run, each kind of run keeps its own time, and the sentence says which is which.
+  const std::string trained =
+      make_run(root, "c", "[router]\nname = \"hash\"\n[training]\nsteps = 10\n", summary_of(10, 2.0));
+  const Comparison mixed = compare_runs({a, trained}, root + "/out");
+  CHECK(mixed.results[1].seconds == 12.0);
+  const std::string mixed_markdown = comparison_markdown(mixed, {});
+  CHECK_THAT(mixed_markdown, Contains("; time: training time (forward-only runs: the timed forward passes together).\n"));
+  CHECK_THAT(mixed_markdown, Contains(" | 12 |\n"));
+  std::filesystem::remove_all(root);
+}
+
 TEST_CASE("compare: a sweep's folder stands for its runs; the files written; the errors", "[compare]") {
   const std::string root = fresh_folder("files");
   const std::string sweep = root + "/sweep";
