@@ -267,7 +267,7 @@ struct RunKinds {
   bool trained = false, forward = false;
   bool forward_only() const { return forward && !trained; }
   // What a figure means: `training`'s meaning, `forward_pass`'s when every run is forward-only, both
-  // when the runs are mixed.
+  // when the runs are mixed (once when they are the same).
   std::string either(const std::string& training, const std::string& forward_pass) const {
     if (forward_only() || training == forward_pass) return forward_pass;
     return forward ? training + " (forward-only runs: " + forward_pass + ")" : training;
