@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <numeric>
 #include <set>
 #include <sstream>
 
@@ -100,14 +101,11 @@ std::string status_of(const nlohmann::json& summary, const RunSettings& settings
 }
 
 // The seconds a run spent on its work: its training, or for a forward-only run (task "forward") its timed
-// passes together; 0 when the summary has neither (unfinished).
+// passes together (NaN, shown "–", when a pass is not a number); 0 when the summary has neither (unfinished).
 double work_seconds(const nlohmann::json& summary) {
   if (const auto seconds = number_at(summary, "/train_seconds")) return *seconds;
-  double passes = 0;
-  if (summary.is_object() && summary.contains("forward_seconds_all")) {
-    for (const auto& pass : summary["forward_seconds_all"]) passes += pass.is_number() ? pass.get<double>() : 0.0;
-  }
-  return passes;
+  const std::vector<double> passes = forward_pass_seconds(summary);
+  return std::accumulate(passes.begin(), passes.end(), 0.0);
 }
 
 // A folder relative to `base` when both resolve, else as given.

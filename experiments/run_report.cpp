@@ -328,17 +328,22 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
   return out.str();
 }
 
-std::string forward_report_markdown(const std::string& name, const nlohmann::json& summary,
-                                    const std::vector<std::string>& charts) {
-  std::ostringstream out;
-  write_report_head(out, name, summary, false);
-
+std::vector<double> forward_pass_seconds(const nlohmann::json& summary) {
   std::vector<double> passes;
   if (summary.is_object() && summary.contains("forward_seconds_all") && summary["forward_seconds_all"].is_array()) {
     for (const nlohmann::json& seconds : summary["forward_seconds_all"]) {
       passes.push_back(seconds.is_number() ? seconds.get<double>() : NAN);
     }
   }
+  return passes;
+}
+
+std::string forward_report_markdown(const std::string& name, const nlohmann::json& summary,
+                                    const std::vector<std::string>& charts) {
+  std::ostringstream out;
+  write_report_head(out, name, summary, false);
+
+  const std::vector<double> passes = forward_pass_seconds(summary);
   const auto tokens = number_at(summary, "/tokens");
   const auto warmup = number_at(summary, "/warmup_passes");
   out << "\nForward passes only (no training): " << passes.size() << " timed";

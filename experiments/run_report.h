@@ -30,6 +30,9 @@ std::string format_duration(double seconds);
 
 // (step, value of `key`) over the metrics lines that have both as finite numbers.
 LineSeries series_of(const nlohmann::json& metrics, const char* key);
+// The seconds of each timed pass of a forward-only run, from summary.json's forward_seconds_all (NaN for an
+// entry that is not a number); empty when it has none.
+std::vector<double> forward_pass_seconds(const nlohmann::json& summary);
 
 // One bar group per MoE layer of summary["routing"] ("block 3": the load fraction of each expert), with
 // the uniform 1/X reference line when every layer has X experts. No groups when there is no routing.
