@@ -313,25 +313,6 @@ std::vector<std::string> ConfigTable::get_string_list(const std::string& key,
   return result;
 }
 
-std::vector<int64_t> ConfigTable::get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const {
-  const std::vector<int64_t> result = [&]() -> std::vector<int64_t> {
-    const toml::node* node = lookup(key);
-    if (!node) return fallback;
-    if (auto single = node->value_exact<int64_t>()) return {*single};
-    const toml::array* array = node->as_array();
-    if (!array) fail(key, "expected a list of integers, found " + type_name(*node) + " " + render(*node));
-    std::vector<int64_t> values;
-    for (const toml::node& item : *array) {
-      auto value = item.value_exact<int64_t>();
-      if (!value) fail(key, "expected a list of integers, found an element that is " + type_name(item));
-      values.push_back(*value);
-    }
-    return values;
-  }();
-  record(key, as_array(result));
-  return result;
-}
-
 const toml::node* ConfigTable::node(const std::string& key) const {
   const toml::node* found = lookup(key);
   if (found) found->visit([&](const auto& value) { record(key, value); });

@@ -69,7 +69,6 @@ class ConfigTable {
                          const std::vector<std::string>& choices) const;
   // A list of strings; a single string is taken as a list of one.
   std::vector<std::string> get_string_list(const std::string& key, const std::vector<std::string>& fallback) const;
-  std::vector<int64_t> get_int_list(const std::string& key, const std::vector<int64_t>& fallback) const;
   // The sub-table `key` (an empty table when absent); marks `key` as read.
   ConfigTable table(const std::string& key) const;
   // This table read over `fallback`: a key this table lacks is read from `fallback` (and marked read
