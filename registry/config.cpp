@@ -231,57 +231,47 @@ void ConfigTable::fail(const std::string& key, const std::string& message) const
   throw ConfigError(where(key) + ": " + message);
 }
 
-int64_t ConfigTable::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
-  const int64_t result = [&]() -> int64_t {
-    const toml::node* node = lookup(key);
-    if (!node) return fallback;
-    auto value = node->value_exact<int64_t>();
-    if (!value) fail(key, "expected an integer, found " + type_name(*node) + " " + render(*node));
-    if (*value < min || *value > max) {
-      std::string range = min == INT64_MIN ? "<= " + std::to_string(max)
-                          : max == INT64_MAX ? ">= " + std::to_string(min)
-                                             : "from " + std::to_string(min) + " to " + std::to_string(max);
-      fail(key, "expected an integer " + range + ", found " + std::to_string(*value));
-    }
-    return *value;
-  }();
-  record(key, toml::value<int64_t>(result));
+// The value of `key` as exactly a T (an integer is not a string, a float not an integer), or
+// `fallback` when the key is absent; recorded as the effective value either way.
+template <typename T>
+T ConfigTable::read_exact(const std::string& key, const T& fallback, const std::string& expected) const {
+  T result = fallback;
+  if (const toml::node* node = lookup(key)) {
+    auto value = node->value_exact<T>();
+    if (!value) fail(key, "expected " + expected + ", found " + type_name(*node) + " " + render(*node));
+    result = *value;
+  }
+  record(key, toml::value<T>(result));
   return result;
 }
 
+int64_t ConfigTable::get_int(const std::string& key, int64_t fallback, int64_t min, int64_t max) const {
+  const int64_t value = read_exact<int64_t>(key, fallback, "an integer");
+  if (has(key) && (value < min || value > max)) {
+    std::string range = min == INT64_MIN ? "<= " + std::to_string(max)
+                        : max == INT64_MAX ? ">= " + std::to_string(min)
+                                           : "from " + std::to_string(min) + " to " + std::to_string(max);
+    fail(key, "expected an integer " + range + ", found " + std::to_string(value));
+  }
+  return value;
+}
+
 double ConfigTable::get_double(const std::string& key, double fallback) const {
-  const double result = [&]() -> double {
-    const toml::node* node = lookup(key);
-    if (!node) return fallback;
+  double result = fallback;
+  if (const toml::node* node = lookup(key)) {
     if (!node->is_number()) fail(key, "expected a number, found " + type_name(*node) + " " + render(*node));
-    return *node->value<double>();
-  }();
+    result = *node->value<double>();
+  }
   record(key, toml::value<double>(result));
   return result;
 }
 
 bool ConfigTable::get_bool(const std::string& key, bool fallback) const {
-  const bool result = [&]() -> bool {
-    const toml::node* node = lookup(key);
-    if (!node) return fallback;
-    auto value = node->value_exact<bool>();
-    if (!value) fail(key, "expected true or false, found " + type_name(*node) + " " + render(*node));
-    return *value;
-  }();
-  record(key, toml::value<bool>(result));
-  return result;
+  return read_exact<bool>(key, fallback, "true or false");
 }
 
 std::string ConfigTable::get_string(const std::string& key, const std::string& fallback) const {
-  const std::string result = [&]() -> std::string {
-    const toml::node* node = lookup(key);
-    if (!node) return fallback;
-    auto value = node->value_exact<std::string>();
-    if (!value) fail(key, "expected a string, found " + type_name(*node) + " " + render(*node));
-    return *value;
-  }();
-  record(key, toml::value<std::string>(result));
-  return result;
+  return read_exact<std::string>(key, fallback, "a string");
 }
 
 std::string ConfigTable::get_choice(const std::string& key, const std::string& fallback,

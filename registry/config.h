@@ -90,6 +90,8 @@ class ConfigTable {
 
  private:
   const toml::node* lookup(const std::string& key) const;
+  template <typename T>
+  T read_exact(const std::string& key, const T& fallback, const std::string& expected) const;
   // Records `value` as the effective value of this table's `key`.
   void record_node(const std::string& key, const toml::node& value) const;
   template <typename Value>
