@@ -241,7 +241,7 @@ T ConfigTable::read_exact(const std::string& key, const T& fallback, const std::
     if (!value) fail(key, "expected " + expected + ", found " + type_name(*node) + " " + render(*node));
     result = *value;
   }
-  record(key, toml::value<T>(result));
+  record_node(key, toml::value<T>(result));
   return result;
 }
 
@@ -262,7 +262,7 @@ double ConfigTable::get_double(const std::string& key, double fallback) const {
     if (!node->is_number()) fail(key, "expected a number, found " + type_name(*node) + " " + render(*node));
     result = *node->value<double>();
   }
-  record(key, toml::value<double>(result));
+  record_node(key, toml::value<double>(result));
   return result;
 }
 
@@ -299,13 +299,13 @@ std::vector<std::string> ConfigTable::get_string_list(const std::string& key,
     }
     return values;
   }();
-  record(key, as_array(result));
+  record_node(key, as_array(result));
   return result;
 }
 
 const toml::node* ConfigTable::node(const std::string& key) const {
   const toml::node* found = lookup(key);
-  if (found) found->visit([&](const auto& value) { record(key, value); });
+  if (found) record_node(key, *found);
   return found;
 }
 

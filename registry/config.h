@@ -94,10 +94,6 @@ class ConfigTable {
   T read_exact(const std::string& key, const T& fallback, const std::string& expected) const;
   // Records `value` as the effective value of this table's `key`.
   void record_node(const std::string& key, const toml::node& value) const;
-  template <typename Value>
-  void record(const std::string& key, const Value& value) const {
-    record_node(key, value);
-  }
   const toml::table* table_;
   std::string file_;
   std::string path_;
