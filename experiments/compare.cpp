@@ -222,14 +222,12 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
 }
 
 std::string comparison_markdown(const Comparison& comparison, const std::vector<std::string>& charts) {
-  std::vector<std::string> keys;
-  for (const SweepAxis& axis : comparison.settings) keys.push_back(axis.key);
   std::ostringstream out;
   out << "# Comparison of " << comparison.results.size() << " runs\n\n";
-  if (keys.empty()) {
+  if (comparison.settings.empty()) {
     out << "Their settings do not differ (other than in [output]).\n\n";
   } else {
-    out << "Settings that differ between the runs: " << join(keys, ", ")
+    out << "Settings that differ between the runs: " << axis_keys(comparison.settings)
         << " (from each run's effective.toml, every setting with the value used; for a run without one, from "
            "its config.toml, where `default` marks a setting left to the program's default; `unused`: a "
            "setting the run did not read).\n\n";
@@ -267,9 +265,7 @@ std::string comparison_markdown(const Comparison& comparison, const std::vector<
     out << "* " << result.run.index << ": `" << comparison.folders[static_cast<size_t>(result.run.index)] << "`"
         << (result.status == "done" ? "" : " (" + result.status + ")") << "\n";
   }
-  for (const std::string& chart : charts) {
-    out << "\n![" << chart.substr(0, chart.rfind('.')) << "](" << chart << ")\n";
-  }
+  for (const std::string& chart : charts) out << "\n" << chart_image(chart) << "\n";
   return out.str();
 }
 
@@ -285,15 +281,12 @@ int command_compare(const CommandLine& line) {
   const std::vector<std::string> written =
       write_charts(out, sweep_charts(comparison.axes, comparison.results, "differing"));
   write_file_atomic(out + "/results.csv", results_csv(comparison.axes, comparison.results));
-  if (!results_over_seeds_markdown(comparison.axes, comparison.results).empty()) {
-    write_file_atomic(out + "/results_over_seeds.csv", results_over_seeds_csv(comparison.axes, comparison.results));
-  }
+  const std::string over_seeds = results_over_seeds_csv(comparison.axes, comparison.results);  // empty without repeated seeds
+  if (!over_seeds.empty()) write_file_atomic(out + "/results_over_seeds.csv", over_seeds);
   write_file_atomic(out + "/results.md", comparison_markdown(comparison, written));
 
-  std::vector<std::string> keys;
-  for (const SweepAxis& axis : comparison.settings) keys.push_back(axis.key);
   spdlog::info("compared {} runs; differing settings: {}", comparison.results.size(),
-               keys.empty() ? std::string("none") : join(keys, ", "));
+               comparison.settings.empty() ? std::string("none") : axis_keys(comparison.settings));
   std::fputs(results_markdown(comparison.axes, comparison.results).c_str(), stdout);
   spdlog::info("wrote {}/results.md, results.csv and the charts", out);
   return 0;

@@ -78,6 +78,15 @@ BarPanel expert_load_panel(const nlohmann::json& summary) {
   return panel;
 }
 
+void name_experts(BarPanelGrid& grid) {
+  size_t experts = 0;
+  for (const BarPanel& panel : grid.panels) {
+    for (const auto& values : panel.values) experts = std::max(experts, values.size());
+  }
+  grid.bar_names.clear();
+  for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
+}
+
 namespace {
 
 // The finite number under `key` of a JSON object, or nothing (number_at for one key, without parsing a
@@ -146,6 +155,14 @@ void add_train_and_eval(LineChart& chart, LineSeries train, LineSeries eval, con
     chart.series.push_back(std::move(*series));
   }
 }
+
+}  // namespace
+
+std::string chart_image(const std::string& file) {
+  return "![" + file.substr(0, file.rfind('.')) + "](" + file + ")";
+}
+
+namespace {
 
 std::string fixed(double value, int decimals) { return fmt::format("{:.{}f}", value, decimals); }
 
@@ -220,8 +237,7 @@ std::string run_routing_svg(const nlohmann::json& metrics, const std::string& ti
 std::string run_expert_load_svg(const nlohmann::json& summary, const std::string& title, const std::string& measured_on) {
   BarPanel panel = expert_load_panel(summary);
   if (panel.groups.empty()) return "";
-  size_t experts = 0;
-  for (const auto& values : panel.values) experts = std::max(experts, values.size());
+  const size_t groups = panel.groups.size();
   panel.title = "load per expert";
   panel.subtitle = "mean over layers: CV " + figure(summary, "/routing_overall/load_cv", 3) + " · MaxVio " +
                    figure(summary, "/routing_overall/max_violation", 3) + " · drop " +
@@ -230,10 +246,10 @@ std::string run_expert_load_svg(const nlohmann::json& summary, const std::string
   grid.title = title;
   grid.subtitle = "share of the routed tokens per expert, " + measured_on;
   grid.y_label = "load fraction";
-  for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
   grid.columns = 1;
-  grid.panel_width = std::max(300, static_cast<int>(panel.groups.size() * (experts * 18 + 40)));
   grid.panels.push_back(std::move(panel));
+  name_experts(grid);
+  grid.panel_width = std::max(300, static_cast<int>(groups * (grid.bar_names.size() * 18 + 40)));
   return bar_panels_svg(grid);
 }
 
@@ -284,12 +300,10 @@ void write_routing_section(std::ostringstream& out, const nlohmann::json& summar
          "probabilities over log(experts) (1: uniform).\n";
 }
 
-// The charts, named by their files, as images.
+// The charts, named by their files, as images, one line each.
 void write_chart_links(std::ostringstream& out, const std::vector<std::string>& charts) {
   if (!charts.empty()) out << "\n";
-  for (const std::string& chart : charts) {
-    out << "![" << chart.substr(0, chart.rfind('.')) << "](" << chart << ")\n";
-  }
+  for (const std::string& chart : charts) out << chart_image(chart) << "\n";
 }
 
 }  // namespace
@@ -423,7 +437,7 @@ void write_progress_charts(const std::string& folder) {
 }
 
 void write_run_report(const std::string& folder, bool interrupted) {
-  const nlohmann::json summary = nlohmann::json::parse(read_file(folder + "/summary.json"));  // written just before
+  const nlohmann::json summary = read_run_summary(folder);  // written just before
   const std::string name = folder_name(folder);
   if (summary.contains("forward_seconds")) {
     const std::vector<std::string> written = write_charts(

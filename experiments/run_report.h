@@ -37,6 +37,8 @@ std::vector<double> forward_pass_seconds(const nlohmann::json& summary);
 // One bar group per MoE layer of summary["routing"] ("block 3": the load fraction of each expert), with
 // the uniform 1/X reference line when every layer has X experts. No groups when there is no routing.
 BarPanel expert_load_panel(const nlohmann::json& summary);
+// The grid's legend: "expert 0", "expert 1", ... for the most experts of any layer in its panels.
+void name_experts(BarPanelGrid& grid);
 
 // The charts of one run from its metrics lines; `title` heads each. An empty string when the lines hold
 // nothing to draw (accuracy: no train or eval accuracy; routing: no MoE layer).
@@ -61,6 +63,9 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
 // the output's statistics and the routing per MoE layer of the last pass.
 std::string forward_report_markdown(const std::string& name, const nlohmann::json& summary,
                                     const std::vector<std::string>& charts);
+
+// A chart file beside a Markdown file, as an image named by the file: "![loss](loss.svg)".
+std::string chart_image(const std::string& file);
 
 // Writes each (file name, SVG) of `charts` that has something to draw (a non-empty SVG) into the folder,
 // each to a temporary file renamed into place; returns the names written.

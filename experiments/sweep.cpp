@@ -547,17 +547,17 @@ std::string results_csv(const std::vector<SweepAxis>& axes, const std::vector<Sw
 // ---------------------------------------------------------------------------------------------
 // Plots.
 
-namespace {
-
-std::string swept_keys(const std::vector<SweepAxis>& axes) {
+std::string axis_keys(const std::vector<SweepAxis>& axes) {
   std::vector<std::string> keys;
   for (const SweepAxis& axis : axes) keys.push_back(axis.key);
   return join(keys, ", ");
 }
 
+namespace {
+
 // The keys for a chart's subtitle, which has room for about 90 characters of them.
 std::string chart_keys(const std::vector<SweepAxis>& axes) {
-  const std::string keys = swept_keys(axes);
+  const std::string keys = axis_keys(axes);
   return keys.size() <= 90 ? keys : std::to_string(axes.size()) + " keys, as in results.md";
 }
 
@@ -660,13 +660,11 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
                   run_kinds(results).either("on the eval batches after training", "in the last timed pass") +
                   "; dashed: uniform 1/X";
   grid.y_label = "load fraction";
-  size_t experts = 0;
   for (const SweepResult& result : results) {
     const nlohmann::json& summary = result.summary;
     BarPanel panel = expert_load_panel(summary);
     if (panel.groups.empty()) continue;
     panel.title = std::to_string(result.run.index) + ": " + result.run.label;
-    for (const auto& values : panel.values) experts = std::max(experts, values.size());
     std::vector<std::string> figures;
     for (const auto& [pointer, name] : {std::pair<std::string, std::string>{"/routing_overall/load_cv", "CV"},
                                         std::pair<std::string, std::string>{"/routing_overall/max_violation", "MaxVio"}}) {
@@ -679,7 +677,7 @@ std::string expert_load_svg(const std::vector<SweepAxis>& axes, const std::vecto
     grid.panels.push_back(std::move(panel));
   }
   if (grid.panels.empty()) return "";
-  for (size_t j = 0; j < experts; ++j) grid.bar_names.push_back("expert " + std::to_string(j));
+  name_experts(grid);
   grid.subtitle += " · " + varied + ": " + chart_keys(axes);
   return bar_panels_svg(grid);
 }
@@ -798,12 +796,12 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
   std::ostringstream markdown;
   markdown << "# Sweep of " << experiment_path << "\n\n"
            << done << " of " << results.size() << " runs finished (" << format_duration(seconds)
-           << " of run time); swept: " << swept_keys(axes) << ".\n\n"
+           << " of run time); swept: " << axis_keys(axes) << ".\n\n"
            << results_section(axes, results, "wall time of the run", "swept values");
   const std::string over_seeds = results_over_seeds_csv(axes, results);  // empty without repeated seeds
   if (!over_seeds.empty()) write_file_atomic(folder + "/results_over_seeds.csv", over_seeds);
   for (const std::string& file : write_charts(folder, sweep_charts(axes, results))) {
-    markdown << "\n![" << file.substr(0, file.size() - 4) << "](" << file << ")\n";
+    markdown << "\n" << chart_image(file) << "\n";
   }
   write_file_atomic(folder + "/results.md", markdown.str());
 }

@@ -72,6 +72,9 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file);
 // "name=topk, d_state=32" (the last part of each key, the whole key where two axes share it).
 std::string sweep_label(const std::vector<SweepAxis>& axes, const std::vector<size_t>& choice);
 
+// The axes' keys: "router.name, model.d_state".
+std::string axis_keys(const std::vector<SweepAxis>& axes);
+
 // Every combination, the first axis varying slowest; names carry a zero-padded index prefix.
 std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes);
 
