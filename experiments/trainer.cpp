@@ -213,6 +213,150 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+
+// The optimizer `name` (the [optimizer] table's name), over the model's parameters.
+std::unique_ptr<Optimizer> build_optimizer(const std::string& name, const ConfigTable& table,
+                                           ParameterStore& parameters) {
+  if (!optimizer_registry().contains(name)) {
+    table.fail("name", "unknown optimizer \"" + name + "\"; valid: " + optimizer_registry().names());
+  }
+  std::unique_ptr<Optimizer> optimizer = optimizer_registry().get(name)(table, parameters);
+  table.reject_unknown_keys();
+  return optimizer;
+}
+
+LearningRateSchedule schedule_of(const TrainingSettings& settings) {
+  LearningRateSchedule schedule;
+  schedule.peak = settings.learning_rate;
+  schedule.warmup_steps = settings.warmup_steps;
+  schedule.total_steps = settings.steps;
+  schedule.shape = settings.schedule;
+  schedule.final_ratio = settings.final_lr_ratio;
+  return schedule;
+}
+
+// What the log needs of one training step.
+struct StepRecord {
+  LossResult loss;
+  double grad_norm = 0;
+  double learning_rate = 0;
+  double seconds = 0;
+  int64_t tokens = 0;
+  std::vector<RoutingStats> routing;
+};
+
+// One optimisation step on the training batch of `step`.
+StepRecord training_step(int64_t step, uint64_t seed, const TrainingSettings& settings,
+                         const LearningRateSchedule& schedule, Model& model, Task& task, Optimizer& optimizer) {
+  const auto start = std::chrono::steady_clock::now();
+  const Batch batch = task.batch(Split::train, step);
+  // One generator per step, so that a resumed run draws what the uninterrupted run drew.
+  Random random(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) + 1);
+  ForwardOptions options;
+  options.training = true;
+  options.random = &random;
+  ForwardTape tape;
+  ModelOutput output = model.forward(batch.input, options, &tape);
+  StepRecord record;
+  record.loss = language_model_loss(output, batch.targets, true);
+  if (!std::isfinite(record.loss.loss)) {
+    throw std::runtime_error("the loss is " + std::to_string(record.loss.loss) + " at step " + std::to_string(step) +
+                             ": training diverged (lower training.learning_rate or set training.grad_clip)");
+  }
+  model.parameters().zero_grad();
+  model.backward(tape, &record.loss.grad_logits, nullptr, 1.0f);
+  record.loss.grad_logits = Tensor();  // not needed past the backward pass
+  record.grad_norm = clip_gradient_norm(model.parameters(), settings.grad_clip);
+  record.learning_rate = schedule.at(step);
+  optimizer.step(model.parameters(), record.learning_rate);
+  model.after_step(tape);
+  cuda::synchronize();
+  record.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  record.tokens = batch.input.batch * batch.input.length;
+  record.routing = std::move(output.routing);
+  return record;
+}
+
+// The steps since the last progress line: their sums, for the means that line and its metrics entry show.
+class LogWindow {
+ public:
+  void add(const StepRecord& record) {
+    loss_ += record.loss.loss;
+    lm_loss_ += record.loss.lm_loss;
+    aux_loss_ += record.loss.aux_loss;
+    scored_ += record.loss.scored;
+    correct_ += record.loss.correct;
+    seconds_ += record.seconds;
+    tokens_ += record.tokens;
+    grad_norm_ += record.grad_norm;
+    ++steps_;
+    routing_.add(record.routing);
+  }
+  double mean_loss() const { return loss_ / steps_; }
+  // The metrics.jsonl entry of the window ending at `state.step`, also logged as a progress line; empties
+  // the window.
+  nlohmann::json close(const TrainerState& state, int64_t total_steps, double learning_rate) {
+    const double accuracy = scored_ > 0 ? static_cast<double>(correct_) / scored_ : 0.0;
+    const double throughput = tokens_ / seconds_;
+    const double remaining = (total_steps - state.step) * (seconds_ / steps_);
+    nlohmann::json entry = {{"step", state.step},
+                            {"train_loss", mean_loss()},
+                            {"train_lm_loss", lm_loss_ / steps_},
+                            {"train_aux_loss", aux_loss_ / steps_},
+                            {"train_accuracy", accuracy},
+                            {"learning_rate", learning_rate},
+                            {"grad_norm", grad_norm_ / steps_},
+                            {"tokens_per_second", throughput},
+                            {"elapsed_seconds", state.seconds}};
+    routing_.put(entry);
+    spdlog::info("step {:>5}/{} | loss {:.4f} | acc {:.3f} | lr {:.2e} | |g| {:.2f} | {:.0f} tok/s | eta {}",
+                 state.step, total_steps, mean_loss(), accuracy, learning_rate, grad_norm_ / steps_, throughput,
+                 format_duration(remaining));
+    *this = LogWindow();
+    return entry;
+  }
+
+ private:
+  double loss_ = 0, lm_loss_ = 0, aux_loss_ = 0, seconds_ = 0, grad_norm_ = 0;
+  int64_t steps_ = 0, scored_ = 0, correct_ = 0, tokens_ = 0;
+  RoutingAverage routing_;
+};
+
+// Evaluates on the held-out batches: records the result in `state` and `entry`, and logs it. Returns
+// whether it reached training.stop_at_eval_accuracy.
+bool evaluate_step(Model& model, Task& task, const TrainingSettings& settings, TrainerState& state,
+                   nlohmann::json& entry) {
+  const Evaluation evaluation = evaluate(model, task, settings.eval_batches);
+  state.last_eval = {{"step", state.step}, {"eval_loss", evaluation.loss}, {"eval_lm_loss", evaluation.lm_loss},
+                     {"eval_accuracy", evaluation.accuracy}};
+  entry["eval_loss"] = evaluation.loss;
+  entry["eval_lm_loss"] = evaluation.lm_loss;
+  entry["eval_accuracy"] = evaluation.accuracy;
+  spdlog::info("eval  {:>5}/{} | loss {:.4f} | acc {:.3f}", state.step, settings.steps, evaluation.loss,
+               evaluation.accuracy);
+  return settings.stop_at_eval_accuracy > 0 && evaluation.accuracy >= settings.stop_at_eval_accuracy;
+}
+
+// What summary.json gets: the final figures, the totals, and the routing of the trained model measured on
+// the eval batches.
+nlohmann::json training_summary(const TrainerState& state, double last_train_loss, bool stopped_early,
+                                const TrainingSettings& settings, Model& model, Task& task) {
+  nlohmann::json summary;
+  summary["final"] = {{"train_loss", last_train_loss},
+                      {"eval_loss", state.last_eval.value("eval_loss", NAN)},
+                      {"eval_accuracy", state.last_eval.value("eval_accuracy", NAN)}};
+  summary["steps"] = state.step;
+  summary["tokens"] = state.tokens;
+  summary["train_seconds"] = state.seconds;
+  summary["tokens_per_second"] = state.seconds > 0 ? state.tokens / state.seconds : 0.0;
+  summary["stopped_early"] = stopped_early;
+  RoutingAverage final_routing;
+  for (int64_t i = 0; i < settings.eval_batches; ++i) {
+    final_routing.add(model.forward(task.batch(Split::eval, i).input, ForwardOptions{}).routing);
+  }
+  final_routing.put(summary);
+  return summary;
+}
 }  // namespace
 
 void put_routing(nlohmann::json& object, const std::vector<RoutingStats>& routing) {
@@ -225,19 +369,9 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
   const TrainingSettings settings = read_training_settings(experiment.table("training"));
   const ConfigTable& optimizer_table = experiment.table("optimizer");
   const std::string optimizer_name = optimizer_table.get_string("name", "adamw");
-  if (!optimizer_registry().contains(optimizer_name)) {
-    optimizer_table.fail("name", "unknown optimizer \"" + optimizer_name + "\"; valid: " + optimizer_registry().names());
-  }
-  std::unique_ptr<Optimizer> optimizer = optimizer_registry().get(optimizer_name)(optimizer_table, model.parameters());
-  optimizer_table.reject_unknown_keys();
+  std::unique_ptr<Optimizer> optimizer = build_optimizer(optimizer_name, optimizer_table, model.parameters());
   experiment.table("training").reject_unknown_keys();
-
-  LearningRateSchedule schedule;
-  schedule.peak = settings.learning_rate;
-  schedule.warmup_steps = settings.warmup_steps;
-  schedule.total_steps = settings.steps;
-  schedule.shape = settings.schedule;
-  schedule.final_ratio = settings.final_lr_ratio;
+  const LearningRateSchedule schedule = schedule_of(settings);
 
   TrainerState state;
   const std::string metrics_path = folder + "/metrics.jsonl";
@@ -256,52 +390,18 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
                settings.steps, optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
                settings.eval_every, settings.eval_batches);
 
-  RoutingAverage routing;
-  double window_loss = 0, window_lm = 0, window_aux = 0, window_seconds = 0, window_grad_norm = 0;
-  int64_t window_steps = 0, window_scored = 0, window_correct = 0, window_tokens = 0;
+  LogWindow window;
   double last_train_loss = NAN;
   bool interrupted = false, stopped_early = false;
   double chart_seconds = 0;  // spent redrawing the charts in this process
 
   while (state.step < settings.steps) {
-    const int64_t step = state.step;
-    const auto start = std::chrono::steady_clock::now();
-    const Batch batch = task.batch(Split::train, step);
-    // One generator per step, so that a resumed run draws what the uninterrupted run drew.
-    Random random(experiment.run.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) + 1);
-    ForwardOptions options;
-    options.training = true;
-    options.random = &random;
-    ForwardTape tape;
-    const ModelOutput output = model.forward(batch.input, options, &tape);
-    const LossResult loss = language_model_loss(output, batch.targets, true);
-    if (!std::isfinite(loss.loss)) {
-      throw std::runtime_error("the loss is " + std::to_string(loss.loss) + " at step " + std::to_string(step) +
-                               ": training diverged (lower training.learning_rate or set training.grad_clip)");
-    }
-    model.parameters().zero_grad();
-    model.backward(tape, &loss.grad_logits, nullptr, 1.0f);
-    const double grad_norm = clip_gradient_norm(model.parameters(), settings.grad_clip);
-    const double learning_rate = schedule.at(step);
-    optimizer->step(model.parameters(), learning_rate);
-    model.after_step(tape);
-    cuda::synchronize();
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
-    const int64_t tokens = batch.input.batch * batch.input.length;
-    state.step = step + 1;
-    state.seconds += seconds;
-    state.tokens += tokens;
-    window_loss += loss.loss;
-    window_lm += loss.lm_loss;
-    window_aux += loss.aux_loss;
-    window_scored += loss.scored;
-    window_correct += loss.correct;
-    window_seconds += seconds;
-    window_tokens += tokens;
-    window_grad_norm += grad_norm;
-    ++window_steps;
-    routing.add(output.routing);
+    const StepRecord record =
+        training_step(state.step, experiment.run.seed, settings, schedule, model, task, *optimizer);
+    state.step += 1;
+    state.seconds += record.seconds;
+    state.tokens += record.tokens;
+    window.add(record);
 
     const bool last = state.step == settings.steps;
     const bool evaluate_now = last || (settings.eval_every > 0 && state.step % settings.eval_every == 0);
@@ -309,38 +409,10 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
     interrupted = interrupt_requested.load();
     nlohmann::json entry;
     if (log_now || interrupted) {
-      last_train_loss = window_loss / window_steps;
-      const double accuracy = window_scored > 0 ? static_cast<double>(window_correct) / window_scored : 0.0;
-      const double throughput = window_tokens / window_seconds;
-      const double remaining = (settings.steps - state.step) * (window_seconds / window_steps);
-      entry = {{"step", state.step},
-               {"train_loss", last_train_loss},
-               {"train_lm_loss", window_lm / window_steps},
-               {"train_aux_loss", window_aux / window_steps},
-               {"train_accuracy", accuracy},
-               {"learning_rate", learning_rate},
-               {"grad_norm", window_grad_norm / window_steps},
-               {"tokens_per_second", throughput},
-               {"elapsed_seconds", state.seconds}};
-      routing.put(entry);
-      spdlog::info("step {:>5}/{} | loss {:.4f} | acc {:.3f} | lr {:.2e} | |g| {:.2f} | {:.0f} tok/s | eta {}",
-                   state.step, settings.steps, last_train_loss, accuracy, learning_rate, window_grad_norm / window_steps,
-                   throughput, format_duration(remaining));
-      window_loss = window_lm = window_aux = window_seconds = window_grad_norm = 0;
-      window_steps = window_scored = window_correct = window_tokens = 0;
-      routing.reset();
+      last_train_loss = window.mean_loss();
+      entry = window.close(state, settings.steps, record.learning_rate);
     }
-    if (evaluate_now) {
-      const Evaluation evaluation = evaluate(model, task, settings.eval_batches);
-      state.last_eval = {{"step", state.step}, {"eval_loss", evaluation.loss}, {"eval_lm_loss", evaluation.lm_loss},
-                         {"eval_accuracy", evaluation.accuracy}};
-      entry["eval_loss"] = evaluation.loss;
-      entry["eval_lm_loss"] = evaluation.lm_loss;
-      entry["eval_accuracy"] = evaluation.accuracy;
-      spdlog::info("eval  {:>5}/{} | loss {:.4f} | acc {:.3f}", state.step, settings.steps, evaluation.loss,
-                   evaluation.accuracy);
-      stopped_early = settings.stop_at_eval_accuracy > 0 && evaluation.accuracy >= settings.stop_at_eval_accuracy;
-    }
+    if (evaluate_now) stopped_early = evaluate_step(model, task, settings, state, entry);
     if (!entry.empty()) metrics << entry.dump() << "\n" << std::flush;
     // The charts follow the run at each evaluation (the run report draws the last), skipped while redrawing
     // them (reading every metrics line) would take over 2% of the training time.
@@ -365,21 +437,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
 
   TrainingOutcome outcome;
   outcome.interrupted = interrupted;
-  nlohmann::json& summary = outcome.summary;
-  summary["final"] = {{"train_loss", last_train_loss},
-                      {"eval_loss", state.last_eval.value("eval_loss", NAN)},
-                      {"eval_accuracy", state.last_eval.value("eval_accuracy", NAN)}};
-  summary["steps"] = state.step;
-  summary["tokens"] = state.tokens;
-  summary["train_seconds"] = state.seconds;
-  summary["tokens_per_second"] = state.seconds > 0 ? state.tokens / state.seconds : 0.0;
-  summary["stopped_early"] = stopped_early;
-  // The routing of the model at the end, measured on the eval batches.
-  RoutingAverage final_routing;
-  for (int64_t i = 0; i < settings.eval_batches; ++i) {
-    final_routing.add(model.forward(task.batch(Split::eval, i).input, ForwardOptions{}).routing);
-  }
-  final_routing.put(summary);
+  outcome.summary = training_summary(state, last_train_loss, stopped_early, settings, model, task);
   return outcome;
 }
 
