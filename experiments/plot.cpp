@@ -173,152 +173,211 @@ bool spans_decades(const LineChart& chart) {
   return low > 0 && high / low > 10;
 }
 
-std::string line_chart_svg(const LineChart& chart) {
-  // Data ranges over the points that can be drawn.
+namespace {
+
+// Whether a point of a series can be drawn: finite, and positive on a log scale.
+bool drawable(const LineChart& chart, double x, double y) {
+  return std::isfinite(x) && std::isfinite(y) && !(chart.log_y && y <= 0);
+}
+
+// The range of the drawable points; a unit range when there are none (has_data false), widened where it
+// is a single value.
+struct DataRange {
+  double x_min, x_max, y_min, y_max;
+  bool has_data;
+};
+
+DataRange data_range(const LineChart& chart) {
   const double infinity = std::numeric_limits<double>::infinity();
-  double x_min = infinity, x_max = -infinity, y_min = infinity, y_max = -infinity;
+  DataRange range{infinity, -infinity, infinity, -infinity, false};
   for (const LineSeries& series : chart.series) {
     for (size_t i = 0; i < series.x.size() && i < series.y.size(); ++i) {
       const double x = series.x[i], y = series.y[i];
-      if (!std::isfinite(x) || !std::isfinite(y) || (chart.log_y && y <= 0)) continue;
-      x_min = std::min(x_min, x), x_max = std::max(x_max, x);
-      y_min = std::min(y_min, y), y_max = std::max(y_max, y);
+      if (!drawable(chart, x, y)) continue;
+      range.x_min = std::min(range.x_min, x), range.x_max = std::max(range.x_max, x);
+      range.y_min = std::min(range.y_min, y), range.y_max = std::max(range.y_max, y);
     }
   }
-  const bool has_data = x_min <= x_max;
-  if (!has_data) x_min = 0, x_max = 1, y_min = chart.log_y ? 0.1 : 0, y_max = 1;
-  if (x_max == x_min) x_min -= 1, x_max += 1;
-  if (y_max == y_min) {
-    if (chart.log_y) y_min /= 2, y_max *= 2;
-    else y_min -= 1, y_max += 1;
+  range.has_data = range.x_min <= range.x_max;
+  if (!range.has_data) range.x_min = 0, range.x_max = 1, range.y_min = chart.log_y ? 0.1 : 0, range.y_max = 1;
+  if (range.x_max == range.x_min) range.x_min -= 1, range.x_max += 1;
+  if (range.y_max == range.y_min) {
+    if (chart.log_y) range.y_min /= 2, range.y_max *= 2;
+    else range.y_min -= 1, range.y_max += 1;
   }
+  return range;
+}
 
-  // Legend width from the longest label.
+// The legend: one row per labelled series, then one per style key; as wide as its longest text needs.
+struct LegendSize {
+  int rows = 0;
+  double width = 0;
+};
+
+LegendSize legend_size(const LineChart& chart) {
   size_t longest = 0;
-  int legend_rows = 0;
+  LegendSize size;
   for (const LineSeries& series : chart.series) {
     if (series.label.empty()) continue;
     longest = std::max(longest, series.label.size());
-    ++legend_rows;
+    ++size.rows;
   }
   for (const auto& key : chart.style_keys) longest = std::max(longest, key.second.size());
-  legend_rows += static_cast<int>(chart.style_keys.size());
-  const double legend_width = legend_rows > 0 ? std::min(380.0, 44 + kCharWidth * longest) : 0;
+  size.rows += static_cast<int>(chart.style_keys.size());
+  size.width = size.rows > 0 ? std::min(380.0, 44 + kCharWidth * longest) : 0;
+  return size;
+}
 
-  const double left = 84, right = chart.width - 24 - legend_width, top = chart.subtitle.empty() ? 56 : 74,
-               bottom = chart.height - 62;
+// The pixel rectangle inside the axes.
+struct PlotArea {
+  double left, right, top, bottom;
+};
 
-  Axis x_axis{x_min, x_max, left, right, false};
-  std::vector<double> x_ticks = nice_ticks(x_min, x_max, 8);
-  x_axis.low = std::min(x_min, x_ticks.front());
-  x_axis.high = std::max(x_max, x_ticks.back());
-  if (x_ticks.back() < x_max) {
-    x_axis.high = x_ticks.back() + tick_step(x_ticks);
-    x_ticks.push_back(x_axis.high);
+// An axis with its tick values.
+struct TickedAxis {
+  Axis axis;
+  std::vector<double> ticks;
+};
+
+// The x axis: round ticks, extended by a step at either end that the data passes.
+TickedAxis x_axis_of(const DataRange& range, const PlotArea& area) {
+  TickedAxis x{{range.x_min, range.x_max, area.left, area.right, false}, nice_ticks(range.x_min, range.x_max, 8)};
+  x.axis.low = std::min(range.x_min, x.ticks.front());
+  x.axis.high = std::max(range.x_max, x.ticks.back());
+  if (x.ticks.back() < range.x_max) {
+    x.axis.high = x.ticks.back() + tick_step(x.ticks);
+    x.ticks.push_back(x.axis.high);
   }
-  if (x_ticks.front() > x_min) {
-    x_axis.low = x_ticks.front() - tick_step(x_ticks);
-    x_ticks.insert(x_ticks.begin(), x_axis.low);
+  if (x.ticks.front() > range.x_min) {
+    x.axis.low = x.ticks.front() - tick_step(x.ticks);
+    x.ticks.insert(x.ticks.begin(), x.axis.low);
   }
+  return x;
+}
 
-  Axis y_axis{y_min, y_max, bottom, top, chart.log_y};
-  std::vector<double> y_ticks;
+// The y axis: decades on a log scale, the chart's fixed range when it has one, else round ticks that
+// cover the data.
+TickedAxis y_axis_of(const LineChart& chart, const DataRange& range, const PlotArea& area) {
+  TickedAxis y{{range.y_min, range.y_max, area.bottom, area.top, chart.log_y}, {}};
   if (chart.log_y) {
-    y_axis.low = nice_bound(y_min, false);
-    y_axis.high = nice_bound(y_max, true);
-    y_ticks = log_ticks(y_axis.low, y_axis.high);
+    y.axis.low = nice_bound(range.y_min, false);
+    y.axis.high = nice_bound(range.y_max, true);
+    y.ticks = log_ticks(y.axis.low, y.axis.high);
   } else if (std::isfinite(chart.y_low) && std::isfinite(chart.y_high) && chart.y_high > chart.y_low) {
-    y_ticks = nice_ticks(chart.y_low, chart.y_high, 5);
-    y_axis.low = chart.y_low;
-    y_axis.high = chart.y_high;
+    y.ticks = nice_ticks(chart.y_low, chart.y_high, 5);
+    y.axis.low = chart.y_low;
+    y.axis.high = chart.y_high;
   } else {
-    y_ticks = nice_ticks(y_min, y_max, 6);
-    const double step = tick_step(y_ticks);
-    if (y_ticks.front() > y_min) y_ticks.insert(y_ticks.begin(), y_ticks.front() - step);
-    if (y_ticks.back() < y_max) y_ticks.push_back(y_ticks.back() + step);
-    y_axis.low = y_ticks.front();
-    y_axis.high = y_ticks.back();
+    y.ticks = nice_ticks(range.y_min, range.y_max, 6);
+    const double step = tick_step(y.ticks);
+    if (y.ticks.front() > range.y_min) y.ticks.insert(y.ticks.begin(), y.ticks.front() - step);
+    if (y.ticks.back() < range.y_max) y.ticks.push_back(y.ticks.back() + step);
+    y.axis.low = y.ticks.front();
+    y.axis.high = y.ticks.back();
   }
+  return y;
+}
 
+// The grid, the ticks and their labels, the frame and the axis labels.
+std::string axes_svg(const LineChart& chart, const PlotArea& area, const TickedAxis& x, const TickedAxis& y) {
   std::ostringstream out;
-  out << svg_open(chart.width, chart.height);
-  out << text(left, 28, chart.title, 18, "start", "font-weight=\"bold\"");
-  if (!chart.subtitle.empty()) out << text(left, 50, chart.subtitle, 13, "start", "fill-opacity=\"0.8\"");
-
-  // Grid, ticks and tick labels.
-  for (double tick : x_ticks) {
-    const double x = x_axis.to_pixel(tick);
-    out << line(x, top, x, bottom, "#e6e6e6", 1);
-    out << line(x, bottom, x, bottom + 5, "#333", 1);
-    out << text(x, bottom + 20, tick_label(tick, tick_step(x_ticks)), 12, "middle");
+  for (double tick : x.ticks) {
+    const double pixel = x.axis.to_pixel(tick);
+    out << line(pixel, area.top, pixel, area.bottom, "#e6e6e6", 1);
+    out << line(pixel, area.bottom, pixel, area.bottom + 5, "#333", 1);
+    out << text(pixel, area.bottom + 20, tick_label(tick, tick_step(x.ticks)), 12, "middle");
   }
-  for (double tick : y_ticks) {
-    const double y = y_axis.to_pixel(tick);
-    out << line(left, y, right, y, "#e6e6e6", 1);
-    out << line(left - 5, y, left, y, "#333", 1);
-    out << text(left - 8, y + 4, tick_label(tick, chart.log_y ? tick : tick_step(y_ticks)), 12, "end");
+  for (double tick : y.ticks) {
+    const double pixel = y.axis.to_pixel(tick);
+    out << line(area.left, pixel, area.right, pixel, "#e6e6e6", 1);
+    out << line(area.left - 5, pixel, area.left, pixel, "#333", 1);
+    out << text(area.left - 8, pixel + 4, tick_label(tick, chart.log_y ? tick : tick_step(y.ticks)), 12, "end");
   }
-  out << "<rect x=\"" << number(left) << "\" y=\"" << number(top) << "\" width=\"" << number(right - left)
-      << "\" height=\"" << number(bottom - top) << "\" fill=\"none\" stroke=\"#333\" stroke-width=\"1\"/>\n";
-  out << text((left + right) / 2, chart.height - 18, chart.x_label, 14, "middle");
-  const double y_label_x = 24, y_label_y = (top + bottom) / 2;
-  out << text(y_label_x, y_label_y, chart.y_label + (chart.log_y ? " (log scale)" : ""), 14, "middle",
-              "transform=\"rotate(-90 " + number(y_label_x) + " " + number(y_label_y) + ")\"");
-  if (!has_data) out << text((left + right) / 2, (top + bottom) / 2, "no data", 16, "middle");
+  out << "<rect x=\"" << number(area.left) << "\" y=\"" << number(area.top) << "\" width=\""
+      << number(area.right - area.left) << "\" height=\"" << number(area.bottom - area.top)
+      << "\" fill=\"none\" stroke=\"#333\" stroke-width=\"1\"/>\n";
+  out << text((area.left + area.right) / 2, chart.height - 18, chart.x_label, 14, "middle");
+  const double label_x = 24, label_y = (area.top + area.bottom) / 2;
+  out << text(label_x, label_y, chart.y_label + (chart.log_y ? " (log scale)" : ""), 14, "middle",
+              "transform=\"rotate(-90 " + number(label_x) + " " + number(label_y) + ")\"");
+  return out.str();
+}
 
-  // The series, clipped to the plot area.
-  out << "<clipPath id=\"plot-area\"><rect x=\"" << number(left) << "\" y=\"" << number(top) << "\" width=\""
-      << number(right - left) << "\" height=\"" << number(bottom - top) << "\"/></clipPath>\n";
+// The series as polylines clipped to the plot area, then dots (not clipped, so that points on an edge
+// show) on lone points and on sparse dashed lines (evaluations).
+std::string series_svg(const LineChart& chart, const PlotArea& area, const TickedAxis& x, const TickedAxis& y) {
+  std::ostringstream out;
+  out << "<clipPath id=\"plot-area\"><rect x=\"" << number(area.left) << "\" y=\"" << number(area.top)
+      << "\" width=\"" << number(area.right - area.left) << "\" height=\"" << number(area.bottom - area.top)
+      << "\"/></clipPath>\n";
   out << "<g clip-path=\"url(#plot-area)\" fill=\"none\" stroke-linejoin=\"round\" stroke-linecap=\"round\">\n";
-  std::vector<std::pair<size_t, std::string>> markers;  // (colour, points) of the series that get dots
+  std::ostringstream dots;
   for (const LineSeries& series : chart.series) {
     std::vector<std::pair<double, double>> pixels;
     for (size_t i = 0; i < series.x.size() && i < series.y.size(); ++i) {
-      const double x = series.x[i], y = series.y[i];
-      if (!std::isfinite(x) || !std::isfinite(y) || (chart.log_y && y <= 0)) continue;
-      pixels.push_back({x_axis.to_pixel(x), y_axis.to_pixel(y)});
+      if (drawable(chart, series.x[i], series.y[i])) {
+        pixels.push_back({x.axis.to_pixel(series.x[i]), y.axis.to_pixel(series.y[i])});
+      }
     }
-    std::ostringstream points;
-    int count = 0;
-    for (const auto& [x, y] : decimate(pixels, right - left)) {
-      points << (count++ ? " " : "") << number(x) << "," << number(y);
-    }
+    pixels = decimate(pixels, area.right - area.left);
     const std::string colour = plot_colour(series.colour);
-    out << "<polyline data-series=\"" << xml_escape(series.label) << "\" points=\"" << points.str()
-        << "\" stroke=\"" << colour << "\" stroke-width=\"" << (series.dashed ? 1.8 : 2.2) << "\""
+    out << "<polyline data-series=\"" << xml_escape(series.label) << "\" points=\"";
+    for (size_t i = 0; i < pixels.size(); ++i) {
+      out << (i ? " " : "") << number(pixels[i].first) << "," << number(pixels[i].second);
+    }
+    out << "\" stroke=\"" << colour << "\" stroke-width=\"" << (series.dashed ? 1.8 : 2.2) << "\""
         << (series.dashed ? " stroke-dasharray=\"7 4\"" : "") << "/>\n";
-    if (count == 1 || (series.dashed && count <= 40)) markers.push_back({series.colour, points.str()});
-  }
-  out << "</g>\n";
-  // Dots on sparse lines (evaluations) and lone points, not clipped, so that points on an edge show.
-  for (const auto& [colour, points] : markers) {
-    std::istringstream in(points);
-    std::string point;
-    while (in >> point) {
-      const size_t comma = point.find(',');
-      out << "<circle cx=\"" << point.substr(0, comma) << "\" cy=\"" << point.substr(comma + 1) << "\" r=\"3\" fill=\""
-          << plot_colour(colour) << "\"/>\n";
+    if (pixels.size() == 1 || (series.dashed && pixels.size() <= 40)) {
+      for (const auto& [px, py] : pixels) {
+        dots << "<circle cx=\"" << number(px) << "\" cy=\"" << number(py) << "\" r=\"3\" fill=\"" << colour << "\"/>\n";
+      }
     }
   }
+  out << "</g>\n" << dots.str();
+  return out.str();
+}
 
-  // Legend: one row per labelled series, then the style keys in grey.
-  if (legend_rows > 0) {
-    const double row = std::min(22.0, (bottom - top) / legend_rows);
-    const double x = right + 18;
-    double y = top + 10;
-    for (const LineSeries& series : chart.series) {
-      if (series.label.empty()) continue;
-      out << line(x, y, x + 26, y, plot_colour(series.colour), 2.6, series.dashed);
-      out << text(x + 34, y + 4.5, series.label, 13);
-      y += row;
-    }
-    for (const auto& [dashed, label] : chart.style_keys) {
-      out << line(x, y, x + 26, y, "#555", 2, dashed);
-      out << text(x + 34, y + 4.5, label, 13, "start", "fill-opacity=\"0.75\"");
-      y += row;
-    }
+// The legend right of the plot area: a line sample and the label of each labelled series, then the
+// style keys in grey.
+std::string legend_svg(const LineChart& chart, const PlotArea& area, const LegendSize& legend) {
+  if (legend.rows == 0) return "";
+  std::ostringstream out;
+  const double row = std::min(22.0, (area.bottom - area.top) / legend.rows);
+  const double x = area.right + 18;
+  double y = area.top + 10;
+  for (const LineSeries& series : chart.series) {
+    if (series.label.empty()) continue;
+    out << line(x, y, x + 26, y, plot_colour(series.colour), 2.6, series.dashed);
+    out << text(x + 34, y + 4.5, series.label, 13);
+    y += row;
   }
-  out << "</svg>\n";
+  for (const auto& [dashed, label] : chart.style_keys) {
+    out << line(x, y, x + 26, y, "#555", 2, dashed);
+    out << text(x + 34, y + 4.5, label, 13, "start", "fill-opacity=\"0.75\"");
+    y += row;
+  }
+  return out.str();
+}
+
+}  // namespace
+
+std::string line_chart_svg(const LineChart& chart) {
+  const DataRange range = data_range(chart);
+  const LegendSize legend = legend_size(chart);
+  const PlotArea area{84, chart.width - 24 - legend.width, chart.subtitle.empty() ? 56.0 : 74.0,
+                      chart.height - 62.0};
+  const TickedAxis x = x_axis_of(range, area);
+  const TickedAxis y = y_axis_of(chart, range, area);
+
+  std::ostringstream out;
+  out << svg_open(chart.width, chart.height);
+  out << text(area.left, 28, chart.title, 18, "start", "font-weight=\"bold\"");
+  if (!chart.subtitle.empty()) out << text(area.left, 50, chart.subtitle, 13, "start", "fill-opacity=\"0.8\"");
+  out << axes_svg(chart, area, x, y);
+  if (!range.has_data) {
+    out << text((area.left + area.right) / 2, (area.top + area.bottom) / 2, "no data", 16, "middle");
+  }
+  out << series_svg(chart, area, x, y) << legend_svg(chart, area, legend) << "</svg>\n";
   return out.str();
 }
 
