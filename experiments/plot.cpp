@@ -381,28 +381,24 @@ std::string line_chart_svg(const LineChart& chart) {
   return out.str();
 }
 
-std::string bar_panels_svg(const BarPanelGrid& grid) {
-  const int count = static_cast<int>(grid.panels.size());
-  const int columns = std::max(1, std::min(grid.columns, count));
-  const int rows = std::max(1, (count + columns - 1) / columns);
-  const int width = std::max({columns * grid.panel_width + 40, 520,
-                              static_cast<int>(40 + 6.6 * std::max(static_cast<double>(grid.subtitle.size()), grid.title.size() * 1.4))});
+namespace {
 
-  // The legend of bar names, wrapped to the width.
-  std::vector<std::pair<double, int>> legend_positions;  // (x, row)
-  double legend_x = 20;
-  int legend_row = 0;
+// The legend of bar names, wrapped to the width: each name's (x, row).
+std::vector<std::pair<double, int>> bar_legend_positions(const BarPanelGrid& grid, int width) {
+  std::vector<std::pair<double, int>> positions;
+  double x = 20;
+  int row = 0;
   for (const std::string& name : grid.bar_names) {
     const double item = 24 + kCharWidth * name.size() + 14;
-    if (legend_x + item > width - 20 && legend_x > 20) legend_x = 20, ++legend_row;
-    legend_positions.push_back({legend_x, legend_row});
-    legend_x += item;
+    if (x + item > width - 20 && x > 20) x = 20, ++row;
+    positions.push_back({x, row});
+    x += item;
   }
-  const double legend_top = grid.subtitle.empty() ? 50 : 70;
-  const double panels_top = legend_top + (grid.bar_names.empty() ? 0 : 22.0 * (legend_row + 1)) + 8;
-  const int height = static_cast<int>(panels_top + rows * grid.panel_height + 10);
+  return positions;
+}
 
-  // One y range for all panels.
+// The ticks of the y axis all panels share: from 0 to the largest value or reference, with a margin.
+std::vector<double> shared_bar_ticks(const BarPanelGrid& grid) {
   double y_max = 0;
   for (const BarPanel& panel : grid.panels) {
     y_max = std::max(y_max, panel.reference);
@@ -413,66 +409,91 @@ std::string bar_panels_svg(const BarPanelGrid& grid) {
     }
   }
   if (y_max <= 0) y_max = 1;
-  std::vector<double> y_ticks = nice_ticks(0, y_max * 1.04, 4);
-  if (y_ticks.back() < y_max * 1.04) y_ticks.push_back(y_ticks.back() + tick_step(y_ticks));
+  std::vector<double> ticks = nice_ticks(0, y_max * 1.04, 4);
+  if (ticks.back() < y_max * 1.04) ticks.push_back(ticks.back() + tick_step(ticks));
+  return ticks;
+}
+
+// Panel p of the grid, whose top-left corner is (origin_x, origin_y): its title, y ticks (and the grid's
+// y label in the first column), the bars of each group and the reference line.
+std::string bar_panel_svg(const BarPanelGrid& grid, size_t p, double origin_x, double origin_y, bool first_column,
+                          const std::vector<double>& y_ticks) {
+  const BarPanel& panel = grid.panels[p];
+  const double left = origin_x + 52, right = origin_x + grid.panel_width - 14;
+  const double top = origin_y + (panel.subtitle.empty() ? 26 : 42), bottom = origin_y + grid.panel_height - 34;
+  const Axis y_axis{y_ticks.front(), y_ticks.back(), bottom, top, false};
+
+  std::ostringstream out;
+  out << "<g>\n";
+  out << text(left, origin_y + 14, panel.title, 13, "start", "font-weight=\"bold\"");
+  if (!panel.subtitle.empty()) out << text(left, origin_y + 31, panel.subtitle, 11, "start", "fill-opacity=\"0.8\"");
+  for (double tick : y_ticks) {
+    const double y = y_axis.to_pixel(tick);
+    out << line(left, y, right, y, "#e6e6e6", 1);
+    out << text(left - 6, y + 4, tick_label(tick, tick_step(y_ticks)), 11, "end");
+  }
+  if (first_column && !grid.y_label.empty()) {
+    const double label_x = origin_x + 10, label_y = (top + bottom) / 2;
+    out << text(label_x, label_y, grid.y_label, 12, "middle",
+                "transform=\"rotate(-90 " + number(label_x) + " " + number(label_y) + ")\"");
+  }
+  const size_t groups = panel.values.size();
+  const double group_width = (right - left) / std::max<size_t>(1, groups);
+  for (size_t g = 0; g < groups; ++g) {
+    const size_t bars = panel.values[g].size();
+    const double bar_width = group_width * 0.8 / std::max<size_t>(1, bars);
+    const double group_left = left + g * group_width + group_width * 0.1;
+    const std::string group = g < panel.groups.size() ? panel.groups[g] : "";
+    for (size_t b = 0; b < bars; ++b) {
+      const double value = panel.values[g][b];
+      if (!std::isfinite(value)) continue;
+      const double y = y_axis.to_pixel(std::max(0.0, value));
+      const std::string bar = b < grid.bar_names.size() ? grid.bar_names[b] : "";
+      out << "<rect x=\"" << number(group_left + b * bar_width) << "\" y=\"" << number(y) << "\" width=\""
+          << number(std::max(1.0, bar_width - 1)) << "\" height=\"" << number(bottom - y) << "\" fill=\""
+          << plot_colour(b) << "\"><title>" << xml_escape(group + ", " + bar) << ": " << tick_label(value, 0.0001)
+          << "</title></rect>\n";
+    }
+    if (g < panel.groups.size()) out << text(left + (g + 0.5) * group_width, bottom + 16, group, 11, "middle");
+  }
+  out << line(left, bottom, right, bottom, "#333", 1) << line(left, top, left, bottom, "#333", 1);
+  if (panel.reference >= 0) {
+    const double y = y_axis.to_pixel(panel.reference);
+    out << line(left, y, right, y, "#222", 1.4, true);
+    if (!panel.reference_label.empty()) out << text(right, y - 4, panel.reference_label, 10, "end");
+  }
+  out << "</g>\n";
+  return out.str();
+}
+
+}  // namespace
+
+std::string bar_panels_svg(const BarPanelGrid& grid) {
+  const int count = static_cast<int>(grid.panels.size());
+  const int columns = std::max(1, std::min(grid.columns, count));
+  const int rows = std::max(1, (count + columns - 1) / columns);
+  const double title_width = std::max(static_cast<double>(grid.subtitle.size()), grid.title.size() * 1.4);
+  const int width = std::max({columns * grid.panel_width + 40, 520, static_cast<int>(40 + 6.6 * title_width)});
+  const std::vector<std::pair<double, int>> legend = bar_legend_positions(grid, width);
+  const double legend_top = grid.subtitle.empty() ? 50 : 70;
+  const int legend_rows = legend.empty() ? 0 : legend.back().second + 1;
+  const double panels_top = legend_top + 22.0 * legend_rows + 8;
+  const int height = static_cast<int>(panels_top + rows * grid.panel_height + 10);
+  const std::vector<double> y_ticks = shared_bar_ticks(grid);
 
   std::ostringstream out;
   out << svg_open(width, height);
   out << text(20, 28, grid.title, 18, "start", "font-weight=\"bold\"");
   if (!grid.subtitle.empty()) out << text(20, 50, grid.subtitle, 13, "start", "fill-opacity=\"0.8\"");
   for (size_t i = 0; i < grid.bar_names.size(); ++i) {
-    const double x = legend_positions[i].first, y = legend_top + 22.0 * legend_positions[i].second;
+    const double x = legend[i].first, y = legend_top + 22.0 * legend[i].second;
     out << "<rect x=\"" << number(x) << "\" y=\"" << number(y - 11) << "\" width=\"16\" height=\"14\" fill=\""
         << plot_colour(i) << "\"/>\n";
     out << text(x + 22, y + 1, grid.bar_names[i], 13);
   }
-
   for (int p = 0; p < count; ++p) {
-    const BarPanel& panel = grid.panels[p];
-    const double origin_x = 20 + (p % columns) * grid.panel_width;
-    const double origin_y = panels_top + (p / columns) * grid.panel_height;
-    const double left = origin_x + 52, right = origin_x + grid.panel_width - 14;
-    const double top = origin_y + (panel.subtitle.empty() ? 26 : 42), bottom = origin_y + grid.panel_height - 34;
-    const Axis y_axis{y_ticks.front(), y_ticks.back(), bottom, top, false};
-
-    out << "<g>\n";
-    out << text(left, origin_y + 14, panel.title, 13, "start", "font-weight=\"bold\"");
-    if (!panel.subtitle.empty()) out << text(left, origin_y + 31, panel.subtitle, 11, "start", "fill-opacity=\"0.8\"");
-    for (double tick : y_ticks) {
-      const double y = y_axis.to_pixel(tick);
-      out << line(left, y, right, y, "#e6e6e6", 1);
-      out << text(left - 6, y + 4, tick_label(tick, tick_step(y_ticks)), 11, "end");
-    }
-    if (p % columns == 0 && !grid.y_label.empty()) {
-      const double label_x = origin_x + 10, label_y = (top + bottom) / 2;
-      out << text(label_x, label_y, grid.y_label, 12, "middle",
-                  "transform=\"rotate(-90 " + number(label_x) + " " + number(label_y) + ")\"");
-    }
-    const size_t groups = panel.values.size();
-    const double group_width = (right - left) / std::max<size_t>(1, groups);
-    for (size_t g = 0; g < groups; ++g) {
-      const size_t bars = panel.values[g].size();
-      const double bar_width = group_width * 0.8 / std::max<size_t>(1, bars);
-      const double group_left = left + g * group_width + group_width * 0.1;
-      for (size_t b = 0; b < bars; ++b) {
-        const double value = panel.values[g][b];
-        if (!std::isfinite(value)) continue;
-        const double y = y_axis.to_pixel(std::max(0.0, value));
-        out << "<rect x=\"" << number(group_left + b * bar_width) << "\" y=\"" << number(y) << "\" width=\""
-            << number(std::max(1.0, bar_width - 1)) << "\" height=\"" << number(bottom - y) << "\" fill=\""
-            << plot_colour(b) << "\"><title>" << xml_escape((g < panel.groups.size() ? panel.groups[g] : "") + ", " +
-                                                            (b < grid.bar_names.size() ? grid.bar_names[b] : ""))
-            << ": " << tick_label(value, 0.0001) << "</title></rect>\n";
-      }
-      if (g < panel.groups.size()) out << text(left + (g + 0.5) * group_width, bottom + 16, panel.groups[g], 11, "middle");
-    }
-    out << line(left, bottom, right, bottom, "#333", 1) << line(left, top, left, bottom, "#333", 1);
-    if (panel.reference >= 0) {
-      const double y = y_axis.to_pixel(panel.reference);
-      out << line(left, y, right, y, "#222", 1.4, true);
-      if (!panel.reference_label.empty()) out << text(right, y - 4, panel.reference_label, 10, "end");
-    }
-    out << "</g>\n";
+    out << bar_panel_svg(grid, static_cast<size_t>(p), 20 + (p % columns) * grid.panel_width,
+                         panels_top + (p / columns) * grid.panel_height, p % columns == 0, y_ticks);
   }
   out << "</svg>\n";
   return out.str();
