@@ -915,22 +915,10 @@ bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std:
   return interrupted;
 }
 
-}  // namespace
-
-int command_sweep(const CommandLine& line) {
-  const std::string path = line.experiment_path();
-  const std::vector<std::string> sets = command_line_assignments(line);
-  const bool resume = line.flag("resume");
-  if (resume && line.option("out").empty()) {
-    throw UsageError("--resume needs --out DIR, the folder of the sweep to continue");
-  }
-  const int64_t jobs = parse_integer_option(line, "jobs", 1);
-  if (jobs < 1) throw UsageError("--jobs expects at least 1 (runs at a time), found 0");
-
-  // The combinations, each checked as far as it can be without running, before anything runs.
-  const Experiment base = load_experiment(path, sets);
-  const std::vector<SweepAxis> axes = read_sweep_axes(base.file);
-  const std::vector<SweepRun> runs = expand_sweep(axes);
+// Loads every combination and checks it as far as it can be without running; the first bad one ends the
+// sweep before anything runs.
+void check_combinations(const std::string& path, const std::vector<std::string>& sets,
+                        const std::vector<SweepAxis>& axes, const std::vector<SweepRun>& runs) {
   std::vector<std::string> described;
   for (const SweepAxis& axis : axes) described.push_back(axis.key + " (" + std::to_string(axis.values.size()) + ")");
   spdlog::info("sweep of {}: {} runs over {}", path, runs.size(), join(described, " × "));
@@ -943,36 +931,78 @@ int command_sweep(const CommandLine& line) {
     }
   }
   spdlog::info("checked all {} combinations", runs.size());
+}
+
+// --resume: the status, time and error of each run from the sweep.json in `folder`, and the outputs of
+// its folder; the runs must be the same combinations, in the same order.
+void read_previous_results(const std::string& folder, std::vector<SweepResult>& results) {
+  const std::string state_path = folder + "/sweep.json";
+  if (!std::filesystem::exists(state_path)) {
+    throw std::runtime_error("--resume: " + state_path + " not found; is " + folder + " the folder of a sweep?");
+  }
+  const nlohmann::json previous = nlohmann::json::parse(read_file(state_path));
+  const nlohmann::json& previous_runs = previous.at("runs");
+  for (size_t i = 0; i < std::max(results.size(), previous_runs.size()); ++i) {
+    const std::string here = i < results.size() ? results[i].run.name : "(none)";
+    const std::string there = i < previous_runs.size() ? previous_runs[i].at("name").get<std::string>() : "(none)";
+    if (here != there) {
+      throw std::runtime_error("--resume: the combinations differ from those of the sweep in " + folder + ": run " +
+                               std::to_string(i) + " is " + here + " now and " + there +
+                               " there; use the same file and --set options, or another --out");
+    }
+    results[i].status = previous_runs[i].value("status", "pending");
+    results[i].seconds = previous_runs[i].value("seconds", 0.0);
+    results[i].error = previous_runs[i].value("error", "");
+    read_run_outputs(results[i], folder + "/runs/" + here);
+  }
+}
+
+// The environment of each run of --jobs N: runs of run.threads = 0 (every core) share the cores, as OpenMP
+// threads of runs at a time that outnumber the cores spin-wait on each other (which made a small model's
+// steps 10 to 70 times slower); runs of a set thread count that together outnumber the cores get a warning.
+std::vector<std::string> child_environment(int64_t threads, int64_t jobs) {
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  if (threads == 0) {
+    const int64_t share = std::max<int64_t>(1, cores / jobs);
+    spdlog::info("--jobs {}: each run on {} of the {} cores (run.threads = 0); set run.threads to choose", jobs,
+                 share, cores);
+    return {"OMP_NUM_THREADS=" + std::to_string(share)};
+  }
+  if (jobs * threads > cores) {
+    spdlog::warn("--jobs {}: runs of {} thread{} each, {} at a time on {} cores, will slow each other down "
+                 "({} at a time would not)",
+                 jobs, threads, threads == 1 ? "" : "s", jobs, cores, std::max<int64_t>(1, cores / threads));
+  }
+  return {};
+}
+
+}  // namespace
+
+int command_sweep(const CommandLine& line) {
+  const std::string path = line.experiment_path();
+  const std::vector<std::string> sets = command_line_assignments(line);
+  const bool resume = line.flag("resume");
+  if (resume && line.option("out").empty()) {
+    throw UsageError("--resume needs --out DIR, the folder of the sweep to continue");
+  }
+  const int64_t jobs = parse_integer_option(line, "jobs", 1);
+  if (jobs < 1) throw UsageError("--jobs expects at least 1 (runs at a time), found 0");
+
+  const Experiment base = load_experiment(path, sets);
+  const std::vector<SweepAxis> axes = read_sweep_axes(base.file);
+  const std::vector<SweepRun> runs = expand_sweep(axes);
+  check_combinations(path, sets, axes, runs);
 
   std::string folder = line.option("out");
   if (folder.empty()) folder = base.output.dir + "/" + base.output.name + "-sweep-" + timestamp();
-  const std::string state_path = folder + "/sweep.json";
   std::vector<SweepResult> results;
   for (const SweepRun& run : runs) {
     results.emplace_back();
     results.back().run = run;
   }
-
   if (resume) {
-    if (!std::filesystem::exists(state_path)) {
-      throw std::runtime_error("--resume: " + state_path + " not found; is " + folder + " the folder of a sweep?");
-    }
-    const nlohmann::json previous = nlohmann::json::parse(read_file(state_path));
-    const nlohmann::json& previous_runs = previous.at("runs");
-    for (size_t i = 0; i < std::max(runs.size(), previous_runs.size()); ++i) {
-      const std::string here = i < runs.size() ? runs[i].name : "(none)";
-      const std::string there = i < previous_runs.size() ? previous_runs[i].at("name").get<std::string>() : "(none)";
-      if (here != there) {
-        throw std::runtime_error("--resume: the combinations differ from those of the sweep in " + folder + ": run " +
-                                 std::to_string(i) + " is " + here + " now and " + there +
-                                 " there; use the same file and --set options, or another --out");
-      }
-      results[i].status = previous_runs[i].value("status", "pending");
-      results[i].seconds = previous_runs[i].value("seconds", 0.0);
-      results[i].error = previous_runs[i].value("error", "");
-      read_run_outputs(results[i], folder + "/runs/" + runs[i].name);
-    }
-  } else if (std::filesystem::exists(state_path)) {
+    read_previous_results(folder, results);
+  } else if (std::filesystem::exists(folder + "/sweep.json")) {
     throw UsageError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
   }
   make_directories(folder + "/runs");
@@ -1040,24 +1070,11 @@ int command_sweep(const CommandLine& line) {
       if (interrupted) break;
     }
   } else {
-    // Runs of run.threads = 0 (every core) share the cores: OpenMP threads of runs at a time that outnumber
-    // the cores spin-wait on each other, which made a small model's steps 10 to 70 times slower.
-    const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-    std::vector<std::string> environment;
-    if (base.run.threads == 0) {
-      const int64_t share = std::max<int64_t>(1, cores / jobs);
-      environment.push_back("OMP_NUM_THREADS=" + std::to_string(share));
-      spdlog::info("--jobs {}: each run on {} of the {} cores (run.threads = 0); set run.threads to choose",
-                   jobs, share, cores);
-    } else if (jobs * base.run.threads > cores) {
-      spdlog::warn("--jobs {}: runs of {} thread{} each, {} at a time on {} cores, will slow each other down "
-                   "({} at a time would not)",
-                   jobs, base.run.threads, base.run.threads == 1 ? "" : "s", jobs, cores,
-                   std::max<int64_t>(1, cores / base.run.threads));
-    }
-    interrupted = run_processes(line, jobs, environment, results, [&](SweepResult& result, bool& continue_run) {
+    const auto begin_child = [&](SweepResult& result, bool& continue_run) {
       return begin_run(result, load_run_experiment(path, sets, result.run), continue_run);
-    }, end_run, run_folder_of);
+    };
+    interrupted = run_processes(line, jobs, child_environment(base.run.threads, jobs), results, begin_child, end_run,
+                                run_folder_of);
   }
   if (interrupted) {
     spdlog::warn("sweep interrupted; finished runs are kept. Continue with:\n  {}", resume_command(line, folder));
