@@ -115,33 +115,25 @@ std::string relative_to(const std::string& folder, const std::string& base) {
   return error || relative.empty() ? folder : relative.generic_string();
 }
 
-}  // namespace
+// A run's value of a setting, as TOML text. One it lacks is "(unused)" in an effective.toml (the run did
+// not read it: top_k of a switch router) and empty in a config.toml (the program's default applied).
+std::string value_of(const RunSettings& run, const std::string& key) {
+  const auto found = run.values.find(key);
+  return found != run.values.end() ? found->second : run.effective ? std::string("(unused)") : std::string();
+}
 
-Comparison compare_runs(const std::vector<std::string>& paths, const std::string& out) {
-  Comparison comparison;
-  for (const std::string& path : paths) {
-    for (const std::string& folder : run_folders(path)) comparison.folders.push_back(folder);
-  }
-  std::vector<RunSettings> settings;
-  for (const std::string& folder : comparison.folders) settings.push_back(read_settings(folder));
-
-  // A key differs when two runs give it different values (or one gives it and another does not).
-  std::map<std::string, bool> keys;  // sorted: the axes' order
+// The settings in which the runs differ (a key one run gives and another does not included), sorted by
+// key, as axes with their values in the order first met; and per run, the index of its value on each.
+void find_differing_settings(const std::vector<RunSettings>& settings, Comparison& comparison) {
+  std::set<std::string> keys;
   for (const RunSettings& run : settings) {
-    for (const auto& [key, value] : run.values) keys[key] = false;
+    for (const auto& entry : run.values) keys.insert(entry.first);
   }
-  // A setting a run lacks: "default" in a config.toml (the program's default applied), "unused" in an
-  // effective.toml (the run did not read it: top_k of a switch router).
-  const auto value_of = [](const RunSettings& run, const std::string& key) {
-    const auto found = run.values.find(key);
-    return found != run.values.end() ? found->second : run.effective ? std::string("(unused)") : std::string();
-  };
-  for (auto& [key, differs] : keys) {
-    for (const RunSettings& run : settings) differs = differs || value_of(run, key) != value_of(settings.front(), key);
-  }
-  std::vector<std::vector<size_t>>& values = comparison.values;
-  values.assign(settings.size(), {});
-  for (const auto& [key, differs] : keys) {
+  comparison.values.assign(settings.size(), {});
+  for (const std::string& key : keys) {
+    const bool differs = std::any_of(settings.begin(), settings.end(), [&](const RunSettings& run) {
+      return value_of(run, key) != value_of(settings.front(), key);
+    });
     if (!differs) continue;
     SweepAxis axis;
     axis.key = key;
@@ -156,67 +148,100 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
                                                                   : "default");
         at = axis.values.end() - 1;
       }
-      values[r].push_back(static_cast<size_t>(at - axis.values.begin()));
+      comparison.values[r].push_back(static_cast<size_t>(at - axis.values.begin()));
     }
     comparison.settings.push_back(std::move(axis));
   }
+}
 
-  // Seeds are repeats when two runs differ in run.seed alone (there is something to average).
-  size_t seed = comparison.settings.size();
-  std::vector<std::vector<size_t>> others(values.size());  // each run's values but its seed
+// Whether some runs differ in run.seed alone (there is something to average), which marks the seed axis
+// as repeats. others: each run's values but its seed (when a seed axis exists).
+struct SeedRepeats {
+  size_t axis;       // the index of run.seed among the settings; settings.size() when it does not differ
+  bool repeated = false;
+  std::vector<std::vector<size_t>> others;
+};
+
+SeedRepeats find_seed_repeats(Comparison& comparison) {
+  SeedRepeats seeds{comparison.settings.size(), false, std::vector<std::vector<size_t>>(comparison.values.size())};
   for (size_t a = 0; a < comparison.settings.size(); ++a) {
-    if (comparison.settings[a].key == "run.seed") seed = a;
+    if (comparison.settings[a].key == "run.seed") seeds.axis = a;
   }
-  std::set<std::vector<size_t>> distinct;
-  bool repeated = false;  // (runs alike in every setting, seed included, are not repeats of a seed)
-  for (size_t r = 0; r < values.size() && seed < comparison.settings.size(); ++r) {
-    others[r] = values[r];
-    others[r].erase(others[r].begin() + static_cast<std::ptrdiff_t>(seed));
-    repeated = !distinct.insert(others[r]).second || repeated;
+  if (seeds.axis == comparison.settings.size()) return seeds;
+  std::set<std::vector<size_t>> distinct;  // (runs alike in every setting, seed included, are not repeats)
+  for (size_t r = 0; r < comparison.values.size(); ++r) {
+    seeds.others[r] = comparison.values[r];
+    seeds.others[r].erase(seeds.others[r].begin() + static_cast<std::ptrdiff_t>(seeds.axis));
+    seeds.repeated = !distinct.insert(seeds.others[r]).second || seeds.repeated;
   }
-  if (repeated) comparison.settings[seed].repeats = true;
+  if (seeds.repeated) comparison.settings[seeds.axis].repeats = true;
+  return seeds;
+}
 
-  // The table's and charts' axes: the settings themselves when few; else one axis naming each combination
-  // of them (A, B, ...; with seeds repeated, each combination of the others), and the seed axis.
-  std::vector<std::vector<size_t>> choices = values;
+// The table's and charts' axes: the settings themselves when few; else one axis naming each combination
+// of them (A, B, ...; with seeds repeated, each combination of the others), and the seed axis. Returns
+// each run's choice over those axes.
+std::vector<std::vector<size_t>> choose_axes(const SeedRepeats& seeds, Comparison& comparison) {
   if (comparison.settings.size() <= kSettingColumns) {
     comparison.axes = comparison.settings;
-  } else {
-    SweepAxis combination;
-    combination.key = "settings";
-    const std::vector<std::vector<size_t>>& keys_of_run = repeated ? others : values;
-    std::vector<std::vector<size_t>> seen;
-    for (size_t r = 0; r < values.size(); ++r) {
-      auto at = std::find(seen.begin(), seen.end(), keys_of_run[r]);
-      if (at == seen.end()) {
-        seen.push_back(keys_of_run[r]);
-        combination.shown.push_back(combination_name(seen.size() - 1));
-        combination.values.push_back("\"" + combination.shown.back() + "\"");
-        at = seen.end() - 1;
-      }
-      choices[r] = {static_cast<size_t>(at - seen.begin())};
-      if (repeated) choices[r].push_back(values[r][seed]);
-    }
-    comparison.axes.push_back(std::move(combination));
-    if (repeated) comparison.axes.push_back(comparison.settings[seed]);
+    return comparison.values;
   }
+  const std::vector<std::vector<size_t>>& values = comparison.values;
+  const std::vector<std::vector<size_t>>& keys_of_run = seeds.repeated ? seeds.others : values;
+  SweepAxis combination;
+  combination.key = "settings";
+  std::vector<std::vector<size_t>> seen, choices(values.size());
+  for (size_t r = 0; r < values.size(); ++r) {
+    auto at = std::find(seen.begin(), seen.end(), keys_of_run[r]);
+    if (at == seen.end()) {
+      seen.push_back(keys_of_run[r]);
+      combination.shown.push_back(combination_name(seen.size() - 1));
+      combination.values.push_back("\"" + combination.shown.back() + "\"");
+      at = seen.end() - 1;
+    }
+    choices[r] = {static_cast<size_t>(at - seen.begin())};
+    if (seeds.repeated) choices[r].push_back(values[r][seeds.axis]);
+  }
+  comparison.axes.push_back(std::move(combination));
+  if (seeds.repeated) comparison.axes.push_back(comparison.settings[seeds.axis]);
+  return choices;
+}
 
+// Run r of the comparison, as the tables and charts take it: its choice over the axes, its label, summary,
+// metrics and status, and its folder relative to `out`.
+SweepResult compared_run(const std::string& folder, size_t r, const std::vector<size_t>& choice,
+                         const std::vector<SweepAxis>& axes, const RunSettings& settings, const std::string& out) {
+  SweepResult result;
+  result.run.index = static_cast<int64_t>(r);
+  result.run.choice = choice;
+  result.run.name = fs::path(folder).filename().string();
+  if (result.run.name.empty()) result.run.name = fs::path(folder).parent_path().filename().string();  // "x/"
+  result.run.folder = relative_to(folder, out);
+  // The legend: the differing values when they are short, else the run's folder name.
+  const std::string label = sweep_label(axes, choice);
+  result.run.label = axes.empty() || label.size() > 48 ? result.run.name : label;
+  result.summary = read_run_summary(folder);
+  result.metrics = read_run_metrics(folder);
+  result.status = status_of(result.summary, settings);
+  result.seconds = work_seconds(result.summary);
+  return result;
+}
+
+}  // namespace
+
+Comparison compare_runs(const std::vector<std::string>& paths, const std::string& out) {
+  Comparison comparison;
+  for (const std::string& path : paths) {
+    for (const std::string& folder : run_folders(path)) comparison.folders.push_back(folder);
+  }
+  std::vector<RunSettings> settings;
+  for (const std::string& folder : comparison.folders) settings.push_back(read_settings(folder));
+  find_differing_settings(settings, comparison);
+  const SeedRepeats seeds = find_seed_repeats(comparison);
+  const std::vector<std::vector<size_t>> choices = choose_axes(seeds, comparison);
   for (size_t r = 0; r < comparison.folders.size(); ++r) {
-    const std::string& folder = comparison.folders[r];
-    SweepResult result;
-    result.run.index = static_cast<int64_t>(r);
-    result.run.choice = choices[r];
-    result.run.name = fs::path(folder).filename().string();
-    if (result.run.name.empty()) result.run.name = fs::path(folder).parent_path().filename().string();  // "x/"
-    result.run.folder = relative_to(folder, out);
-    // The legend: the differing values when they are short, else the run's folder name.
-    const std::string label = sweep_label(comparison.axes, choices[r]);
-    result.run.label = comparison.axes.empty() || label.size() > 48 ? result.run.name : label;
-    result.summary = read_run_summary(folder);
-    result.metrics = read_run_metrics(folder);
-    result.status = status_of(result.summary, settings[r]);
-    result.seconds = work_seconds(result.summary);
-    comparison.results.push_back(std::move(result));
+    comparison.results.push_back(
+        compared_run(comparison.folders[r], r, choices[r], comparison.axes, settings[r], out));
   }
   return comparison;
 }
