@@ -213,7 +213,6 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
-
 // The optimizer `name` (the [optimizer] table's name), over the model's parameters.
 std::unique_ptr<Optimizer> build_optimizer(const std::string& name, const ConfigTable& table,
                                            ParameterStore& parameters) {
