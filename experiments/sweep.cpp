@@ -291,21 +291,22 @@ std::string csv_cell(const std::string& text) {
   return quoted + "\"";
 }
 
-}  // namespace
-
-std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
-  // Runs that are all forward-only have no losses, accuracy or steps: those columns are left out.
-  const RunKinds kinds = run_kinds(results);
+// The columns of the results table: all, but for runs that are all forward-only, which have no losses,
+// accuracy or steps.
+std::vector<ResultColumn> shown_columns(const RunKinds& kinds) {
   std::vector<ResultColumn> columns;
   for (const ResultColumn& column : result_columns()) {
     const std::string pointer = column.pointer;
     if (kinds.forward_only() && (pointer.rfind("/final/", 0) == 0 || pointer == "/steps")) continue;
     columns.push_back(column);
   }
-  const bool show_status = std::any_of(results.begin(), results.end(), [](const SweepResult& r) { return r.status != "done"; });
+  return columns;
+}
 
-  // The best eval loss (lowest) and accuracy (highest) among finished runs, as shown, bold unless
-  // every finished run shows the same.
+// The best eval loss (lowest) and eval accuracy (highest) among finished runs, as shown, by column pointer;
+// none for a column where every finished run shows the same.
+std::map<std::string, std::string> best_cells(const std::vector<ResultColumn>& columns,
+                                              const std::vector<SweepResult>& results) {
   std::map<std::string, std::string> best;
   for (const ResultColumn& column : columns) {
     const std::string pointer = column.pointer;
@@ -322,6 +323,16 @@ std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vect
     }
     if (shown.size() >= 2) best[pointer] = show_number(column, *best_value);
   }
+  return best;
+}
+
+}  // namespace
+
+std::string results_markdown(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results) {
+  const std::vector<ResultColumn> columns = shown_columns(run_kinds(results));
+  const bool show_status =
+      std::any_of(results.begin(), results.end(), [](const SweepResult& r) { return r.status != "done"; });
+  const std::map<std::string, std::string> best = best_cells(columns, results);  // shown in bold
 
   std::ostringstream out;
   out << "| # |";
