@@ -2,6 +2,7 @@
 #include "registry/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
