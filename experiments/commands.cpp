@@ -48,7 +48,7 @@ std::string usage() {
          "                   and where a training step's time goes\n"
          "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"
          "                   [--greedy | --temperature T --top-k K --top-p P --seed S] [--stop-byte B] [--bench]\n"
-         "common options: --threads N (CPU threads), --log-level debug|info|warn\n";
+         "common options: --threads N (CPU threads, run.threads), --seed N (run.seed), --log-level debug|info|warn\n";
 }
 
 CommandLine parse_command_line(int argc, char** argv) {

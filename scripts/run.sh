@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: installs what is missing, builds, and runs a shipped experiment on the CPU
-# (default experiments/quickstart.toml: trains a small Mamba R1 to >= 0.9 accuracy in a minute or two).
+# (default experiments/quickstart.toml: trains a small Mamba R1 until eval accuracy reaches 0.97, about 20 s).
 # Extra arguments go to `mamba-r1 run`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
