@@ -39,44 +39,33 @@ std::vector<std::string> run_folders(const std::string& path) {
                     "(sweep.json, runs/)");
 }
 
-// Every value of a config file by its dotted key, [output] and [sweep] left out.
-void flatten(const toml::table& table, const std::string& prefix, std::map<std::string, std::string>& values) {
-  for (auto&& [key, node] : table) {
-    const std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
-    if (path == "output" || path == "sweep") continue;
-    if (const toml::table* inner = node.as_table()) {
-      flatten(*inner, path, values);
-    } else {
-      values[path] = render_toml_value(node);
-    }
-  }
-}
-
 struct RunSettings {
   std::map<std::string, std::string> values;  // dotted key -> TOML text
   std::map<std::string, std::string> shown;   // dotted key -> as shown in tables
   bool effective = false;                     // read from effective.toml: every setting the run used
 };
 
+// Every value of a config file by its dotted key, as TOML text and as shown, [output] and [sweep] left out.
+void flatten(const toml::table& table, const std::string& prefix, RunSettings& settings) {
+  for (auto&& [key, node] : table) {
+    const std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    if (path == "output" || path == "sweep") continue;
+    if (const toml::table* inner = node.as_table()) {
+      flatten(*inner, path, settings);
+    } else {
+      settings.values[path] = render_toml_value(node);
+      settings.shown[path] = show_toml_value(node);
+    }
+  }
+}
+
 // A run's settings: its effective.toml (every setting with the value used, defaults included) when it has
 // one, else its config.toml (the file and its --set values; runs of earlier versions).
 RunSettings read_settings(const std::string& folder) {
-  const bool effective = fs::exists(folder + "/effective.toml");
-  const std::string path = folder + (effective ? "/effective.toml" : "/config.toml");
-  toml::table table;
-  try {
-    table = toml::parse_file(path);
-  } catch (const toml::parse_error& error) {
-    throw ConfigError(path + ":" + std::to_string(error.source().begin.line) + ": TOML syntax error: " +
-                      std::string(error.description()));
-  }
   RunSettings settings;
-  settings.effective = effective;
-  flatten(table, "", settings.values);
-  for (const auto& [key, text] : settings.values) {
-    const toml::table value = toml::parse("value = " + text);
-    settings.shown[key] = show_toml_value(*value.get("value"));
-  }
+  settings.effective = fs::exists(folder + "/effective.toml");
+  const ExperimentFile file = ExperimentFile::load(folder + (settings.effective ? "/effective.toml" : "/config.toml"));
+  flatten(file.root(), "", settings);
   return settings;
 }
 

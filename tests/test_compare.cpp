@@ -200,9 +200,9 @@ TEST_CASE("compare: a sweep's folder stands for its runs; the files written; the
   CHECK_THROWS_AS(command_compare(line), UsageError);
   CHECK_THROWS_WITH(compare_runs({other, root + "/nothing"}, root),
                     Contains(root + "/nothing: not a run folder") && Contains("nor a sweep folder"));
-  // A broken config.toml is named with its line.
+  // A broken config.toml is named with its line and column.
   write_file_atomic(other + "/config.toml", "[router\n");
-  CHECK_THROWS_WITH(compare_runs({sweep, other}, root), Contains(other + "/config.toml:1: TOML syntax error"));
+  CHECK_THROWS_WITH(compare_runs({sweep, other}, root), Contains(other + "/config.toml:1:8: TOML syntax error"));
   std::filesystem::remove_all(root);
 }
 
