@@ -315,6 +315,21 @@ SelectiveScanGrads selective_scan_backward_accumulate(const Tensor& grad_out, co
   return grads;
 }
 
+namespace {
+
+// Where the gradients shared across work items sit in each thread's partial sums:
+// [dA (E·N) | dD (E) | d(delta_bias) (E) | dB (B·L·N) | dC (B·L·N)].
+struct PartialLayout {
+  int64_t D, bias, B, C, size;  // the offsets of the parts after dA, and the whole size
+
+  explicit PartialLayout(const ScanShape& s)
+      : D(s.channels * s.state),
+        bias(D + s.channels),
+        B(bias + s.channels),
+        C(B + s.batch * s.length * s.state),
+        size(C + s.batch * s.length * s.state) {}
+};
+
 // Reverse-time scan. With a_t = exp(Δ_t A) and dh_t the gradient reaching h_t:
 //   dy_t  = dout_t ⊙ silu(z_t),   dz_t = dout_t ⊙ y_t ⊙ silu'(z_t),   silu' = σ (1 + z (1 − σ))
 //   dh_t  = C_t ⊗ dy_t + a_{t+1} ⊙ dh_{t+1}                                     (dh_L = 0)
@@ -322,8 +337,161 @@ SelectiveScanGrads selective_scan_backward_accumulate(const Tensor& grad_out, co
 //   dA   += Δ_t g_t,   dΔ_t = Σ_n g_t A + u_t Σ_n dh_t B_t,   du_t = D dy_t + Δ_t Σ_n dh_t B_t
 //   dB_t += Σ_e Δ_t u_t dh_t,   dC_t += Σ_e dy_t h_t,   dD += Σ_t dy_t u_t
 //   d(delta)_t = dΔ_t · softplus'(v_t) = dΔ_t · σ(v_t)  (v = delta + delta_bias),   d(delta_bias) = Σ_t d(delta)_t
-// States come from checkpoints of h taken every `chunk` steps by a first forward pass; chunks are
-// then visited in reverse, each recomputed from its checkpoint into a buffer before its reverse steps.
+// States come from checkpoints of h taken every `chunk` steps (by the forward, or by a first forward pass
+// here); chunks are then visited in reverse, each recomputed from its checkpoint before its reverse steps.
+//
+// One thread's part of it: the work items it is given, one at a time, with buffers reused for each. The
+// gradients of u, delta and z go straight to their tensors (each value belongs to one item); the shared
+// ones are added to the thread's partial sums.
+class BackwardThread {
+ public:
+  // `kept`: the forward's checkpoints, or null; `partial`: this thread's sums, zero, in PartialLayout's order.
+  BackwardThread(const ScanPointers& p, const ScanShape& s, int64_t chunk, const float* kept, const float* dout,
+                 SelectiveScanGrads& grads, float* partial)
+      : p_(p),
+        s_(s),
+        layout_(s),
+        chunk_(chunk),
+        chunks_(checkpoint_count(s.length, chunk)),
+        kept_(kept),
+        dout_(dout),
+        du_(grads.u.data()),
+        ddelta_(grads.delta.data()),
+        dz_(p.z ? grads.z.data() : nullptr),
+        partial_(partial),
+        h_(s.state),
+        dh_(s.state),
+        dA_(s.state),
+        checkpoints_(chunks_ * s.state),
+        states_(std::min(chunk, s.length) * s.state),
+        decays_(states_.size()),
+        deltas_(s.length),
+        slopes_(s.length) {}
+
+  void run(int64_t item) {
+    const ChannelBlock block(p_, s_, item);
+    find_checkpoints(block, item);
+    std::fill(dh_.begin(), dh_.end(), Lanes::Zero());
+    std::fill(dA_.begin(), dA_.end(), Lanes::Zero());
+    dD_ = dbias_ = Lanes::Zero();
+    for (int64_t c = chunks_ - 1; c >= 0; --c) {
+      const int64_t t0 = c * chunk_, t1 = std::min(s_.length, t0 + chunk_);
+      recompute_chunk(block, c, t0, t1);
+      for (int64_t t = t1 - 1; t >= t0; --t) reverse_step(block, c, t - t0, t);
+    }
+    const int64_t N = s_.state;
+    for (int64_t j = 0; j < block.width; ++j) {
+      const int64_t e = block.first + j;
+      for (int64_t n = 0; n < N; ++n) partial_[e * N + n] += dA_[n][j];
+      partial_[layout_.D + e] += dD_[j];
+      partial_[layout_.bias + e] += dbias_[j];
+    }
+  }
+
+ private:
+  int64_t token_of(const ChannelBlock& block, int64_t t) const { return block.b * s_.length + t; }
+  int64_t row_of(const ChannelBlock& block, int64_t t) const { return token_of(block, t) * s_.channels + block.first; }
+
+  // Δ and its slope for every step, and the state before each chunk: copied from the forward's checkpoints
+  // when it kept them, else found by a forward pass (which stops at the last chunk, recomputed anyway).
+  void find_checkpoints(const ChannelBlock& block, int64_t item) {
+    const int64_t N = s_.state;
+    std::fill(h_.begin(), h_.end(), Lanes::Zero());
+    for (int64_t t = 0; t < s_.length; ++t) {
+      const int64_t row = row_of(block, t);
+      deltas_[t] = block_delta(p_, block, row);
+      slopes_[t] = block_delta_slope(p_, block, row);
+      if (kept_ || t >= (chunks_ - 1) * chunk_) continue;
+      if (t % chunk_ == 0) std::copy(h_.begin(), h_.end(), checkpoints_.begin() + (t / chunk_) * N);
+      block_step(block, deltas_[t], load_lanes(p_.u + row, block.width), p_.B + token_of(block, t) * N, nullptr,
+                 h_.data(), nullptr);
+    }
+    if (kept_) {
+      const float* source = kept_ + item * chunks_ * N * kLanes;
+      for (Lanes& lanes : checkpoints_) {
+        std::copy_n(source, kLanes, lanes.data());
+        source += kLanes;
+      }
+    } else {
+      std::copy(h_.begin(), h_.end(), checkpoints_.begin() + (chunks_ - 1) * N);
+    }
+  }
+
+  // h_t and a_t for the steps [t0, t1) of chunk c, from the state before it.
+  void recompute_chunk(const ChannelBlock& block, int64_t c, int64_t t0, int64_t t1) {
+    const int64_t N = s_.state;
+    std::copy_n(checkpoints_.begin() + c * N, N, h_.begin());
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t step = t - t0;
+      block_step(block, deltas_[t], load_lanes(p_.u + row_of(block, t), block.width), p_.B + token_of(block, t) * N,
+                 nullptr, h_.data(), decays_.data() + step * N);
+      std::copy(h_.begin(), h_.end(), states_.begin() + step * N);
+    }
+  }
+
+  // Time step t, the `step`-th of chunk c: its gradients, and dh carried back to step t − 1.
+  void reverse_step(const ChannelBlock& block, int64_t c, int64_t step, int64_t t) {
+    const int64_t N = s_.state, width = block.width;
+    const int64_t row = row_of(block, t), token = token_of(block, t);
+    const float* B_t = p_.B + token * N;
+    const float* C_t = p_.C + token * N;
+    float* dB_t = partial_ + layout_.B + token * N;
+    float* dC_t = partial_ + layout_.C + token * N;
+    const Lanes* h_now = states_.data() + step * N;
+    const Lanes* h_before = step == 0 ? checkpoints_.data() + c * N : h_now - N;
+    const Lanes* a = decays_.data() + step * N;
+    const Lanes& delta = deltas_[t];
+    const Lanes u = load_lanes(p_.u + row, width);
+    const Lanes delta_u = delta * u;
+
+    Lanes dy = load_lanes(dout_ + row, width);
+    if (p_.z) {
+      Lanes y = block.skip * u;
+      for (int64_t n = 0; n < N; ++n) y += h_now[n] * C_t[n];
+      const Lanes z = load_lanes(p_.z + row, width);
+      const Lanes sigma = sigmoid(z);
+      store_lanes(dy * y * sigma * (1.0f + z * (1.0f - sigma)), dz_ + row, width);
+      dy *= z * sigma;
+    }
+    dD_ += dy * u;
+
+    Lanes sum_gA = Lanes::Zero(), sum_dhB = Lanes::Zero();
+    for (int64_t n = 0; n < N; ++n) {
+      const Lanes dh_n = dh_[n] + dy * C_t[n];
+      const Lanes g = dh_n * h_before[n] * a[n];
+      sum_gA += g * block.A_T[n];
+      dA_[n] += g * delta;
+      sum_dhB += dh_n * B_t[n];
+      dB_t[n] += (dh_n * delta_u).sum();
+      dC_t[n] += (dy * h_now[n]).sum();
+      dh_[n] = a[n] * dh_n;
+    }
+    store_lanes(dy * block.skip + delta * sum_dhB, du_ + row, width);
+    const Lanes d_delta = (sum_gA + u * sum_dhB) * slopes_[t];
+    store_lanes(d_delta, ddelta_ + row, width);
+    dbias_ += d_delta;
+  }
+
+  const ScanPointers& p_;
+  const ScanShape& s_;
+  const PartialLayout layout_;
+  const int64_t chunk_, chunks_;
+  const float* kept_;
+  const float* dout_;
+  float *du_, *ddelta_, *dz_;  // dz_ null without z
+  float* partial_;
+  LanesBuffer h_, dh_, dA_;   // N each: the state, d(state) and this item's dA
+  LanesBuffer checkpoints_;   // chunks · N: h before the first step of each chunk
+  LanesBuffer states_;        // chunk steps · N: h_t for the steps of one chunk
+  LanesBuffer decays_;        // chunk steps · N: a_t = exp(Δ_t A) for the steps of one chunk
+  LanesBuffer deltas_, slopes_;  // L: Δ_t and dΔ_t/d(delta_t) for every step (L lanes, not L·N)
+  Lanes dD_, dbias_;          // this item's sums
+};
+
+}  // namespace
+
+// The reverse-time scan of BackwardThread, over the work items in parallel; the shared gradients are summed
+// per thread and then reduced in thread order, so that they do not depend on scheduling.
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk) {
   const ScanShape s = check_scan_inputs(in);
   check_shape(grad_out, {s.batch, s.length, s.channels}, "selective_scan: grad_out");
@@ -343,25 +511,14 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
     return grads;
   }
   const ScanPointers p = scan_pointers(in);
-  const float* dout = grad_out.data();
-
-  SelectiveScanGrads grads;  // every value of u, delta and z is written below
+  SelectiveScanGrads grads;  // every value of u, delta and z is written by the threads
   grads.u = Tensor::empty({s.batch, L, E});
   grads.delta = Tensor::empty({s.batch, L, E});
   if (p.z) grads.z = Tensor::empty({s.batch, L, E});
-  float* du_data = grads.u.data();
-  float* ddelta_data = grads.delta.data();
-  float* dz_data = p.z ? grads.z.data() : nullptr;
 
-  // Gradients shared across work items, summed per thread, then reduced in thread order (so the
-  // result does not depend on scheduling): [dA (E·N) | dD (E) | d(delta_bias) (E) | dB (B·L·N) | dC (B·L·N)].
-  const int64_t offset_D = E * N, offset_bias = offset_D + E, offset_B = offset_bias + E;
-  const int64_t offset_C = offset_B + s.batch * L * N, partial_size = offset_C + s.batch * L * N;
+  const PartialLayout layout(s);
   const int threads = max_threads();
-  std::vector<float> partials(static_cast<size_t>(threads) * partial_size, 0.0f);
-
-  const int64_t chunks = checkpoint_count(L, chunk);
-  const int64_t chunk_steps = std::min(chunk, L);
+  std::vector<float> partials(static_cast<size_t>(threads) * layout.size, 0.0f);
   const int64_t items = L > 0 ? work_items(s) : 0;
   // The forward's checkpoints, when it kept them for this chunk length.
   const float* kept = nullptr;
@@ -373,108 +530,16 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
 
 #pragma omp parallel if (items > 1 && s.batch * L * E * N >= kParallelMinimumWork)
   {
-    float* partial = partials.data() + thread_index() * partial_size;
-    LanesBuffer h(N), dh(N), dA(N);
-    LanesBuffer checkpoints(chunks * N);  // h before the first step of each chunk
-    LanesBuffer states(chunk_steps * N);  // h_t for the steps of one chunk
-    LanesBuffer decays(chunk_steps * N);  // a_t = exp(Δ_t A) for the steps of one chunk
-    LanesBuffer deltas(L), slopes(L);     // Δ_t and dΔ_t/d(delta_t) for every step: L lanes, not L·N
-
+    BackwardThread thread(p, s, chunk, kept, grad_out.data(), grads, partials.data() + thread_index() * layout.size);
 #pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-      const ChannelBlock block(p, s, item);
-      const int64_t width = block.width, first = block.first;
-      auto row_of = [&](int64_t t) { return (block.b * L + t) * E + first; };
-      auto token_of = [&](int64_t t) { return block.b * L + t; };
-
-      // Forward pass keeping Δ and the checkpoints (unless the forward kept them); the last chunk's steps are
-      // recomputed below anyway.
-      std::fill(h.begin(), h.end(), Lanes::Zero());
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t row = row_of(t);
-        deltas[t] = block_delta(p, block, row);
-        slopes[t] = block_delta_slope(p, block, row);
-        if (kept || t >= (chunks - 1) * chunk) continue;
-        if (t % chunk == 0) std::copy(h.begin(), h.end(), checkpoints.begin() + (t / chunk) * N);
-        block_step(block, deltas[t], load_lanes(p.u + row, width), p.B + token_of(t) * N, nullptr, h.data(), nullptr);
-      }
-      if (kept) {
-        const float* source = kept + item * chunks * N * kLanes;
-        for (Lanes& lanes : checkpoints) {
-          std::copy_n(source, kLanes, lanes.data());
-          source += kLanes;
-        }
-      } else {
-        std::copy(h.begin(), h.end(), checkpoints.begin() + (chunks - 1) * N);
-      }
-
-      std::fill(dh.begin(), dh.end(), Lanes::Zero());
-      std::fill(dA.begin(), dA.end(), Lanes::Zero());
-      Lanes dD = Lanes::Zero(), dbias = Lanes::Zero();
-      for (int64_t c = chunks - 1; c >= 0; --c) {
-        const int64_t t0 = c * chunk, t1 = std::min(L, t0 + chunk);
-        std::copy_n(checkpoints.begin() + c * N, N, h.begin());
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t step = t - t0;
-          block_step(block, deltas[t], load_lanes(p.u + row_of(t), width), p.B + token_of(t) * N, nullptr, h.data(),
-                     decays.data() + step * N);
-          std::copy(h.begin(), h.end(), states.begin() + step * N);
-        }
-
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t row = row_of(t), token = token_of(t), step = t - t0;
-          const float* B_t = p.B + token * N;
-          const float* C_t = p.C + token * N;
-          float* dB_t = partial + offset_B + token * N;
-          float* dC_t = partial + offset_C + token * N;
-          const Lanes* h_now = states.data() + step * N;
-          const Lanes* h_before = step == 0 ? checkpoints.data() + c * N : h_now - N;
-          const Lanes* a = decays.data() + step * N;
-          const Lanes& delta = deltas[t];
-          const Lanes u = load_lanes(p.u + row, width);
-          const Lanes delta_u = delta * u;
-
-          Lanes dy = load_lanes(dout + row, width);
-          if (p.z) {
-            Lanes y = block.skip * u;
-            for (int64_t n = 0; n < N; ++n) y += h_now[n] * C_t[n];
-            const Lanes z = load_lanes(p.z + row, width);
-            const Lanes sigma = sigmoid(z);
-            store_lanes(dy * y * sigma * (1.0f + z * (1.0f - sigma)), dz_data + row, width);
-            dy *= z * sigma;
-          }
-          dD += dy * u;
-
-          Lanes sum_gA = Lanes::Zero(), sum_dhB = Lanes::Zero();
-          for (int64_t n = 0; n < N; ++n) {
-            const Lanes dh_n = dh[n] + dy * C_t[n];
-            const Lanes g = dh_n * h_before[n] * a[n];
-            sum_gA += g * block.A_T[n];
-            dA[n] += g * delta;
-            sum_dhB += dh_n * B_t[n];
-            dB_t[n] += (dh_n * delta_u).sum();
-            dC_t[n] += (dy * h_now[n]).sum();
-            dh[n] = a[n] * dh_n;
-          }
-          store_lanes(dy * block.skip + delta * sum_dhB, du_data + row, width);
-          const Lanes d_delta = (sum_gA + u * sum_dhB) * slopes[t];
-          store_lanes(d_delta, ddelta_data + row, width);
-          dbias += d_delta;
-        }
-      }
-      for (int64_t j = 0; j < width; ++j) {
-        for (int64_t n = 0; n < N; ++n) partial[(first + j) * N + n] += dA[n][j];
-        partial[offset_D + first + j] += dD[j];
-        partial[offset_bias + first + j] += dbias[j];
-      }
-    }
+    for (int64_t item = 0; item < items; ++item) thread.run(item);
   }
 
   // Sum the per-thread partials into the first; each index is owned by one thread.
 #pragma omp parallel for schedule(static) if (threads > 1)
-  for (int64_t i = 0; i < partial_size; ++i) {
+  for (int64_t i = 0; i < layout.size; ++i) {
     float total = partials[i];
-    for (int thread = 1; thread < threads; ++thread) total += partials[thread * partial_size + i];
+    for (int thread = 1; thread < threads; ++thread) total += partials[thread * layout.size + i];
     partials[i] = total;
   }
   auto take = [&](Shape shape, int64_t offset) {
@@ -483,10 +548,10 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
     return tensor;
   };
   grads.A = take({E, N}, 0);
-  if (p.D) grads.D = take({E}, offset_D);
-  if (p.delta_bias) grads.delta_bias = take({E}, offset_bias);
-  grads.B = take({s.batch, L, N}, offset_B);
-  grads.C = take({s.batch, L, N}, offset_C);
+  if (p.D) grads.D = take({E}, layout.D);
+  if (p.delta_bias) grads.delta_bias = take({E}, layout.bias);
+  grads.B = take({s.batch, L, N}, layout.B);
+  grads.C = take({s.batch, L, N}, layout.C);
   return grads;
 }
 
