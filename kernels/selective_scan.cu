@@ -542,202 +542,269 @@ __global__ void __launch_bounds__(kThreads)
   store_carry(carries, s, at, piece, dh, product);
 }
 
-// The backward over the block's piece, from the d(state) its successors leave (carries: from the first pass).
-__global__ void __launch_bounds__(kThreads)
-    selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, ScanGradParts parts,
-                                   PieceCarries carries, const float* grad_out, ScanShape s,
-                                   const float* checkpoints) {
-  // [kSubsPerSegment][kStates][kThreads] saved states | [2 (B, C)][kSub][padded] rows |
-  // [kWarps][2][kSub][padded] sums of each warp | [kSegment][channels_per_block] the segment's Δ |
-  // [kSub][channels_per_block] the sub-chunk's σ(delta + bias) (softplus' slope) | the same of σ(z)
-  extern __shared__ __align__(16) float shared[];
-  const int per_block = s.channels_per_block;
-  float* saved = shared;
-  float* rows = saved + kSubsPerSegment * kStates * kThreads;
-  float* sums = rows + 2 * kSub * s.padded;
-  float* deltas = sums + kWarps * 2 * kSub * s.padded;
-  float* slopes = deltas + kSegment * per_block;
-  float* gates = slopes + kSub * per_block;
-  const Position at = locate(s);
-  const int channel = threadIdx.x / s.lanes;  // within the block
-  const ChannelConstants constants = channel_constants(p, s, at);
-  const int64_t L = s.length, E = s.channels, N = s.state;
-  const int64_t row0 = at.b * L;  // token index of t = 0
+// The backward kernel's shared memory, carved from its dynamic array (backward_shared_bytes: the size).
+struct BackwardShared {
+  float* saved;   // [kSubsPerSegment][kStates][kThreads] the states before the segment's sub-chunks
+  float* rows;    // [2 (B, C)][kSub][padded] the sub-chunk's rows of B and C
+  float* sums;    // [kWarps][2 (dB, dC)][kSub][padded] each warp's sums over its channels
+  float* deltas;  // [kSegment][channels_per_block] the segment's Δ
+  float* slopes;  // [kSub][channels_per_block] the sub-chunk's σ(delta + bias) (softplus' slope)
+  float* gates;   // [kSub][channels_per_block] the sub-chunk's σ(z)
 
-  const int64_t piece = blockIdx.z;
+  __device__ __forceinline__ BackwardShared(float* shared, const ScanShape& s)
+      : saved(shared),
+        rows(saved + kSubsPerSegment * kStates * kThreads),
+        sums(rows + 2 * kSub * s.padded),
+        deltas(sums + kWarps * 2 * kSub * s.padded),
+        slopes(deltas + kSegment * s.channels_per_block),
+        gates(slopes + kSub * s.channels_per_block) {}
+};
+
+// One thread of the backward kernel over its block's piece: its place and channel constants, the block's
+// shared memory, and its running values: d(state) carried back in time and its channel's sums of dA, dD
+// and d(delta_bias). The kernel below drives it segment by segment and sub-chunk by sub-chunk, with the
+// block's barriers between the steps.
+struct BackwardThread {
+  const SelectiveScanPointers& p;
+  const ScanShape& s;
+  const Position at;
+  const int channel;    // within the block
+  const int64_t row0;   // token index of t = 0
+  const ChannelConstants constants;
+  const BackwardShared shared;
   float dh[kStates], dA[kStates];
-  carry_through(carries, s, at, s.pieces - 1, piece, -1, dh);
-#pragma unroll
-  for (int i = 0; i < kStates; ++i) dA[i] = 0.0f;
   float dD = 0.0f, dbias = 0.0f;
 
-  const PieceSteps steps = piece_steps(s, piece);
-  const int64_t first_segment = steps.begin / kSegment, last_segment = (steps.end - 1) / kSegment;
-  for (int64_t segment = last_segment; segment >= first_segment; --segment) {
-    const int64_t s0 = segment * kSegment, s1 = min(L, s0 + kSegment);
-    const int subs = static_cast<int>((s1 - s0 + kSub - 1) / kSub);
-    // The segment's Δ, each computed once; 0 past L or E. (Every reader of the previous segment's Δ has
-    // passed the barrier after that segment's last reverse steps.)
+  // Starts from the d(state) the pieces after this one leave (carries: from the first pass).
+  __device__ __forceinline__ BackwardThread(const SelectiveScanPointers& p, const ScanShape& s, float* shared_memory,
+                                            const PieceCarries& carries, int64_t piece)
+      : p(p),
+        s(s),
+        at(locate(s)),
+        channel(threadIdx.x / s.lanes),
+        row0(at.b * s.length),
+        constants(channel_constants(p, s, at)),
+        shared(shared_memory, s) {
+    carry_through(carries, s, at, s.pieces - 1, piece, -1, dh);
+#pragma unroll
+    for (int i = 0; i < kStates; ++i) dA[i] = 0.0f;
+  }
+
+  // The segment's Δ for steps [s0, s1), each computed once by one thread; 0 past L or E.
+  __device__ __forceinline__ void stage_deltas(int64_t s0, int64_t s1) const {
+    const int per_block = s.channels_per_block;
     for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
       const int64_t t = s0 + i / per_block, e = block_channel(s, i % per_block);
-      const bool inside = t < s1 && e < E;
-      const float v = inside ? biased_delta(p, (row0 + t) * E + e, e) : 0.0f;
-      deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
+      const bool inside = t < s1 && e < s.channels;
+      const float v = inside ? biased_delta(p, (row0 + t) * s.channels + e, e) : 0.0f;
+      shared.deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
     }
-    __syncthreads();
+  }
 
-    // Pass 1: from the checkpoint through the segment, keeping the state before each sub-chunk.
+  // Pass 1: from the segment's checkpoint through its `subs` sub-chunks, saving the state before each (the
+  // last sub-chunk's states are recomputed by pass 2 anyway).
+  __device__ __forceinline__ void save_states(const float* checkpoints, int64_t segment, int subs) const {
+    const int64_t s0 = segment * kSegment;
+    const float* checkpoint =
+        checkpoints + ((at.b * s.segments + segment) * s.channels + at.e) * s.padded + at.first_state;
     float h[kStates];
-    const float* checkpoint = checkpoints + ((at.b * s.segments + segment) * E + at.e) * s.padded + at.first_state;
 #pragma unroll
     for (int i = 0; i < kStates; ++i) h[i] = at.valid ? checkpoint[i] : 0.0f;
     for (int sub = 0; sub < subs; ++sub) {
 #pragma unroll
-      for (int i = 0; i < kStates; ++i) saved[(sub * kStates + i) * kThreads + threadIdx.x] = h[i];
-      if (sub + 1 == subs) break;  // the last sub-chunk's states are recomputed below
+      for (int i = 0; i < kStates; ++i) shared.saved[(sub * kStates + i) * kThreads + threadIdx.x] = h[i];
+      if (sub + 1 == subs) break;
       float u[kSub], unused_delta[kSub], unused_z[kSub];  // (loads left unused are dropped by the compiler)
       load_steps<kSub>(p, s, at, s0 + sub * kSub, u, unused_delta, unused_z);
 #pragma unroll
       for (int k = 0; k < kSub; ++k) {
         const int64_t t = s0 + sub * kSub + k;  // < s1: only whole sub-chunks come here
-        const float delta = deltas[(sub * kSub + k) * per_block + channel];
+        const float delta = shared.deltas[(sub * kSub + k) * s.channels_per_block + channel];
         const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
 #pragma unroll
         for (int i = 0; i < kStates; ++i) {
           const int n = at.first_state + i;
-          const float B_n = n < N ? __ldg(p.B + (row0 + t) * N + n) : 0.0f;
+          const float B_n = n < s.state ? __ldg(p.B + (row0 + t) * s.state + n) : 0.0f;
           h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_n;
         }
       }
     }
+  }
 
-    // Pass 2: the sub-chunks in reverse.
-    for (int sub = subs - 1; sub >= 0; --sub) {
-      const int64_t t0 = s0 + sub * kSub;
-      const int steps = static_cast<int>(min(static_cast<int64_t>(kSub), s1 - t0));
-      __syncthreads();  // the previous sub-chunk's sums are flushed and its rows read
-      for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
-        const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
-        rows[i] = k < steps && n < N ? (which ? p.C : p.B)[(row0 + t0 + k) * N + n] : 0.0f;
+  // The sub-chunk's rows of B and C, its zeroed sums, and its slopes σ(delta + bias) and σ(z), each computed once
+  // by one thread; `steps` of its kSub steps are inside the sequence.
+  __device__ __forceinline__ void stage_sub_chunk(int64_t t0, int steps) const {
+    const int per_block = s.channels_per_block;
+    for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
+      const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
+      shared.rows[i] = k < steps && n < s.state ? (which ? p.C : p.B)[(row0 + t0 + k) * s.state + n] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < kWarps * 2 * kSub * s.padded; i += kThreads) shared.sums[i] = 0.0f;
+    for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
+      const int k = i / per_block;
+      const int64_t e = block_channel(s, i % per_block);
+      const int64_t index = (row0 + t0 + k) * s.channels + e;
+      const bool inside = k < steps && e < s.channels;
+      if (p.delta_softplus) {
+        shared.slopes[i] = inside ? cuda::stable_sigmoid(biased_delta(p, index, e)) : 0.0f;
       }
-      for (int i = threadIdx.x; i < kWarps * 2 * kSub * s.padded; i += kThreads) sums[i] = 0.0f;
-      // The sub-chunk's slopes σ(delta + bias) and σ(z), each computed once.
-      for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
-        const int k = i / per_block;
-        const int64_t e = block_channel(s, i % per_block);
-        const int64_t index = (row0 + t0 + k) * E + e;
-        const bool inside = k < steps && e < E;
-        if (p.delta_softplus) {
-          slopes[i] = inside ? cuda::stable_sigmoid(biased_delta(p, index, e)) : 0.0f;
-        }
-        if (p.z) gates[i] = inside ? cuda::stable_sigmoid(p.z[index]) : 0.0f;
-      }
-      __syncthreads();
-      const float* B_rows = rows;
-      const float* C_rows = rows + kSub * s.padded;
+      if (p.z) shared.gates[i] = inside ? cuda::stable_sigmoid(p.z[index]) : 0.0f;
+    }
+  }
 
-      float u[kSub], unused_delta[kSub], z[kSub], dout[kSub];
-      load_steps<kSub>(p, s, at, t0, u, unused_delta, z);
+  // The states h_t after each of the sub-chunk's steps, recomputed from the one saved before it (h_start).
+  __device__ __forceinline__ void recompute_states(int sub, int steps, const float (&u)[kSub],
+                                                   float (&h_start)[kStates], float (&states)[kSub][kStates]) const {
+    float h[kStates];
 #pragma unroll
-      for (int k = 0; k < kSub; ++k) {
-        const bool inside = at.valid && k < steps;
-        dout[k] = inside ? grad_out[(row0 + t0 + k) * E + at.e] : 0.0f;
-      }
-      // Recompute h_t for the sub-chunk's steps from the state before it.
-      float h_start[kStates], states[kSub][kStates];
+    for (int i = 0; i < kStates; ++i) h_start[i] = h[i] = shared.saved[(sub * kStates + i) * kThreads + threadIdx.x];
 #pragma unroll
-      for (int i = 0; i < kStates; ++i) h_start[i] = h[i] = saved[(sub * kStates + i) * kThreads + threadIdx.x];
-#pragma unroll
-      for (int k = 0; k < kSub; ++k) {
-        if (k < steps) {
-          const float delta = deltas[(sub * kSub + k) * per_block + channel];
-          const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
-#pragma unroll
-          for (int i = 0; i < kStates; ++i) {
-            h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_rows[k * s.padded + at.first_state + i];
-            states[k][i] = h[i];
-          }
-        }
-      }
-
-      // Reverse-time steps (the CPU's equations, selective_scan.cpp):
-      //   dy = dout ⊙ silu(z),  dz = dout ⊙ y ⊙ silu'(z),  dh_t = C_t dy + a_{t+1} dh_{t+1},
-      //   g = dh_t h_{t−1} a_t,  dA += Δ g,  dΔ = (Σ_n g A + u Σ_n dh_t B_t) σ(v),  du = D dy + Δ Σ_n dh_t B_t
-#pragma unroll
-      for (int k = kSub - 1; k >= 0; --k) {
-        if (k >= steps) continue;
-        const int64_t index = (row0 + t0 + k) * E + at.e;
-        const float* B_t = B_rows + k * s.padded + at.first_state;
-        const float* C_t = C_rows + k * s.padded + at.first_state;
-        const int value = k * per_block + channel;  // in slopes and gates
-        const float delta = deltas[(sub * kSub + k) * per_block + channel];
-        const float slope = p.delta_softplus ? slopes[value] : 1.0f;
+    for (int k = 0; k < kSub; ++k) {
+      if (k < steps) {
+        const float delta = shared.deltas[(sub * kSub + k) * s.channels_per_block + channel];
         const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
-
-        float dy = dout[k], dz = 0.0f;
-        if (p.z) {
-          float y = 0.0f;
-#pragma unroll
-          for (int i = 0; i < kStates; ++i) y += states[k][i] * C_t[i];
-          y = lanes_sum(y, s.lanes) + constants.skip * u[k];
-          const float sigma = gates[value];
-          dz = dy * y * sigma * (1.0f + z[k] * (1.0f - sigma));
-          dy *= z[k] * sigma;
-        }
-        dD += dy * u[k];
-
-        float sum_gA = 0.0f, sum_dhB = 0.0f, channel_terms[2 * kStates];
 #pragma unroll
         for (int i = 0; i < kStates; ++i) {
-          const float a = decay(delta_log2e, constants.A[i]);
-          const float dh_n = dh[i] + dy * C_t[i];
-          const float before = k > 0 ? states[k - 1][i] : h_start[i];
-          const float g = dh_n * before * a;
-          sum_gA += g * constants.A[i];
-          dA[i] += g * delta;
-          sum_dhB += dh_n * B_t[i];
-          channel_terms[i] = dh_n * delta_u;               // dB_t[n] term
-          channel_terms[kStates + i] = dy * states[k][i];  // dC_t[n] term
-          dh[i] = a * dh_n;
-        }
-        sum_gA = lanes_sum(sum_gA, s.lanes);
-        sum_dhB = lanes_sum(sum_dhB, s.lanes);
-        if (at.group == 0 && at.valid) {
-          const float d_delta = (sum_gA + u[k] * sum_dhB) * slope;
-          grads.u[index] = dy * constants.skip + delta * sum_dhB;
-          grads.delta[index] = d_delta;
-          if (grads.z) grads.z[index] = dz;
-          dbias += d_delta;
-        }
-        add_over_channels(channel_terms, s, at.group, k, sums + (threadIdx.x / 32) * 2 * kSub * s.padded);
-      }
-      __syncthreads();
-      // This block's part of dB and dC for the sub-chunk's steps.
-      const int64_t blocks = gridDim.x, rows_size = s.batch * L * N;
-      for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
-        const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
-        if (k < steps && n < N) {
-          float total = 0.0f;  // the warps' sums in warp order
-          for (int w = 0; w < kWarps; ++w) total += sums[w * 2 * kSub * s.padded + i];
-          parts.rows[(which * blocks + blockIdx.x) * rows_size + (row0 + t0 + k) * N + n] = total;
+          h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * shared.rows[k * s.padded + at.first_state + i];
+          states[k][i] = h[i];
         }
       }
-      // h holds the state after the sub-chunk's last step; pass 2 only needs the saved ones.
+    }
+  }
+
+  // Step t0 + k, the k-th of sub-chunk `sub`, in reverse, from the states before and after it (the CPU's
+  // equations, selective_scan.cpp):
+  //   dy = dout ⊙ silu(z),  dz = dout ⊙ y ⊙ silu'(z),  dh_t = C_t dy + a_{t+1} dh_{t+1},
+  //   g = dh_t h_{t−1} a_t,  dA += Δ g,  dΔ = (Σ_n g A + u Σ_n dh_t B_t) σ(v),  du = D dy + Δ Σ_n dh_t B_t
+  // du, d(delta) and dz are stored; the dB and dC terms are added over the warp's channels into its sums.
+  __device__ __forceinline__ void reverse_step(const SelectiveScanGradPointers& grads, int sub, int k, int64_t t0,
+                                               float u, float z, float dout, const float (&before)[kStates],
+                                               const float (&now)[kStates]) {
+    const int64_t index = (row0 + t0 + k) * s.channels + at.e;
+    const float* B_t = shared.rows + k * s.padded + at.first_state;
+    const float* C_t = shared.rows + (kSub + k) * s.padded + at.first_state;
+    const int value = k * s.channels_per_block + channel;  // in slopes and gates
+    const float delta = shared.deltas[(sub * kSub + k) * s.channels_per_block + channel];
+    const float slope = p.delta_softplus ? shared.slopes[value] : 1.0f;
+    const float delta_u = delta * u, delta_log2e = delta * kLog2e;
+
+    float dy = dout, dz = 0.0f;
+    if (p.z) {
+      float y = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kStates; ++i) y += now[i] * C_t[i];
+      y = lanes_sum(y, s.lanes) + constants.skip * u;
+      const float sigma = shared.gates[value];
+      dz = dy * y * sigma * (1.0f + z * (1.0f - sigma));
+      dy *= z * sigma;
+    }
+    dD += dy * u;
+
+    float sum_gA = 0.0f, sum_dhB = 0.0f, channel_terms[2 * kStates];
+#pragma unroll
+    for (int i = 0; i < kStates; ++i) {
+      const float a = decay(delta_log2e, constants.A[i]);
+      const float dh_n = dh[i] + dy * C_t[i];
+      const float g = dh_n * before[i] * a;
+      sum_gA += g * constants.A[i];
+      dA[i] += g * delta;
+      sum_dhB += dh_n * B_t[i];
+      channel_terms[i] = dh_n * delta_u;         // dB_t[n] term
+      channel_terms[kStates + i] = dy * now[i];  // dC_t[n] term
+      dh[i] = a * dh_n;
+    }
+    sum_gA = lanes_sum(sum_gA, s.lanes);
+    sum_dhB = lanes_sum(sum_dhB, s.lanes);
+    if (at.group == 0 && at.valid) {
+      const float d_delta = (sum_gA + u * sum_dhB) * slope;
+      grads.u[index] = dy * constants.skip + delta * sum_dhB;
+      grads.delta[index] = d_delta;
+      if (grads.z) grads.z[index] = dz;
+      dbias += d_delta;
+    }
+    add_over_channels(channel_terms, s, at.group, k, shared.sums + (threadIdx.x / 32) * 2 * kSub * s.padded);
+  }
+
+  // Pass 2 over one staged sub-chunk (starting at t0, `steps` steps): its states recomputed into registers, then
+  // its steps in reverse.
+  __device__ __forceinline__ void reverse_sub_chunk(const SelectiveScanGradPointers& grads, const float* grad_out,
+                                                    int sub, int64_t t0, int steps) {
+    float u[kSub], unused_delta[kSub], z[kSub], dout[kSub];
+    load_steps<kSub>(p, s, at, t0, u, unused_delta, z);
+#pragma unroll
+    for (int k = 0; k < kSub; ++k) {
+      const bool inside = at.valid && k < steps;
+      dout[k] = inside ? grad_out[(row0 + t0 + k) * s.channels + at.e] : 0.0f;
+    }
+    float h_start[kStates], states[kSub][kStates];
+    recompute_states(sub, steps, u, h_start, states);
+#pragma unroll
+    for (int k = kSub - 1; k >= 0; --k) {
+      if (k >= steps) continue;
+      reverse_step(grads, sub, k, t0, u[k], z[k], dout[k], k > 0 ? states[k - 1] : h_start, states[k]);
+    }
+  }
+
+  // This block's part of dB and dC for the sub-chunk's steps: the warps' sums added in warp order.
+  __device__ __forceinline__ void store_row_parts(const ScanGradParts& parts, int64_t t0, int steps) const {
+    const int64_t blocks = gridDim.x, rows_size = s.batch * s.length * s.state;
+    for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
+      const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
+      if (k < steps && n < s.state) {
+        float total = 0.0f;
+        for (int w = 0; w < kWarps; ++w) total += shared.sums[w * 2 * kSub * s.padded + i];
+        parts.rows[(which * blocks + blockIdx.x) * rows_size + (row0 + t0 + k) * s.state + n] = total;
+      }
     }
   }
 
   // This batch row's and piece's part of dA, dD and d(delta_bias).
-  if (!at.valid) return;
-  const int64_t part = (at.b * s.pieces + piece) * E + at.e;  // (b, piece, e)
+  __device__ __forceinline__ void store_parts(const ScanGradParts& parts, int64_t piece) const {
+    if (!at.valid) return;
+    const int64_t part = (at.b * s.pieces + piece) * s.channels + at.e;  // (b, piece, e)
 #pragma unroll
-  for (int i = 0; i < kStates; ++i) {
-    const int n = at.first_state + i;
-    if (n < N) parts.A[part * N + n] = dA[i];
+    for (int i = 0; i < kStates; ++i) {
+      const int n = at.first_state + i;
+      if (n < s.state) parts.A[part * s.state + n] = dA[i];
+    }
+    if (at.group == 0) {
+      if (parts.D) parts.D[part] = dD;
+      if (parts.bias) parts.bias[part] = dbias;
+    }
   }
-  if (at.group == 0) {
-    if (parts.D) parts.D[part] = dD;
-    if (parts.bias) parts.bias[part] = dbias;
+};
+
+// The backward over the block's piece (blockIdx.z), from the d(state) its successors leave (carries: from the
+// first pass). Segments are visited in reverse; within one, pass 1 saves the state before each sub-chunk, and
+// pass 2 visits the sub-chunks in reverse.
+__global__ void __launch_bounds__(kThreads)
+    selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, ScanGradParts parts,
+                                   PieceCarries carries, const float* grad_out, ScanShape s,
+                                   const float* checkpoints) {
+  extern __shared__ __align__(16) float shared[];
+  const int64_t piece = blockIdx.z;
+  BackwardThread thread(p, s, shared, carries, piece);
+  const PieceSteps steps = piece_steps(s, piece);
+  const int64_t first_segment = steps.begin / kSegment, last_segment = (steps.end - 1) / kSegment;
+  for (int64_t segment = last_segment; segment >= first_segment; --segment) {
+    const int64_t s0 = segment * kSegment, s1 = min(s.length, s0 + kSegment);
+    // (Every reader of the previous segment's Δ has passed the barrier after that segment's last reverse steps.)
+    thread.stage_deltas(s0, s1);
+    __syncthreads();
+    const int subs = static_cast<int>((s1 - s0 + kSub - 1) / kSub);
+    thread.save_states(checkpoints, segment, subs);
+    for (int sub = subs - 1; sub >= 0; --sub) {
+      const int64_t t0 = s0 + sub * kSub;
+      const int sub_steps = static_cast<int>(min(static_cast<int64_t>(kSub), s1 - t0));
+      __syncthreads();  // the previous sub-chunk's sums are flushed and its rows read
+      thread.stage_sub_chunk(t0, sub_steps);
+      __syncthreads();
+      thread.reverse_sub_chunk(grads, grad_out, sub, t0, sub_steps);
+      __syncthreads();
+      thread.store_row_parts(parts, t0, sub_steps);
+    }
   }
+  thread.store_parts(parts, piece);
 }
 
 // Adds the parts in a fixed order: dB, dC over the X channel blocks; dA, dD, d(delta_bias) over the
