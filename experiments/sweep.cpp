@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -842,20 +841,123 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// A sweep under way: its folder, its runs' results, and the bookkeeping before and after each run (the sweep's
+// files and the progress line), the same for runs in this process and in processes of their own.
+class SweepProgress {
+ public:
+  SweepProgress(std::string path, std::vector<std::string> sets, std::vector<SweepAxis> axes, std::string folder,
+                std::vector<SweepResult> results)
+      : path_(std::move(path)),
+        sets_(std::move(sets)),
+        axes_(std::move(axes)),
+        folder_(std::move(folder)),
+        results_(std::move(results)) {}
+
+  const std::string& path() const { return path_; }
+  const std::vector<std::string>& sets() const { return sets_; }
+  std::vector<SweepResult>& results() { return results_; }
+  std::string run_folder(const SweepResult& result) const { return folder_ + "/runs/" + result.run.name; }
+
+  // sweep.json, results.md, results.csv and the plots, as they stand.
+  void write() const { write_sweep_outputs(folder_, path_, sets_, axes_, results_); }
+
+  // Before a run: false for one that finished before (done, with its summary.json), which is skipped;
+  // else marks it running and sets continue_run when it picks up its checkpoint.
+  bool begin_run(SweepResult& result, const Experiment& experiment, bool& continue_run) {
+    const SweepRun& run = result.run;
+    const std::string folder = run_folder(result);
+    if (result.status == "done" && std::filesystem::exists(folder + "/summary.json")) {
+      spdlog::info("sweep run {}/{}: {} finished before, skipped", run.index + 1, results_.size(), run.name);
+      const std::string config = folder + "/config.toml";
+      if (std::filesystem::exists(config) && read_file(config) != experiment.file.to_toml() + "\n") {
+        spdlog::warn("{}: the experiment has changed since this run (its config.toml differs); it is kept as it is",
+                     run.name);
+      }
+      return false;
+    }
+    continue_run = (result.status == "interrupted" || result.status == "running") &&
+                   std::filesystem::exists(folder + "/trainer_state.json");
+    result.status = "running";
+    result.error.clear();
+    write();
+    spdlog::info("sweep run {}/{}: {}{}", run.index + 1, results_.size(), run.name,
+                 continue_run ? " (continuing from its checkpoint)" : "");
+    return true;
+  }
+
+  // A run that could not start or threw: failed, with the error.
+  static void mark_failed(SweepResult& result, const std::string& error) {
+    result.status = "failed";
+    result.error = error;
+    spdlog::error("sweep run {} failed: {}", result.run.name, error);
+  }
+
+  // After a run, whatever its status: its time and outputs into the sweep's files, and the progress.
+  void end_run(SweepResult& result, double seconds) {
+    result.seconds += seconds;
+    read_run_outputs(result, run_folder(result));
+    write();
+    ++ran_;
+    if (result.status == "interrupted") return;
+    const double elapsed = seconds_since(start_);
+    int64_t left = 0;
+    for (const SweepResult& other : results_) left += other.status != "done" && other.status != "failed";
+    spdlog::info("sweep: {} of {} runs finished, {} elapsed, about {} left", results_.size() - left, results_.size(),
+                 format_duration(elapsed), format_duration(elapsed / ran_ * left));
+  }
+
+  // The closing lines and the results table; returns the number of failed runs.
+  int64_t finish() const {
+    const int64_t failed = std::count_if(results_.begin(), results_.end(),
+                                         [](const SweepResult& result) { return result.status == "failed"; });
+    spdlog::info("sweep finished: {} runs ({} failed) in {}; results in {}/results.md", results_.size(), failed,
+                 format_duration(seconds_since(start_)), folder_);
+    spdlog::info("results:\n{}", results_markdown(axes_, results_));
+    return failed;
+  }
+
+ private:
+  const std::string path_;
+  const std::vector<std::string> sets_;
+  const std::vector<SweepAxis> axes_;
+  const std::string folder_;
+  std::vector<SweepResult> results_;
+  const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  int64_t ran_ = 0;  // runs ended in this invocation (for the time left)
+};
+
+// Runs the sweep's runs one after another in this process. Returns whether it was interrupted (Ctrl-C): the
+// run under way saves its checkpoint, and no further run starts.
+bool run_in_this_process(SweepProgress& sweep) {
+  for (SweepResult& result : sweep.results()) {
+    Experiment experiment = load_run_experiment(sweep.path(), sweep.sets(), result.run);
+    bool continue_run = false;
+    if (!sweep.begin_run(result, experiment, continue_run)) continue;
+    apply_thread_count(experiment.run.threads);
+    const auto start = std::chrono::steady_clock::now();
+    bool interrupted = false;
+    try {
+      interrupted = run_experiment(experiment, sweep.run_folder(result), continue_run).interrupted;
+      result.status = interrupted ? "interrupted" : "done";
+    } catch (const std::exception& error) {
+      SweepProgress::mark_failed(result, error.what());
+    }
+    sweep.end_run(result, seconds_since(start));
+    if (interrupted) return true;
+  }
+  return false;
+}
+
 // Runs the sweep's runs as child processes, `jobs` at a time: each is `mamba-r1 run FILE --set ... --out
 // RUN_FOLDER [--resume]` of line.program (or this program), with `environment` set over this process's,
-// writing its log to RUN_FOLDER/run.log. begin_run and end_run are command_sweep's (the same bookkeeping
-// as one run at a time). Returns whether the sweep was interrupted (Ctrl-C, or a run that was): no further
-// run starts, and those running are waited for while they save their checkpoints.
+// writing its log to RUN_FOLDER/run.log, and the same bookkeeping as runs in this process. Returns whether
+// the sweep was interrupted (Ctrl-C, or a run that was): no further run starts, and those running are
+// waited for while they save their checkpoints.
 bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std::string>& environment,
-                   std::vector<SweepResult>& results,
-                   const std::function<bool(SweepResult&, bool&)>& begin_run,
-                   const std::function<void(SweepResult&, double)>& end_run,
-                   const std::function<std::string(const SweepResult&)>& run_folder_of) {
+                   SweepProgress& sweep) {
   const std::string program = line.program.empty() ? own_executable() : line.program;
   if (program.empty()) throw std::runtime_error("--jobs: this program's path (/proc/self/exe) cannot be read");
-  const std::string path = line.experiment_path();
-  const std::vector<std::string> sets = command_line_assignments(line);
+  std::vector<SweepResult>& results = sweep.results();
 
   struct Running {
     SweepResult* result;
@@ -870,10 +972,12 @@ bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std:
     while (!interrupted && static_cast<int64_t>(running.size()) < jobs && next < results.size()) {
       SweepResult& result = results[next++];
       bool continue_run = false;
-      if (!begin_run(result, continue_run)) continue;
-      const std::string run_folder = run_folder_of(result);
-      std::vector<std::string> arguments{program, "run", path};
-      std::vector<std::string> assignments = sets;  // as load_run_experiment applies them
+      if (!sweep.begin_run(result, load_run_experiment(sweep.path(), sweep.sets(), result.run), continue_run)) {
+        continue;
+      }
+      const std::string run_folder = sweep.run_folder(result);
+      std::vector<std::string> arguments{program, "run", sweep.path()};
+      std::vector<std::string> assignments = sweep.sets();  // as load_run_experiment applies them
       assignments.insert(assignments.end(), result.run.assignments.begin(), result.run.assignments.end());
       for (const std::string& assignment : assignments) arguments.insert(arguments.end(), {"--set", assignment});
       arguments.insert(arguments.end(), {"--out", run_folder});
@@ -886,10 +990,8 @@ bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std:
         running.push_back({&result, start_child(arguments, log, environment), std::chrono::steady_clock::now()});
         spdlog::info("  its log: {}", log);
       } catch (const std::exception& error) {
-        result.status = "failed";
-        result.error = error.what();
-        spdlog::error("sweep run {} failed: {}", result.run.name, error.what());
-        end_run(result, 0);
+        SweepProgress::mark_failed(result, error.what());
+        sweep.end_run(result, 0);
       }
     }
     if (running.empty()) break;
@@ -916,12 +1018,12 @@ bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std:
       interrupted = true;
     } else {
       result.status = "failed";
-      const std::string log = run_folder_of(result) + "/run.log";
+      const std::string log = sweep.run_folder(result) + "/run.log";
       const std::string error = last_error_line(log);
       result.error = error.empty() ? "exited with status " + std::to_string(exit.code) : error;
       spdlog::error("sweep run {} failed: {} (its log: {})", result.run.name, result.error, log);
     }
-    end_run(result, seconds_since(start));
+    sweep.end_run(result, seconds_since(start));
   }
   return interrupted;
 }
@@ -1000,104 +1102,31 @@ int command_sweep(const CommandLine& line) {
   if (jobs < 1) throw UsageError("--jobs expects at least 1 (runs at a time), found 0");
 
   const Experiment base = load_experiment(path, sets);
-  const std::vector<SweepAxis> axes = read_sweep_axes(base.file);
+  std::vector<SweepAxis> axes = read_sweep_axes(base.file);
   const std::vector<SweepRun> runs = expand_sweep(axes);
   check_combinations(path, sets, axes, runs);
 
   std::string folder = line.option("out");
   if (folder.empty()) folder = base.output.dir + "/" + base.output.name + "-sweep-" + timestamp();
-  std::vector<SweepResult> results;
-  for (const SweepRun& run : runs) {
-    results.emplace_back();
-    results.back().run = run;
-  }
+  std::vector<SweepResult> results(runs.size());
+  for (size_t i = 0; i < runs.size(); ++i) results[i].run = runs[i];
   if (resume) {
     read_previous_results(folder, results);
   } else if (std::filesystem::exists(folder + "/sweep.json")) {
     throw UsageError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
   }
   make_directories(folder + "/runs");
-  write_sweep_outputs(folder, path, sets, axes, results);
+  SweepProgress sweep(path, sets, std::move(axes), folder, std::move(results));
+  sweep.write();
   spdlog::info("sweep folder: {}", folder);
 
-  const auto sweep_start = std::chrono::steady_clock::now();
-  int64_t ran = 0;
-  auto run_folder_of = [&](const SweepResult& result) { return folder + "/runs/" + result.run.name; };
-
-  // Before a run: false for one that finished before (done, with its summary.json), which is skipped;
-  // else marks it running and sets continue_run when it picks up its checkpoint.
-  auto begin_run = [&](SweepResult& result, const Experiment& experiment, bool& continue_run) {
-    const SweepRun& run = result.run;
-    const std::string run_folder = run_folder_of(result);
-    if (result.status == "done" && std::filesystem::exists(run_folder + "/summary.json")) {
-      spdlog::info("sweep run {}/{}: {} finished before, skipped", run.index + 1, runs.size(), run.name);
-      const std::string config = run_folder + "/config.toml";
-      if (std::filesystem::exists(config) && read_file(config) != experiment.file.to_toml() + "\n") {
-        spdlog::warn("{}: the experiment has changed since this run (its config.toml differs); it is kept as it is",
-                     run.name);
-      }
-      return false;
-    }
-    continue_run = (result.status == "interrupted" || result.status == "running") &&
-                   std::filesystem::exists(run_folder + "/trainer_state.json");
-    result.status = "running";
-    result.error.clear();
-    write_sweep_outputs(folder, path, sets, axes, results);
-    spdlog::info("sweep run {}/{}: {}{}", run.index + 1, runs.size(), run.name,
-                 continue_run ? " (continuing from its checkpoint)" : "");
-    return true;
-  };
-  // After a run, whatever its status: its time and outputs into the sweep's files, and the progress.
-  auto end_run = [&](SweepResult& result, double seconds) {
-    result.seconds += seconds;
-    read_run_outputs(result, run_folder_of(result));
-    write_sweep_outputs(folder, path, sets, axes, results);
-    ++ran;
-    if (result.status == "interrupted") return;
-    const double elapsed = seconds_since(sweep_start);
-    int64_t left = 0;
-    for (const SweepResult& other : results) left += other.status != "done" && other.status != "failed";
-    spdlog::info("sweep: {} of {} runs finished, {} elapsed, about {} left", runs.size() - left, runs.size(),
-                 format_duration(elapsed), format_duration(elapsed / ran * left));
-  };
-
-  bool interrupted = false;
-  if (jobs == 1) {
-    for (SweepResult& result : results) {
-      Experiment experiment = load_run_experiment(path, sets, result.run);
-      bool continue_run = false;
-      if (!begin_run(result, experiment, continue_run)) continue;
-      apply_thread_count(experiment.run.threads);
-      const auto start = std::chrono::steady_clock::now();
-      try {
-        interrupted = run_experiment(experiment, run_folder_of(result), continue_run).interrupted;
-        result.status = interrupted ? "interrupted" : "done";
-      } catch (const std::exception& error) {
-        result.status = "failed";
-        result.error = error.what();
-        spdlog::error("sweep run {} failed: {}", result.run.name, error.what());
-      }
-      end_run(result, seconds_since(start));
-      if (interrupted) break;
-    }
-  } else {
-    const auto begin_child = [&](SweepResult& result, bool& continue_run) {
-      return begin_run(result, load_run_experiment(path, sets, result.run), continue_run);
-    };
-    interrupted = run_processes(line, jobs, child_environment(base.run.threads, jobs), results, begin_child, end_run,
-                                run_folder_of);
-  }
+  const bool interrupted = jobs == 1 ? run_in_this_process(sweep)
+                                     : run_processes(line, jobs, child_environment(base.run.threads, jobs), sweep);
   if (interrupted) {
     spdlog::warn("sweep interrupted; finished runs are kept. Continue with:\n  {}", resume_command(line, folder));
     return 130;
   }
-
-  const int64_t failed = std::count_if(results.begin(), results.end(), [](const SweepResult& r) { return r.status == "failed"; });
-  const double elapsed = seconds_since(sweep_start);
-  spdlog::info("sweep finished: {} runs ({} failed) in {}; results in {}/results.md", runs.size(), failed,
-               format_duration(elapsed), folder);
-  spdlog::info("results:\n{}", results_markdown(axes, results));
-  return failed > 0 ? 1 : 0;
+  return sweep.finish() > 0 ? 1 : 0;
 }
 
 }  // namespace mr1
