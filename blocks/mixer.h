@@ -33,6 +33,8 @@ class Mixer {
   virtual void initialize(Random& random) = 0;
   // Called once after each optimizer step with this step's forward record (aux_free's bias update).
   virtual void after_step(const LayerRecord& record) {}
+  // A warning for the log when the block does not suit the experiment (moe: its router's), or "".
+  virtual std::string caveat() const { return ""; }
 
   // Step mode: u (B, 1, D), one new token per sequence, row b at batch.position(b); `state` is what
   // the block carries between steps (null before the first step). Stateless blocks (moe, mlp) run their

@@ -7,6 +7,8 @@
 #include <optional>
 #include <stdexcept>
 
+#include <spdlog/spdlog.h>
+
 #include "blocks/random.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
@@ -64,6 +66,16 @@ Model::Model(const ModelConfig& config, const RouterSettings& router, const Conf
   }
   if (!router_table_used) read_unused_router_table(config_, router, router_table);
   final_norm_ = norm_registry().get(config_.norm)(parameters_, "backbone.norm_f", D);
+  for (const std::string& caveat : caveats()) spdlog::warn("{}", caveat);
+}
+
+std::vector<std::string> Model::caveats() const {
+  std::vector<std::string> found;
+  for (const auto& mixer : mixers_) {
+    const std::string caveat = mixer->caveat();
+    if (!caveat.empty() && std::find(found.begin(), found.end(), caveat) == found.end()) found.push_back(caveat);
+  }
+  return found;
 }
 
 Model::~Model() = default;

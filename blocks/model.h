@@ -72,6 +72,8 @@ class Model {
   const ParameterStore& parameters() const { return parameters_; }
   int64_t block_count() const { return static_cast<int64_t>(mixers_.size()); }
   Device device() const { return device_; }
+  // The blocks' distinct caveats (Mixer::caveat), in block order; the constructor logs each as a warning.
+  std::vector<std::string> caveats() const;
 
   // mamba_ssm's initialisation from one seeded generator (on the CPU; call before to()).
   void initialize(uint64_t seed);

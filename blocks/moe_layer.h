@@ -18,6 +18,7 @@ class MoeLayer : public Mixer {
                   float aux_loss_scale) override;
   void initialize(Random& random) override;
   void after_step(const LayerRecord& record) override;
+  std::string caveat() const override { return router_->caveat(); }
 
  private:
   int64_t dim_, num_experts_;

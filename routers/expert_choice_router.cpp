@@ -12,34 +12,14 @@
 // in causal LM training the routing of a token depends on the future.
 #include "routers/expert_choice_router.h"
 
-#include <spdlog/spdlog.h>
-
 #include "kernels/routing.h"
 
 namespace mr1 {
 
-namespace {
-
-// The MoE layers of one model share the parameter store; only the first to build its router holds the
-// only "router.weight" in it so far, so the caveat is logged once per model, not once per layer (and not
-// for a router built only to read an unused [router] table, whose store holds no router.weight).
-bool first_router_of_model(const ParameterStore& parameters) {
-  const std::string suffix = "router.weight";
-  int64_t routers = 0;
-  for (const auto& parameter : parameters.all()) {
-    const std::string& name = parameter->name;
-    routers += name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  }
-  return routers == 1;
-}
-
-}  // namespace
-
 ExpertChoiceRouter::ExpertChoiceRouter(const RouterContext& context)
-    : DecisionRouter(context, {explicit_aux_loss_coef(context), context.settings.z_loss_coef}) {
-  if (first_router_of_model(context.parameters)) spdlog::warn("{}", caveat());
-}
+    : DecisionRouter(context, {explicit_aux_loss_coef(context), context.settings.z_loss_coef}) {}
 
+// Logged by the model once, however many of its layers route this way (Model::caveats).
 std::string ExpertChoiceRouter::caveat() const {
   return "router expert_choice: each expert picks its tokens over the whole batch, so a token's routing "
          "depends on later tokens: it leaks the future in causal language-model training and its "

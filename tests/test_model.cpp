@@ -89,6 +89,22 @@ TEST_CASE("parameters carry the normative names and shapes", "[model]") {
   }
 }
 
+TEST_CASE("the model gathers its blocks' caveats once each: expert_choice's, however many layers use it",
+          "[model]") {
+  // Blocks 1 and 3 are moe: both expert_choice, one, or neither.
+  const std::string model = std::string(kSmall) + "depth = 2\nvocab_size = 10\n";
+  const SmallModel both(model + "[router]\nname = \"expert_choice\"\n");
+  REQUIRE(both.model->caveats().size() == 1);
+  CHECK_THAT(both.model->caveats()[0], Contains("router expert_choice") && Contains("leaks the future"));
+  const SmallModel one(model + "[model.layers.3.router]\nname = \"expert_choice\"\n");
+  CHECK(one.model->caveats() == both.model->caveats());
+  CHECK(SmallModel(model + "[model.layers.3.router]\nname = \"topk\"\n").model->caveats().empty());
+  // A [router] table that no block routes through builds its router only to check its keys: no caveat.
+  CHECK(SmallModel(std::string(kSmall) + "depth = 1\norder = [\"mamba\"]\n[router]\nname = \"expert_choice\"\n")
+            .model->caveats()
+            .empty());
+}
+
 TEST_CASE("per-block keys ([model.layers.i]) change their block alone", "[model]") {
   // Blocks 0 and 2 mamba, 1 and 3 moe. Block 2: other d_state, d_conv, expand and dt_rank; block 3: more,
   // narrower experts and its own router, top-2, whose other keys come from [router].
