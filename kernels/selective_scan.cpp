@@ -377,7 +377,7 @@ class BackwardThread {
     for (int64_t c = chunks_ - 1; c >= 0; --c) {
       const int64_t t0 = c * chunk_, t1 = std::min(s_.length, t0 + chunk_);
       recompute_chunk(block, c, t0, t1);
-      for (int64_t t = t1 - 1; t >= t0; --t) reverse_step(block, c, t - t0, t);
+      for (int64_t t = t1 - 1; t >= t0; --t) reverse_step(block, c, t);
     }
     const int64_t N = s_.state;
     for (int64_t j = 0; j < block.width; ++j) {
@@ -429,9 +429,9 @@ class BackwardThread {
     }
   }
 
-  // Time step t, the `step`-th of chunk c: its gradients, and dh carried back to step t − 1.
-  void reverse_step(const ChannelBlock& block, int64_t c, int64_t step, int64_t t) {
-    const int64_t N = s_.state, width = block.width;
+  // Time step t of chunk c: its gradients, and dh carried back to step t − 1.
+  void reverse_step(const ChannelBlock& block, int64_t c, int64_t t) {
+    const int64_t N = s_.state, width = block.width, step = t - c * chunk_;
     const int64_t row = row_of(block, t), token = token_of(block, t);
     const float* B_t = p_.B + token * N;
     const float* C_t = p_.C + token * N;
