@@ -52,10 +52,12 @@ void top_k(const Tensor& scores, int64_t k, std::vector<int32_t>& index, std::ve
 }
 
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t experts, int64_t min_capacity) {
-  if (capacity_factor <= 0) return -1;
-  const int64_t scaled = static_cast<int64_t>(std::floor(capacity_factor * static_cast<double>(tokens) /
-                                                         static_cast<double>(experts)));
-  return std::max(scaled, min_capacity);
+  if (!(capacity_factor > 0)) return -1;
+  // An expert never receives more than the T tokens, so a larger capacity is T: capping in double keeps a
+  // huge (or infinite) factor from overflowing the integer and turning into min_capacity.
+  const double scaled = std::floor(capacity_factor * static_cast<double>(tokens) / static_cast<double>(experts));
+  const int64_t capacity = scaled >= static_cast<double>(tokens) ? tokens : static_cast<int64_t>(scaled);
+  return std::max(capacity, min_capacity);
 }
 
 int64_t apply_capacity(std::vector<int32_t>& expert, int64_t k, int64_t experts, int64_t capacity,

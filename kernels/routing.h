@@ -14,7 +14,8 @@ namespace mr1 {
 // index and value: T·k, row-major (token t's choices at t·k .. t·k + k − 1).
 void top_k(const Tensor& scores, int64_t k, std::vector<int32_t>& index, std::vector<float>& value);
 
-// C = max(floor(capacity_factor · T / X), min_capacity); capacity_factor <= 0 means unlimited (−1).
+// C = max(min(floor(capacity_factor · T / X), T), min_capacity); capacity_factor <= 0 means unlimited (−1).
+// The cap at T changes nothing (no expert gets more than T tokens) but keeps C finite for any factor.
 int64_t expert_capacity(double capacity_factor, int64_t tokens, int64_t experts, int64_t min_capacity);
 
 // Assignments expert (T·k) claim slots of their expert in order: choice rank r = 0 .. k − 1 first, then

@@ -1,6 +1,7 @@
 // Routing: top-k with ties, expert capacity and dropping, masked tokens, the balancing losses, and
 // the switch router's forward and backward.
 #include <cmath>
+#include <limits>
 
 #include "blocks/catalog.h"
 #include "kernels/routing.h"
@@ -29,6 +30,16 @@ TEST_CASE("capacity is max(floor(capacity_factor * T / X), min_capacity), unlimi
   CHECK(expert_capacity(1.0, 2047, 8, 0) == 255);
   CHECK(expert_capacity(0.0, 64, 4, 4) == -1);
   CHECK(expert_capacity(-1.0, 64, 4, 4) == -1);
+}
+
+TEST_CASE("capacity is capped at T, so a huge or infinite capacity_factor drops nothing", "[routing]") {
+  CHECK(expert_capacity(8.0, 64, 4, 4) == 64);     // floor(128) capped at T = 64
+  CHECK(expert_capacity(1e16, 64, 4, 4) == 64);    // 2.56e17 would still fit an int64
+  CHECK(expert_capacity(1e300, 64, 4, 4) == 64);   // past INT64_MAX: once cast to INT64_MIN, so min_capacity
+  CHECK(expert_capacity(std::numeric_limits<double>::infinity(), 64, 4, 4) == 64);
+  CHECK(expert_capacity(1e300, 2, 4, 4) == 4);     // min_capacity still wins over a smaller T
+  std::vector<int32_t> expert(64, 0);              // every token to expert 0
+  CHECK(apply_capacity(expert, 1, 4, expert_capacity(1e300, 64, 4, 4), nullptr) == 0);
 }
 
 TEST_CASE("tokens claim slots in flattened order; the overflow is dropped", "[routing]") {
