@@ -17,6 +17,7 @@
 #include "experiments/loss.h"
 #include "experiments/run.h"
 #include "experiments/safetensors.h"
+#include "experiments/trainer.h"
 #include "experiments/sweep.h"
 
 namespace mr1 {
@@ -48,7 +49,7 @@ std::string usage() {
          "                   and where a training step's time goes\n"
          "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"
          "                   [--greedy | --temperature T --top-k K --top-p P --seed S] [--stop-byte B] [--bench]\n"
-         "common options: --threads N (CPU threads, run.threads), --seed N (run.seed), --log-level debug|info|warn\n";
+         "common options: --threads N (CPU threads, run.threads), --seed N (run.seed), --log-level debug|info|warn|error\n";
 }
 
 CommandLine parse_command_line(int argc, char** argv) {
@@ -78,6 +79,7 @@ CommandLine parse_command_line(int argc, char** argv) {
       if (i + 1 >= argc) throw UsageError("--" + name + " needs a value");
       value = argv[++i];
     }
+    if (value.empty()) throw UsageError("--" + name + " needs a value, found an empty one");
     if (name == "set") {
       line.sets.push_back(value);
     } else {
@@ -148,11 +150,6 @@ Experiment load_for(const CommandLine& line) {
   return experiment;
 }
 
-// The run's output folder: --out DIR, else [output] dir / name-timestamp (run_experiment makes it).
-std::string output_folder(const CommandLine& line, const Experiment& experiment) {
-  const std::string folder = line.option("out");
-  return folder.empty() ? experiment.output.dir + "/" + experiment.output.name + "-" + timestamp() : folder;
-}
 
 }  // namespace
 
@@ -160,8 +157,17 @@ int command_run(const CommandLine& line) {
   Experiment experiment = load_for(line);
   drop_sweep_lists(experiment.file);
   const bool resume = line.flag("resume");
-  if (resume && line.option("out").empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
-  const RunResult result = run_experiment(experiment, output_folder(line, experiment), resume);
+  const std::string out = line.option("out");
+  if (resume && out.empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
+  if (!resume && !out.empty() && !run_output_in(out).empty()) {
+    throw FileError(out + " already holds a run (" + run_output_in(out) +
+                    "); continue it with --resume, or choose another --out");
+  }
+  // By default a new folder [output] dir / name-timestamp (numbered when taken) that run_experiment makes.
+  const RunResult result =
+      out.empty() ? run_experiment(experiment, experiment.output.dir + "/" + experiment.output.name + "-" + timestamp(),
+                                   resume, FolderName::new_numbered)
+                  : run_experiment(experiment, out, resume);
   return result.interrupted ? 130 : 0;
 }
 
@@ -233,6 +239,7 @@ ModelInput read_model_input(const std::string& path, const ModelConfig& model) {
 int command_forward(const CommandLine& line) {
   Experiment experiment = load_for(line);
   BuiltExperiment built = build_experiment(experiment, false);
+  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
   const std::string weights = line.required("weights");
   const std::string input_path = line.required("input");
   const std::string output_path = line.required("output");
@@ -275,6 +282,7 @@ int command_forward(const CommandLine& line) {
 int command_init(const CommandLine& line) {
   Experiment experiment = load_for(line);
   BuiltExperiment built = build_experiment(experiment, false);
+  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
   const std::string output_path = line.required("output");
   built.model->initialize(experiment.run.seed);
   std::map<std::string, std::string> metadata{{"format", "pt"}, {"mamba_r1_seed", std::to_string(experiment.run.seed)}};

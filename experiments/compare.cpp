@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "experiments/files.h"
+#include "experiments/run.h"
 #include "experiments/run_report.h"
 #include "registry/config.h"
 
@@ -39,33 +40,29 @@ std::vector<std::string> run_folders(const std::string& path) {
                     "(sweep.json, runs/)");
 }
 
-struct RunSettings {
+struct RecordedSettings {
   std::map<std::string, std::string> values;  // dotted key -> TOML text
   std::map<std::string, std::string> shown;   // dotted key -> as shown in tables
   bool effective = false;                     // read from effective.toml: every setting the run used
 };
 
 // Every value of a config file by its dotted key, as TOML text and as shown, [output] and [sweep] left out.
-void flatten(const toml::table& table, const std::string& prefix, RunSettings& settings) {
-  for (auto&& [key, node] : table) {
-    const std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
-    if (path == "output" || path == "sweep") continue;
-    if (const toml::table* inner = node.as_table()) {
-      flatten(*inner, path, settings);
-    } else {
-      settings.values[path] = render_toml_value(node);
-      settings.shown[path] = show_toml_value(node);
-    }
+void flatten(const toml::table& table, RecordedSettings& settings) {
+  for (const auto& [path, node] : flatten_toml(table)) {
+    const std::string top = path.substr(0, path.find('.'));
+    if (top == "output" || top == "sweep") continue;
+    settings.values[path] = render_toml_value(*node);
+    settings.shown[path] = show_toml_value(*node);
   }
 }
 
 // A run's settings: its effective.toml (every setting with the value used, defaults included) when it has
 // one, else its config.toml (the file and its --set values; runs of earlier versions).
-RunSettings read_settings(const std::string& folder) {
-  RunSettings settings;
+RecordedSettings read_settings(const std::string& folder) {
+  RecordedSettings settings;
   settings.effective = fs::exists(folder + "/effective.toml");
   const ExperimentFile file = ExperimentFile::load(folder + (settings.effective ? "/effective.toml" : "/config.toml"));
-  flatten(file.root(), "", settings);
+  flatten(file.root(), settings);
   return settings;
 }
 
@@ -78,7 +75,7 @@ std::string combination_name(size_t index) {
   return name;
 }
 
-std::string status_of(const nlohmann::json& summary, const RunSettings& settings) {
+std::string status_of(const nlohmann::json& summary, const RecordedSettings& settings) {
   if (!summary.is_object()) return "unfinished";
   const auto steps = number_at(summary, "/steps");
   const auto planned = settings.values.find("training.steps");
@@ -106,21 +103,21 @@ std::string relative_to(const std::string& folder, const std::string& base) {
 
 // A run's value of a setting, as TOML text. One it lacks is "(unused)" in an effective.toml (the run did
 // not read it: top_k of a switch router) and empty in a config.toml (the program's default applied).
-std::string value_of(const RunSettings& run, const std::string& key) {
+std::string value_of(const RecordedSettings& run, const std::string& key) {
   const auto found = run.values.find(key);
   return found != run.values.end() ? found->second : run.effective ? std::string("(unused)") : std::string();
 }
 
 // The settings in which the runs differ (a key one run gives and another does not included), sorted by
 // key, as axes with their values in the order first met; and per run, the index of its value on each.
-void find_differing_settings(const std::vector<RunSettings>& settings, Comparison& comparison) {
+void find_differing_settings(const std::vector<RecordedSettings>& settings, Comparison& comparison) {
   std::set<std::string> keys;
-  for (const RunSettings& run : settings) {
+  for (const RecordedSettings& run : settings) {
     for (const auto& entry : run.values) keys.insert(entry.first);
   }
   comparison.values.assign(settings.size(), {});
   for (const std::string& key : keys) {
-    const bool differs = std::any_of(settings.begin(), settings.end(), [&](const RunSettings& run) {
+    const bool differs = std::any_of(settings.begin(), settings.end(), [&](const RecordedSettings& run) {
       return value_of(run, key) != value_of(settings.front(), key);
     });
     if (!differs) continue;
@@ -199,7 +196,7 @@ std::vector<std::vector<size_t>> choose_axes(const SeedRepeats& seeds, Compariso
 // Run r of the comparison, as the tables and charts take it: its choice over the axes, its label, summary,
 // metrics and status, and its folder relative to `out`.
 SweepResult compared_run(const std::string& folder, size_t r, const std::vector<size_t>& choice,
-                         const std::vector<SweepAxis>& axes, const RunSettings& settings, const std::string& out) {
+                         const std::vector<SweepAxis>& axes, const RecordedSettings& settings, const std::string& out) {
   SweepResult result;
   result.run.index = static_cast<int64_t>(r);
   result.run.choice = choice;
@@ -223,7 +220,7 @@ Comparison compare_runs(const std::vector<std::string>& paths, const std::string
   for (const std::string& path : paths) {
     for (const std::string& folder : run_folders(path)) comparison.folders.push_back(folder);
   }
-  std::vector<RunSettings> settings;
+  std::vector<RecordedSettings> settings;
   for (const std::string& folder : comparison.folders) settings.push_back(read_settings(folder));
   find_differing_settings(settings, comparison);
   const SeedRepeats seeds = find_seed_repeats(comparison);
@@ -288,9 +285,20 @@ int command_compare(const CommandLine& line) {
     throw UsageError("compare needs two or more run folders (or a sweep's folder)");
   }
   std::string out = line.option("out");
-  if (out.empty()) out = "runs/compare-" + timestamp();
+  if (!out.empty() && !run_output_in(out).empty()) {
+    throw FileError(out + " holds a run or a sweep (" + run_output_in(out) +
+                    "), whose files the comparison would replace; choose another --out");
+  }
+  // By default a new folder runs/compare-timestamp, numbered when taken (which leaves the runs' paths
+  // relative to it as they are).
+  const bool new_folder = out.empty();
+  if (new_folder) out = "runs/compare-" + timestamp();
   const Comparison comparison = compare_runs(line.positional, out);
-  make_directories(out);
+  if (new_folder) {
+    out = make_new_folder(out);
+  } else {
+    make_directories(out);
+  }
 
   const std::vector<std::string> written =
       write_charts(out, sweep_charts(comparison.axes, comparison.results, "differing"));

@@ -48,6 +48,11 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
   const ConfigTable& output = experiment.table("output");
   experiment.output.dir = output.get_string("dir", experiment.output.dir);
   experiment.output.name = output.get_string("name", std::filesystem::path(path).stem().string());
+  const std::string& name = experiment.output.name;
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+    output.fail("name", "expected a folder name (the run folder is dir/name-timestamp), found \"" + name + "\"");
+  }
+  if (experiment.output.dir.empty()) output.fail("dir", "expected a folder, found \"\"");
   return experiment;
 }
 

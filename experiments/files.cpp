@@ -25,16 +25,36 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open for reading");
+  if (!in || std::filesystem::is_directory(path)) throw FileError(path + ": cannot open for reading");
   std::ostringstream text;
   text << in.rdbuf();
   return text.str();
 }
 
+nlohmann::json read_json_file(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& error) {
+    throw FileError(path + ": not valid JSON (" + error.what() + ")");
+  }
+}
+
 void make_directories(const std::string& path) {
   std::error_code error;
   std::filesystem::create_directories(path, error);
-  if (error) throw std::runtime_error(path + ": cannot create the folder: " + error.message());
+  if (error) throw FileError(path + ": cannot create the folder: " + error.message());
+}
+
+std::string make_new_folder(const std::string& stem) {
+  const std::string parent = std::filesystem::path(stem).parent_path().string();
+  if (!parent.empty()) make_directories(parent);
+  for (int n = 1;; ++n) {
+    const std::string path = n == 1 ? stem : stem + "-" + std::to_string(n);
+    std::error_code error;
+    if (std::filesystem::create_directory(path, error)) return path;
+    if (error) throw FileError(path + ": cannot create the folder: " + error.message());
+  }
 }
 
 }  // namespace mr1

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <numeric>
@@ -20,7 +21,9 @@
 #include "blocks/random.h"
 #include "experiments/commands.h"
 #include "experiments/experiment.h"
+#include "experiments/files.h"
 #include "experiments/safetensors.h"
+#include "experiments/trainer.h"
 #include "kernels/cuda_device.h"
 
 namespace mr1 {
@@ -214,17 +217,18 @@ std::string text_of(int32_t token) {
 // --prompt TEXT (a batch of one) or --prompts-file FILE (one prompt a line; empty lines skipped).
 std::vector<std::vector<int32_t>> read_prompts(const CommandLine& line) {
   const std::string text = line.option("prompt"), path = line.option("prompts-file");
-  if (text.empty() == path.empty()) throw UsageError("generate needs one of --prompt TEXT or --prompts-file FILE");
+  if (text.empty() && path.empty()) throw UsageError("generate needs --prompt TEXT or --prompts-file FILE");
+  if (!text.empty() && !path.empty()) throw UsageError("generate takes --prompt or --prompts-file, not both");
   if (!text.empty()) return {bytes_of(text)};
   std::ifstream file(path, std::ios::binary);
-  if (!file) throw UsageError("--prompts-file: cannot read '" + path + "'");
+  if (!file || std::filesystem::is_directory(path)) throw FileError("--prompts-file: cannot read '" + path + "'");
   std::vector<std::vector<int32_t>> prompts;
   std::string prompt;
   while (std::getline(file, prompt)) {
     if (!prompt.empty() && prompt.back() == '\r') prompt.pop_back();
     if (!prompt.empty()) prompts.push_back(bytes_of(prompt));
   }
-  if (prompts.empty()) throw UsageError("--prompts-file: '" + path + "' holds no prompt (one a line)");
+  if (prompts.empty()) throw FileError("--prompts-file: '" + path + "' holds no prompt (one a line)");
   return prompts;
 }
 
@@ -258,16 +262,16 @@ int decode_benchmark(Model& model, uint64_t seed, int64_t decode_length) {
   const double weight_bytes = static_cast<double>(parameters) * sizeof(float);
   constexpr int64_t kPromptLength = 16;       // decode runs: a short prompt, then decode_length steps
   constexpr int64_t kWideBatch = 16;
-  constexpr int64_t kWideSteps = 100;         // batch 16: 16 × 100 tokens
   const int64_t prefill_length = std::min<int64_t>(512, config.max_seq_len);
   decode_length = std::min(decode_length, config.max_seq_len - kPromptLength);
   if (decode_length < 1) throw UsageError("generate --bench: model.max_seq_len leaves no room to decode");
+  const int64_t wide_steps = std::min<int64_t>(100, decode_length);  // batch 16: 16 × 100 tokens, as room allows
   Random random(seed + 101);
   GenerationSettings greedy;
   greedy.sampling.greedy = true;
   spdlog::info("generate --bench: {} parameters ({:.1f} MB of float32 weights), prefill 1 x {}, decode batch 1 x {} "
                "and batch {} x {} tokens after {}-token prompts",
-               parameters, weight_bytes / 1e6, prefill_length, decode_length, kWideBatch, kWideSteps, kPromptLength);
+               parameters, weight_bytes / 1e6, prefill_length, decode_length, kWideBatch, wide_steps, kPromptLength);
 
   // prefill: median of 3 after one warm-up, one sequence of prefill_length bytes
   const auto long_prompt = random_prompts(1, prefill_length, random);
@@ -281,14 +285,14 @@ int decode_benchmark(Model& model, uint64_t seed, int64_t decode_length) {
 
   // batch 1: decode_length steps (the first token comes from the prefill)
   greedy.max_new_tokens = decode_length + 1;
-  generate(model, random_prompts(1, kPromptLength, random), GenerationSettings{greedy.sampling, 8, -1, 0});  // warm-up
+  generate(model, random_prompts(1, kPromptLength, random), GenerationSettings{greedy.sampling, std::min<int64_t>(8, decode_length + 1), -1, 0});  // warm-up
   spdlog::info("decoding {} tokens at batch 1 ...", decode_length);
   const GenerationResult narrow = generate(model, random_prompts(1, kPromptLength, random), greedy);
   const double narrow_rate = static_cast<double>(narrow.decode_steps) / narrow.decode_seconds;
 
   // batch 16
-  greedy.max_new_tokens = kWideSteps + 1;
-  spdlog::info("decoding {} x {} tokens at batch {} ...", kWideBatch, kWideSteps, kWideBatch);
+  greedy.max_new_tokens = wide_steps + 1;
+  spdlog::info("decoding {} x {} tokens at batch {} ...", kWideBatch, wide_steps, kWideBatch);
   const GenerationResult wide = generate(model, random_prompts(kWideBatch, kPromptLength, random), greedy);
   const double wide_rate = static_cast<double>(wide.decode_steps * kWideBatch) / wide.decode_seconds;
 
@@ -321,6 +325,7 @@ int command_generate(const CommandLine& line) {
                      std::to_string(experiment.model.vocab_size));
   }
   BuiltExperiment built = build_experiment(experiment, false);
+  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
   Model& model = *built.model;
   const bool bench = line.flag("bench");
   const std::string weights = bench ? line.option("weights") : line.required("weights");
@@ -336,6 +341,11 @@ int command_generate(const CommandLine& line) {
 
   GenerationSettings settings;
   settings.sampling.greedy = line.flag("greedy");
+  for (const char* name : {"temperature", "top-k", "top-p"}) {
+    if (settings.sampling.greedy && !line.option(name).empty()) {
+      throw UsageError(std::string("--greedy takes the most likely byte; it does not combine with --") + name);
+    }
+  }
   settings.sampling.temperature = number_option(line, "temperature", 1.0);
   settings.sampling.top_k = integer_option(line, "top-k", 0, 0, kNoLimit);
   settings.sampling.top_p = number_option(line, "top-p", 1.0);

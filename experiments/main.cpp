@@ -1,6 +1,7 @@
 // mamba-r1: the command line of the Mamba R1 toolkit. Every user error ends in one clear
 // message and a non-zero exit code, never a crash.
 #include <malloc.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -8,6 +9,7 @@
 
 #include "blocks/parameters.h"
 #include "experiments/commands.h"
+#include "experiments/files.h"
 #include "experiments/safetensors.h"
 #include "registry/config.h"
 #include "registry/registry.h"
@@ -19,10 +21,16 @@ int main(int argc, char** argv) {
   // small model's step time).
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // The log (progress, warnings, errors) on stderr; stdout carries results only: generated text, the
+  // tables of compare, validate and bench.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("mamba-r1"));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
   try {
     const CommandLine line = parse_command_line(argc, argv);
     const std::string level = line.option("log-level", "info");
+    if (level != "debug" && level != "info" && level != "warn" && level != "error") {
+      throw UsageError("--log-level expects debug, info, warn or error, found '" + level + "'");
+    }
     spdlog::set_level(spdlog::level::from_str(level));
     if (line.command == "run") return command_run(line);
     if (line.command == "forward") return command_forward(line);
@@ -51,6 +59,9 @@ int main(int argc, char** argv) {
     spdlog::error("{}", error.what());
     return 2;
   } catch (const ShapeError& error) {
+    spdlog::error("{}", error.what());
+    return 2;
+  } catch (const FileError& error) {
     spdlog::error("{}", error.what());
     return 2;
   } catch (const std::exception& error) {

@@ -4,7 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <filesystem>
 #include <map>
+#include <optional>
 
 #include "experiments/files.h"
 #include "experiments/run_report.h"
@@ -70,7 +72,7 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
     output = model.forward(batch.input, options);
     cuda::synchronize();
     seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    spdlog::info("forward pass {}/{}: {:.4f} s, {:.0f} tokens/s", i + 1, experiment.run.repeats, seconds.back(),
+    spdlog::info("forward pass {}/{}: {:.4g} s, {:.0f} tokens/s", i + 1, experiment.run.repeats, seconds.back(),
                  tokens / seconds.back());
   }
   double total = 0, best = seconds.front();
@@ -80,7 +82,7 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
   const double output_std = standard_deviation(output.hidden);
 
   spdlog::info("output shape {}, mean {:.4f}, std {:.4f}", output.hidden.shape_string(), output_mean, output_std);
-  spdlog::info("forward: {:.4f} s mean over {} passes (best {:.4f} s), {:.0f} tokens/s", mean_seconds,
+  spdlog::info("forward: {:.4g} s mean over {} passes (best {:.4g} s), {:.0f} tokens/s", mean_seconds,
                seconds.size(), best, tokens / mean_seconds);
   nlohmann::json summary;
   summary["output_shape"] = output.hidden.shape();
@@ -97,26 +99,85 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
   return summary;
 }
 
+// --resume with settings other than those the run started with (its config.toml): the run continues with
+// the new ones, which is what a longer training.steps is for; every other difference is named.
+void report_changed_settings(const std::string& folder, const Experiment& experiment) {
+  const std::string path = folder + "/config.toml";
+  if (!std::filesystem::exists(path)) return;
+  std::map<std::string, std::string> before, after;
+  try {
+    before = flatten_toml_text(ExperimentFile::load(path).root());
+  } catch (const ConfigError& error) {
+    spdlog::warn("--resume: cannot read the run's settings to compare them: {}", error.what());
+    return;
+  }
+  after = flatten_toml_text(experiment.file.root());
+  std::vector<std::string> changes;
+  bool only_steps = true;
+  for (const auto& [key, value] : after) {
+    auto old = before.find(key);
+    if (old != before.end() && old->second == value) continue;
+    changes.push_back(key + " " + (old == before.end() ? "(not set)" : old->second) + " -> " + value);
+    only_steps = only_steps && key == "training.steps";
+  }
+  for (const auto& [key, value] : before) {
+    if (after.count(key) == 0) changes.push_back(key + " " + value + " -> (not set)"), only_steps = false;
+  }
+  if (changes.empty()) return;
+  const std::string message = "--resume: the run continues with settings that differ from its config.toml: " +
+                              join(changes, "; ") + (only_steps ? "" : " (config.toml gets the new settings)");
+  if (only_steps) {
+    spdlog::info("{}", message);
+  } else {
+    spdlog::warn("{}", message);
+  }
+}
+
 }  // namespace
 
-RunResult run_experiment(const Experiment& experiment, const std::string& folder, bool resume) {
+std::string run_output_in(const std::string& folder) {
+  for (const char* file : {"config.toml", "summary.json", "trainer_state.json", "metrics.jsonl", "sweep.json"}) {
+    if (std::filesystem::exists(folder + "/" + file)) return file;
+  }
+  return "";
+}
+
+RunResult run_experiment(const Experiment& experiment, const std::string& given_folder, bool resume,
+                         FolderName naming) {
   BuiltExperiment built = build_experiment(experiment);
-  // Before the run folder: a backend that cannot be used leaves no empty folder behind.
+  if (resume && !built.task->trainable()) {
+    throw ConfigError("--resume: the task of " + experiment.file.file() + " (" + built.task->describe() +
+                      ") does not train, so there is nothing to continue");
+  }
+  // Everything that can be wrong with the experiment, the backend or the checkpoint to resume is found
+  // before the run folder is made or touched.
+  std::optional<TrainingSetup> training;
+  if (built.task->trainable()) training = prepare_training(experiment, built.model->parameters());
   const Device device = resolve_backend(experiment.run.backend);
-  make_directories(folder);
-  spdlog::info("experiment {} -> {}", experiment.file.file(), folder);
-  spdlog::info("task: {}", built.task->describe());
   built.model->initialize(experiment.run.seed);
   built.model->to(device);
+  std::optional<TrainerState> resumed;
+  if (resume) {
+    resumed = load_checkpoint(given_folder, *built.model, *training->optimizer);
+    report_changed_settings(given_folder, experiment);
+  }
+  std::string folder = given_folder;
+  if (naming == FolderName::new_numbered) {
+    folder = make_new_folder(given_folder);
+  } else {
+    make_directories(folder);
+  }
+  spdlog::info("experiment {} -> {}", experiment.file.file(), folder);
+  spdlog::info("task: {}", built.task->describe());
   log_model(experiment, *built.model);
   write_file_atomic(folder + "/config.toml", experiment.file.to_toml() + "\n");
 
   RunResult result;
-  if (!built.task->trainable()) {
-    if (resume) throw std::runtime_error("--resume: the task of " + experiment.file.file() + " does not train");
+  if (!training) {
     result.summary = run_forward_task(experiment, *built.model, *built.task);
   } else {
-    TrainingOutcome outcome = train(experiment, *built.model, *built.task, folder, resume);
+    TrainingOutcome outcome =
+        train(experiment, *built.model, *built.task, *training, folder, resumed ? &*resumed : nullptr);
     result.summary = outcome.summary;
     result.interrupted = outcome.interrupted;
   }

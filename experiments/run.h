@@ -15,8 +15,19 @@ struct RunResult {
   bool interrupted = false;  // Ctrl-C during training: the checkpoint is saved, resume with --resume
 };
 
-// Runs `experiment` into `folder` (created). With resume, continues the training checkpointed there.
-RunResult run_experiment(const Experiment& experiment, const std::string& folder, bool resume);
+// How run_experiment takes its folder: as given, or as the stem of a new folder (stem, stem-2, ...:
+// the default runs/NAME-TIMESTAMP, which runs started in the same second would otherwise share).
+enum class FolderName { as_given, new_numbered };
+
+// Runs `experiment` into `folder` (created once the experiment, the backend and any checkpoint to resume
+// have been checked). With resume, continues the training checkpointed there.
+RunResult run_experiment(const Experiment& experiment, const std::string& folder, bool resume,
+                         FolderName naming = FolderName::as_given);
+
+// The first file of a run's or a sweep's outputs (config.toml, summary.json, trainer_state.json,
+// metrics.jsonl, sweep.json) that `folder` holds, or "" when it holds none: a folder that a new run,
+// sweep or comparison must not write over.
+std::string run_output_in(const std::string& folder);
 
 // "12 blocks (6 mamba, 6 moe)".
 std::string describe_blocks(const ModelConfig& model);

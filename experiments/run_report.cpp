@@ -407,7 +407,10 @@ std::vector<std::string> write_charts(const std::string& folder,
 
 nlohmann::json read_run_summary(const std::string& folder) {
   const std::string path = folder + "/summary.json";
-  return std::filesystem::exists(path) ? nlohmann::json::parse(read_file(path)) : nlohmann::json(nullptr);
+  if (!std::filesystem::exists(path)) return nullptr;
+  nlohmann::json summary = read_json_file(path);
+  if (!summary.is_object()) throw FileError(path + ": expected a JSON object, as a run writes it");
+  return summary;
 }
 
 nlohmann::json read_run_metrics(const std::string& folder) {

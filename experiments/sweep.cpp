@@ -20,7 +20,6 @@
 #include "experiments/child_process.h"
 #include "experiments/experiment.h"
 #include "experiments/files.h"
-#include "experiments/optimizer.h"
 #include "experiments/plot.h"
 #include "experiments/run.h"
 #include "experiments/run_report.h"
@@ -743,17 +742,7 @@ Experiment load_run_experiment(const std::string& path, const std::vector<std::s
 // [training] and [optimizer] tables (which the trainer reads only once training starts).
 void validate_run(const Experiment& experiment) {
   BuiltExperiment built = build_experiment(experiment);
-  if (!built.task->trainable()) return;
-  const ConfigTable& training = experiment.table("training");
-  read_training_settings(training);
-  const ConfigTable& optimizer = experiment.table("optimizer");
-  const std::string name = optimizer.get_string("name", "adamw");
-  if (!optimizer_registry().contains(name)) {
-    optimizer.fail("name", "unknown optimizer \"" + name + "\"; valid: " + optimizer_registry().names());
-  }
-  optimizer_registry().get(name)(optimizer, built.model->parameters());
-  optimizer.reject_unknown_keys();
-  training.reject_unknown_keys();
+  if (built.task->trainable()) prepare_training(experiment, built.model->parameters());
 }
 
 // Fills in the summary (finished or interrupted runs) and the metrics of a run from its folder.
@@ -877,6 +866,8 @@ class SweepProgress {
     }
     continue_run = (result.status == "interrupted" || result.status == "running") &&
                    std::filesystem::exists(folder + "/trainer_state.json");
+    // A run started afresh leaves nothing of an earlier attempt (a failed run's files) behind.
+    if (!continue_run) std::filesystem::remove_all(folder);
     result.status = "running";
     result.error.clear();
     write();
@@ -910,7 +901,8 @@ class SweepProgress {
   int64_t finish() const {
     const int64_t failed = std::count_if(results_.begin(), results_.end(),
                                          [](const SweepResult& result) { return result.status == "failed"; });
-    spdlog::info("sweep finished: {} runs ({} failed) in {}; results in {}/results.md", results_.size(), failed,
+    spdlog::info("sweep finished: {} run{} ({} failed) in {}; results in {}/results.md", results_.size(),
+                 results_.size() == 1 ? "" : "s", failed,
                  format_duration(seconds_since(start_)), folder_);
     spdlog::info("results:\n{}", results_markdown(axes_, results_));
     return failed;
@@ -1034,7 +1026,7 @@ void check_combinations(const std::string& path, const std::vector<std::string>&
                         const std::vector<SweepAxis>& axes, const std::vector<SweepRun>& runs) {
   std::vector<std::string> described;
   for (const SweepAxis& axis : axes) described.push_back(axis.key + " (" + std::to_string(axis.values.size()) + ")");
-  spdlog::info("sweep of {}: {} runs over {}", path, runs.size(), join(described, " × "));
+  spdlog::info("sweep of {}: {} run{} over {}", path, runs.size(), runs.size() == 1 ? "" : "s", join(described, " × "));
   for (const SweepRun& run : runs) {
     try {
       validate_run(load_run_experiment(path, sets, run));
@@ -1051,21 +1043,31 @@ void check_combinations(const std::string& path, const std::vector<std::string>&
 void read_previous_results(const std::string& folder, std::vector<SweepResult>& results) {
   const std::string state_path = folder + "/sweep.json";
   if (!std::filesystem::exists(state_path)) {
-    throw std::runtime_error("--resume: " + state_path + " not found; is " + folder + " the folder of a sweep?");
+    throw FileError("--resume: " + state_path + " not found; is " + folder + " the folder of a sweep?");
   }
-  const nlohmann::json previous = nlohmann::json::parse(read_file(state_path));
+  const nlohmann::json previous = read_json_file(state_path);
+  if (!previous.is_object() || !previous.contains("runs") || !previous["runs"].is_array()) {
+    throw FileError(state_path + ": expected a JSON object with a list \"runs\", as a sweep writes it");
+  }
   const nlohmann::json& previous_runs = previous.at("runs");
   for (size_t i = 0; i < std::max(results.size(), previous_runs.size()); ++i) {
     const std::string here = i < results.size() ? results[i].run.name : "(none)";
-    const std::string there = i < previous_runs.size() ? previous_runs[i].at("name").get<std::string>() : "(none)";
-    if (here != there) {
-      throw std::runtime_error("--resume: the combinations differ from those of the sweep in " + folder + ": run " +
-                               std::to_string(i) + " is " + here + " now and " + there +
-                               " there; use the same file and --set options, or another --out");
+    std::string there = "(none)";
+    try {
+      if (i < previous_runs.size()) there = previous_runs[i].at("name").get<std::string>();
+      if (here == there) {
+        results[i].status = previous_runs[i].value("status", "pending");
+        results[i].seconds = previous_runs[i].value("seconds", 0.0);
+        results[i].error = previous_runs[i].value("error", "");
+      }
+    } catch (const nlohmann::json::exception& error) {
+      throw FileError(state_path + ": run " + std::to_string(i) + " is not as a sweep writes it (" + error.what() + ")");
     }
-    results[i].status = previous_runs[i].value("status", "pending");
-    results[i].seconds = previous_runs[i].value("seconds", 0.0);
-    results[i].error = previous_runs[i].value("error", "");
+    if (here != there) {
+      throw FileError("--resume: the combinations differ from those of the sweep in " + folder + ": run " +
+                      std::to_string(i) + " is " + here + " now and " + there +
+                      " there; use the same file and --set options, or another --out");
+    }
     read_run_outputs(results[i], folder + "/runs/" + here);
   }
 }
@@ -1106,14 +1108,17 @@ int command_sweep(const CommandLine& line) {
   const std::vector<SweepRun> runs = expand_sweep(axes);
   check_combinations(path, sets, axes, runs);
 
+  // By default a new folder [output] dir / name-sweep-timestamp, numbered when taken.
   std::string folder = line.option("out");
-  if (folder.empty()) folder = base.output.dir + "/" + base.output.name + "-sweep-" + timestamp();
+  if (folder.empty()) folder = make_new_folder(base.output.dir + "/" + base.output.name + "-sweep-" + timestamp());
   std::vector<SweepResult> results(runs.size());
   for (size_t i = 0; i < runs.size(); ++i) results[i].run = runs[i];
   if (resume) {
     read_previous_results(folder, results);
   } else if (std::filesystem::exists(folder + "/sweep.json")) {
-    throw UsageError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
+    throw FileError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
+  } else if (!run_output_in(folder).empty()) {
+    throw FileError(folder + " holds a run (" + run_output_in(folder) + "); choose another --out for the sweep");
   }
   make_directories(folder + "/runs");
   SweepProgress sweep(path, sets, std::move(axes), folder, std::move(results));

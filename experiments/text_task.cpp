@@ -45,6 +45,7 @@ class TextTask : public Task {
       table.fail("path", "missing: the text file to model, relative to the experiment file's folder");
     }
     path_ = resolve(path, table.file());
+    table.record_resolved("path", std::filesystem::absolute(path_).lexically_normal().string());
     std::error_code error;
     const auto size = std::filesystem::file_size(path_, error);  // fails for a directory or a missing file
     std::ifstream file(path_, std::ios::binary);

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -149,79 +150,41 @@ Evaluation evaluate(Model& model, Task& task, int64_t batches) {
   return result;
 }
 
-// What a checkpoint holds beyond the weights and the optimizer.
-struct TrainerState {
-  int64_t step = 0;          // completed steps
-  double seconds = 0;        // training time so far
-  int64_t tokens = 0;        // tokens trained on so far
-  nlohmann::json last_eval = nlohmann::json::object();  // the latest evaluation; {} before the first
-};
-
 void save_checkpoint(const std::string& folder, const Model& model, const Optimizer& optimizer,
                      const TrainerState& state) {
   const std::map<std::string, std::string> metadata{{"format", "pt"}, {"step", std::to_string(state.step)}};
   write_safetensors(folder + "/model.safetensors", model.parameters().to_stored(), metadata);
   write_safetensors(folder + "/optimizer.safetensors", optimizer.state(), metadata);
   // The commit point: a checkpoint is whole once trainer_state.json names its step.
-  nlohmann::json json{{"step", state.step}, {"seconds", state.seconds}, {"tokens", state.tokens},
+  nlohmann::json json{{"step", state.step},
+                      {"seconds", state.seconds},
+                      {"tokens", state.tokens},
+                      {"last_train_loss", state.last_train_loss},  // NaN is written as null
                       {"last_eval", state.last_eval}};
   write_file_atomic(folder + "/trainer_state.json", json.dump(2) + "\n");
 }
 
 int64_t metadata_step(const SafetensorsFile& file) {
   auto found = file.metadata.find("step");
-  return found == file.metadata.end() ? -1 : std::stoll(found->second);
+  if (found == file.metadata.end()) return -1;
+  char* end = nullptr;
+  const long long step = std::strtoll(found->second.c_str(), &end, 10);
+  return end != found->second.c_str() && *end == '\0' ? step : -1;  // -1: absent or not a number
 }
 
-TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer) {
-  const std::string state_path = folder + "/trainer_state.json";
-  if (!std::filesystem::exists(state_path)) {
-    throw std::runtime_error("--resume: " + state_path + " not found; is " + folder + " the folder of a run?");
-  }
-  const nlohmann::json json = nlohmann::json::parse(read_file(state_path));
-  TrainerState state;
-  state.step = json.at("step").get<int64_t>();
-  state.seconds = json.at("seconds").get<double>();
-  state.tokens = json.at("tokens").get<int64_t>();
-  state.last_eval = json.at("last_eval");
-  if (state.last_eval.is_null()) state.last_eval = nlohmann::json::object();  // written before the first evaluation
-  const SafetensorsFile weights = read_safetensors(folder + "/model.safetensors");
-  const SafetensorsFile moments = read_safetensors(folder + "/optimizer.safetensors");
-  if (metadata_step(weights) != state.step || metadata_step(moments) != state.step) {
-    throw std::runtime_error("--resume: the checkpoint files in " + folder + " disagree (trainer_state.json at step " +
-                             std::to_string(state.step) + ", model.safetensors at " +
-                             std::to_string(metadata_step(weights)) + ", optimizer.safetensors at " +
-                             std::to_string(metadata_step(moments)) + ")");
-  }
-  const Device device = model.device();
-  model.to(Device::cpu);
-  model.parameters().load(weights);
-  model.to(device);
-  optimizer.load_state(moments, model.parameters());
-  return state;
-}
-
-// Keeps the metrics.jsonl lines of steps <= step (a resumed run rewrites what came after its checkpoint).
+// Keeps the metrics.jsonl lines of steps <= step (a resumed run rewrites what came after its checkpoint),
+// up to a line cut by a crash.
 void truncate_metrics(const std::string& path, int64_t step) {
   if (!std::filesystem::exists(path)) return;
   std::ifstream in(path);
   std::string line, kept;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
-    if (nlohmann::json::parse(line).at("step").get<int64_t>() <= step) kept += line + "\n";
+    const nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
+    if (entry.is_discarded() || !entry.is_object() || !entry.contains("step") || !entry["step"].is_number()) break;
+    if (entry["step"].get<int64_t>() <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
-}
-
-// The optimizer `name` (the [optimizer] table's name), over the model's parameters.
-std::unique_ptr<Optimizer> build_optimizer(const std::string& name, const ConfigTable& table,
-                                           ParameterStore& parameters) {
-  if (!optimizer_registry().contains(name)) {
-    table.fail("name", "unknown optimizer \"" + name + "\"; valid: " + optimizer_registry().names());
-  }
-  std::unique_ptr<Optimizer> optimizer = optimizer_registry().get(name)(table, parameters);
-  table.reject_unknown_keys();
-  return optimizer;
 }
 
 LearningRateSchedule schedule_of(const TrainingSettings& settings) {
@@ -259,7 +222,7 @@ StepRecord training_step(int64_t step, uint64_t seed, const TrainingSettings& se
   StepRecord record;
   record.loss = language_model_loss(output, batch.targets, true);
   if (!std::isfinite(record.loss.loss)) {
-    throw std::runtime_error("the loss is " + std::to_string(record.loss.loss) + " at step " + std::to_string(step) +
+    throw std::runtime_error(fmt::format("the loss is {:.6g} at step {}", record.loss.loss, step + 1) +
                              ": training diverged (lower training.learning_rate or set training.grad_clip)");
   }
   model.parameters().zero_grad();
@@ -338,10 +301,10 @@ bool evaluate_step(Model& model, Task& task, const TrainingSettings& settings, T
 
 // What summary.json gets: the final figures, the totals, and the routing of the trained model measured on
 // the eval batches.
-nlohmann::json training_summary(const TrainerState& state, double last_train_loss, bool stopped_early,
+nlohmann::json training_summary(const TrainerState& state, bool stopped_early,
                                 const TrainingSettings& settings, Model& model, Task& task) {
   nlohmann::json summary;
-  summary["final"] = {{"train_loss", last_train_loss},
+  summary["final"] = {{"train_loss", state.last_train_loss},
                       {"eval_loss", state.last_eval.value("eval_loss", NAN)},
                       {"eval_accuracy", state.last_eval.value("eval_accuracy", NAN)}};
   summary["steps"] = state.step;
@@ -364,20 +327,75 @@ void put_routing(nlohmann::json& object, const std::vector<RoutingStats>& routin
   average.put(object);
 }
 
-TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, const std::string& folder, bool resume) {
-  const TrainingSettings settings = read_training_settings(experiment.table("training"));
-  const ConfigTable& optimizer_table = experiment.table("optimizer");
-  const std::string optimizer_name = optimizer_table.get_string("name", "adamw");
-  std::unique_ptr<Optimizer> optimizer = build_optimizer(optimizer_name, optimizer_table, model.parameters());
-  experiment.table("training").reject_unknown_keys();
+TrainingSetup prepare_training(const Experiment& experiment, ParameterStore& parameters) {
+  TrainingSetup setup;
+  const ConfigTable& training = experiment.table("training");
+  setup.settings = read_training_settings(training);
+  training.reject_unknown_keys();
+  const ConfigTable& table = experiment.table("optimizer");
+  setup.optimizer_name = table.get_string("name", "adamw");
+  if (!optimizer_registry().contains(setup.optimizer_name)) {
+    table.fail("name", "unknown optimizer \"" + setup.optimizer_name + "\"; valid: " + optimizer_registry().names());
+  }
+  setup.optimizer = optimizer_registry().get(setup.optimizer_name)(table, parameters);
+  table.reject_unknown_keys();
+  return setup;
+}
+
+TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer) {
+  const std::string state_path = folder + "/trainer_state.json";
+  if (!std::filesystem::exists(state_path)) {
+    throw FileError("--resume: " + state_path + " not found; is " + folder + " the folder of a run?");
+  }
+  const nlohmann::json json = read_json_file(state_path);
+  TrainerState state;
+  try {
+    state.step = json.at("step").get<int64_t>();
+    state.seconds = json.at("seconds").get<double>();
+    state.tokens = json.at("tokens").get<int64_t>();
+    // Written since the summary of a resumed run that trains no further needs it; null is NaN.
+    if (json.contains("last_train_loss") && json["last_train_loss"].is_number()) {
+      state.last_train_loss = json["last_train_loss"].get<double>();
+    }
+    state.last_eval = json.at("last_eval");
+  } catch (const nlohmann::json::exception& error) {
+    throw FileError(state_path + ": expected step, seconds, tokens and last_eval as a run writes them (" +
+                    error.what() + ")");
+  }
+  if (state.last_eval.is_null()) state.last_eval = nlohmann::json::object();  // written before the first evaluation
+  if (!state.last_eval.is_object()) throw FileError(state_path + ": expected last_eval to be an object or null");
+  const SafetensorsFile weights = read_safetensors(folder + "/model.safetensors");
+  const SafetensorsFile moments = read_safetensors(folder + "/optimizer.safetensors");
+  if (metadata_step(weights) != state.step || metadata_step(moments) != state.step) {
+    throw FileError("--resume: the checkpoint files in " + folder + " disagree (trainer_state.json at step " +
+                    std::to_string(state.step) + ", model.safetensors at " + std::to_string(metadata_step(weights)) +
+                    ", optimizer.safetensors at " + std::to_string(metadata_step(moments)) + ")");
+  }
+  const Device device = model.device();
+  model.to(Device::cpu);
+  model.parameters().load(weights);
+  model.to(device);
+  optimizer.load_state(moments, model.parameters());
+  return state;
+}
+
+TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, TrainingSetup& setup,
+                      const std::string& folder, const TrainerState* resumed) {
+  const TrainingSettings& settings = setup.settings;
+  Optimizer& optimizer = *setup.optimizer;
   const LearningRateSchedule schedule = schedule_of(settings);
 
   TrainerState state;
   const std::string metrics_path = folder + "/metrics.jsonl";
-  if (resume) {
-    state = load_checkpoint(folder, model, *optimizer);
+  if (resumed) {
+    state = *resumed;
     truncate_metrics(metrics_path, state.step);
-    spdlog::info("resuming from step {} of {}", state.step, settings.steps);
+    if (state.step >= settings.steps) {
+      spdlog::info("the checkpoint is at step {}, training.steps = {}: nothing left to train", state.step,
+                   settings.steps);
+    } else {
+      spdlog::info("resuming from step {} of {}", state.step, settings.steps);
+    }
   } else {
     write_file_atomic(metrics_path, "");
   }
@@ -386,17 +404,16 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
   interrupt_requested = false;
   auto previous_handler = std::signal(SIGINT, on_interrupt);
   spdlog::info("training {} steps with {} (lr {}, {} schedule, warmup {}), eval every {} steps on {} batches",
-               settings.steps, optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
+               settings.steps, setup.optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
                settings.eval_every, settings.eval_batches);
 
   LogWindow window;
-  double last_train_loss = NAN;
   bool interrupted = false, stopped_early = false;
   double chart_seconds = 0;  // spent redrawing the charts in this process
 
   while (state.step < settings.steps) {
     const StepRecord record =
-        training_step(state.step, experiment.run.seed, settings, schedule, model, task, *optimizer);
+        training_step(state.step, experiment.run.seed, settings, schedule, model, task, optimizer);
     state.step += 1;
     state.seconds += record.seconds;
     state.tokens += record.tokens;
@@ -408,7 +425,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
     interrupted = interrupt_requested.load();
     nlohmann::json entry;
     if (log_now || interrupted) {
-      last_train_loss = window.mean_loss();
+      state.last_train_loss = window.mean_loss();
       entry = window.close(state, settings.steps, record.learning_rate);
     }
     if (evaluate_now) stopped_early = evaluate_step(model, task, settings, state, entry);
@@ -420,7 +437,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
       write_progress_charts(folder);
       chart_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
-    if (evaluate_now || interrupted || stopped_early) save_checkpoint(folder, model, *optimizer, state);
+    if (evaluate_now || interrupted || stopped_early) save_checkpoint(folder, model, optimizer, state);
     if (interrupted) {
       spdlog::warn("interrupted at step {}: checkpoint saved in {}; continue with --resume --out {}", state.step,
                    folder, folder);
@@ -436,7 +453,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, co
 
   TrainingOutcome outcome;
   outcome.interrupted = interrupted;
-  outcome.summary = training_summary(state, last_train_loss, stopped_early, settings, model, task);
+  outcome.summary = training_summary(state, stopped_early, settings, model, task);
   return outcome;
 }
 

@@ -1,12 +1,15 @@
 // Training a model on a task: the loop, evaluation, metrics, checkpoints and resuming.
 #pragma once
 
+#include <cmath>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "blocks/model.h"
 #include "experiments/experiment.h"
+#include "experiments/optimizer.h"
 #include "experiments/task.h"
 
 namespace mr1 {
@@ -27,15 +30,39 @@ struct TrainingSettings {
 
 TrainingSettings read_training_settings(const ConfigTable& table);
 
+// What a checkpoint holds beyond the weights and the optimizer (trainer_state.json).
+struct TrainerState {
+  int64_t step = 0;          // completed steps
+  double seconds = 0;        // training time so far
+  int64_t tokens = 0;        // tokens trained on so far
+  double last_train_loss = NAN;  // the mean train loss of the last logging window; NaN before the first
+  nlohmann::json last_eval = nlohmann::json::object();  // the latest evaluation; {} before the first
+};
+
+// What training reads before its first step: [training], and the [optimizer] over `parameters`. Every
+// error in those two tables surfaces here, so a run can check them before it makes its folder.
+struct TrainingSetup {
+  TrainingSettings settings;
+  std::string optimizer_name;
+  std::unique_ptr<Optimizer> optimizer;
+};
+TrainingSetup prepare_training(const Experiment& experiment, ParameterStore& parameters);
+
+// Loads the checkpoint of the run in `folder` into `model` (on its device) and `optimizer`, and returns
+// its state. A folder without a checkpoint, or with damaged or disagreeing files, is a FileError.
+TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer);
+
 struct TrainingOutcome {
   nlohmann::json summary;   // what summary.json gets
   bool interrupted = false; // Ctrl-C: a checkpoint was saved, resume with --resume
 };
 
-// Trains `model` (already initialised and on its device) on `task`, writing metrics.jsonl, checkpoints
-// (model.safetensors, optimizer.safetensors, trainer_state.json, each written atomically) into `folder`.
-// With resume, continues exactly from the checkpoint in `folder`.
-TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, const std::string& folder, bool resume);
+// Trains `model` (already initialised and on its device) on `task` with `setup`, writing metrics.jsonl
+// and checkpoints (model.safetensors, optimizer.safetensors, trainer_state.json, each written atomically)
+// into `folder`. With `resumed` (the state load_checkpoint returned, the model and optimizer loaded),
+// continues exactly from that checkpoint.
+TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, TrainingSetup& setup,
+                      const std::string& folder, const TrainerState* resumed);
 
 // The metrics of one MoE layer's routing, averaged over steps: load per expert, its coefficient of
 // variation, MaxVio (max load / mean load − 1), drop rate, normalised entropy, aux and z losses.

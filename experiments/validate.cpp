@@ -928,11 +928,6 @@ top_k = 2
 }
 
 int command_validate(const CommandLine& line) {
-  const std::string reason = cuda::unavailable_reason();
-  if (!reason.empty()) {
-    spdlog::error("validate: no GPU: {}", reason);
-    return 3;
-  }
   if (line.positional.size() > 1) throw UsageError("validate: unexpected argument '" + line.positional[1] + "'");
 
   // The model cases: the file's model (or the built-in one) and, when it has MoE layers, the same model
@@ -967,6 +962,12 @@ int command_validate(const CommandLine& line) {
     }
     dense.label += " moe->mlp";
     if (has_moe) models.push_back(dense);
+  }
+  // After the file's checks, so that a wrong file is reported as such on any machine.
+  const std::string reason = cuda::unavailable_reason();
+  if (!reason.empty()) {
+    spdlog::error("validate: no GPU: {}", reason);
+    return 3;
   }
   cuda::set_tf32(false);  // exact float32 GEMMs: the tolerances below assume them
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <sstream>
 
 namespace mr1 {
@@ -125,6 +126,33 @@ std::string quote_toml_string(const std::string& value) {
 }
 
 }  // namespace
+
+namespace {
+
+void flatten_into(const toml::table& table, const std::string& prefix, std::map<std::string, const toml::node*>& out) {
+  for (auto&& [key, node] : table) {
+    const std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+    if (const toml::table* inner = node.as_table()) {
+      flatten_into(*inner, path, out);
+    } else {
+      out[path] = &node;
+    }
+  }
+}
+
+}  // namespace
+
+std::map<std::string, const toml::node*> flatten_toml(const toml::table& table) {
+  std::map<std::string, const toml::node*> out;
+  flatten_into(table, "", out);
+  return out;
+}
+
+std::map<std::string, std::string> flatten_toml_text(const toml::table& table) {
+  std::map<std::string, std::string> out;
+  for (const auto& [key, node] : flatten_toml(table)) out[key] = render_toml_value(*node);
+  return out;
+}
 
 std::string toml_key(const std::string& key) {
   const bool bare = !key.empty() && std::all_of(key.begin(), key.end(), [](unsigned char c) {
@@ -262,6 +290,7 @@ double ConfigTable::get_double(const std::string& key, double fallback) const {
   if (const toml::node* node = lookup(key)) {
     if (!node->is_number()) fail(key, "expected a number, found " + type_name(*node) + " " + render(*node));
     result = *node->value<double>();
+    if (!std::isfinite(result)) fail(key, "expected a finite number, found " + render(*node));
   }
   record_node(key, toml::value<double>(result));
   return result;
@@ -314,6 +343,10 @@ void ConfigTable::record_resolved(const std::string& key, int64_t value) const {
   record_node(key, toml::value<int64_t>(value));
 }
 
+void ConfigTable::record_resolved(const std::string& key, const std::string& value) const {
+  record_node(key, toml::value<std::string>(value));
+}
+
 void ConfigTable::record_node(const std::string& key, const toml::node& value) const {
   if (!effective_) return;
   toml::table* table = effective_.get();
@@ -349,6 +382,7 @@ void ConfigTable::reject_unknown_keys() const {
 }
 
 ExperimentFile ExperimentFile::load(const std::string& path) {
+  if (std::filesystem::is_directory(path)) throw ConfigError(path + ": is a folder; expected an experiment file (.toml)");
   try {
     ExperimentFile file;
     file.file_ = path;

@@ -32,6 +32,10 @@ std::string type_name(const toml::node& node);
 // A value as TOML text: strings quoted and escaped, floats that read back exactly (3e-3 -> 0.003, not
 // 0.0030000000000000001), arrays "[a, b]", inline tables "{ k = v }".
 std::string render_toml_value(const toml::node& node);
+// Every value of `table` (and of its sub-tables) by its dotted key, "model.d_state", in key order.
+std::map<std::string, const toml::node*> flatten_toml(const toml::table& table);
+// flatten_toml with each value as render_toml_value writes it.
+std::map<std::string, std::string> flatten_toml_text(const toml::table& table);
 // A key as TOML writes it: bare when it can be, else quoted.
 std::string toml_key(const std::string& key);
 // A table as a TOML document: its values, then each sub-table as a [path] section, values rendered as
@@ -79,6 +83,9 @@ class ConfigTable {
   // Records `value` as the effective value of `key`, for a setting given by name that resolves to a
   // number (dt_rank = "auto" is ceil(dim / 16)): effective_toml then holds the number used.
   void record_resolved(const std::string& key, int64_t value) const;
+  // The same for a string setting resolved to another text (a path relative to the file's folder,
+  // recorded as the absolute path it named, so that effective.toml runs from anywhere).
+  void record_resolved(const std::string& key, const std::string& value) const;
 
   // Throws ConfigError for the first key of this table that no get_* asked for, listing the keys that were.
   void reject_unknown_keys() const;

@@ -49,6 +49,10 @@ std::map<int64_t, BlockOverrides> read_block_overrides(const ConfigTable& model,
   for (const std::string& key : layers.keys()) {
     const bool digits = !key.empty() && key.size() <= 9 && key.find_first_not_of("0123456789") == std::string::npos;
     if (!digits) layers.fail(key, "expected a block number; " + numbers);
+    // One spelling per block: "01" would be a second table for block 1, one of which would go unread.
+    if (key.size() > 1 && key[0] == '0') {
+      layers.fail(key, "expected a block number without leading zeros (" + std::to_string(std::stoll(key)) + ")");
+    }
     const int64_t i = std::stoll(key);
     if (i >= blocks) layers.fail(key, "no such block: " + numbers);
     const ConfigTable block = layers.table(key);
@@ -125,8 +129,13 @@ ModelConfig read_model_config(const ConfigTable& table) {
   config.norm = table.get_string("norm", config.norm);
   check_registered(table, "norm", norm_registry(), config.norm);
   config.positional = table.get_string_list("positional", config.positional);
-  for (const std::string& kind : config.positional) {
+  for (size_t k = 0; k < config.positional.size(); ++k) {
+    const std::string& kind = config.positional[k];
     check_registered(table, "positional", positional_registry(), kind);
+    if (std::find(config.positional.begin(), config.positional.begin() + static_cast<std::ptrdiff_t>(k), kind) !=
+        config.positional.begin() + static_cast<std::ptrdiff_t>(k)) {
+      table.fail("positional", "\"" + kind + "\" is listed twice; each encoding is applied once");
+    }
     if (kind == "rotary" && config.dim % 2 != 0) {
       table.fail("positional", "rotary needs an even dim, but dim is " + std::to_string(config.dim));
     }

@@ -37,8 +37,8 @@ void register_routers() {
                "sees the whole batch, so it leaks the future in causal LM training", make<ExpertChoiceRouter>());
   registry.add("hash", "fixed hash of the token id (of the position for embedding input) picks the expert, gate 1, "
                "nothing learned (Hash Layers, Roller et al. 2021)", make<HashRouter>());
-  registry.add("random", "a uniformly random expert per token, re-drawn each training step (fixed per position at "
-               "evaluation), gate 1: the baseline", make<RandomRouter>());
+  registry.add("random", "a uniformly random expert per token, re-drawn each training step (fixed per sequence row "
+               "and position at evaluation), gate 1: the baseline", make<RandomRouter>());
   registry.add("sinkhorn", "top-1 on a Sinkhorn-balanced assignment in training (iterations), arg-max at "
                "evaluation, gate softmax or sigmoid (gate) (BASE layers, S-BASE, BlackMamba)", make<SinkhornRouter>());
   registry.add("aux_free", "DeepSeek-V3 aux-loss-free balancing: sigmoid scores, top-k (top_k, default 2) on scores + "

@@ -98,6 +98,31 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
   CHECK_THROWS_WITH(load_text("[router]\naux_loss_coef = -1.0\n"), Contains("router.aux_loss_coef"));
 }
 
+TEST_CASE("a number that is not finite is refused wherever a number is read", "[config]") {
+  CHECK_THROWS_WITH(load_text("[router]\ncapacity_factor = nan\n"),
+                    Contains(":2: router.capacity_factor: expected a finite number, found nan"));
+  CHECK_THROWS_WITH(load_text("[router]\nz_loss_coef = -inf\n"), Contains("router.z_loss_coef: expected a finite number"));
+  CHECK_THROWS_WITH(load_text("[model]\ndim = 8\n", {"router.eval_capacity_factor=inf"}),
+                    StartsWith("--set router.eval_capacity_factor=inf: router.eval_capacity_factor: expected a finite"));
+  CHECK(load_text("[router]\ncapacity_factor = 1e300\n").router.capacity_factor == 1e300);  // finite: taken
+}
+
+TEST_CASE("an experiment file that is a folder, a block number with a leading zero, an encoding listed twice and "
+          "an output name with a '/' are refused", "[config]") {
+  const std::string folder = std::filesystem::temp_directory_path() / ("mamba_r1_config_dir_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(folder);
+  CHECK_THROWS_WITH(load_experiment(folder, {}), Contains(folder + ": is a folder; expected an experiment file"));
+  std::filesystem::remove_all(folder);
+  const std::string model = "[model]\ndim = 8\ndepth = 2\norder = [\"mamba\", \"moe\"]\n";
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.1]\nnum_experts = 3\n[model.layers.01]\nnum_experts = 5\n"),
+                    Contains("model.layers.01: expected a block number without leading zeros (1)"));
+  CHECK(load_text(model + "[model.layers.0]\nd_state = 3\n").model.layers.at(0).d_state == 3);
+  CHECK_THROWS_WITH(load_text(model + "positional = [\"learned\", \"rotary\", \"learned\"]\n"),
+                    Contains("model.positional: \"learned\" is listed twice"));
+  CHECK_THROWS_WITH(load_text(model, {"output.name=\"../x\""}), Contains("output.name: expected a folder name"));
+  CHECK_THROWS_WITH(load_text(model, {"output.name=\"\""}), Contains("output.name: expected a folder name"));
+}
+
 TEST_CASE("an error about a value given by --set names the assignment, not a line of the file", "[config]") {
   // The file's [router] table is at line 3; the bad key and value come from the command line.
   const std::string text = "[model]\ndim = 8\n[router]\nname = \"switch\"\n";

@@ -156,6 +156,16 @@ class InterruptingTask : public Task {
   int64_t at_;
 };
 
+// train() as run_experiment calls it: the setup read from the experiment and, with resume, the
+// checkpoint in `folder` loaded first.
+TrainingOutcome train_in(const Experiment& experiment, Model& model, Task& task, const std::string& folder,
+                         bool resume) {
+  TrainingSetup setup = prepare_training(experiment, model.parameters());
+  if (!resume) return train(experiment, model, task, setup, folder, nullptr);
+  const TrainerState state = load_checkpoint(folder, model, *setup.optimizer);
+  return train(experiment, model, task, setup, folder, &state);
+}
+
 std::vector<nlohmann::json> read_metrics(const std::string& folder) {
   std::vector<nlohmann::json> lines;
   std::ifstream in(folder + "/metrics.jsonl");
@@ -170,7 +180,7 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
   const Experiment experiment = training_experiment(folder);
   BuiltExperiment built = build_experiment(experiment);
   built.model->initialize(0);
-  const TrainingOutcome outcome = train(experiment, *built.model, *built.task, folder, false);
+  const TrainingOutcome outcome = train_in(experiment, *built.model, *built.task, folder, false);
   const nlohmann::json& summary = outcome.summary;
   CHECK(summary["steps"] == 12);
   CHECK(std::isfinite(summary["final"]["train_loss"].get<double>()));
@@ -205,14 +215,14 @@ TEST_CASE("an interruption before the first evaluation ends with a summary witho
   BuiltExperiment built = build_experiment(experiment);
   built.model->initialize(0);
   InterruptingTask interrupting(std::move(built.task), 1);  // evaluations come at steps 6 and 12
-  const TrainingOutcome stopped = train(experiment, *built.model, interrupting, folder, false);
+  const TrainingOutcome stopped = train_in(experiment, *built.model, interrupting, folder, false);
   CHECK(stopped.interrupted);
   CHECK(stopped.summary["steps"] == 2);
   CHECK(std::isfinite(stopped.summary["final"]["train_loss"].get<double>()));
   CHECK(std::isnan(stopped.summary["final"]["eval_loss"].get<double>()));
   // --resume reads the checkpoint, saved before any evaluation, and finishes the run.
   BuiltExperiment again = build_experiment(experiment);
-  const TrainingOutcome resumed = train(experiment, *again.model, *again.task, folder, true);
+  const TrainingOutcome resumed = train_in(experiment, *again.model, *again.task, folder, true);
   CHECK(resumed.summary["steps"] == 12);
   CHECK(std::isfinite(resumed.summary["final"]["eval_loss"].get<double>()));
   std::filesystem::remove_all(folder);
@@ -224,18 +234,18 @@ TEST_CASE("resuming after an interruption ends exactly where an uninterrupted ru
 
   BuiltExperiment uninterrupted = build_experiment(experiment);
   uninterrupted.model->initialize(0);
-  const TrainingOutcome reference = train(experiment, *uninterrupted.model, *uninterrupted.task, whole, false);
+  const TrainingOutcome reference = train_in(experiment, *uninterrupted.model, *uninterrupted.task, whole, false);
 
   BuiltExperiment first = build_experiment(experiment);
   first.model->initialize(0);
   InterruptingTask interrupting(std::move(first.task), 7);
-  const TrainingOutcome stopped = train(experiment, *first.model, interrupting, parts, false);
+  const TrainingOutcome stopped = train_in(experiment, *first.model, interrupting, parts, false);
   CHECK(stopped.interrupted);
   CHECK(stopped.summary["steps"] == 8);  // the step in progress finishes, then the checkpoint is saved
 
   BuiltExperiment second = build_experiment(experiment);
   second.model->initialize(123);  // overwritten by the checkpoint
-  const TrainingOutcome resumed = train(experiment, *second.model, *second.task, parts, true);
+  const TrainingOutcome resumed = train_in(experiment, *second.model, *second.task, parts, true);
   CHECK_FALSE(resumed.interrupted);
   CHECK(resumed.summary["steps"] == 12);
   CHECK(resumed.summary["final"]["train_loss"].get<double>() == reference.summary["final"]["train_loss"].get<double>());
@@ -262,15 +272,56 @@ TEST_CASE("training settings are checked", "[trainer]") {
   write_file_atomic(folder + "/bad.toml", std::string(kTrainingExperiment) + "[optimizer]\nname = \"lion\"\n");
   Experiment experiment = load_experiment(folder + "/bad.toml", {});
   BuiltExperiment built = build_experiment(experiment);
-  CHECK_THROWS_WITH(train(experiment, *built.model, *built.task, folder, false),
+  CHECK_THROWS_WITH(train_in(experiment, *built.model, *built.task, folder, false),
                     Contains("optimizer.name") && Contains("adamw, sgd"));
   Experiment typo = load_experiment(folder + "/bad.toml", {"optimizer.name=adamw", "training.step=3"});
   BuiltExperiment typo_built = build_experiment(typo);
-  CHECK_THROWS_WITH(train(typo, *typo_built.model, *typo_built.task, folder, false),
+  CHECK_THROWS_WITH(train_in(typo, *typo_built.model, *typo_built.task, folder, false),
                     Contains("training.step") && Contains("steps"));
   Experiment valid = load_experiment(folder + "/bad.toml", {"optimizer.name=adamw"});
   BuiltExperiment valid_built = build_experiment(valid);
-  CHECK_THROWS_WITH(train(valid, *valid_built.model, *valid_built.task, folder + "/nowhere", true),
+  CHECK_THROWS_WITH(train_in(valid, *valid_built.model, *valid_built.task, folder + "/nowhere", true),
                     Contains("trainer_state.json") && Contains("not found"));
+  std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("resuming a finished run trains no further and keeps its final figures", "[trainer]") {
+  const std::string folder = temporary_folder("finished");
+  const Experiment experiment = training_experiment(folder);
+  BuiltExperiment built = build_experiment(experiment);
+  built.model->initialize(0);
+  const TrainingOutcome finished = train_in(experiment, *built.model, *built.task, folder, false);
+  BuiltExperiment again = build_experiment(experiment);
+  const TrainingOutcome resumed = train_in(experiment, *again.model, *again.task, folder, true);
+  CHECK(resumed.summary["steps"] == 12);
+  // The train loss of the last logging window comes from the checkpoint: before, it was lost (null).
+  CHECK(resumed.summary["final"]["train_loss"].get<double>() == finished.summary["final"]["train_loss"].get<double>());
+  CHECK(resumed.summary["final"]["eval_loss"].get<double>() == finished.summary["final"]["eval_loss"].get<double>());
+  CHECK(read_metrics(folder).size() == 4);  // the metrics of steps 3, 6, 9 and 12, kept as they were
+  std::filesystem::remove_all(folder);
+}
+
+TEST_CASE("a damaged checkpoint is an error naming its file", "[trainer]") {
+  const std::string folder = temporary_folder("damaged");
+  const Experiment experiment = training_experiment(folder);
+  BuiltExperiment built = build_experiment(experiment);
+  built.model->initialize(0);
+  train_in(experiment, *built.model, *built.task, folder, false);
+  TrainingSetup setup = prepare_training(experiment, built.model->parameters());
+  const std::string state = folder + "/trainer_state.json";
+  const std::string good = read_file(state);
+  write_file_atomic(state, "{\"step\": 12,");
+  CHECK_THROWS_AS(load_checkpoint(folder, *built.model, *setup.optimizer), FileError);
+  CHECK_THROWS_WITH(load_checkpoint(folder, *built.model, *setup.optimizer), Contains(state + ": not valid JSON"));
+  write_file_atomic(state, "{\"step\": \"twelve\", \"seconds\": 1, \"tokens\": 8, \"last_eval\": null}");
+  CHECK_THROWS_WITH(load_checkpoint(folder, *built.model, *setup.optimizer),
+                    Contains(state + ": expected step, seconds, tokens and last_eval"));
+  nlohmann::json earlier = nlohmann::json::parse(good);
+  earlier["step"] = 6;  // the weights and moments say 12
+  write_file_atomic(state, earlier.dump());
+  CHECK_THROWS_WITH(load_checkpoint(folder, *built.model, *setup.optimizer),
+                    Contains("disagree (trainer_state.json at step 6, model.safetensors at 12"));
+  write_file_atomic(state, good);
+  CHECK(load_checkpoint(folder, *built.model, *setup.optimizer).step == 12);
   std::filesystem::remove_all(folder);
 }

@@ -103,5 +103,42 @@ expect "compare needs two runs" 2 "compare needs two or more run folders" -- "$B
 expect "compare names a folder that is not a run" 2 "nowhere: not a run folder" -- \
   "$BIN" compare "$WORK/seed0" "$WORK/nowhere"
 
+# Run folders: nothing of an earlier run is written over or lost.
+expect "a new run into a run's folder is refused" 2 "seed0 already holds a run \(config.toml\); continue it with --resume" -- \
+  "$BIN" run "$quick" "${short[@]}" --out "$WORK/seed0"
+expect "compare into a run's folder is refused" 2 "seed0 holds a run or a sweep" -- \
+  "$BIN" compare "$WORK/seed0" "$WORK/seed1" --out "$WORK/seed0"
+# The default folders of this second and the next few are taken (as by runs started just before).
+expect "a run whose default folder is taken gets NAME-TIMESTAMP-2" 0 "^runs/quickstart-[0-9]{8}-[0-9]{6}-2$" -- \
+  bash -c 'mkdir "$1/same" && cd "$1/same" && for i in 0 1 2 3 4 5; do mkdir -p "runs/quickstart-$(date -d "+$i sec" \
+  +%Y%m%d-%H%M%S)"; done; "$0" run "$2" --set training.steps=1 --set training.eval_batches=1 >/dev/null 2>&1 &&
+  ls -d runs/*-2' "$BIN" "$WORK" "$quick"
+cp "$WORK/seed0/config.toml" "$WORK/seed0_config.toml"
+expect "a resume whose checkpoint does not fit the model is refused" 2 "seed0/model.safetensors: parameter" -- \
+  "$BIN" run "$quick" "${short[@]}" --set model.dim=32 --out "$WORK/seed0" --resume
+expect "... and leaves the run's config.toml as it was" 0 "" -- cmp "$WORK/seed0/config.toml" "$WORK/seed0_config.toml"
+expect "a resume of a folder without a run makes nothing" 2 "nothing/trainer_state.json not found" -- \
+  "$BIN" run "$quick" --out "$WORK/nothing" --resume
+expect "... not even the folder" 0 "" -- test ! -e "$WORK/nothing"
+expect "a resume with another router says so" 0 "warning --resume: .*router.name \"switch\" -> \"topk\"" -- \
+  "$BIN" run "$quick" "${short[@]}" --set router.name=topk --out "$WORK/seed1" --resume
+echo "{" >"$WORK/seed1/trainer_state.json"
+expect "a damaged trainer_state.json is named" 2 "seed1/trainer_state.json: not valid JSON" -- \
+  "$BIN" run "$quick" "${short[@]}" --out "$WORK/seed1" --resume
+expect "an unknown log level is a usage error" 2 "--log-level expects debug, info, warn or error" -- \
+  "$BIN" run "$quick" --log-level bogus
+
+# The log goes to stderr; stdout holds the generated text alone.
+text="$ROOT/experiments/tiny_text.toml"
+"$BIN" init "$text" --output "$WORK/text_weights.safetensors" >/dev/null 2>&1
+expect "generate writes only the text to stdout: 5 bytes and a newline" 0 "^ *6$" -- bash -c '"$0" generate "$1" \
+  --weights "$2" --prompt "The " --max-new-tokens 5 --seed 1 2>/dev/null | wc -c' \
+  "$BIN" "$text" "$WORK/text_weights.safetensors"
+
+# effective.toml of a text run names its corpus by an absolute path, so it runs from any folder.
+expect "effective.toml of a text run runs from another folder" 0 "wrote .*/text_again/summary.json" -- \
+  bash -c '"$0" run "$1" --set training.steps=1 --set training.eval_batches=1 --out "$2/text_run" >/dev/null 2>&1 &&
+  cd "$2" && "$0" run text_run/effective.toml --out "$2/text_again"' "$BIN" "$text" "$WORK"
+
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
