@@ -1,5 +1,5 @@
-// Child processes: posix_spawn with the output redirected, waitpid, and a SIGINT handler that only
-// records the signal.
+// Child processes: posix_spawn with the output redirected, waitpid, and a SIGINT and SIGTERM handler
+// that only records the signal.
 #include "experiments/child_process.h"
 
 #include <fcntl.h>
@@ -85,10 +85,14 @@ InterruptGuard::InterruptGuard() {
   action.sa_handler = record_interrupt;
   sigemptyset(&action.sa_mask);
   action.sa_flags = 0;  // no SA_RESTART: waitpid returns with EINTR
-  sigaction(SIGINT, &action, &previous_);
+  sigaction(SIGINT, &action, &previous_interrupt_);
+  sigaction(SIGTERM, &action, &previous_terminate_);
 }
 
-InterruptGuard::~InterruptGuard() { sigaction(SIGINT, &previous_, nullptr); }
+InterruptGuard::~InterruptGuard() {
+  sigaction(SIGINT, &previous_interrupt_, nullptr);
+  sigaction(SIGTERM, &previous_terminate_, nullptr);
+}
 
 bool InterruptGuard::interrupt_received() { return interrupted.load(); }
 

@@ -30,7 +30,7 @@ struct ChildExit {
 // std::runtime_error when there is no child to wait for.
 ChildExit wait_for_child();
 
-// From here until the end of the scope, SIGINT sets interrupt_received() instead of ending the process,
+// From here until the end of the scope, SIGINT (or SIGTERM) sets interrupt_received() instead of ending the process,
 // and interrupts wait_for_child (so the caller can pass it on to the children); the previous handler is
 // restored after.
 class InterruptGuard {
@@ -42,7 +42,8 @@ class InterruptGuard {
   static bool interrupt_received();
 
  private:
-  struct sigaction previous_;
+  struct sigaction previous_interrupt_;
+  struct sigaction previous_terminate_;
 };
 
 // The last line of a run's log that spdlog wrote at level error, without its time and level; empty when none.

@@ -163,12 +163,10 @@ int command_run(const CommandLine& line) {
     throw FileError(out + " already holds a run (" + run_output_in(out) +
                     "); continue it with --resume, or choose another --out");
   }
-  // By default a new folder [output] dir / name-timestamp (numbered when taken) that run_experiment makes.
-  const RunResult result =
-      out.empty() ? run_experiment(experiment, experiment.output.dir + "/" + experiment.output.name + "-" + timestamp(),
-                                   resume, FolderName::new_numbered)
-                  : run_experiment(experiment, out, resume);
-  return result.interrupted ? 130 : 0;
+  if (!out.empty()) return run_experiment(experiment, out, resume).interrupted ? 130 : 0;
+  // By default a new folder [output] dir / name-timestamp, numbered when taken, that run_experiment makes.
+  const std::string stem = experiment.output.dir + "/" + experiment.output.name + "-" + timestamp();
+  return run_experiment(experiment, stem, resume, FolderName::new_numbered).interrupted ? 130 : 0;
 }
 
 namespace {

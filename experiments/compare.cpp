@@ -77,6 +77,7 @@ std::string combination_name(size_t index) {
 
 std::string status_of(const nlohmann::json& summary, const RecordedSettings& settings) {
   if (!summary.is_object()) return "unfinished";
+  if (summary.contains("error")) return "failed";  // its summary.json holds the error alone
   const auto steps = number_at(summary, "/steps");
   const auto planned = settings.values.find("training.steps");
   if (steps && planned != settings.values.end() && !summary.value("stopped_early", false) &&
@@ -304,7 +305,11 @@ int command_compare(const CommandLine& line) {
       write_charts(out, sweep_charts(comparison.axes, comparison.results, "differing"));
   write_file_atomic(out + "/results.csv", results_csv(comparison.axes, comparison.results));
   const std::string over_seeds = results_over_seeds_csv(comparison.axes, comparison.results);  // empty without repeated seeds
-  if (!over_seeds.empty()) write_file_atomic(out + "/results_over_seeds.csv", over_seeds);
+  if (!over_seeds.empty()) {
+    write_file_atomic(out + "/results_over_seeds.csv", over_seeds);
+  } else {
+    std::filesystem::remove(out + "/results_over_seeds.csv");  // one written before over other runs
+  }
   write_file_atomic(out + "/results.md", comparison_markdown(comparison, written));
 
   spdlog::info("compared {} runs; differing settings: {}", comparison.results.size(),

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "experiments/files.h"
 #include "experiments/run_report.h"
@@ -99,38 +100,42 @@ nlohmann::json run_forward_task(const Experiment& experiment, Model& model, Task
   return summary;
 }
 
-// --resume with settings other than those the run started with (its config.toml): the run continues with
-// the new ones, which is what a longer training.steps is for; every other difference is named.
-void report_changed_settings(const std::string& folder, const Experiment& experiment) {
+// The settings a resumed run may change: how long it trains and how it logs, evaluates and stops, and
+// where it runs. Any other change would make it a different experiment halfway.
+bool may_change_on_resume(const std::string& key) {
+  static const std::set<std::string> keys{"training.steps",      "training.log_every",
+                                          "training.eval_every", "training.eval_batches",
+                                          "training.stop_at_eval_accuracy", "run.threads",
+                                          "run.backend",         "run.tf32"};
+  return keys.count(key) != 0 || key.rfind("output.", 0) == 0;
+}
+
+// --resume: the settings that differ from those the run started with (its config.toml), as
+// "key old -> new". A change of any other setting than may_change_on_resume's is refused.
+std::vector<std::string> resumed_setting_changes(const std::string& folder, const Experiment& experiment) {
   const std::string path = folder + "/config.toml";
-  if (!std::filesystem::exists(path)) return;
-  std::map<std::string, std::string> before, after;
-  try {
-    before = flatten_toml_text(ExperimentFile::load(path).root());
-  } catch (const ConfigError& error) {
-    spdlog::warn("--resume: cannot read the run's settings to compare them: {}", error.what());
-    return;
+  if (!std::filesystem::exists(path)) return {};
+  const std::map<std::string, std::string> before = flatten_toml_text(ExperimentFile::load(path).root());
+  const std::map<std::string, std::string> after = flatten_toml_text(experiment.file.root());
+  std::vector<std::string> changes, refused;
+  std::set<std::string> keys;
+  for (const auto& entry : before) keys.insert(entry.first);
+  for (const auto& entry : after) keys.insert(entry.first);
+  for (const std::string& key : keys) {
+    const auto old = before.find(key), now = after.find(key);
+    const std::string was = old == before.end() ? "(not set)" : old->second;
+    const std::string is = now == after.end() ? "(not set)" : now->second;
+    if (was == is) continue;
+    (may_change_on_resume(key) ? changes : refused).push_back(key + " " + was + " -> " + is);
   }
-  after = flatten_toml_text(experiment.file.root());
-  std::vector<std::string> changes;
-  bool only_steps = true;
-  for (const auto& [key, value] : after) {
-    auto old = before.find(key);
-    if (old != before.end() && old->second == value) continue;
-    changes.push_back(key + " " + (old == before.end() ? "(not set)" : old->second) + " -> " + value);
-    only_steps = only_steps && key == "training.steps";
+  if (!refused.empty()) {
+    throw ConfigError("--resume: settings differ from the run's " + path + ": " + join(refused, "; ") +
+                      ". A resumed run continues the same experiment: only training.steps, log_every, eval_every, "
+                      "eval_batches, stop_at_eval_accuracy and [run] threads, backend and tf32 may change; for "
+                      "other settings start a new run with another --out");
   }
-  for (const auto& [key, value] : before) {
-    if (after.count(key) == 0) changes.push_back(key + " " + value + " -> (not set)"), only_steps = false;
-  }
-  if (changes.empty()) return;
-  const std::string message = "--resume: the run continues with settings that differ from its config.toml: " +
-                              join(changes, "; ") + (only_steps ? "" : " (config.toml gets the new settings)");
-  if (only_steps) {
-    spdlog::info("{}", message);
-  } else {
-    spdlog::warn("{}", message);
-  }
+  if (!changes.empty()) spdlog::info("--resume with changed settings: {}", join(changes, "; "));
+  return changes;
 }
 
 }  // namespace
@@ -158,8 +163,9 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   built.model->to(device);
   std::optional<TrainerState> resumed;
   if (resume) {
+    const std::vector<std::string> changes = resumed_setting_changes(given_folder, experiment);
     resumed = load_checkpoint(given_folder, *built.model, *training->optimizer);
-    report_changed_settings(given_folder, experiment);
+    resumed->resumes.push_back({{"step", resumed->step}, {"changed", changes}});
   }
   std::string folder = given_folder;
   if (naming == FolderName::new_numbered) {
@@ -171,15 +177,24 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   spdlog::info("task: {}", built.task->describe());
   log_model(experiment, *built.model);
   write_file_atomic(folder + "/config.toml", experiment.file.to_toml() + "\n");
+  // Every setting has been read by now: a run that fails or is killed keeps its effective.toml too.
+  write_file_atomic(folder + "/effective.toml", experiment.file.effective_toml() + "\n");
 
   RunResult result;
-  if (!training) {
-    result.summary = run_forward_task(experiment, *built.model, *built.task);
-  } else {
-    TrainingOutcome outcome =
-        train(experiment, *built.model, *built.task, *training, folder, resumed ? &*resumed : nullptr);
-    result.summary = outcome.summary;
-    result.interrupted = outcome.interrupted;
+  try {
+    if (!training) {
+      result.summary = run_forward_task(experiment, *built.model, *built.task);
+    } else {
+      TrainingOutcome outcome =
+          train(experiment, *built.model, *built.task, *training, folder, resumed ? &*resumed : nullptr);
+      result.summary = outcome.summary;
+      result.interrupted = outcome.interrupted;
+    }
+  } catch (const std::exception& error) {
+    // A failed run (a diverged loss, a device error) says so in its folder, for compare and for people.
+    nlohmann::json failed{{"error", error.what()}, {"experiment", experiment.file.file()}};
+    write_file_atomic(folder + "/summary.json", failed.dump(2) + "\n");
+    throw;
   }
   nlohmann::json& summary = result.summary;
   summary["experiment"] = experiment.file.file();

@@ -326,6 +326,20 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
     out << "; stopped early: eval accuracy reached training.stop_at_eval_accuracy";
   }
   out << ".\n\n";
+  // Each --resume, and what it changed (the schedule follows a changed training.steps from there on).
+  if (summary.is_object() && summary.contains("resumes") && summary["resumes"].is_array()) {
+    for (const nlohmann::json& resume : summary["resumes"]) {
+      std::vector<std::string> changed;
+      if (resume.contains("changed") && resume["changed"].is_array()) {
+        for (const nlohmann::json& change : resume["changed"]) {
+          if (change.is_string()) changed.push_back("`" + change.get<std::string>() + "`");
+        }
+      }
+      out << "Resumed at step " << resume.value("step", int64_t{0})
+          << (changed.empty() ? std::string(" with the same settings") : " with " + join(changed, ", ")) << ".\n";
+    }
+    if (!summary["resumes"].empty()) out << "\n";
+  }
 
   // Train accuracy is not in summary.json: the last logging window's, from the metrics lines.
   std::string train_accuracy = "–";
@@ -336,6 +350,11 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
       << " |\n"
       << "| eval (last evaluation) | " << figure(summary, "/final/eval_loss", 4) << " | "
       << figure(summary, "/final/eval_accuracy", 3) << " |\n";
+  // The losses include the MoE layers' aux losses; the cross-entropy alone compares across routers.
+  if (number_at(summary, "/final/eval_cross_entropy") && number_at(summary, "/routing_overall/aux_loss")) {
+    out << "| eval cross-entropy alone (without the aux losses) | "
+        << figure(summary, "/final/eval_cross_entropy", 4) << " | |\n";
+  }
 
   write_routing_section(out, summary, "Routing at the end (eval batches)");
   write_chart_links(out, charts);
@@ -398,7 +417,10 @@ std::vector<std::string> write_charts(const std::string& folder,
                                       const std::vector<std::pair<std::string, std::string>>& charts) {
   std::vector<std::string> written;
   for (const auto& [file, svg] : charts) {
-    if (svg.empty()) continue;
+    if (svg.empty()) {
+      std::filesystem::remove(folder + "/" + file);
+      continue;
+    }
     write_file_atomic(folder + "/" + file, svg);
     written.push_back(file);
   }

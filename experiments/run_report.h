@@ -68,7 +68,8 @@ std::string forward_report_markdown(const std::string& name, const nlohmann::jso
 std::string chart_image(const std::string& file);
 
 // Writes each (file name, SVG) of `charts` that has something to draw (a non-empty SVG) into the folder,
-// each to a temporary file renamed into place; returns the names written.
+// each to a temporary file renamed into place, and removes an earlier file of a chart with nothing to
+// draw (a comparison written again over other runs); returns the names written.
 std::vector<std::string> write_charts(const std::string& folder,
                                       const std::vector<std::pair<std::string, std::string>>& charts);
 

@@ -140,6 +140,12 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
   });
   std::vector<SweepAxis> axes;
   for (const auto& [path, entry] : ordered) {
+    // A --set (or --seed) of a swept key would be overridden in every run: say so instead of ignoring it.
+    const auto set = file.assignments().find(path);
+    if (set != file.assignments().end()) {
+      throw ConfigError("--set " + set->second + ": the sweep lists " + path + ", whose values replace it in " +
+                        "every run; set the list instead, for example --set 'sweep.\"" + path + "\"=[...]'");
+    }
     SweepAxis axis;
     axis.key = path;
     axis.repeats = path == "run.seed";
@@ -219,6 +225,7 @@ struct ResultColumn {
 const std::vector<ResultColumn>& result_columns() {
   static const std::vector<ResultColumn> columns{
       {"eval loss", "eval_loss", "/final/eval_loss", Format::fixed, 4},
+      {"eval CE", "eval_cross_entropy", "/final/eval_cross_entropy", Format::fixed, 4},
       {"eval acc", "eval_accuracy", "/final/eval_accuracy", Format::fixed, 3},
       {"train loss", "train_loss", "/final/train_loss", Format::fixed, 4},
       {"tokens/s", "tokens_per_second", "/tokens_per_second", Format::grouped, 0},
@@ -263,6 +270,7 @@ std::string markdown_cell(const std::string& text) {
 // "forward": forward_seconds), which time forward passes and route their input without training.
 struct RunKinds {
   bool trained = false, forward = false;
+  bool cross_entropy = false;  // some summary has final.eval_cross_entropy (runs of earlier versions lack it)
   bool forward_only() const { return forward && !trained; }
   // What a figure means: `training`'s meaning, `forward_pass`'s when every run is forward-only, both
   // when the runs are mixed (once when they are the same).
@@ -278,6 +286,7 @@ RunKinds run_kinds(const std::vector<SweepResult>& results) {
     if (!result.summary.is_object()) continue;
     kinds.trained = kinds.trained || result.summary.contains("steps");
     kinds.forward = kinds.forward || result.summary.contains("forward_seconds");
+    kinds.cross_entropy = kinds.cross_entropy || number_at(result.summary, "/final/eval_cross_entropy").has_value();
   }
   return kinds;
 }
@@ -296,27 +305,29 @@ std::vector<ResultColumn> shown_columns(const RunKinds& kinds) {
   for (const ResultColumn& column : result_columns()) {
     const std::string pointer = column.pointer;
     if (kinds.forward_only() && (pointer.rfind("/final/", 0) == 0 || pointer == "/steps")) continue;
+    if (!kinds.cross_entropy && pointer == "/final/eval_cross_entropy") continue;
     columns.push_back(column);
   }
   return columns;
 }
 
-// The best eval loss (lowest) and eval accuracy (highest) among finished runs, as shown, by column pointer;
-// none for a column where every finished run shows the same.
+// The best eval loss and eval CE (lowest) and eval accuracy (highest) among finished runs, as shown, by
+// column pointer; none for a column where every finished run shows the same.
 std::map<std::string, std::string> best_cells(const std::vector<ResultColumn>& columns,
                                               const std::vector<SweepResult>& results) {
   std::map<std::string, std::string> best;
   for (const ResultColumn& column : columns) {
     const std::string pointer = column.pointer;
-    if (pointer != "/final/eval_loss" && pointer != "/final/eval_accuracy") continue;
+    const bool lower_is_better = pointer == "/final/eval_loss" || pointer == "/final/eval_cross_entropy";
+    if (!lower_is_better && pointer != "/final/eval_accuracy") continue;
     std::optional<double> best_value;
     std::set<std::string> shown;
     for (const SweepResult& result : results) {
       const auto value = number_at(result.summary, pointer);
       if (!value || result.status != "done") continue;
       shown.insert(show_number(column, *value));
-      const bool better = pointer == "/final/eval_loss" ? *value < best_value.value_or(INFINITY)
-                                                        : *value > best_value.value_or(-INFINITY);
+      const bool better = lower_is_better ? *value < best_value.value_or(INFINITY)
+                                          : *value > best_value.value_or(-INFINITY);
       if (better) best_value = value;
     }
     if (shown.size() >= 2) best[pointer] = show_number(column, *best_value);
@@ -379,14 +390,17 @@ struct SeedStatistics {
 struct SeedGroup {
   std::vector<std::string> shown;        // the other axes' values, as shown
   std::vector<const SweepResult*> runs;  // its finished runs
-  std::vector<SeedStatistics> columns;   // per seed_columns() entry
+  std::vector<SeedStatistics> columns;   // per seed_columns(results) entry
 };
 
-// The columns summarised over seeds: the final losses and accuracy, tokens/s and the routing figures.
-std::vector<const ResultColumn*> seed_columns() {
+// The columns summarised over seeds: the final losses and accuracy, tokens/s and the routing figures (eval
+// CE when some run has it).
+std::vector<const ResultColumn*> seed_columns(const std::vector<SweepResult>& results) {
+  const bool cross_entropy = run_kinds(results).cross_entropy;
   std::vector<const ResultColumn*> columns;
   for (const ResultColumn& column : result_columns()) {
     const std::string pointer = column.pointer;
+    if (!cross_entropy && pointer == "/final/eval_cross_entropy") continue;
     if (pointer.rfind("/final/", 0) == 0 || pointer.rfind("/routing_overall/", 0) == 0 ||
         pointer == "/tokens_per_second") {
       columns.push_back(&column);
@@ -427,7 +441,7 @@ std::vector<SeedGroup> seed_groups(const std::vector<SweepAxis>& axes, const std
     if (result.status == "done") groups[static_cast<size_t>(found - keys.begin())].runs.push_back(&result);
   }
   for (SeedGroup& group : groups) {
-    for (const ResultColumn* column : seed_columns()) {
+    for (const ResultColumn* column : seed_columns(results)) {
       std::vector<double> values;
       for (const SweepResult* result : group.runs) {
         if (const auto value = column_value(*column, *result)) values.push_back(*value);
@@ -458,7 +472,7 @@ std::string results_over_seeds_markdown(const std::vector<SweepAxis>& axes, cons
   const std::vector<SeedGroup> groups = seed_groups(axes, results);
   if (groups.empty()) return "";
   const size_t seed = seed_axis_index(axes);
-  const auto columns = seed_columns();
+  const auto columns = seed_columns(results);
   std::ostringstream out;
   out << "|";
   for (size_t a = 0; a < axes.size(); ++a) {
@@ -494,7 +508,7 @@ std::string results_over_seeds_csv(const std::vector<SweepAxis>& axes, const std
   const std::vector<SeedGroup> groups = seed_groups(axes, results);
   if (groups.empty()) return "";
   const size_t seed = seed_axis_index(axes);
-  const auto columns = seed_columns();
+  const auto columns = seed_columns(results);
   std::ostringstream out;
   std::vector<std::string> header;
   for (size_t a = 0; a < axes.size(); ++a) {
@@ -705,7 +719,12 @@ std::string results_section(const std::vector<SweepAxis>& axes, const std::vecto
   std::ostringstream out;
   out << results_markdown(axes, results) << "\n";
   if (!kinds.forward_only()) {
-    out << "eval loss and accuracy: the last evaluation; train loss: the mean over the last logging window; ";
+    out << "eval loss and accuracy: the last evaluation; ";
+    if (kinds.cross_entropy) {
+      out << "eval CE: its cross-entropy alone, without the MoE layers' aux losses that eval loss adds (routers "
+             "without an aux loss, and dense blocks, add none), so the figure to compare routers by; ";
+    }
+    out << "train loss: the mean over the last logging window; ";
   }
   out << "tokens/s: "
       << kinds.either("training throughput", "forward throughput")
@@ -798,7 +817,11 @@ void write_sweep_outputs(const std::string& folder, const std::string& experimen
            << " of run time); swept: " << axis_keys(axes) << ".\n\n"
            << results_section(axes, results, "wall time of the run", "swept values");
   const std::string over_seeds = results_over_seeds_csv(axes, results);  // empty without repeated seeds
-  if (!over_seeds.empty()) write_file_atomic(folder + "/results_over_seeds.csv", over_seeds);
+  if (!over_seeds.empty()) {
+    write_file_atomic(folder + "/results_over_seeds.csv", over_seeds);
+  } else {
+    std::filesystem::remove(folder + "/results_over_seeds.csv");  // one written before over other runs
+  }
   for (const std::string& file : write_charts(folder, sweep_charts(axes, results))) {
     markdown << "\n" << chart_image(file) << "\n";
   }

@@ -160,7 +160,8 @@ void save_checkpoint(const std::string& folder, const Model& model, const Optimi
                       {"seconds", state.seconds},
                       {"tokens", state.tokens},
                       {"last_train_loss", state.last_train_loss},  // NaN is written as null
-                      {"last_eval", state.last_eval}};
+                      {"last_eval", state.last_eval},
+                      {"resumes", state.resumes}};
   write_file_atomic(folder + "/trainer_state.json", json.dump(2) + "\n");
 }
 
@@ -306,12 +307,15 @@ nlohmann::json training_summary(const TrainerState& state, bool stopped_early,
   nlohmann::json summary;
   summary["final"] = {{"train_loss", state.last_train_loss},
                       {"eval_loss", state.last_eval.value("eval_loss", NAN)},
+                      // without the MoE layers' aux losses, which some routers have and others lack
+                      {"eval_cross_entropy", state.last_eval.value("eval_lm_loss", NAN)},
                       {"eval_accuracy", state.last_eval.value("eval_accuracy", NAN)}};
   summary["steps"] = state.step;
   summary["tokens"] = state.tokens;
   summary["train_seconds"] = state.seconds;
   summary["tokens_per_second"] = state.seconds > 0 ? state.tokens / state.seconds : 0.0;
   summary["stopped_early"] = stopped_early;
+  if (!state.resumes.empty()) summary["resumes"] = state.resumes;
   RoutingAverage final_routing;
   for (int64_t i = 0; i < settings.eval_batches; ++i) {
     final_routing.add(model.forward(task.batch(Split::eval, i).input, ForwardOptions{}).routing);
@@ -358,12 +362,14 @@ TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer&
       state.last_train_loss = json["last_train_loss"].get<double>();
     }
     state.last_eval = json.at("last_eval");
+    if (json.contains("resumes")) state.resumes = json["resumes"];  // written since resumes are recorded
   } catch (const nlohmann::json::exception& error) {
     throw FileError(state_path + ": expected step, seconds, tokens and last_eval as a run writes them (" +
                     error.what() + ")");
   }
   if (state.last_eval.is_null()) state.last_eval = nlohmann::json::object();  // written before the first evaluation
   if (!state.last_eval.is_object()) throw FileError(state_path + ": expected last_eval to be an object or null");
+  if (!state.resumes.is_array()) throw FileError(state_path + ": expected resumes to be a list");
   const SafetensorsFile weights = read_safetensors(folder + "/model.safetensors");
   const SafetensorsFile moments = read_safetensors(folder + "/optimizer.safetensors");
   if (metadata_step(weights) != state.step || metadata_step(moments) != state.step) {
@@ -386,11 +392,21 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
   const LearningRateSchedule schedule = schedule_of(settings);
 
   TrainerState state;
+  bool stopped_early = false;
   const std::string metrics_path = folder + "/metrics.jsonl";
   if (resumed) {
     state = *resumed;
     truncate_metrics(metrics_path, state.step);
-    if (state.step >= settings.steps) {
+    // A run that stopped early stays stopped, unless a raised training.stop_at_eval_accuracy asks for more.
+    const nlohmann::json& last = state.last_eval;
+    const double accuracy =
+        last.contains("eval_accuracy") && last["eval_accuracy"].is_number() ? last["eval_accuracy"].get<double>() : -1.0;
+    stopped_early = settings.stop_at_eval_accuracy > 0 && accuracy >= settings.stop_at_eval_accuracy;
+    if (stopped_early) {
+      spdlog::info("the checkpoint at step {} has eval accuracy {:.3f} >= training.stop_at_eval_accuracy = {}: "
+                   "nothing left to train (raise it to train on)",
+                   state.step, accuracy, settings.stop_at_eval_accuracy);
+    } else if (state.step >= settings.steps) {
       spdlog::info("the checkpoint is at step {}, training.steps = {}: nothing left to train", state.step,
                    settings.steps);
     } else {
@@ -402,16 +418,18 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
   std::ofstream metrics(metrics_path, std::ios::app);
 
   interrupt_requested = false;
-  auto previous_handler = std::signal(SIGINT, on_interrupt);
+  // Ctrl-C, and SIGTERM as `timeout` and job schedulers send it: the step in progress ends, then a checkpoint.
+  auto previous_interrupt = std::signal(SIGINT, on_interrupt);
+  auto previous_terminate = std::signal(SIGTERM, on_interrupt);
   spdlog::info("training {} steps with {} (lr {}, {} schedule, warmup {}), eval every {} steps on {} batches",
                settings.steps, setup.optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
                settings.eval_every, settings.eval_batches);
 
   LogWindow window;
-  bool interrupted = false, stopped_early = false;
+  bool interrupted = false;
   double chart_seconds = 0;  // spent redrawing the charts in this process
 
-  while (state.step < settings.steps) {
+  while (state.step < settings.steps && !stopped_early) {
     const StepRecord record =
         training_step(state.step, experiment.run.seed, settings, schedule, model, task, optimizer);
     state.step += 1;
@@ -449,7 +467,8 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
       break;
     }
   }
-  std::signal(SIGINT, previous_handler);
+  std::signal(SIGINT, previous_interrupt);
+  std::signal(SIGTERM, previous_terminate);
 
   TrainingOutcome outcome;
   outcome.interrupted = interrupted;

@@ -37,6 +37,7 @@ struct TrainerState {
   int64_t tokens = 0;        // tokens trained on so far
   double last_train_loss = NAN;  // the mean train loss of the last logging window; NaN before the first
   nlohmann::json last_eval = nlohmann::json::object();  // the latest evaluation; {} before the first
+  nlohmann::json resumes = nlohmann::json::array();  // each --resume: {"step", "changed": settings changed}
 };
 
 // What training reads before its first step: [training], and the [optimizer] over `parameters`. Every

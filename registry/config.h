@@ -122,6 +122,8 @@ class ExperimentFile {
   void set(const std::string& assignment);
 
   const std::string& file() const { return file_; }
+  // The --set assignments applied, by full key path.
+  const SetAssignments& assignments() const { return *assignments_; }
   toml::table& root() { return *root_; }
   const toml::table& root() const { return *root_; }
   // The top-level table `name` (empty when absent).

@@ -249,6 +249,27 @@ TEST_CASE("sweep: the Markdown table has a row per run with the swept values and
   CHECK_THAT(results_markdown(axes, finished), StartsWith("| # | router.name | eval loss |"));
 }
 
+TEST_CASE("sweep: eval CE, the eval loss without the aux losses, is a column of its own, its lowest in bold",
+          "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  std::vector<SweepResult> results = synthetic_results(axes);
+  // switch: eval loss 0.30, of which 0.02 aux; topk here: 0.29, all of it cross-entropy (as for a router
+  // without an aux loss). By eval loss topk looks best; by the cross-entropy alone, switch is.
+  results[0].summary["final"]["eval_loss"] = 0.30;
+  results[0].summary["final"]["eval_cross_entropy"] = 0.28;
+  results[1].summary["final"]["eval_loss"] = 0.29;
+  results[1].summary["final"]["eval_cross_entropy"] = 0.29;
+  const std::string table = results_markdown(axes, results);
+  INFO(table);
+  CHECK_THAT(table, StartsWith("| # | router.name | status | eval loss | eval CE | eval acc | train loss |"));
+  CHECK_THAT(table, Contains("| switch | done | 0.3000 | **0.2800** | 0.750 |"));
+  CHECK_THAT(table, Contains("| topk | done | **0.2900** | 0.2900 | **0.900** |"));
+  CHECK_THAT(table, Contains("| 2 | hash | pending | – | – | – |"));
+  CHECK_THAT(results_csv(axes, results), Contains(",switch,done,0.3,0.28,0.75,"));
+  const std::string section = results_section(axes, results, "training time", "routers", "");
+  CHECK_THAT(section, Contains("eval CE: its cross-entropy alone, without the MoE layers' aux losses"));
+}
+
 TEST_CASE("sweep: with seeds swept, a table over seeds gives mean ± standard deviation per combination",
           "[sweep]") {
   const auto axes = axes_of("[sweep]\n\"router.name\" = [\"switch\", \"topk\"]\n\"run.seed\" = [0, 1, 2]\n");
@@ -317,10 +338,11 @@ TEST_CASE("sweep: the CSV has a header, a row per run, raw numbers and empty mis
   const auto axes = axes_of(kRouterSweep);
   const std::string csv = results_csv(axes, synthetic_results(axes));
   INFO(csv);
-  CHECK_THAT(csv, StartsWith("index,name,router.name,status,eval_loss,eval_accuracy,train_loss,tokens_per_second,"
-                             "load_cv,max_violation,dropped_fraction,parameters,steps,seconds\n"));
-  CHECK_THAT(csv, Contains("\n0,00-router.name=switch,switch,done,0.5,0.75,0.6,12345.6,0.2236,0.6,0.0123,199752,600,61.4\n"));
-  CHECK_THAT(csv, Contains("\n2,02-router.name=hash,hash,pending,,,,,,,,,,\n"));
+  // Every column, eval_cross_entropy (empty here: runs of earlier versions) included.
+  CHECK_THAT(csv, StartsWith("index,name,router.name,status,eval_loss,eval_cross_entropy,eval_accuracy,train_loss,"
+                             "tokens_per_second,load_cv,max_violation,dropped_fraction,parameters,steps,seconds\n"));
+  CHECK_THAT(csv, Contains("\n0,00-router.name=switch,switch,done,0.5,,0.75,0.6,12345.6,0.2236,0.6,0.0123,199752,600,61.4\n"));
+  CHECK_THAT(csv, Contains("\n2,02-router.name=hash,hash,pending,,,,,,,,,,,\n"));
   CHECK(count(csv, "\n") == 4);
   // Cells with commas are quoted.
   const auto order = axes_of("[sweep]\n\"model.order\" = [\"a,b\"]\n");

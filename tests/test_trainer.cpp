@@ -325,3 +325,25 @@ TEST_CASE("a damaged checkpoint is an error naming its file", "[trainer]") {
   CHECK(load_checkpoint(folder, *built.model, *setup.optimizer).step == 12);
   std::filesystem::remove_all(folder);
 }
+
+TEST_CASE("resuming a run that stopped early trains no further, unless the threshold is raised", "[trainer]") {
+  const std::string folder = temporary_folder("stopped");
+  write_file_atomic(folder + "/experiment.toml", kTrainingExperiment);
+  // Any accuracy stops it at the first evaluation, step 6.
+  const Experiment early = load_experiment(folder + "/experiment.toml", {"training.stop_at_eval_accuracy=1e-9"});
+  BuiltExperiment built = build_experiment(early);
+  built.model->initialize(0);
+  const TrainingOutcome stopped = train_in(early, *built.model, *built.task, folder, false);
+  REQUIRE(stopped.summary["steps"] == 6);
+  CHECK(stopped.summary["stopped_early"] == true);
+  BuiltExperiment again = build_experiment(early);
+  const TrainingOutcome resumed = train_in(early, *again.model, *again.task, folder, true);
+  CHECK(resumed.summary["steps"] == 6);
+  CHECK(resumed.summary["stopped_early"] == true);
+  CHECK(resumed.summary["final"]["eval_loss"].get<double>() == stopped.summary["final"]["eval_loss"].get<double>());
+  // An unreachable threshold: the run goes on to training.steps.
+  const Experiment further = load_experiment(folder + "/experiment.toml", {"training.stop_at_eval_accuracy=2"});
+  BuiltExperiment more = build_experiment(further);
+  CHECK(train_in(further, *more.model, *more.task, folder, true).summary["steps"] == 12);
+  std::filesystem::remove_all(folder);
+}

@@ -114,19 +114,34 @@ expect "a run whose default folder is taken gets NAME-TIMESTAMP-2" 0 "^runs/quic
   +%Y%m%d-%H%M%S)"; done; "$0" run "$2" --set training.steps=1 --set training.eval_batches=1 >/dev/null 2>&1 &&
   ls -d runs/*-2' "$BIN" "$WORK" "$quick"
 cp "$WORK/seed0/config.toml" "$WORK/seed0_config.toml"
-expect "a resume whose checkpoint does not fit the model is refused" 2 "seed0/model.safetensors: parameter" -- \
+expect "a resume of another model is refused, naming the setting" 2 "settings differ from .*seed0/config.toml: model.dim 64 -> 32\. A resumed run continues the same experiment" -- \
   "$BIN" run "$quick" "${short[@]}" --set model.dim=32 --out "$WORK/seed0" --resume
 expect "... and leaves the run's config.toml as it was" 0 "" -- cmp "$WORK/seed0/config.toml" "$WORK/seed0_config.toml"
 expect "a resume of a folder without a run makes nothing" 2 "nothing/trainer_state.json not found" -- \
   "$BIN" run "$quick" --out "$WORK/nothing" --resume
 expect "... not even the folder" 0 "" -- test ! -e "$WORK/nothing"
-expect "a resume with another router says so" 0 "warning --resume: .*router.name \"switch\" -> \"topk\"" -- \
-  "$BIN" run "$quick" "${short[@]}" --set router.name=topk --out "$WORK/seed1" --resume
+expect "a resume with another router is refused" 2 "router.name \"switch\" -> \"topk\"" -- \
+  "$BIN" run "$quick" "${short[@]}" --set run.seed=1 --set router.name=topk --out "$WORK/seed1" --resume
+expect "a resume may train longer, and says so" 0 "--resume with changed settings: training.steps 4 -> 6" -- \
+  "$BIN" run "$quick" "${short[@]}" --set run.seed=1 --set training.steps=6 --out "$WORK/seed1" --resume
+expect "... and report.md records it" 0 "^Resumed at step 4 with \`training.steps 4 -> 6\`\.$" -- cat "$WORK/seed1/report.md"
 echo "{" >"$WORK/seed1/trainer_state.json"
 expect "a damaged trainer_state.json is named" 2 "seed1/trainer_state.json: not valid JSON" -- \
-  "$BIN" run "$quick" "${short[@]}" --out "$WORK/seed1" --resume
+  "$BIN" run "$quick" "${short[@]}" --set run.seed=1 --set training.steps=6 --out "$WORK/seed1" --resume
 expect "an unknown log level is a usage error" 2 "--log-level expects debug, info, warn or error" -- \
   "$BIN" run "$quick" --log-level bogus
+
+# SIGTERM (timeout, job schedulers) saves a checkpoint as Ctrl-C does; the run can go on with --resume.
+expect "SIGTERM ends a run with a checkpoint (exit 130)" 130 "interrupted at step [0-9]+: checkpoint saved" -- \
+  timeout --preserve-status -s TERM 3 "$BIN" run "$quick" --set training.steps=100000 --set training.eval_every=0 \
+  --set run.threads=1 --out "$WORK/terminated"
+expect "... whose folder has its effective.toml and trainer_state.json" 0 "" -- \
+  test -s "$WORK/terminated/effective.toml" -a -s "$WORK/terminated/trainer_state.json"
+# A failed run (here a diverging loss) says so in its summary.json, and compare shows it as failed.
+expect "a diverging run fails" 1 "the loss is -?nan at step" -- "$BIN" run "$quick" "${short[@]}" \
+  --set training.learning_rate=1e6 --set training.grad_clip=0 --out "$WORK/diverged"
+expect "... and compare lists it as failed" 0 "diverged\` \(failed\)" -- bash -c '"$0" compare "$1/seed0" \
+  "$1/diverged" --out "$1/with_failed" >/dev/null 2>&1 && cat "$1/with_failed/results.md"' "$BIN" "$WORK"
 
 # The log goes to stderr; stdout holds the generated text alone.
 text="$ROOT/experiments/tiny_text.toml"
