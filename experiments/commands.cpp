@@ -17,8 +17,8 @@
 #include "experiments/loss.h"
 #include "experiments/run.h"
 #include "experiments/safetensors.h"
-#include "experiments/trainer.h"
 #include "experiments/sweep.h"
+#include "experiments/trainer.h"
 
 namespace mr1 {
 
@@ -149,7 +149,6 @@ Experiment load_for(const CommandLine& line) {
   apply_thread_count(experiment.run.threads);
   return experiment;
 }
-
 
 }  // namespace
 

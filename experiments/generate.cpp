@@ -314,31 +314,9 @@ int decode_benchmark(Model& model, uint64_t seed, int64_t decode_length) {
   return 0;
 }
 
-}  // namespace
-
-int command_generate(const CommandLine& line) {
-  Experiment experiment = load_experiment(line.experiment_path(), command_line_assignments(line));
-  apply_thread_count(experiment.run.threads);
-  const uint64_t seed = experiment.run.seed;  // --seed, else [run] seed
-  if (experiment.model.vocab_size < 256) {
-    throw UsageError("generate works on byte-level models (the text task): needs model.vocab_size >= 256, found " +
-                     std::to_string(experiment.model.vocab_size));
-  }
-  BuiltExperiment built = build_experiment(experiment, false);
-  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
-  Model& model = *built.model;
-  const bool bench = line.flag("bench");
-  const std::string weights = bench ? line.option("weights") : line.required("weights");
-  if (weights.empty()) {
-    spdlog::info("no --weights: random weights from seed {} (decoding speed does not depend on their values)", seed);
-    model.initialize(seed);
-  } else {
-    model.parameters().load(read_safetensors(weights));
-  }
-  model.to(resolve_backend(experiment.run.backend));
+// The sampling options of the command line, checked: --greedy, or --temperature, --top-k and --top-p.
+GenerationSettings read_generation_settings(const CommandLine& line, uint64_t seed) {
   constexpr int64_t kNoLimit = std::numeric_limits<int64_t>::max();
-  if (bench) return decode_benchmark(model, seed, integer_option(line, "max-new-tokens", 2000, 1, kNoLimit));
-
   GenerationSettings settings;
   settings.sampling.greedy = line.flag("greedy");
   for (const char* name : {"temperature", "top-k", "top-p"}) {
@@ -357,7 +335,43 @@ int command_generate(const CommandLine& line) {
   } catch (const std::invalid_argument& error) {
     throw UsageError(error.what());
   }
-  const std::vector<std::vector<int32_t>> prompts = read_prompts(line);
+  return settings;
+}
+
+}  // namespace
+
+int command_generate(const CommandLine& line) {
+  Experiment experiment = load_experiment(line.experiment_path(), command_line_assignments(line));
+  apply_thread_count(experiment.run.threads);
+  const uint64_t seed = experiment.run.seed;  // --seed, else [run] seed
+  if (experiment.model.vocab_size < 256) {
+    throw UsageError("generate works on byte-level models (the text task): needs model.vocab_size >= 256, found " +
+                     std::to_string(experiment.model.vocab_size));
+  }
+  const bool bench = line.flag("bench");
+  // The command line and the prompts are checked before the model is built and loaded.
+  GenerationSettings settings;
+  std::vector<std::vector<int32_t>> prompts;
+  if (!bench) {
+    settings = read_generation_settings(line, seed);
+    prompts = read_prompts(line);
+  }
+  BuiltExperiment built = build_experiment(experiment, false);
+  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
+  Model& model = *built.model;
+  const std::string weights = bench ? line.option("weights") : line.required("weights");
+  if (weights.empty()) {
+    spdlog::info("no --weights: random weights from seed {} (decoding speed does not depend on their values)", seed);
+    model.initialize(seed);
+  } else {
+    model.parameters().load(read_safetensors(weights));
+  }
+  model.to(resolve_backend(experiment.run.backend));
+  if (bench) {
+    return decode_benchmark(model, seed,
+                            integer_option(line, "max-new-tokens", 2000, 1, std::numeric_limits<int64_t>::max()));
+  }
+
   const int64_t B = static_cast<int64_t>(prompts.size());
   if (settings.sampling.greedy) {
     spdlog::info("generate: {} prompt{}, up to {} new bytes, greedy", B, B == 1 ? "" : "s", settings.max_new_tokens);

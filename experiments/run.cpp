@@ -193,7 +193,11 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   } catch (const std::exception& error) {
     // A failed run (a diverged loss, a device error) says so in its folder, for compare and for people.
     nlohmann::json failed{{"error", error.what()}, {"experiment", experiment.file.file()}};
-    write_file_atomic(folder + "/summary.json", failed.dump(2) + "\n");
+    try {
+      write_file_atomic(folder + "/summary.json", failed.dump(2) + "\n");
+    } catch (const std::exception&) {
+      // The error being reported matters more than its record (a full disk fails both).
+    }
     throw;
   }
   nlohmann::json& summary = result.summary;

@@ -172,6 +172,24 @@ std::string figure(const nlohmann::json& json, const std::string& pointer, int d
   return value ? fixed(*value, decimals) : "–";
 }
 
+// "Resumed at step N with `training.steps 800 -> 1600`." for each --resume of the run (the schedule
+// follows a changed training.steps from there on).
+void write_resumes(std::ostream& out, const nlohmann::json& summary) {
+  if (!summary.is_object() || !summary.contains("resumes") || !summary["resumes"].is_array()) return;
+  for (const nlohmann::json& resume : summary["resumes"]) {
+    std::vector<std::string> changed;
+    if (resume.contains("changed") && resume["changed"].is_array()) {
+      for (const nlohmann::json& change : resume["changed"]) {
+        if (change.is_string()) changed.push_back("`" + change.get<std::string>() + "`");
+      }
+    }
+    const auto step = number_at(resume, "/step");
+    out << "Resumed at step " << (step ? grouped_digits(*step) : "?")
+        << (changed.empty() ? std::string(" with the same settings") : " with " + join(changed, ", ")) << ".\n";
+  }
+  if (!summary["resumes"].empty()) out << "\n";
+}
+
 std::string percent(const nlohmann::json& json, const std::string& pointer) {
   const auto value = number_at(json, pointer);
   return value ? fixed(100 * *value, 1) + "%" : "–";
@@ -326,20 +344,7 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
     out << "; stopped early: eval accuracy reached training.stop_at_eval_accuracy";
   }
   out << ".\n\n";
-  // Each --resume, and what it changed (the schedule follows a changed training.steps from there on).
-  if (summary.is_object() && summary.contains("resumes") && summary["resumes"].is_array()) {
-    for (const nlohmann::json& resume : summary["resumes"]) {
-      std::vector<std::string> changed;
-      if (resume.contains("changed") && resume["changed"].is_array()) {
-        for (const nlohmann::json& change : resume["changed"]) {
-          if (change.is_string()) changed.push_back("`" + change.get<std::string>() + "`");
-        }
-      }
-      out << "Resumed at step " << resume.value("step", int64_t{0})
-          << (changed.empty() ? std::string(" with the same settings") : " with " + join(changed, ", ")) << ".\n";
-    }
-    if (!summary["resumes"].empty()) out << "\n";
-  }
+  write_resumes(out, summary);
 
   // Train accuracy is not in summary.json: the last logging window's, from the metrics lines.
   std::string train_accuracy = "–";

@@ -323,6 +323,27 @@ nlohmann::json training_summary(const TrainerState& state, bool stopped_early,
   final_routing.put(summary);
   return summary;
 }
+// Logs where a resumed run picks up, or why it has nothing left to train. Returns whether it had stopped
+// early: a run stays stopped unless a raised training.stop_at_eval_accuracy asks for more.
+bool log_resume(const TrainerState& state, const TrainingSettings& settings) {
+  const nlohmann::json& last = state.last_eval;
+  const double accuracy =
+      last.contains("eval_accuracy") && last["eval_accuracy"].is_number() ? last["eval_accuracy"].get<double>() : -1.0;
+  if (settings.stop_at_eval_accuracy > 0 && accuracy >= settings.stop_at_eval_accuracy) {
+    spdlog::info("the checkpoint at step {} has eval accuracy {:.3f} >= training.stop_at_eval_accuracy = {}: "
+                 "nothing left to train (raise it to train on)",
+                 state.step, accuracy, settings.stop_at_eval_accuracy);
+    return true;
+  }
+  if (state.step >= settings.steps) {
+    spdlog::info("the checkpoint is at step {}, training.steps = {}: nothing left to train", state.step,
+                 settings.steps);
+  } else {
+    spdlog::info("resuming from step {} of {}", state.step, settings.steps);
+  }
+  return false;
+}
+
 }  // namespace
 
 void put_routing(nlohmann::json& object, const std::vector<RoutingStats>& routing) {
@@ -397,21 +418,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
   if (resumed) {
     state = *resumed;
     truncate_metrics(metrics_path, state.step);
-    // A run that stopped early stays stopped, unless a raised training.stop_at_eval_accuracy asks for more.
-    const nlohmann::json& last = state.last_eval;
-    const double accuracy =
-        last.contains("eval_accuracy") && last["eval_accuracy"].is_number() ? last["eval_accuracy"].get<double>() : -1.0;
-    stopped_early = settings.stop_at_eval_accuracy > 0 && accuracy >= settings.stop_at_eval_accuracy;
-    if (stopped_early) {
-      spdlog::info("the checkpoint at step {} has eval accuracy {:.3f} >= training.stop_at_eval_accuracy = {}: "
-                   "nothing left to train (raise it to train on)",
-                   state.step, accuracy, settings.stop_at_eval_accuracy);
-    } else if (state.step >= settings.steps) {
-      spdlog::info("the checkpoint is at step {}, training.steps = {}: nothing left to train", state.step,
-                   settings.steps);
-    } else {
-      spdlog::info("resuming from step {} of {}", state.step, settings.steps);
-    }
+    stopped_early = log_resume(state, settings);
   } else {
     write_file_atomic(metrics_path, "");
   }

@@ -132,9 +132,11 @@ expect "an unknown log level is a usage error" 2 "--log-level expects debug, inf
   "$BIN" run "$quick" --log-level bogus
 
 # SIGTERM (timeout, job schedulers) saves a checkpoint as Ctrl-C does; the run can go on with --resume.
+# The signal is sent once training is under way (a first metrics line), as the handler is set up then.
 expect "SIGTERM ends a run with a checkpoint (exit 130)" 130 "interrupted at step [0-9]+: checkpoint saved" -- \
-  timeout --preserve-status -s TERM 3 "$BIN" run "$quick" --set training.steps=100000 --set training.eval_every=0 \
-  --set run.threads=1 --out "$WORK/terminated"
+  bash -c '"$0" run "$1" --set training.steps=100000 --set training.eval_every=0 --set training.log_every=1 \
+  --set run.threads=1 --out "$2" & pid=$!; for i in $(seq 600); do [ -s "$2/metrics.jsonl" ] && break; sleep 0.1; done
+  kill -TERM $pid; wait $pid' "$BIN" "$quick" "$WORK/terminated"
 expect "... whose folder has its effective.toml and trainer_state.json" 0 "" -- \
   test -s "$WORK/terminated/effective.toml" -a -s "$WORK/terminated/trainer_state.json"
 # A failed run (here a diverging loss) says so in its summary.json, and compare shows it as failed.
