@@ -158,9 +158,14 @@ int command_run(const CommandLine& line) {
   const bool resume = line.flag("resume");
   const std::string out = line.option("out");
   if (resume && out.empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
-  if (!resume && !out.empty() && !run_output_in(out).empty()) {
-    throw FileError(out + " already holds a run (" + run_output_in(out) +
-                    "); continue it with --resume, or choose another --out");
+  const std::string earlier = resume || out.empty() ? std::string() : any_output_in(out);
+  if (!earlier.empty()) {
+    const bool resumable = std::filesystem::exists(out + "/trainer_state.json");
+    throw FileError(out + " already holds " +
+                    (earlier == "results.md" ? "a comparison" : earlier == "sweep.json" ? "a sweep" : "a run") + " (" +
+                    earlier + "); " +
+                    (resumable ? "continue it with --resume, or choose another --out"
+                               : "choose another --out (or delete it: it has no checkpoint to continue)"));
   }
   if (!out.empty()) return run_experiment(experiment, out, resume).interrupted ? 130 : 0;
   // By default a new folder [output] dir / name-timestamp, numbered when taken, that run_experiment makes.

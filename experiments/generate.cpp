@@ -100,6 +100,18 @@ int32_t sample_token(const float* logits, int64_t vocab_size, const SamplingSett
   return last_kept;  // u within rounding of 1
 }
 
+void check_generation_length(const std::vector<std::vector<int32_t>>& prompts, int64_t max_new_tokens,
+                             int64_t max_seq_len) {
+  int64_t longest = 0;
+  for (const auto& prompt : prompts) longest = std::max(longest, static_cast<int64_t>(prompt.size()));
+  // The last new token is never fed back: positions run up to len_b + max_new_tokens − 2.
+  if (longest + max_new_tokens - 1 > max_seq_len) {
+    throw ShapeError("generate: a prompt of " + std::to_string(longest) + " tokens and " +
+                     std::to_string(max_new_tokens) + " new tokens need " + std::to_string(longest + max_new_tokens - 1) +
+                     " positions, more than model.max_seq_len = " + std::to_string(max_seq_len));
+  }
+}
+
 GenerationResult generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
                           const GenerationSettings& settings,
                           const std::function<void(int64_t sequence, int32_t token)>& on_token) {
@@ -110,19 +122,9 @@ GenerationResult generate(Model& model, const std::vector<std::vector<int32_t>>&
     throw std::invalid_argument("generate: max_new_tokens must be at least 1, found " +
                                 std::to_string(settings.max_new_tokens));
   }
-  int64_t longest = 0;
+  check_generation_length(prompts, settings.max_new_tokens, config.max_seq_len);
   GenerationResult result;
-  for (const auto& prompt : prompts) {
-    longest = std::max(longest, static_cast<int64_t>(prompt.size()));
-    result.prompt_tokens += static_cast<int64_t>(prompt.size());
-  }
-  // The last new token is never fed back: positions run up to len_b + max_new_tokens − 2.
-  if (longest + settings.max_new_tokens - 1 > config.max_seq_len) {
-    throw ShapeError("generate: a prompt of " + std::to_string(longest) + " tokens and " +
-                     std::to_string(settings.max_new_tokens) + " new tokens need " +
-                     std::to_string(longest + settings.max_new_tokens - 1) +
-                     " positions, more than model.max_seq_len = " + std::to_string(config.max_seq_len));
-  }
+  for (const auto& prompt : prompts) result.prompt_tokens += static_cast<int64_t>(prompt.size());
   const int64_t B = static_cast<int64_t>(prompts.size()), V = config.vocab_size;
   Random random(settings.seed);
   result.tokens.assign(static_cast<size_t>(B), {});
@@ -355,6 +357,7 @@ int command_generate(const CommandLine& line) {
   if (!bench) {
     settings = read_generation_settings(line, seed);
     prompts = read_prompts(line);
+    check_generation_length(prompts, settings.max_new_tokens, experiment.model.max_seq_len);
   }
   BuiltExperiment built = build_experiment(experiment, false);
   prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error

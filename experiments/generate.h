@@ -52,6 +52,11 @@ struct GenerationResult {
   std::vector<double> step_seconds;          // per step
 };
 
+// Throws ShapeError when the longest prompt and max_new_tokens need more positions than max_seq_len
+// (the last new token is never fed back: len + max_new_tokens − 1).
+void check_generation_length(const std::vector<std::vector<int32_t>>& prompts, int64_t max_new_tokens,
+                             int64_t max_seq_len);
+
 // Prefills the prompts as one right-padded batch, draws each sequence's first token from its last
 // prompt position, then steps the batch one token at a time until every sequence has max_new_tokens
 // tokens or has produced stop_token (a finished sequence keeps stepping on its last token, unread).

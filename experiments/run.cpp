@@ -107,21 +107,37 @@ bool may_change_on_resume(const std::string& key) {
                                           "training.eval_every", "training.eval_batches",
                                           "training.stop_at_eval_accuracy", "run.threads",
                                           "run.backend",         "run.tf32"};
-  return keys.count(key) != 0 || key.rfind("output.", 0) == 0;
+  return keys.count(key) != 0;
 }
 
-// --resume: the settings that differ from those the run started with (its config.toml), as
-// "key old -> new". A change of any other setting than may_change_on_resume's is refused.
+}  // namespace
+
 std::vector<std::string> resumed_setting_changes(const std::string& folder, const Experiment& experiment) {
-  const std::string path = folder + "/config.toml";
-  if (!std::filesystem::exists(path)) return {};
+  // The values the run used: its effective.toml, every setting with its value, defaults included (so a
+  // default spelt out on the command line is no change); a run of an earlier version has only config.toml,
+  // the file and its --set values, compared as written.
+  const bool effective = std::filesystem::exists(folder + "/effective.toml");
+  const std::string path = folder + (effective ? "/effective.toml" : "/config.toml");
+  if (!std::filesystem::exists(path)) {
+    throw FileError("--resume: " + folder + " holds neither effective.toml nor config.toml, so the settings its "
+                    "checkpoint was trained with are unknown; start a new run with another --out");
+  }
   const std::map<std::string, std::string> before = flatten_toml_text(ExperimentFile::load(path).root());
-  const std::map<std::string, std::string> after = flatten_toml_text(experiment.file.root());
-  std::vector<std::string> changes, refused;
+  const std::map<std::string, std::string> after = flatten_toml_text(
+      effective ? ExperimentFile::parse(experiment.file.effective_toml(), "the experiment's settings").root()
+                : experiment.file.root());
   std::set<std::string> keys;
-  for (const auto& entry : before) keys.insert(entry.first);
-  for (const auto& entry : after) keys.insert(entry.first);
+  for (const auto& entry : before) {
+    // effective.toml holds what was read: a key one side read and the other did not (top_k of another
+    // router) is no change of its own; the key that chose (router.name) is.
+    if (!effective || after.count(entry.first)) keys.insert(entry.first);
+  }
+  if (!effective) {
+    for (const auto& entry : after) keys.insert(entry.first);
+  }
+  std::vector<std::string> changes, refused;
   for (const std::string& key : keys) {
+    if (key.rfind("output.", 0) == 0 || key.rfind("sweep.", 0) == 0) continue;  // the folder is --out's
     const auto old = before.find(key), now = after.find(key);
     const std::string was = old == before.end() ? "(not set)" : old->second;
     const std::string is = now == after.end() ? "(not set)" : now->second;
@@ -138,13 +154,17 @@ std::vector<std::string> resumed_setting_changes(const std::string& folder, cons
   return changes;
 }
 
-}  // namespace
-
 std::string run_output_in(const std::string& folder) {
-  for (const char* file : {"config.toml", "summary.json", "trainer_state.json", "metrics.jsonl", "sweep.json"}) {
+  for (const char* file :
+       {"config.toml", "summary.json", "trainer_state.json", "metrics.jsonl", "report.md", "sweep.json"}) {
     if (std::filesystem::exists(folder + "/" + file)) return file;
   }
   return "";
+}
+
+std::string any_output_in(const std::string& folder) {
+  const std::string found = run_output_in(folder);
+  return !found.empty() || !std::filesystem::exists(folder + "/results.md") ? found : "results.md";
 }
 
 RunResult run_experiment(const Experiment& experiment, const std::string& given_folder, bool resume,
@@ -163,6 +183,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   built.model->to(device);
   std::optional<TrainerState> resumed;
   if (resume) {
+    require_checkpoint(given_folder);
     const std::vector<std::string> changes = resumed_setting_changes(given_folder, experiment);
     resumed = load_checkpoint(given_folder, *built.model, *training->optimizer);
     resumed->resumes.push_back({{"step", resumed->step}, {"changed", changes}});

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -24,10 +25,18 @@ enum class FolderName { as_given, new_numbered };
 RunResult run_experiment(const Experiment& experiment, const std::string& folder, bool resume,
                          FolderName naming = FolderName::as_given);
 
+// --resume of the run in `folder` with `experiment` (built, and its training settings read): the settings
+// that differ from those the run used (its effective.toml), as "key old -> new". Throws ConfigError naming
+// every change but those a resumed run may make (training.steps, log_every, eval_every, eval_batches,
+// stop_at_eval_accuracy; [run] threads, backend, tf32), and FileError when the folder records no settings.
+std::vector<std::string> resumed_setting_changes(const std::string& folder, const Experiment& experiment);
+
 // The first file of a run's or a sweep's outputs (config.toml, summary.json, trainer_state.json,
-// metrics.jsonl, sweep.json) that `folder` holds, or "" when it holds none: a folder that a new run,
-// sweep or comparison must not write over.
+// metrics.jsonl, report.md, sweep.json) that `folder` holds, or "" when it holds none: a folder that a
+// comparison must not write over.
 std::string run_output_in(const std::string& folder);
+// run_output_in, or a comparison's results.md: a folder that a new run or sweep must not write over.
+std::string any_output_in(const std::string& folder);
 
 // "12 blocks (6 mamba, 6 moe)".
 std::string describe_blocks(const ModelConfig& model);

@@ -1061,6 +1061,27 @@ void check_combinations(const std::string& path, const std::vector<std::string>&
   spdlog::info("checked all {} combinations", runs.size());
 }
 
+// --resume: each run that will continue from its checkpoint (interrupted, or running when the sweep
+// stopped) may change only what a resumed run may (resumed_setting_changes); any other change of the
+// experiment ends the sweep here, before a run starts or a status changes.
+void check_continuing_runs(const std::string& path, const std::vector<std::string>& sets, const std::string& folder,
+                           const std::vector<SweepResult>& results) {
+  for (const SweepResult& result : results) {
+    const std::string run_folder = folder + "/runs/" + result.run.name;
+    if ((result.status != "interrupted" && result.status != "running") ||
+        !std::filesystem::exists(run_folder + "/trainer_state.json")) {
+      continue;
+    }
+    const Experiment experiment = load_run_experiment(path, sets, result.run);
+    validate_run(experiment);
+    try {
+      resumed_setting_changes(run_folder, experiment);
+    } catch (const std::exception& error) {
+      throw ConfigError("sweep run " + result.run.name + ": " + error.what() + "\nnothing was run");
+    }
+  }
+}
+
 // --resume: the status, time and error of each run from the sweep.json in `folder`, and the outputs of
 // its folder; the runs must be the same combinations, in the same order.
 void read_previous_results(const std::string& folder, std::vector<SweepResult>& results) {
@@ -1138,10 +1159,12 @@ int command_sweep(const CommandLine& line) {
   for (size_t i = 0; i < runs.size(); ++i) results[i].run = runs[i];
   if (resume) {
     read_previous_results(folder, results);
+    check_continuing_runs(path, sets, folder, results);
   } else if (std::filesystem::exists(folder + "/sweep.json")) {
     throw FileError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
-  } else if (!run_output_in(folder).empty()) {
-    throw FileError(folder + " holds a run (" + run_output_in(folder) + "); choose another --out for the sweep");
+  } else if (!any_output_in(folder).empty()) {
+    throw FileError(folder + " holds a run or a comparison (" + any_output_in(folder) +
+                    "); choose another --out for the sweep");
   }
   make_directories(folder + "/runs");
   SweepProgress sweep(path, sets, std::move(axes), folder, std::move(results));

@@ -150,12 +150,8 @@ Evaluation evaluate(Model& model, Task& task, int64_t batches) {
   return result;
 }
 
-void save_checkpoint(const std::string& folder, const Model& model, const Optimizer& optimizer,
-                     const TrainerState& state) {
-  const std::map<std::string, std::string> metadata{{"format", "pt"}, {"step", std::to_string(state.step)}};
-  write_safetensors(folder + "/model.safetensors", model.parameters().to_stored(), metadata);
-  write_safetensors(folder + "/optimizer.safetensors", optimizer.state(), metadata);
-  // The commit point: a checkpoint is whole once trainer_state.json names its step.
+// trainer_state.json: the commit point of a checkpoint, whole once this file names its step.
+void save_trainer_state(const std::string& folder, const TrainerState& state) {
   nlohmann::json json{{"step", state.step},
                       {"seconds", state.seconds},
                       {"tokens", state.tokens},
@@ -163,6 +159,14 @@ void save_checkpoint(const std::string& folder, const Model& model, const Optimi
                       {"last_eval", state.last_eval},
                       {"resumes", state.resumes}};
   write_file_atomic(folder + "/trainer_state.json", json.dump(2) + "\n");
+}
+
+void save_checkpoint(const std::string& folder, const Model& model, const Optimizer& optimizer,
+                     const TrainerState& state) {
+  const std::map<std::string, std::string> metadata{{"format", "pt"}, {"step", std::to_string(state.step)}};
+  write_safetensors(folder + "/model.safetensors", model.parameters().to_stored(), metadata);
+  write_safetensors(folder + "/optimizer.safetensors", optimizer.state(), metadata);
+  save_trainer_state(folder, state);
 }
 
 int64_t metadata_step(const SafetensorsFile& file) {
@@ -367,11 +371,16 @@ TrainingSetup prepare_training(const Experiment& experiment, ParameterStore& par
   return setup;
 }
 
-TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer) {
+void require_checkpoint(const std::string& folder) {
   const std::string state_path = folder + "/trainer_state.json";
   if (!std::filesystem::exists(state_path)) {
     throw FileError("--resume: " + state_path + " not found; is " + folder + " the folder of a run?");
   }
+}
+
+TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer) {
+  require_checkpoint(folder);
+  const std::string state_path = folder + "/trainer_state.json";
   const nlohmann::json json = read_json_file(state_path);
   TrainerState state;
   try {
@@ -476,6 +485,8 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
   }
   std::signal(SIGINT, previous_interrupt);
   std::signal(SIGTERM, previous_terminate);
+  // A resume that trained nothing still goes in the run's history (the weights and moments are as saved).
+  if (resumed && state.step == resumed->step) save_trainer_state(folder, state);
 
   TrainingOutcome outcome;
   outcome.interrupted = interrupted;

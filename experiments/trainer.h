@@ -49,6 +49,8 @@ struct TrainingSetup {
 };
 TrainingSetup prepare_training(const Experiment& experiment, ParameterStore& parameters);
 
+// Throws FileError when `folder` holds no checkpoint (trainer_state.json) to resume.
+void require_checkpoint(const std::string& folder);
 // Loads the checkpoint of the run in `folder` into `model` (on its device) and `optimizer`, and returns
 // its state. A folder without a checkpoint, or with damaged or disagreeing files, is a FileError.
 TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer& optimizer);

@@ -114,7 +114,7 @@ expect "a run whose default folder is taken gets NAME-TIMESTAMP-2" 0 "^runs/quic
   +%Y%m%d-%H%M%S)"; done; "$0" run "$2" --set training.steps=1 --set training.eval_batches=1 >/dev/null 2>&1 &&
   ls -d runs/*-2' "$BIN" "$WORK" "$quick"
 cp "$WORK/seed0/config.toml" "$WORK/seed0_config.toml"
-expect "a resume of another model is refused, naming the setting" 2 "settings differ from .*seed0/config.toml: model.dim 64 -> 32\. A resumed run continues the same experiment" -- \
+expect "a resume of another model is refused, naming the setting" 2 "settings differ from .*seed0/effective.toml: model.dim 64 -> 32; model.dt_rank 4 -> 2\. A resumed run continues" -- \
   "$BIN" run "$quick" "${short[@]}" --set model.dim=32 --out "$WORK/seed0" --resume
 expect "... and leaves the run's config.toml as it was" 0 "" -- cmp "$WORK/seed0/config.toml" "$WORK/seed0_config.toml"
 expect "a resume of a folder without a run makes nothing" 2 "nothing/trainer_state.json not found" -- \
@@ -131,6 +131,19 @@ expect "a damaged trainer_state.json is named" 2 "seed1/trainer_state.json: not 
 expect "an unknown log level is a usage error" 2 "--log-level expects debug, info, warn or error" -- \
   "$BIN" run "$quick" --log-level bogus
 
+# The resume check reads the settings the run used (effective.toml): a deleted config.toml does not turn
+# it off, and a default spelt out is no change. A resume that trains nothing is still recorded.
+rm "$WORK/seed0/config.toml"
+expect "a resume is checked against effective.toml" 2 "settings differ from the run's .*seed0/effective.toml: router.name \"switch\" -> \"topk\"" -- \
+  "$BIN" run "$quick" "${short[@]}" --set router.name=topk --out "$WORK/seed0" --resume
+expect "a default spelt out is no change" 0 "nothing left to train" -- \
+  "$BIN" run "$quick" "${short[@]}" --set router.aux_loss_coef=0.01 --set model.dt_rank=4 --out "$WORK/seed0" --resume
+expect "... and two resumes that trained nothing are both recorded" 0 "^2$" -- bash -c '"$0" run "$1" "${@:3}" \
+  --set run.threads=1 --out "$2" --resume >/dev/null 2>&1 && python3 -c "import json, sys; \
+  print(len(json.load(open(sys.argv[1]))[\"resumes\"]))" "$2/trainer_state.json"' "$BIN" "$quick" "$WORK/seed0" "${short[@]}"
+expect "a new run into a comparison's folder is refused" 2 "compared already holds a comparison \(results.md\)" -- \
+  "$BIN" run "$quick" "${short[@]}" --out "$WORK/compared"
+
 # SIGTERM (timeout, job schedulers) saves a checkpoint as Ctrl-C does; the run can go on with --resume.
 # The signal is sent once training is under way (a first metrics line), as the handler is set up then.
 expect "SIGTERM ends a run with a checkpoint (exit 130)" 130 "interrupted at step [0-9]+: checkpoint saved" -- \
@@ -139,6 +152,18 @@ expect "SIGTERM ends a run with a checkpoint (exit 130)" 130 "interrupted at ste
   kill -TERM $pid; wait $pid' "$BIN" "$quick" "$WORK/terminated"
 expect "... whose folder has its effective.toml and trainer_state.json" 0 "" -- \
   test -s "$WORK/terminated/effective.toml" -a -s "$WORK/terminated/trainer_state.json"
+# A sweep resumed with a changed experiment is refused before any run starts, its runs left resumable.
+printf '[sweep]\n"router.name" = ["switch"]\n' | cat "$quick" - >"$WORK/one_sweep.toml"
+bash -c '"$0" sweep "$1" --set training.steps=100000 --set training.eval_every=0 --set training.log_every=1 \
+  --set run.threads=1 --out "$2" >/dev/null 2>&1 & pid=$!; for i in $(seq 600); do
+  [ -s "$2/runs/00-router.name=switch/metrics.jsonl" ] && break; sleep 0.1; done; kill -TERM $pid; wait $pid' \
+  "$BIN" "$WORK/one_sweep.toml" "$WORK/one_sweep"
+expect "a sweep resumed with another learning rate is refused" 2 "sweep run 00-router.name=switch: --resume: settings differ .*training.learning_rate" -- \
+  "$BIN" sweep "$WORK/one_sweep.toml" --set training.steps=100000 --set training.eval_every=0 \
+  --set training.log_every=1 --set run.threads=1 --set training.learning_rate=1e-3 --out "$WORK/one_sweep" --resume
+expect "... and its run stays interrupted" 0 "^interrupted$" -- python3 -c "import json, sys; \
+  print(json.load(open(sys.argv[1]))['runs'][0]['status'])" "$WORK/one_sweep/sweep.json"
+
 # A failed run (here a diverging loss) says so in its summary.json, and compare shows it as failed.
 expect "a diverging run fails" 1 "the loss is -?nan at step" -- "$BIN" run "$quick" "${short[@]}" \
   --set training.learning_rate=1e6 --set training.grad_clip=0 --out "$WORK/diverged"
