@@ -921,14 +921,19 @@ class SweepProgress {
   }
 
   // The closing lines and the results table; returns the number of failed runs.
+  // Logs the end of the sweep; returns the runs that failed or were cut short (killed after a checkpoint).
   int64_t finish() const {
-    const int64_t failed = std::count_if(results_.begin(), results_.end(),
-                                         [](const SweepResult& result) { return result.status == "failed"; });
-    spdlog::info("sweep finished: {} run{} ({} failed) in {}; results in {}/results.md", results_.size(),
+    const auto count = [&](const char* status) {
+      return std::count_if(results_.begin(), results_.end(),
+                           [&](const SweepResult& result) { return result.status == status; });
+    };
+    const int64_t failed = count("failed"), cut_short = count("interrupted");
+    spdlog::info("sweep finished: {} run{} ({} failed{}) in {}; results in {}/results.md", results_.size(),
                  results_.size() == 1 ? "" : "s", failed,
+                 cut_short > 0 ? ", " + std::to_string(cut_short) + " interrupted: continue with --resume" : "",
                  format_duration(seconds_since(start_)), folder_);
     spdlog::info("results:\n{}", results_markdown(axes_, results_));
-    return failed;
+    return failed + cut_short;
   }
 
  private:
@@ -1031,6 +1036,12 @@ bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std:
     } else if (exit.code == 130) {  // interrupted: exit(130), or ended by SIGINT (128 + 2)
       result.status = "interrupted";
       interrupted = true;
+    } else if (exit.code > 128 && std::filesystem::exists(sweep.run_folder(result) + "/trainer_state.json")) {
+      // Killed by a signal (SIGKILL of the out-of-memory killer, say) after a checkpoint: --resume continues
+      // it from there instead of starting it again; the other runs go on.
+      result.status = "interrupted";
+      spdlog::warn("sweep run {} ended by signal {}; its last checkpoint is kept: sweep --resume continues it",
+                   result.run.name, exit.code - 128);
     } else {
       result.status = "failed";
       const std::string log = sweep.run_folder(result) + "/run.log";

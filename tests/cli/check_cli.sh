@@ -164,6 +164,19 @@ expect "a sweep resumed with another learning rate is refused" 2 "sweep run 00-r
 expect "... and its run stays interrupted" 0 "^interrupted$" -- python3 -c "import json, sys; \
   print(json.load(open(sys.argv[1]))['runs'][0]['status'])" "$WORK/one_sweep/sweep.json"
 
+# A run killed by a signal after a checkpoint (SIGKILL, as the out-of-memory killer sends) is kept for
+# --resume, which continues it from that checkpoint.
+printf '[sweep]\n"router.name" = ["switch", "topk"]\n' | cat "$quick" - >"$WORK/two_sweep.toml"
+two=(--set training.steps=100000 --set training.eval_every=10 --set training.eval_batches=1 --set run.threads=1)
+expect "a sweep whose runs were killed says they can be continued" 1 "ended by signal 9; its last checkpoint is kept" -- \
+  bash -c '"$0" sweep "$1" "${@:3}" --jobs 2 --out "$2" 2>&1 & pid=$!; for i in $(seq 600); do
+  [ -s "$2/runs/00-router.name=switch/trainer_state.json" ] && [ -s "$2/runs/01-router.name=topk/trainer_state.json" ] &&
+  break; sleep 0.1; done; pkill -KILL -f -- "--out $2/runs/"; wait $pid' "$BIN" "$WORK/two_sweep.toml" "$WORK/two_sweep" "${two[@]}"
+expect "... and sweep --resume continues them from their checkpoints" 130 "01-router.name=topk \(continuing from its checkpoint\)" -- \
+  bash -c '"$0" sweep "$1" "${@:3}" --jobs 2 --out "$2" --resume >"$2.log" 2>&1 & pid=$!; for i in $(seq 600); do
+  [ "$(grep -c "continuing from its checkpoint" "$2.log")" -ge 2 ] && break; sleep 0.1; done; kill -INT $pid
+  wait $pid; status=$?; cat "$2.log"; exit $status' "$BIN" "$WORK/two_sweep.toml" "$WORK/two_sweep" "${two[@]}"
+
 # A failed run (here a diverging loss) says so in its summary.json, and compare shows it as failed.
 expect "a diverging run fails" 1 "the loss is -?nan at step" -- "$BIN" run "$quick" "${short[@]}" \
   --set training.learning_rate=1e6 --set training.grad_clip=0 --out "$WORK/diverged"
