@@ -920,8 +920,8 @@ class SweepProgress {
                  format_duration(elapsed), format_duration(elapsed / ran_ * left));
   }
 
-  // The closing lines and the results table; returns the number of failed runs.
-  // Logs the end of the sweep; returns the runs that failed or were cut short (killed after a checkpoint).
+  // The closing lines and the results table; returns the number of runs that failed or were cut short
+  // (killed after a checkpoint: interrupted).
   int64_t finish() const {
     const auto count = [&](const char* status) {
       return std::count_if(results_.begin(), results_.end(),

@@ -125,10 +125,6 @@ std::string quote_toml_string(const std::string& value) {
   return quoted + "\"";
 }
 
-}  // namespace
-
-namespace {
-
 void flatten_into(const toml::table& table, const std::string& prefix, std::map<std::string, const toml::node*>& out) {
   for (auto&& [key, node] : table) {
     const std::string path = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
