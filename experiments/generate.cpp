@@ -287,7 +287,8 @@ int decode_benchmark(Model& model, uint64_t seed, int64_t decode_length) {
 
   // batch 1: decode_length steps (the first token comes from the prefill)
   greedy.max_new_tokens = decode_length + 1;
-  generate(model, random_prompts(1, kPromptLength, random), GenerationSettings{greedy.sampling, std::min<int64_t>(8, decode_length + 1), -1, 0});  // warm-up
+  const GenerationSettings warm_up{greedy.sampling, std::min<int64_t>(8, decode_length + 1), -1, 0};
+  generate(model, random_prompts(1, kPromptLength, random), warm_up);
   spdlog::info("decoding {} tokens at batch 1 ...", decode_length);
   const GenerationResult narrow = generate(model, random_prompts(1, kPromptLength, random), greedy);
   const double narrow_rate = static_cast<double>(narrow.decode_steps) / narrow.decode_seconds;
