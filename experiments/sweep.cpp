@@ -631,17 +631,24 @@ LineSeries metric_series(const std::vector<SweepAxis>& axes, const SweepResult& 
 
 std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
                             const std::string& varied) {
+  // The cross-entropy, without the MoE layers' aux losses (which some routers have and others lack), when
+  // the metrics hold it; the loss for metrics of earlier versions.
+  bool cross_entropy = false;
+  for (const SweepResult& result : results) {
+    for (const nlohmann::json& entry : result.metrics) cross_entropy = cross_entropy || entry.contains("train_lm_loss");
+  }
+  const char* name = cross_entropy ? "cross-entropy" : "loss";
   LineChart chart;
-  chart.title = "Loss per run";
+  chart.title = cross_entropy ? "Cross-entropy per run (without the MoE aux losses)" : "Loss per run";
   chart.subtitle = chart_subtitle(axes, varied);
   chart.x_label = "step";
-  chart.y_label = "loss";
+  chart.y_label = name;
   bool any_eval = false;
   std::set<size_t> labelled;
   for (const SweepResult& result : results) {
-    LineSeries train = metric_series(axes, result, "train_loss");
+    LineSeries train = metric_series(axes, result, cross_entropy ? "train_lm_loss" : "train_loss");
     if (!train.y.empty()) train.label = legend_label(axes, result.run, labelled);
-    LineSeries eval = metric_series(axes, result, "eval_loss");
+    LineSeries eval = metric_series(axes, result, cross_entropy ? "eval_lm_loss" : "eval_loss");
     eval.dashed = true;
     any_eval = any_eval || !eval.y.empty();
     if (!train.y.empty()) chart.series.push_back(std::move(train));  // runs not started yet stay out
@@ -649,8 +656,8 @@ std::string loss_curves_svg(const std::vector<SweepAxis>& axes, const std::vecto
   }
   if (chart.series.empty()) return "";
   chart.log_y = spans_decades(chart);
-  chart.style_keys.push_back({false, "train loss"});
-  if (any_eval) chart.style_keys.push_back({true, "eval loss"});
+  chart.style_keys.push_back({false, std::string("train ") + name});
+  if (any_eval) chart.style_keys.push_back({true, std::string("eval ") + name});
   return line_chart_svg(chart);
 }
 

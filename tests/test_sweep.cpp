@@ -396,6 +396,22 @@ TEST_CASE("sweep: the loss chart is a well-formed SVG with a line per run and th
   CHECK_THAT(svg, Contains(">train loss</text>"));
   CHECK_THAT(svg, Contains(">eval loss</text>"));
   CHECK_THAT(svg, Contains("(log scale)"));  // 3/10 .. 1.06: more than a factor of 10
+  CHECK_THAT(svg, Contains(">Loss per run</text>"));  // metrics of earlier versions: no cross-entropy
+
+  // With the cross-entropy in the metrics, the chart draws it (not the loss, which adds the aux losses).
+  auto with_cross_entropy = results;
+  for (SweepResult& result : with_cross_entropy) {
+    for (nlohmann::json& entry : result.metrics) {
+      entry["train_lm_loss"] = 100.0;  // far from every loss, so that a line drawn from the loss would show
+      if (entry.contains("eval_loss")) entry["eval_lm_loss"] = 200.0;
+    }
+  }
+  const std::string cross_entropy = loss_curves_svg(axes, with_cross_entropy);
+  require_well_formed_svg(cross_entropy);
+  CHECK_THAT(cross_entropy, Contains(">Cross-entropy per run (without the MoE aux losses)</text>"));
+  CHECK_THAT(cross_entropy, Contains(">train cross-entropy</text>") && Contains(">eval cross-entropy</text>"));
+  CHECK(count(cross_entropy, "<polyline") == 4);
+  CHECK(cross_entropy.find("(log scale)") == std::string::npos);  // 100 .. 200: within a factor of 10
 
   const std::string accuracy = accuracy_curves_svg(axes, results);
   require_well_formed_svg(accuracy);
