@@ -210,6 +210,7 @@ SweepResult compared_run(const std::string& folder, size_t r, const std::vector<
   result.summary = read_run_summary(folder);
   result.metrics = read_run_metrics(folder);
   result.status = status_of(result.summary, settings);
+  if (result.status == "failed" && result.summary["error"].is_string()) result.error = result.summary["error"];
   result.seconds = work_seconds(result.summary);
   return result;
 }

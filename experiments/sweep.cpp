@@ -746,6 +746,15 @@ std::string results_section(const std::vector<SweepAxis>& axes, const std::vecto
         << "Each combination of the other " << others << " over its finished seeds: mean ± sample standard "
         << "deviation, and the lowest eval accuracy of any seed.\n";
   }
+  // Why each failed run failed, so that the table's "failed" does not send the reader to the logs first.
+  bool any_failed = false;
+  for (const SweepResult& result : results) {
+    if (result.status != "failed" || result.error.empty()) continue;
+    if (!any_failed) out << "\n## Failed runs\n\n";
+    any_failed = true;
+    out << "* " << result.run.index << " (" << markdown_cell(result.run.name) << "): " << markdown_cell(result.error)
+        << "\n";
+  }
   return out.str();
 }
 

@@ -270,6 +270,17 @@ TEST_CASE("sweep: eval CE, the eval loss without the aux losses, is a column of 
   CHECK_THAT(section, Contains("eval CE: its cross-entropy alone, without the MoE layers' aux losses"));
 }
 
+TEST_CASE("sweep: the results say why each failed run failed", "[sweep]") {
+  const auto axes = axes_of(kRouterSweep);
+  std::vector<SweepResult> results = synthetic_results(axes);
+  CHECK(results_section(axes, results, "training time", "routers", "").find("## Failed runs") == std::string::npos);
+  results[2].status = "failed";
+  results[2].error = "the loss is nan at step 2: training diverged | see run.log";
+  const std::string section = results_section(axes, results, "training time", "routers", "");
+  CHECK_THAT(section, Contains("\n## Failed runs\n\n* 2 (" + results[2].run.name +
+                               "): the loss is nan at step 2: training diverged \\| see run.log\n"));
+}
+
 TEST_CASE("sweep: with seeds swept, a table over seeds gives mean ± standard deviation per combination",
           "[sweep]") {
   const auto axes = axes_of("[sweep]\n\"router.name\" = [\"switch\", \"topk\"]\n\"run.seed\" = [0, 1, 2]\n");
