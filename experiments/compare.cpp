@@ -287,8 +287,9 @@ int command_compare(const CommandLine& line) {
     throw UsageError("compare needs two or more run folders (or a sweep's folder)");
   }
   std::string out = line.option("out");
-  if (!out.empty() && !run_output_in(out).empty()) {
-    throw FileError(out + " holds a run or a sweep (" + run_output_in(out) +
+  const std::string earlier = out.empty() ? std::string() : run_output_in(out);
+  if (!earlier.empty()) {
+    throw FileError(out + " holds a run or a sweep (" + earlier +
                     "), whose files the comparison would replace; choose another --out");
   }
   // By default a new folder runs/compare-timestamp, numbered when taken (which leaves the runs' paths

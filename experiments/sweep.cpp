@@ -780,6 +780,13 @@ void validate_run(const Experiment& experiment) {
   if (built.task->trainable()) prepare_training(experiment, built.model->parameters());
 }
 
+// Whether a run of a resumed sweep continues from the checkpoint in its folder: one interrupted, or running
+// when the sweep stopped, that saved a checkpoint. Any other run not done starts afresh.
+bool continues_from_checkpoint(const SweepResult& result, const std::string& run_folder) {
+  return (result.status == "interrupted" || result.status == "running") &&
+         std::filesystem::exists(run_folder + "/trainer_state.json");
+}
+
 // Fills in the summary (finished or interrupted runs) and the metrics of a run from its folder.
 void read_run_outputs(SweepResult& result, const std::string& folder) {
   result.summary = nullptr;
@@ -903,8 +910,7 @@ class SweepProgress {
       }
       return false;
     }
-    continue_run = (result.status == "interrupted" || result.status == "running") &&
-                   std::filesystem::exists(folder + "/trainer_state.json");
+    continue_run = continues_from_checkpoint(result, folder);
     // A run started afresh leaves nothing of an earlier attempt (a failed run's files) behind.
     if (!continue_run) std::filesystem::remove_all(folder);
     result.status = "running";
@@ -1071,42 +1077,35 @@ bool run_processes(const CommandLine& line, int64_t jobs, const std::vector<std:
 }
 
 // Loads every combination and checks it as far as it can be without running; the first bad one ends the
-// sweep before anything runs.
+// sweep before anything runs. With --resume (`results` read from `folder`), a run that will continue from
+// its checkpoint may change only what a resumed run may (resumed_setting_changes): any other change of the
+// experiment ends the sweep here too, before a run starts or a status changes.
 void check_combinations(const std::string& path, const std::vector<std::string>& sets,
-                        const std::vector<SweepAxis>& axes, const std::vector<SweepRun>& runs) {
+                        const std::vector<SweepAxis>& axes, const std::vector<SweepResult>& results,
+                        const std::string& folder) {
   std::vector<std::string> described;
   for (const SweepAxis& axis : axes) described.push_back(axis.key + " (" + std::to_string(axis.values.size()) + ")");
-  spdlog::info("sweep of {}: {} run{} over {}", path, runs.size(), runs.size() == 1 ? "" : "s", join(described, " × "));
-  for (const SweepRun& run : runs) {
+  spdlog::info("sweep of {}: {} run{} over {}", path, results.size(), results.size() == 1 ? "" : "s",
+               join(described, " × "));
+  for (const SweepResult& result : results) {
+    const SweepRun& run = result.run;
+    Experiment experiment;
     try {
-      validate_run(load_run_experiment(path, sets, run));
+      experiment = load_run_experiment(path, sets, run);
+      validate_run(experiment);
     } catch (const std::exception& error) {
       throw ConfigError("sweep run " + run.name + " (" + join(run.assignments, ", ") + "): " + error.what() +
                         "\nnothing was run");
     }
-  }
-  spdlog::info("checked all {} combinations", runs.size());
-}
-
-// --resume: each run that will continue from its checkpoint (interrupted, or running when the sweep
-// stopped) may change only what a resumed run may (resumed_setting_changes); any other change of the
-// experiment ends the sweep here, before a run starts or a status changes.
-void check_continuing_runs(const std::string& path, const std::vector<std::string>& sets, const std::string& folder,
-                           const std::vector<SweepResult>& results) {
-  for (const SweepResult& result : results) {
-    const std::string run_folder = folder + "/runs/" + result.run.name;
-    if ((result.status != "interrupted" && result.status != "running") ||
-        !std::filesystem::exists(run_folder + "/trainer_state.json")) {
-      continue;
-    }
-    const Experiment experiment = load_run_experiment(path, sets, result.run);
-    validate_run(experiment);
+    const std::string run_folder = folder + "/runs/" + run.name;
+    if (!continues_from_checkpoint(result, run_folder)) continue;
     try {
       resumed_setting_changes(run_folder, experiment);
     } catch (const std::exception& error) {
-      throw ConfigError("sweep run " + result.run.name + ": " + error.what() + "\nnothing was run");
+      throw ConfigError("sweep run " + run.name + ": " + error.what() + "\nnothing was run");
     }
   }
+  spdlog::info("checked all {} combinations", results.size());
 }
 
 // --resume: the status, time and error of each run from the sweep.json in `folder`, and the outputs of
@@ -1177,21 +1176,23 @@ int command_sweep(const CommandLine& line) {
   const Experiment base = load_experiment(path, sets);
   std::vector<SweepAxis> axes = read_sweep_axes(base.file);
   const std::vector<SweepRun> runs = expand_sweep(axes);
-  check_combinations(path, sets, axes, runs);
-
-  // By default a new folder [output] dir / name-sweep-timestamp, numbered when taken.
-  std::string folder = line.option("out");
-  if (folder.empty()) folder = make_new_folder(base.output.dir + "/" + base.output.name + "-sweep-" + timestamp());
   std::vector<SweepResult> results(runs.size());
   for (size_t i = 0; i < runs.size(); ++i) results[i].run = runs[i];
-  if (resume) {
-    read_previous_results(folder, results);
-    check_continuing_runs(path, sets, folder, results);
-  } else if (std::filesystem::exists(folder + "/sweep.json")) {
-    throw FileError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another --out");
-  } else if (!any_output_in(folder).empty()) {
-    throw FileError(folder + " holds a run or a comparison (" + any_output_in(folder) +
-                    "); choose another --out for the sweep");
+  std::string folder = line.option("out");  // with --resume, the sweep's folder
+  if (resume) read_previous_results(folder, results);
+  check_combinations(path, sets, axes, results, folder);
+
+  // By default a new folder [output] dir / name-sweep-timestamp, numbered when taken.
+  if (folder.empty()) folder = make_new_folder(base.output.dir + "/" + base.output.name + "-sweep-" + timestamp());
+  if (!resume) {
+    if (std::filesystem::exists(folder + "/sweep.json")) {
+      throw FileError(folder + " already holds a sweep (sweep.json); continue it with --resume, or choose another "
+                      "--out");
+    }
+    const std::string earlier = any_output_in(folder);
+    if (!earlier.empty()) {
+      throw FileError(folder + " holds a run or a comparison (" + earlier + "); choose another --out for the sweep");
+    }
   }
   make_directories(folder + "/runs");
   SweepProgress sweep(path, sets, std::move(axes), folder, std::move(results));

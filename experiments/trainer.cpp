@@ -289,6 +289,11 @@ class LogWindow {
   RoutingAverage routing_;
 };
 
+// Whether an evaluation's accuracy stops the run: training.stop_at_eval_accuracy is set (> 0) and reached.
+bool reached_stop_accuracy(const TrainingSettings& settings, double accuracy) {
+  return settings.stop_at_eval_accuracy > 0 && accuracy >= settings.stop_at_eval_accuracy;
+}
+
 // Evaluates on the held-out batches: records the result in `state` and `entry`, and logs it. Returns
 // whether it reached training.stop_at_eval_accuracy.
 bool evaluate_step(Model& model, Task& task, const TrainingSettings& settings, TrainerState& state,
@@ -301,7 +306,7 @@ bool evaluate_step(Model& model, Task& task, const TrainingSettings& settings, T
   entry["eval_accuracy"] = evaluation.accuracy;
   spdlog::info("eval  {:>5}/{} | loss {:.4f} | acc {:.3f}", state.step, settings.steps, evaluation.loss,
                evaluation.accuracy);
-  return settings.stop_at_eval_accuracy > 0 && evaluation.accuracy >= settings.stop_at_eval_accuracy;
+  return reached_stop_accuracy(settings, evaluation.accuracy);
 }
 
 // What summary.json gets: the final figures, the totals, and the routing of the trained model measured on
@@ -333,7 +338,7 @@ bool log_resume(const TrainerState& state, const TrainingSettings& settings) {
   const nlohmann::json& last = state.last_eval;
   const double accuracy =
       last.contains("eval_accuracy") && last["eval_accuracy"].is_number() ? last["eval_accuracy"].get<double>() : -1.0;
-  if (settings.stop_at_eval_accuracy > 0 && accuracy >= settings.stop_at_eval_accuracy) {
+  if (reached_stop_accuracy(settings, accuracy)) {
     spdlog::info("the checkpoint at step {} has eval accuracy {:.3f} >= training.stop_at_eval_accuracy = {}: "
                  "nothing left to train (raise it to train on)",
                  state.step, accuracy, settings.stop_at_eval_accuracy);

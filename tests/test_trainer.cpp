@@ -135,10 +135,10 @@ eval_every = 6
 eval_batches = 2
 )";
 
-Experiment training_experiment(const std::string& folder) {
+Experiment training_experiment(const std::string& folder, const std::vector<std::string>& sets = {}) {
   const std::string path = folder + "/experiment.toml";
   write_file_atomic(path, kTrainingExperiment);
-  return load_experiment(path, {});
+  return load_experiment(path, sets);
 }
 
 // A task that raises SIGINT when the trainer asks for one train batch, as Ctrl-C would.
@@ -328,9 +328,8 @@ TEST_CASE("a damaged checkpoint is an error naming its file", "[trainer]") {
 
 TEST_CASE("resuming a run that stopped early trains no further, unless the threshold is raised", "[trainer]") {
   const std::string folder = temporary_folder("stopped");
-  write_file_atomic(folder + "/experiment.toml", kTrainingExperiment);
   // Any accuracy stops it at the first evaluation, step 6.
-  const Experiment early = load_experiment(folder + "/experiment.toml", {"training.stop_at_eval_accuracy=1e-9"});
+  const Experiment early = training_experiment(folder, {"training.stop_at_eval_accuracy=1e-9"});
   BuiltExperiment built = build_experiment(early);
   built.model->initialize(0);
   const TrainingOutcome stopped = train_in(early, *built.model, *built.task, folder, false);
@@ -342,7 +341,7 @@ TEST_CASE("resuming a run that stopped early trains no further, unless the thres
   CHECK(resumed.summary["stopped_early"] == true);
   CHECK(resumed.summary["final"]["eval_loss"].get<double>() == stopped.summary["final"]["eval_loss"].get<double>());
   // An unreachable threshold: the run goes on to training.steps.
-  const Experiment further = load_experiment(folder + "/experiment.toml", {"training.stop_at_eval_accuracy=2"});
+  const Experiment further = training_experiment(folder, {"training.stop_at_eval_accuracy=2"});
   BuiltExperiment more = build_experiment(further);
   CHECK(train_in(further, *more.model, *more.task, folder, true).summary["steps"] == 12);
   std::filesystem::remove_all(folder);
