@@ -200,11 +200,27 @@ std::string percent(const nlohmann::json& json, const std::string& pointer) {
 std::string run_loss_svg(const nlohmann::json& metrics, const std::string& title) {
   LineChart chart;
   chart.title = title;
-  chart.subtitle = "train loss: the mean over each logging window; eval loss: on the eval batches";
   chart.x_label = "step";
   chart.y_label = "loss";
-  add_train_and_eval(chart, series_of(metrics, "train_loss"), series_of(metrics, "eval_loss"), "train loss",
-                     "eval loss");
+  LineSeries train = series_of(metrics, "train_loss"), eval = series_of(metrics, "eval_loss");
+  LineSeries train_entropy = series_of(metrics, "train_lm_loss"), eval_entropy = series_of(metrics, "eval_lm_loss");
+  // Without aux losses (no MoE layer, or coefficients of 0) the loss is the cross-entropy: one pair of lines.
+  const bool aux = (!train_entropy.y.empty() && train_entropy.y != train.y) ||
+                   (!eval_entropy.y.empty() && eval_entropy.y != eval.y);
+  if (!aux) {
+    chart.subtitle = "train loss: the mean over each logging window; eval loss: on the eval batches";
+    add_train_and_eval(chart, std::move(train), std::move(eval), "train loss", "eval loss");
+  } else {
+    chart.subtitle = "loss = cross-entropy + the MoE aux losses; train: the mean over each logging window; eval: "
+                     "on the eval batches";
+    train.label = "loss";
+    train_entropy.label = "cross-entropy";
+    train_entropy.colour = eval_entropy.colour = 1;
+    add_train_and_eval(chart, std::move(train), std::move(eval), "train", "eval");
+    const size_t keys = chart.style_keys.size();
+    add_train_and_eval(chart, std::move(train_entropy), std::move(eval_entropy), "train", "eval");
+    chart.style_keys.resize(keys);  // the same two line styles
+  }
   chart.log_y = spans_decades(chart);
   return line_chart_svg(chart);
 }

@@ -106,6 +106,28 @@ TEST_CASE("run report: the expert-load panel has one group per MoE layer", "[rep
   CHECK(expert_load_panel(nlohmann::json{{"steps", 3}}).groups.empty());  // a model without MoE layers
 }
 
+TEST_CASE("run report: the loss chart draws the cross-entropy beside a loss with aux losses", "[report]") {
+  // No aux loss: the logged cross-entropy equals the loss, and one pair of lines is drawn.
+  nlohmann::json metrics = nlohmann::json::array(
+      {{{"step", 50}, {"train_loss", 2.75}, {"train_lm_loss", 2.75}},
+       {{"step", 100}, {"train_loss", 2.5}, {"train_lm_loss", 2.5}, {"eval_loss", 2.625}, {"eval_lm_loss", 2.625}}});
+  const std::string plain = run_loss_svg(metrics, "demo: loss");
+  CHECK(count(plain, "<polyline") == 2);
+  CHECK_THAT(plain, !Contains("cross-entropy"));
+
+  // An aux loss at step 100 only: loss and cross-entropy, each train (solid) and eval (dashed).
+  metrics[1]["train_loss"] = 2.5625;
+  const std::string both = run_loss_svg(metrics, "demo: loss");
+  require_well_formed_svg(both);
+  CHECK(count(both, "<polyline") == 4);
+  CHECK(count(both, "<polyline data-series=\"loss\"") == 1);
+  CHECK(count(both, "<polyline data-series=\"cross-entropy\"") == 1);
+  CHECK(count(both, "stroke=\"" + plot_colour(1) + "\" stroke-width=\"1.8\" stroke-dasharray") == 1);
+  CHECK_THAT(both, Contains(">loss</text>") && Contains(">cross-entropy</text>") && Contains(">train</text>") &&
+                       Contains(">eval</text>"));
+  CHECK(count(both, ">train</text>") == 1);  // one style key per line style
+}
+
 TEST_CASE("run report: the charts draw what the metrics hold", "[report]") {
   const nlohmann::json metrics = synthetic_metrics();
   const std::string loss = run_loss_svg(metrics, "demo: loss");

@@ -200,10 +200,11 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
     CHECK(std::filesystem::exists(folder + "/" + file));
   }
   // The charts as of the evaluation at step 6 (the one at the last step is left to the run report): train
-  // loss at steps 3 and 6, one eval point.
+  // loss at steps 3 and 6, one eval point; each for the loss and, the MoE layer adding its aux loss, the
+  // cross-entropy.
   const std::string loss = read_file(folder + "/loss.svg");
-  CHECK(test::count(loss, "<circle") == 1);
-  CHECK(test::count(loss, "<polyline") == 2);
+  CHECK(test::count(loss, "<circle") == 2);
+  CHECK(test::count(loss, "<polyline") == 4);
   CHECK(std::filesystem::exists(folder + "/routing.svg"));
   CHECK_FALSE(std::filesystem::exists(folder + "/report.md"));
   std::filesystem::remove_all(folder);
