@@ -46,8 +46,11 @@ struct RoutingStats {
   std::vector<double> load;        // X: fraction of the routed assignments each expert received, before dropping
   std::vector<double> mean_probability;  // X: mean router probability (P_j)
   int64_t routed_tokens = 0;       // T: unmasked tokens
-  int64_t assignments = 0;         // T·k
-  int64_t dropped = 0;             // assignments dropped for capacity
+  int64_t assignments = 0;         // T·k, masked tokens' included
+  // The drop rate is dropped / droppable: the unmasked assignments dropped for capacity, of
+  // routed_tokens·k; for expert choice, the unmasked tokens no expert chose, of routed_tokens.
+  int64_t dropped = 0;
+  int64_t droppable = 0;
   double entropy = 0;              // mean router entropy / log X
   double aux_loss = 0;             // load-balance loss, times its coefficient
   double z_loss = 0;               // z-loss, times its coefficient

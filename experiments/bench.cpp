@@ -72,10 +72,9 @@ void print_part_times(const PartTimes& times, int64_t steps, double step_seconds
 int command_bench(const CommandLine& line) {
   Experiment experiment = load_experiment(line.experiment_path(), command_line_assignments(line));
   apply_thread_count(experiment.run.threads);
-  BuiltExperiment built = build_experiment(experiment, false);
   // The bench's training step uses AdamW at the default settings; the file's [training] and [optimizer]
   // are checked all the same, so a typo there is an error here too.
-  prepare_training(experiment, built.model->parameters());
+  BuiltExperiment built = build_checked(experiment, false);
   const ConfigTable& task = experiment.table("task");
   const int64_t B = task.get_int("batch_size", 4, 1), L = task.get_int("seq_len", 512, 1);
   const Device device = resolve_backend(experiment.run.backend);

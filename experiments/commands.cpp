@@ -65,7 +65,7 @@ CommandLine parse_command_line(int argc, char** argv) {
     }
     std::string name = argument.substr(2), value;
     const size_t equals = name.find('=');
-    const bool inline_value = equals != std::string::npos && name.substr(0, equals) != "set";
+    const bool inline_value = equals != std::string::npos;  // --out=DIR, --set=model.d_state=32
     if (inline_value) {
       value = name.substr(equals + 1);
       name = name.substr(0, equals);
@@ -240,8 +240,7 @@ ModelInput read_model_input(const std::string& path, const ModelConfig& model) {
 
 int command_forward(const CommandLine& line) {
   Experiment experiment = load_for(line);
-  BuiltExperiment built = build_experiment(experiment, false);
-  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
+  BuiltExperiment built = build_checked(experiment, false);
   const std::string weights = line.required("weights");
   const std::string input_path = line.required("input");
   const std::string output_path = line.required("output");
@@ -283,8 +282,7 @@ int command_forward(const CommandLine& line) {
 
 int command_init(const CommandLine& line) {
   Experiment experiment = load_for(line);
-  BuiltExperiment built = build_experiment(experiment, false);
-  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
+  BuiltExperiment built = build_checked(experiment, false);
   const std::string output_path = line.required("output");
   built.model->initialize(experiment.run.seed);
   std::map<std::string, std::string> metadata{{"format", "pt"}, {"mamba_r1_seed", std::to_string(experiment.run.seed)}};

@@ -360,8 +360,7 @@ int command_generate(const CommandLine& line) {
     prompts = read_prompts(line);
     check_generation_length(prompts, settings.max_new_tokens, experiment.model.max_seq_len);
   }
-  BuiltExperiment built = build_experiment(experiment, false);
-  prepare_training(experiment, built.model->parameters());  // unused here, but a typo there is still an error
+  BuiltExperiment built = build_checked(experiment, false);
   Model& model = *built.model;
   const std::string weights = bench ? line.option("weights") : line.required("weights");
   if (weights.empty()) {

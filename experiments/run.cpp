@@ -176,8 +176,13 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   }
   // Everything that can be wrong with the experiment, the backend or the checkpoint to resume is found
   // before the run folder is made or touched.
-  std::optional<TrainingSetup> training;
-  if (built.task->trainable()) training = prepare_training(experiment, built.model->parameters());
+  // [training] and [optimizer] are checked whether or not the task trains: a typo there is an error too.
+  TrainingSetup training = prepare_training(experiment, built.model->parameters());
+  const bool trains = built.task->trainable();
+  if (!trains) {  // their settings play no part in the run
+    experiment.file.forget_effective("training");
+    experiment.file.forget_effective("optimizer");
+  }
   const Device device = resolve_backend(experiment.run.backend);
   built.model->initialize(experiment.run.seed);
   built.model->to(device);
@@ -185,7 +190,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   if (resume) {
     require_checkpoint(given_folder);
     const std::vector<std::string> changes = resumed_setting_changes(given_folder, experiment);
-    resumed = load_checkpoint(given_folder, *built.model, *training->optimizer);
+    resumed = load_checkpoint(given_folder, *built.model, *training.optimizer);
     resumed->resumes.push_back({{"step", resumed->step}, {"changed", changes}});
   }
   std::string folder = given_folder;
@@ -203,11 +208,11 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
 
   RunResult result;
   try {
-    if (!training) {
+    if (!trains) {
       result.summary = run_forward_task(experiment, *built.model, *built.task);
     } else {
       TrainingOutcome outcome =
-          train(experiment, *built.model, *built.task, *training, folder, resumed ? &*resumed : nullptr);
+          train(experiment, *built.model, *built.task, training, folder, resumed ? &*resumed : nullptr);
       result.summary = outcome.summary;
       result.interrupted = outcome.interrupted;
     }

@@ -264,7 +264,7 @@ std::string run_routing_svg(const nlohmann::json& metrics, const std::string& ti
     if (drops) chart.series.push_back(std::move(dropped));
   }
   chart.style_keys.push_back({false, "load CV"});
-  if (any_dropped) chart.style_keys.push_back({true, "drop rate (assignments over capacity)"});
+  if (any_dropped) chart.style_keys.push_back({true, "drop rate (dropped for capacity)"});
   return line_chart_svg(chart);
 }
 
@@ -330,8 +330,9 @@ void write_routing_section(std::ostringstream& out, const nlohmann::json& summar
   }
   if (summary.contains("routing_overall")) row("mean", "", summary["routing_overall"]);
   out << "\nload CV: coefficient of variation of the experts' load; MaxVio: max load / mean load − 1; drop "
-         "rate: assignments dropped for capacity; entropy: the mean per token of the entropy of the router's "
-         "probabilities over log(experts) (1: uniform).\n";
+         "rate: the share of assignments dropped for capacity (expert_choice: of tokens no expert chose); "
+         "entropy: the mean per token of the entropy of the router's probabilities over log(experts) (1: "
+         "uniform).\n";
 }
 
 // The charts, named by their files, as images, one line each.

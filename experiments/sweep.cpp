@@ -736,7 +736,8 @@ std::string results_section(const std::vector<SweepAxis>& axes, const std::vecto
   out << "tokens/s: "
       << kinds.either("training throughput", "forward throughput")
       << "; load CV (coefficient of variation of the experts' load), MaxVio (max load / mean load − 1) and drop "
-         "rate (assignments dropped for capacity): the mean over MoE layers, measured "
+         "rate (the share of assignments dropped for capacity; expert_choice: of tokens no expert chose): the "
+         "mean over MoE layers, measured "
       << kinds.either("on the eval batches at the end", "in the last timed pass")
       << "; time: " << kinds.either(time, forward_time.empty() ? time : forward_time) << ".\n";
   const std::string over_seeds = results_over_seeds_markdown(axes, results);
@@ -775,10 +776,7 @@ Experiment load_run_experiment(const std::string& path, const std::vector<std::s
 
 // Everything a run would check before its first step, without running: the model, the task, and the
 // [training] and [optimizer] tables (which the trainer reads only once training starts).
-void validate_run(const Experiment& experiment) {
-  BuiltExperiment built = build_experiment(experiment);
-  if (built.task->trainable()) prepare_training(experiment, built.model->parameters());
-}
+void validate_run(const Experiment& experiment) { build_checked(experiment, true); }
 
 // Whether a run of a resumed sweep continues from the checkpoint in its folder: one interrupted, or running
 // when the sweep stopped, that saved a checkpoint. Any other run not done starts afresh.

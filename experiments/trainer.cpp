@@ -50,7 +50,7 @@ nlohmann::json routing_metrics(const RoutingStats& stats) {
   out["load"] = stats.load;
   out["load_cv"] = mean > 0 ? std::sqrt(variance) / mean : 0.0;
   out["max_violation"] = mean > 0 ? peak / mean - 1.0 : 0.0;
-  out["dropped_fraction"] = stats.assignments > 0 ? static_cast<double>(stats.dropped) / stats.assignments : 0.0;
+  out["dropped_fraction"] = stats.droppable > 0 ? static_cast<double>(stats.dropped) / stats.droppable : 0.0;
   out["entropy"] = stats.entropy;
   out["aux_loss"] = stats.aux_loss;
   out["z_loss"] = stats.z_loss;
@@ -86,8 +86,8 @@ class RoutingAverage {
       sum.present = true;
       if (sum.load.empty()) sum.load.assign(stats.load.size(), 0.0);
       for (size_t j = 0; j < stats.load.size(); ++j) sum.load[j] += stats.load[j];
-      sum.assignments += stats.assignments;
       sum.dropped += stats.dropped;
+      sum.droppable += stats.droppable;
       sum.entropy += stats.entropy;
       sum.aux_loss += stats.aux_loss;
       sum.z_loss += stats.z_loss;
@@ -374,6 +374,12 @@ TrainingSetup prepare_training(const Experiment& experiment, ParameterStore& par
   setup.optimizer = optimizer_registry().get(setup.optimizer_name)(table, parameters);
   table.reject_unknown_keys();
   return setup;
+}
+
+BuiltExperiment build_checked(const Experiment& experiment, bool with_task) {
+  BuiltExperiment built = build_experiment(experiment, with_task);
+  prepare_training(experiment, built.model->parameters());  // the optimizer's moments are made on first use
+  return built;
 }
 
 void require_checkpoint(const std::string& folder) {

@@ -49,6 +49,10 @@ struct TrainingSetup {
 };
 TrainingSetup prepare_training(const Experiment& experiment, ParameterStore& parameters);
 
+// build_experiment, with [training] and [optimizer] checked as prepare_training checks them, for a command
+// or a task that does not train: a typo anywhere in the file is an error.
+BuiltExperiment build_checked(const Experiment& experiment, bool with_task);
+
 // Throws FileError when `folder` holds no checkpoint (trainer_state.json) to resume.
 void require_checkpoint(const std::string& folder);
 // Loads the checkpoint of the run in `folder` into `model` (on its device) and `optimizer`, and returns

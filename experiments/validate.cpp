@@ -26,6 +26,7 @@
 #include "experiments/commands.h"
 #include "experiments/experiment.h"
 #include "experiments/loss.h"
+#include "experiments/trainer.h"
 #include "kernels/activation.h"
 #include "kernels/conv1d.h"
 #include "kernels/cross_entropy.h"
@@ -937,6 +938,7 @@ int command_validate(const CommandLine& line) {
   if (!line.positional.empty()) {
     experiment = std::make_unique<Experiment>(load_experiment(line.positional[0], line.sets));
     apply_thread_count(experiment->run.threads);
+    build_checked(*experiment, true);  // the whole file, as run checks it: an unknown key is an error here too
     const ConfigTable& task = experiment->table("task");
     models.push_back({experiment->file.file(), experiment->model, experiment->router, experiment->table("router"),
                       std::min<int64_t>(task.get_int("batch_size", 2, 1), 2),

@@ -474,4 +474,6 @@ std::string ExperimentFile::to_toml() const { return toml_document(*root_); }
 
 std::string ExperimentFile::effective_toml() const { return toml_document(*effective_); }
 
+void ExperimentFile::forget_effective(const std::string& name) const { effective_->erase(name); }
+
 }  // namespace mr1

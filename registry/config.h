@@ -135,6 +135,9 @@ class ExperimentFile {
   // Every setting the program read from this file's tables so far, with the value it used, the file's
   // or its default, as TOML text (effective.toml in the run's folder).
   std::string effective_toml() const;
+  // Leaves the top-level table `name` out of effective_toml: one read only to check it (the [training]
+  // of a task that does not train).
+  void forget_effective(const std::string& name) const;
 
  private:
   // "file:line: name", or "--set name.key=value: name" for a table a --set assignment created.

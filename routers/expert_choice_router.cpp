@@ -40,8 +40,9 @@ Routing ExpertChoiceRouter::route(const Tensor& logits, const Tensor&, const Bat
     for (int64_t t : picks[static_cast<size_t>(j)]) decision.chosen[static_cast<size_t>(t * X + j)] = static_cast<int32_t>(j);
   }
   Routing routing = finish_routing(std::move(decision), coefficients_, batch, -1, saved);
-  // dropped: the unmasked tokens no expert chose
+  // dropped: the unmasked tokens no expert chose, of the unmasked tokens
   routing.stats.dropped = 0;
+  routing.stats.droppable = routing.stats.routed_tokens;
   for (int64_t t = 0; t < T; ++t) {
     if (!batch.kept(t)) continue;
     bool routed = false;

@@ -91,6 +91,7 @@ Routing finish_routing(RouterDecision decision, const LossCoefficients& coeffici
   stats.dropped = apply_capacity(routing.expert, k, X, capacity, mask);
   stats.routed_tokens = unmasked_count(T, mask);
   stats.assignments = T * k;
+  stats.droppable = stats.routed_tokens * k;
   stats.load = assignment_load(decision.chosen, k, X, mask);
   if (decision.kind == GateScores::none) {
     routing.gate.assign(routing.expert.size(), 0.0f);

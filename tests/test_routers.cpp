@@ -268,6 +268,7 @@ TEST_CASE("topk: capacity per assignment, first choices claim slots before secon
     CHECK(masked.expert == std::vector<int32_t>{0, 1, -1, -1, 0, 1, -1, -1});
     CHECK(masked.stats.routed_tokens == 3);
     CHECK(masked.stats.dropped == 2);  // token 3's two choices: experts 0 and 1 are full
+    CHECK(masked.stats.droppable == 6);  // of the unmasked tokens' 3 · 2 choices
   }
   SECTION("capacity_factor <= 0 and dropless drop nothing") {
     RouterUnderTest unlimited("name = \"topk\"\ncapacity_factor = -1.0\n", 3);
@@ -429,6 +430,7 @@ TEST_CASE("expert_choice: each expert takes its top-C tokens, ties to the lower 
     const Routing routing = router->route(logits, Tensor(), batch_of(1, 4), nullptr);
     CHECK(routing.expert == std::vector<int32_t>{0, -1, -1, -1, -1, -1, -1, 1, -1, -1, -1, 2});
     CHECK(routing.stats.dropped == 1);
+    CHECK(routing.stats.droppable == 4);  // 1 of 4 tokens, not of the 12 (token, expert) slots
   }
   SECTION("masked tokens are never chosen; C counts unmasked tokens") {
     RouterUnderTest router("name = \"expert_choice\"\ncapacity_factor = 1.5\nmin_capacity = 0\n", 3);

@@ -150,7 +150,7 @@ TEST_CASE("run report: the charts draw what the metrics hold", "[report]") {
   CHECK(count(routing, "<polyline data-series=\"block 1\"") == 1);
   CHECK(count(routing, "<polyline data-series=\"block 3\"") == 1);
   CHECK(count(routing, "stroke=\"" + plot_colour(1) + "\" stroke-width=\"1.8\" stroke-dasharray") == 1);
-  CHECK_THAT(routing, Contains(">drop rate (assignments over capacity)</text>"));
+  CHECK_THAT(routing, Contains(">drop rate (dropped for capacity)</text>"));
   CHECK(run_routing_svg(nlohmann::json::array({{{"step", 1}, {"train_loss", 2.0}}}), "x").empty());
 
   const std::string load =

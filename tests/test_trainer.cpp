@@ -175,6 +175,22 @@ std::vector<nlohmann::json> read_metrics(const std::string& folder) {
 
 }  // namespace
 
+TEST_CASE("routing metrics: load CV, MaxVio and the drop rate of what could be dropped", "[trainer]") {
+  RoutingStats stats;
+  stats.present = true;
+  stats.load = {0.5, 0.25, 0.25};
+  stats.assignments = 16;  // 8 tokens, top-2; 2 of them masked
+  stats.droppable = 12;
+  stats.dropped = 3;
+  const nlohmann::json metrics = routing_metrics(stats);
+  // mean 1/3; deviations 1/6, -1/12, -1/12: variance 1/72
+  CHECK(metrics["load_cv"].get<double>() == Approx(3 / std::sqrt(72.0)));
+  CHECK(metrics["max_violation"].get<double>() == Approx(0.5));
+  CHECK(metrics["dropped_fraction"].get<double>() == 0.25);  // 3 of 12, not of 16
+  stats.droppable = 0;
+  CHECK(routing_metrics(stats)["dropped_fraction"].get<double>() == 0.0);
+}
+
 TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[trainer]") {
   const std::string folder = temporary_folder("outputs");
   const Experiment experiment = training_experiment(folder);

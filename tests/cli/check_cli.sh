@@ -85,6 +85,14 @@ expect "a different lm_head.weight with tied embeddings" 2 "differs from backbon
 expect "forward --backward writes loss and gradients" 0 "loss [0-9.]+" -- \
   "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/grads.safetensors" --backward
 expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
+expect "validate checks every key of the file first" 2 "model.dimm: unknown key" -- \
+  "$BIN" validate "$seed" --set model.dimm=3
+expect "a forward run checks [training] too" 2 "training.stepz: unknown key" -- \
+  "$BIN" run "$seed" --set training.stepz=5 --out "$WORK/bad"
+expect "--set=key=value as --set key=value" 0 "output shape \(4, 32, 256\)" -- \
+  "$BIN" run "$seed" --set=task.seq_len=32 --set run.repeats=1 --out "$WORK/inline_set"
+expect "a forward run's effective.toml leaves out [training]" 1 "" -- \
+  grep -qE "^\[(training|optimizer)\]" "$WORK/inline_set/effective.toml"
 
 quick="$ROOT/experiments/quickstart.toml"
 short=(--set training.steps=4 --set training.log_every=2 --set training.eval_every=2 --set training.eval_batches=1)
