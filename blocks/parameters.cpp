@@ -1,6 +1,7 @@
 // The parameter store: naming, counting, moving and loading checkpoints with full checks.
 #include "blocks/parameters.h"
 
+#include <cmath>
 #include <stdexcept>
 
 #include "experiments/safetensors.h"
@@ -81,7 +82,20 @@ void ParameterStore::load(const SafetensorsFile& file) {
                              shape_string(stored.shape) + ", the experiment's model expects " +
                              parameter->value.shape_string());
     }
-    parameter->value.copy_from(stored.to_float());
+    if (stored.dtype != DType::F32 && stored.dtype != DType::F16 && stored.dtype != DType::BF16 &&
+        stored.dtype != DType::F64) {
+      throw SafetensorsError(file.path + ": parameter '" + parameter->name + "' is stored as " +
+                             dtype_name(stored.dtype) + "; parameters are F32, F16, BF16 or F64");
+    }
+    const Tensor value = stored.to_float();
+    int64_t non_finite = 0;
+    for (int64_t i = 0; i < value.numel(); ++i) non_finite += !std::isfinite(value[i]);
+    if (non_finite > 0) {
+      throw SafetensorsError(file.path + ": parameter '" + parameter->name + "' holds " + std::to_string(non_finite) +
+                             " non-finite values (NaN or inf) of " + std::to_string(value.numel()) +
+                             "; were they saved by a run whose loss diverged?");
+    }
+    parameter->value.copy_from(value);
   }
 }
 

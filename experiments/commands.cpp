@@ -30,26 +30,94 @@ const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "out
                                           "temperature", "top-k", "top-p", "stop-byte", "only", "jobs"};
 const std::set<std::string> kFlags{"backward", "resume", "help", "greedy", "bench"};
 
+// Each command: its lines of the usage text, and the options it reads besides --log-level and --help.
+struct CommandSpec {
+  std::string name;
+  std::string usage;
+  std::set<std::string> options;
+};
+
+const std::vector<CommandSpec>& command_specs() {
+  static const std::vector<CommandSpec> specs{
+      {"run",
+       "  mamba-r1 run FILE.toml [--set key=value]... [--out DIR] [--resume] [--backend auto|cpu|cuda]\n",
+       {"set", "out", "resume", "backend", "seed", "threads"}},
+      {"forward",
+       "  mamba-r1 forward FILE.toml --weights W.safetensors --input I.safetensors --output O.safetensors\n"
+       "                   [--backward] [--backend cpu|cuda] [--set key=value]...\n",
+       {"set", "weights", "input", "output", "backward", "backend", "seed", "threads"}},
+      {"init", "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n",
+       {"set", "output", "seed", "threads"}},
+      {"validate",
+       "  mamba-r1 validate [FILE.toml] [--set key=value]... [--only TEXT]   CUDA against the CPU reference,\n"
+       "                   every op or those whose name contains TEXT\n",
+       {"set", "only", "seed", "threads"}},
+      {"list", "  mamba-r1 list                      everything in the registry\n", {}},
+      {"sweep",
+       "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]] [--jobs N]   every combination\n"
+       "                   of [sweep], N runs at a time (each a process of its own; default 1)\n",
+       {"set", "out", "resume", "jobs", "backend", "seed", "threads"}},
+      {"compare",
+       "  mamba-r1 compare RUN_DIR RUN_DIR... [--out DIR]   runs made apart (or a sweep's folder) side by\n"
+       "                   side: the settings that differ, the results table and the charts\n",
+       {"out"}},
+      {"bench",
+       "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput,\n"
+       "                   and where a training step's time goes\n",
+       {"set", "backend", "seed", "threads"}},
+      {"generate",
+       "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F)\n"
+       "                   [--max-new-tokens N (256)] [--greedy | --temperature T (1) --top-k K (0: all)\n"
+       "                   --top-p P (1) --seed S] [--stop-byte B] [--set key=value]...\n"
+       "  mamba-r1 generate FILE.toml --bench [--weights W.safetensors] [--max-new-tokens N (2000)]\n"
+       "                   decoding speed at batch 1, 4 and 16\n",
+       {"set", "weights", "prompt", "prompts-file", "max-new-tokens", "greedy", "temperature", "top-k", "top-p",
+        "seed", "stop-byte", "bench", "backend", "threads"}},
+  };
+  return specs;
+}
+
+const CommandSpec* find_command(const std::string& name) {
+  for (const CommandSpec& spec : command_specs()) {
+    if (spec.name == name) return &spec;
+  }
+  return nullptr;
+}
+
+const char* kCommonOptions =
+    "common options: --threads N (CPU threads, run.threads), --seed N (run.seed), --log-level "
+    "debug|info|warn|error, --help\n";
+
+// Refuses an option the command does not read (it would be ignored) and one given twice (but --set).
+void check_options(const CommandLine& line, const std::vector<std::string>& given) {
+  const CommandSpec* spec = find_command(line.command);
+  if (!spec) return;  // an unknown command is reported as such
+  std::set<std::string> seen;
+  for (const std::string& name : given) {
+    if (name != "log-level" && name != "help" && !spec->options.count(name)) {
+      std::string valid;
+      for (const std::string& option : spec->options) valid += (valid.empty() ? "--" : ", --") + option;
+      throw UsageError(line.command + " does not take --" + name + "; its options: " +
+                       (valid.empty() ? std::string("none") : valid) + ", --log-level, --help");
+    }
+    if (name != "set" && !seen.insert(name).second) throw UsageError("--" + name + " is given twice");
+  }
+}
+
 }  // namespace
 
 std::string usage() {
-  return "usage:\n"
-         "  mamba-r1 run FILE.toml [--set key=value]... [--out DIR] [--resume] [--backend auto|cpu|cuda]\n"
-         "  mamba-r1 forward FILE.toml --weights W.safetensors --input I.safetensors --output O.safetensors\n"
-         "                   [--backward] [--backend cpu|cuda] [--set key=value]...\n"
-         "  mamba-r1 init FILE.toml --output W.safetensors [--seed N] [--set key=value]...\n"
-         "  mamba-r1 validate [FILE.toml] [--only TEXT]   CUDA against the CPU reference, every op or\n"
-         "                   those whose name contains TEXT\n"
-         "  mamba-r1 list                      everything in the registry\n"
-         "  mamba-r1 sweep FILE.toml [--set key=value]... [--out DIR [--resume]] [--jobs N]   every combination\n"
-         "                   of [sweep], N runs at a time (each a process of its own; default 1)\n"
-         "  mamba-r1 compare RUN_DIR RUN_DIR... [--out DIR]   runs made apart (or a sweep's folder) side by\n"
-         "                   side: the settings that differ, the results table and the charts\n"
-         "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput,\n"
-         "                   and where a training step's time goes\n"
-         "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F) [--max-new-tokens N]\n"
-         "                   [--greedy | --temperature T --top-k K --top-p P --seed S] [--stop-byte B] [--bench]\n"
-         "common options: --threads N (CPU threads, run.threads), --seed N (run.seed), --log-level debug|info|warn|error\n";
+  std::string text = "usage:\n";
+  for (const CommandSpec& spec : command_specs()) text += spec.usage;
+  return text + kCommonOptions;
+}
+
+bool is_command(const std::string& name) { return find_command(name) != nullptr; }
+
+std::string command_usage(const std::string& command) {
+  const CommandSpec* spec = find_command(command);
+  if (!spec) throw UsageError("unknown command '" + command + "'");
+  return "usage:\n" + spec->usage + kCommonOptions;
 }
 
 CommandLine parse_command_line(int argc, char** argv) {
@@ -57,8 +125,10 @@ CommandLine parse_command_line(int argc, char** argv) {
   if (argc < 2) throw UsageError("no command given");
   line.command = argv[1];
   if (line.command == "--help" || line.command == "-h") line.command = "help";
+  std::vector<std::string> given;  // the options' names, in order
   for (int i = 2; i < argc; ++i) {
     std::string argument = argv[i];
+    if (argument == "-h") argument = "--help";
     if (argument.rfind("--", 0) != 0) {
       line.positional.push_back(argument);
       continue;
@@ -71,7 +141,9 @@ CommandLine parse_command_line(int argc, char** argv) {
       name = name.substr(0, equals);
     }
     if (kFlags.count(name)) {
+      if (inline_value) throw UsageError("--" + name + " takes no value");
       line.flags.insert(name);
+      given.push_back(name);
       continue;
     }
     if (!kValueOptions.count(name)) throw UsageError("unknown option --" + name);
@@ -80,13 +152,14 @@ CommandLine parse_command_line(int argc, char** argv) {
       value = argv[++i];
     }
     if (value.empty()) throw UsageError("--" + name + " needs a value, found an empty one");
+    given.push_back(name);
     if (name == "set") {
       line.sets.push_back(value);
     } else {
       line.options[name] = value;
     }
   }
-  if (line.flag("help")) line.command = "help";
+  check_options(line, given);
   return line;
 }
 
@@ -122,7 +195,11 @@ int64_t parse_integer_option(const CommandLine& line, const std::string& name, i
 
 std::vector<std::string> command_line_assignments(const CommandLine& line) {
   std::vector<std::string> assignments = line.sets;
-  if (!line.option("backend").empty()) assignments.push_back("run.backend=\"" + line.option("backend") + "\"");
+  const std::string backend = line.option("backend");
+  if (!backend.empty() && backend != "auto" && backend != "cpu" && backend != "cuda") {
+    throw UsageError("--backend expects auto, cpu or cuda, found '" + backend + "'");
+  }
+  if (!backend.empty()) assignments.push_back("run.backend=\"" + backend + "\"");
   if (!line.option("seed").empty()) {
     assignments.push_back("run.seed=" + std::to_string(parse_integer_option(line, "seed", 0)));
   }
@@ -245,6 +322,12 @@ int command_forward(const CommandLine& line) {
   const std::string input_path = line.required("input");
   const std::string output_path = line.required("output");
   const bool backward = line.flag("backward");
+  for (const auto& [name, path] : {std::pair<const char*, const std::string&>{"weights", weights}, {"input", input_path}}) {
+    std::error_code error;
+    if (std::filesystem::equivalent(output_path, path, error)) {
+      throw UsageError("forward: --output " + output_path + " is the --" + name + " file; it would be overwritten");
+    }
+  }
   if (backward && experiment.model.vocab_size == 0) {
     throw UsageError("forward --backward needs a model with a vocabulary (model.vocab_size > 0): the loss is the "
                      "LM loss over token ids");

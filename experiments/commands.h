@@ -35,7 +35,10 @@ class UsageError : public std::runtime_error {
 CommandLine parse_command_line(int argc, char** argv);
 // The option as a non-negative integer, `fallback` when absent; a usage error naming it otherwise.
 int64_t parse_integer_option(const CommandLine& line, const std::string& name, int64_t fallback);
+// The usage text of every command, and of one command (a UsageError for an unknown one).
 std::string usage();
+std::string command_usage(const std::string& command);
+bool is_command(const std::string& name);
 // The command line's --set, --backend, --seed and --threads as "key=value" assignments, in that order.
 std::vector<std::string> command_line_assignments(const CommandLine& line);
 // The local time as 20250131-154502, for default output folder names.

@@ -10,6 +10,7 @@
 namespace mr1 {
 
 void write_file_atomic(const std::string& path, const std::string& text) {
+  if (std::filesystem::is_directory(path)) throw FileError(path + ": is a folder; cannot write a file there");
   const std::string temporary = path + ".tmp";
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);

@@ -126,7 +126,8 @@ GenerationResult generate(Model& model, const std::vector<std::vector<int32_t>>&
   GenerationResult result;
   for (const auto& prompt : prompts) result.prompt_tokens += static_cast<int64_t>(prompt.size());
   const int64_t B = static_cast<int64_t>(prompts.size()), V = config.vocab_size;
-  Random random(settings.seed);
+  std::vector<Random> streams;
+  for (int64_t b = 0; b < B; ++b) streams.emplace_back(settings.seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(b));
   result.tokens.assign(static_cast<size_t>(B), {});
   std::vector<uint8_t> finished(static_cast<size_t>(B), 0);
   std::vector<int32_t> next(static_cast<size_t>(B), 0);
@@ -138,7 +139,7 @@ GenerationResult generate(Model& model, const std::vector<std::vector<int32_t>>&
     for (int64_t b = 0; b < B; ++b) {
       auto& tokens = result.tokens[static_cast<size_t>(b)];
       if (!finished[static_cast<size_t>(b)]) {
-        const int32_t token = sample_token(logits.data() + b * V, V, settings.sampling, random);
+        const int32_t token = sample_token(logits.data() + b * V, V, settings.sampling, streams[static_cast<size_t>(b)]);
         tokens.push_back(token);
         next[static_cast<size_t>(b)] = token;
         if (on_token) on_token(b, token);
@@ -293,7 +294,8 @@ int decode_benchmark(Model& model, uint64_t seed, int64_t decode_length) {
   const GenerationResult narrow = generate(model, random_prompts(1, kPromptLength, random), greedy);
   const double narrow_rate = static_cast<double>(narrow.decode_steps) / narrow.decode_seconds;
 
-  // batch 16
+  // batch 16, after a warm-up at that batch (its first steps allocate the wider state)
+  generate(model, random_prompts(kWideBatch, kPromptLength, random), warm_up);
   greedy.max_new_tokens = wide_steps + 1;
   spdlog::info("decoding {} x {} tokens at batch {} ...", kWideBatch, wide_steps, kWideBatch);
   const GenerationResult wide = generate(model, random_prompts(kWideBatch, kPromptLength, random), greedy);
@@ -352,6 +354,12 @@ int command_generate(const CommandLine& line) {
                      std::to_string(experiment.model.vocab_size));
   }
   const bool bench = line.flag("bench");
+  if (bench) {  // its prompts are its own, and it decodes greedily
+    for (const char* name : {"prompt", "prompts-file", "temperature", "top-k", "top-p", "stop-byte"}) {
+      if (!line.option(name).empty()) throw UsageError(std::string("generate --bench does not take --") + name);
+    }
+    if (line.flag("greedy")) throw UsageError("generate --bench does not take --greedy");
+  }
   // The command line and the prompts are checked before the model is built and loaded.
   GenerationSettings settings;
   std::vector<std::vector<int32_t>> prompts;
@@ -367,7 +375,7 @@ int command_generate(const CommandLine& line) {
     spdlog::info("no --weights: random weights from seed {} (decoding speed does not depend on their values)", seed);
     model.initialize(seed);
   } else {
-    model.parameters().load(read_safetensors(weights));
+    load_weights(model, weights);  // as forward reads them: a tied checkpoint may hold lm_head.weight
   }
   model.to(resolve_backend(experiment.run.backend));
   if (bench) {
@@ -401,11 +409,14 @@ int command_generate(const CommandLine& line) {
     }
   }
   std::fflush(stdout);
-  const int64_t decoded = result.decode_steps * B;
+  // The tokens the steps drew (each sequence's first comes from the prefill); a sequence that stopped is
+  // stepped on with the batch but draws no more.
+  int64_t decoded = 0;
+  for (const auto& tokens : result.tokens) decoded += static_cast<int64_t>(tokens.size()) - 1;
   spdlog::info("prefill: {} tokens in {:.3f} s, {:.1f} tokens/s", result.prompt_tokens, result.prefill_seconds,
                result.prompt_tokens / result.prefill_seconds);
   if (result.decode_steps > 0) {
-    spdlog::info("decode: {} steps x batch {} = {} tokens in {:.3f} s, {:.1f} tokens/s", result.decode_steps, B,
+    spdlog::info("decode: {} steps at batch {}: {} new tokens in {:.3f} s, {:.1f} tokens/s", result.decode_steps, B,
                  decoded, result.decode_seconds, decoded / result.decode_seconds);
   }
   return 0;

@@ -40,7 +40,9 @@ struct GenerationSettings {
   SamplingSettings sampling;
   int64_t max_new_tokens = 128;  // per sequence, >= 1
   int32_t stop_token = -1;       // a sequence ends after producing this id (the end byte); −1: none
-  uint64_t seed = 0;             // of the one generator all draws come from, sequence by sequence
+  // Sequence b draws from a generator of its own, seeded from seed and b (sequence 0: seed itself), so that
+  // its completion does not depend on the other prompts of the batch.
+  uint64_t seed = 0;
 };
 
 struct GenerationResult {

@@ -32,6 +32,14 @@ int main(int argc, char** argv) {
       throw UsageError("--log-level expects debug, info, warn or error, found '" + level + "'");
     }
     spdlog::set_level(spdlog::level::from_str(level));
+    if (line.command == "help") {
+      std::fputs(usage().c_str(), stdout);
+      return 0;
+    }
+    if (line.flag("help")) {
+      std::fputs(command_usage(line.command).c_str(), stdout);
+      return 0;
+    }
     if (line.command == "run") return command_run(line);
     if (line.command == "forward") return command_forward(line);
     if (line.command == "init") return command_init(line);
@@ -41,13 +49,11 @@ int main(int argc, char** argv) {
     if (line.command == "generate") return command_generate(line);
     if (line.command == "sweep") return command_sweep(line);
     if (line.command == "compare") return command_compare(line);
-    if (line.command == "help") {
-      std::fputs(usage().c_str(), stdout);
-      return 0;
-    }
     throw UsageError("unknown command '" + line.command + "'");
   } catch (const UsageError& error) {
-    std::fprintf(stderr, "mamba-r1: %s\n\n%s", error.what(), usage().c_str());
+    const std::string command = argc > 1 ? argv[1] : "";
+    std::fprintf(stderr, "mamba-r1: %s\n\n%s", error.what(),
+                 (is_command(command) ? command_usage(command) : usage()).c_str());
     return 2;
   } catch (const ConfigError& error) {
     spdlog::error("{}", error.what());

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <tuple>
@@ -303,6 +304,7 @@ const StoredTensor& SafetensorsFile::get(const std::string& name) const {
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {
+  if (std::filesystem::is_directory(path)) fail(path, "is a folder, not a safetensors file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
   in.seekg(0, std::ios::end);
@@ -365,6 +367,7 @@ SafetensorsFile read_safetensors(const std::string& path) {
 
 void write_safetensors(const std::string& path, const std::map<std::string, StoredTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  if (std::filesystem::is_directory(path)) fail(path, "is a folder; name the file to write, as DIR/out.safetensors");
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;

@@ -936,7 +936,7 @@ int command_validate(const CommandLine& line) {
   ExperimentFile built_in = ExperimentFile::parse(kBuiltInModel, "<built-in seed-like model>");
   std::unique_ptr<Experiment> experiment;
   if (!line.positional.empty()) {
-    experiment = std::make_unique<Experiment>(load_experiment(line.positional[0], line.sets));
+    experiment = std::make_unique<Experiment>(load_experiment(line.positional[0], command_line_assignments(line)));
     apply_thread_count(experiment->run.threads);
     build_checked(*experiment, true);  // the whole file, as run checks it: an unknown key is an error here too
     const ConfigTable& task = experiment->table("task");
@@ -944,9 +944,15 @@ int command_validate(const CommandLine& line) {
                       std::min<int64_t>(task.get_int("batch_size", 2, 1), 2),
                       std::min<int64_t>(task.get_int("seq_len", 128, 1), 256), experiment->run.seed});
   } else {
+    if (!line.sets.empty()) {
+      throw UsageError("validate: --set changes an experiment file, and none is given (without FILE.toml the "
+                       "built-in seed-like model is validated)");
+    }
+    apply_thread_count(parse_integer_option(line, "threads", 0));
     register_all();
     models.push_back({"built-in", read_model_config(built_in.table("model")),
-                      read_router_settings(built_in.table("router")), built_in.table("router"), 2, 128, 0});
+                      read_router_settings(built_in.table("router")), built_in.table("router"), 2, 128,
+                      static_cast<uint64_t>(parse_integer_option(line, "seed", 0))});
   }
   {
     ModelCase dense = models.front();

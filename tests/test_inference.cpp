@@ -462,4 +462,10 @@ TEST_CASE("sampled generation repeats with the seed", "[inference]") {
   CHECK(generate(*small.model, prompts, settings).tokens == first.tokens);
   settings.seed = 6;
   CHECK(generate(*small.model, prompts, settings).tokens != first.tokens);
+  // Each prompt draws from its own stream: the first alone, or with other prompts after it, completes the
+  // same; the second does not repeat the first's draws.
+  settings.seed = 5;
+  CHECK(generate(*small.model, {prompts[0]}, settings).tokens[0] == first.tokens[0]);
+  CHECK(generate(*small.model, {prompts[0], {7, 7, 7, 7, 7}, {2}}, settings).tokens[0] == first.tokens[0]);
+  CHECK(generate(*small.model, {prompts[0], prompts[0]}, settings).tokens[1] != first.tokens[0]);
 }

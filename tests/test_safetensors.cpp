@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "blocks/parameters.h"
 #include "experiments/safetensors.h"
 #include "tests/test_util.h"
 
@@ -322,6 +323,22 @@ TEST_CASE("a header padded with trailing spaces and zero-size tensors anywhere a
   CHECK(read.get("a").numel() == 0);
   CHECK(read.get("b").to_int64() == std::vector<int64_t>{9, 8});
   CHECK(read.get("c").shape == Shape{0, 3});
+}
+
+TEST_CASE("parameters load from floating dtypes only, and never non-finite values", "[safetensors]") {
+  ParameterStore parameters;
+  parameters.add("w", {2}, true);
+  SafetensorsFile file;
+  file.path = "w.safetensors";
+  file.tensors["w"] = StoredTensor::from_int64({2}, {1, 2});
+  CHECK_THROWS_WITH(parameters.load(file), Contains("w.safetensors: parameter 'w' is stored as I64"));
+  file.tensors["w"] = StoredTensor::from_uint8({2}, {1, 0}, DType::BOOL);
+  CHECK_THROWS_WITH(parameters.load(file), Contains("is stored as BOOL"));
+  file.tensors["w"] = StoredTensor::from_float(Tensor::from({2}, {0.5f, std::nanf("")}));
+  CHECK_THROWS_WITH(parameters.load(file), Contains("'w' holds 1 non-finite values (NaN or inf) of 2"));
+  file.tensors["w"] = StoredTensor::from_float(Tensor::from({2}, {0.5f, -2.0f}));
+  parameters.load(file);
+  CHECK(parameters.get("w").value[1] == -2.0f);
 }
 
 }  // namespace mr1

@@ -82,6 +82,16 @@ expect "a tied checkpoint may hold lm_head.weight" 0 "wrote" -- \
   "$BIN" forward "$small" --weights "$WORK/tied_head.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/out.safetensors"
 expect "a different lm_head.weight with tied embeddings" 2 "differs from backbone.embedding.weight" -- \
   "$BIN" forward "$small" --weights "$WORK/other_head.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/out.safetensors"
+expect "forward refuses to write over its weights" 2 "--output .* is the --weights file" -- \
+  "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/weights.safetensors"
+expect "a folder as --weights" 2 "$WORK: is a folder, not a safetensors file" -- \
+  "$BIN" forward "$small" --weights "$WORK" --input "$WORK/tokens.safetensors" --output "$WORK/out.safetensors"
+expect "an option the command does not read" 2 "init does not take --backward" -- \
+  "$BIN" init "$small" --output "$WORK/unused.safetensors" --backward
+expect "an option given twice" 2 "--output is given twice" -- \
+  "$BIN" init "$small" --output "$WORK/a.safetensors" --output "$WORK/b.safetensors"
+expect "--help after the command shows its usage" 0 "mamba-r1 forward FILE.toml --weights" -- "$BIN" forward -h
+expect "--help after an unknown command" 2 "unknown command 'fly'" -- "$BIN" fly --help
 expect "forward --backward writes loss and gradients" 0 "loss [0-9.]+" -- \
   "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/grads.safetensors" --backward
 expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
@@ -197,6 +207,18 @@ text="$ROOT/experiments/tiny_text.toml"
 expect "generate writes only the text to stdout: 5 bytes and a newline" 0 "^ *6$" -- bash -c '"$0" generate "$1" \
   --weights "$2" --prompt "The " --max-new-tokens 5 --seed 1 2>/dev/null | wc -c' \
   "$BIN" "$text" "$WORK/text_weights.safetensors"
+
+python3 - "$WORK" <<'PY'
+import sys
+from safetensors.numpy import load_file, save_file
+work = sys.argv[1]
+weights = load_file(f"{work}/text_weights.safetensors")
+weights["lm_head.weight"] = weights["backbone.embedding.weight"].copy()
+save_file(weights, f"{work}/text_tied_head.safetensors")
+PY
+expect "generate reads a tied checkpoint that stores lm_head.weight, as forward does" 0 "^ *6$" -- bash -c '"$0" \
+  generate "$1" --weights "$2" --prompt "The " --max-new-tokens 5 --greedy 2>/dev/null | wc -c' \
+  "$BIN" "$text" "$WORK/text_tied_head.safetensors"
 
 # effective.toml of a text run names its corpus by an absolute path, so it runs from any folder.
 expect "effective.toml of a text run runs from another folder" 0 "wrote .*/text_again/summary.json" -- \
