@@ -66,7 +66,7 @@ std::map<int64_t, BlockOverrides> read_block_overrides(const ConfigTable& model,
     }
     BlockOverrides& o = overrides[i];
     o.d_state = optional_int(block, "d_state", 1);
-    o.d_conv = optional_int(block, "d_conv", 1, 8);
+    o.d_conv = optional_int(block, "d_conv", 1);
     o.expand = optional_int(block, "expand", 1);
     if (block.has("dt_rank")) o.dt_rank = read_dt_rank(block, config.dim, 0);
     o.num_experts = optional_int(block, "num_experts", 1);
@@ -117,7 +117,7 @@ ModelConfig read_model_config(const ConfigTable& table) {
   if (config.order.empty()) table.fail("order", "expected at least one block; valid blocks: " + block_registry().names());
   for (const std::string& kind : config.order) check_registered(table, "order", block_registry(), kind);
   config.d_state = table.get_int("d_state", config.d_state, 1);
-  config.d_conv = table.get_int("d_conv", config.d_conv, 1, 8);
+  config.d_conv = table.get_int("d_conv", config.d_conv, 1);
   config.expand = table.get_int("expand", config.expand, 1);
 
   config.dt_rank = read_dt_rank(table, config.dim, (config.dim + 15) / 16);

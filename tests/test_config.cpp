@@ -92,7 +92,8 @@ TEST_CASE("errors name the file, the line, the key and what was expected", "[con
                     Contains(path + ":3") && Contains("model.d_state") && Contains("expected an integer") &&
                         Contains("big"));
   CHECK_THROWS_WITH(load_text("[model]\nexpert_dim = 0\n"), Contains("model.expert_dim") && Contains(">= 1"));
-  CHECK_THROWS_WITH(load_text("[model]\nd_conv = 9\n"), Contains("model.d_conv") && Contains("from 1 to 8"));
+  CHECK_THROWS_WITH(load_text("[model]\nd_conv = 0\n"), Contains("model.d_conv") && Contains(">= 1"));
+  CHECK(load_text("[model]\nd_conv = 12\n").model.d_conv == 12);  // any width: DESIGN sets no upper limit
   CHECK_THROWS_WITH(load_text("[model]\ntie_embeddings = 1\n"), Contains("expected true or false"));
   CHECK_THROWS_WITH(load_text("[model]\norder = [\"mamba\", 3]\n"), Contains("list of strings"));
   CHECK_THROWS_WITH(load_text("[router]\naux_loss_coef = -1.0\n"), Contains("router.aux_loss_coef"));
@@ -167,8 +168,8 @@ TEST_CASE("per-block keys ([model.layers.i]) are checked against the block's kin
   CHECK_THROWS_WITH(load_text(model + "layers = 3\n"), Contains("model.layers: expected a table, found an integer"));
   CHECK_THROWS_WITH(load_text(model, {"model.layers.2=3"}), Contains("model.layers.2: expected a table"));
   // Values are checked as in [model].
-  CHECK_THROWS_WITH(load_text(model + "[model.layers.2]\nd_conv = 9\n"),
-                    Contains("model.layers.2.d_conv: expected an integer from 1 to 8, found 9"));
+  CHECK_THROWS_WITH(load_text(model + "[model.layers.2]\nd_conv = 0\n"),
+                    Contains("model.layers.2.d_conv: expected an integer >= 1, found 0"));
   CHECK_THROWS_WITH(load_text(model + "[model.layers.3]\nnum_experts = 0\n"),
                     Contains("model.layers.3.num_experts: expected an integer >= 1"));
   // A block's router table is checked when the model is built, its keys against its own router.

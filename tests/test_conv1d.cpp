@@ -74,7 +74,7 @@ TEST_CASE("causal_conv1d_forward matches a double-precision loop") {
   const ConvCase cases[] = {
       {2, 9, 5, 1, true},    {2, 9, 5, 2, false},  {1, 7, 70, 3, true},  // 70 channels: a partial second block
       {3, 6, 4, 4, true},    {1, 1, 3, 4, false},                         // L = 1 < K
-      {1, 2, 130, 4, false}, {2, 20, 8, 8, true},
+      {1, 2, 130, 4, false}, {2, 20, 8, 8, true},  {1, 20, 5, 12, true},  {1, 5, 3, 12, false},
   };
   for (const ConvCase& c : cases) {
     INFO(describe(c));
@@ -90,6 +90,7 @@ TEST_CASE("causal_conv1d_forward matches a double-precision loop") {
 TEST_CASE("causal_conv1d_backward matches finite differences of the double loop") {
   const ConvCase cases[] = {
       {2, 5, 3, 1, true}, {2, 5, 3, 2, false}, {1, 6, 2, 3, true}, {2, 5, 3, 4, false}, {1, 2, 3, 4, true},
+      {1, 14, 2, 12, true},
   };
   for (const ConvCase& c : cases) {
     INFO(describe(c));

@@ -365,9 +365,9 @@ TEST_CASE("cuda: rotary, embedding and cross-entropy match the CPU", "[cuda]") {
   CHECK(!cross_entropy(gpu(logits), targets, false).grad_logits.defined());
 }
 
-TEST_CASE("cuda: causal conv1d matches the CPU for every kernel width 1 to 8", "[cuda]") {
+TEST_CASE("cuda: causal conv1d matches the CPU for every kernel width 1 to 8, and 12", "[cuda]") {
   SKIP_WITHOUT_GPU();
-  for (int64_t K = 1; K <= 8; ++K) {
+  for (int64_t K : {1, 2, 3, 4, 5, 6, 7, 8, 12}) {
     for (int64_t L : {1, 5, 70, 131}) {
       const Tensor x = uniform({2, L, 133}, 20, -1, 1), weight = uniform({133, 1, K}, 21, -1, 1);
       const Tensor bias = uniform({133}, 22, -1, 1), grad_y = uniform({2, L, 133}, 23, -1, 1);
@@ -526,7 +526,7 @@ TEST_CASE("cuda: step-mode conv, prompt conv state and scan step match the CPU",
     int64_t B, E, N, K;
     bool gated;
   };
-  for (const StepShape& c : std::vector<StepShape>{{1, 64, 16, 4, true}, {3, 37, 5, 1, false}, {2, 96, 256, 3, true}}) {
+  for (const StepShape& c : std::vector<StepShape>{{1, 64, 16, 4, true}, {3, 37, 5, 1, false}, {2, 96, 256, 3, true}, {2, 40, 8, 12, true}}) {
     const std::string shape = "B " + std::to_string(c.B) + " E " + std::to_string(c.E) + " N " +
                               std::to_string(c.N) + " K " + std::to_string(c.K);
     // Three steps from the same states on both backends: outputs and states after each.

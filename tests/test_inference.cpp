@@ -195,7 +195,7 @@ TEST_CASE("step mode equals the parallel forward at every position", "[inference
       {"[\"mamba\", \"moe\"]", ""},
       {"[\"moe\", \"mamba\", \"mlp\"]", ""},
       {"[\"mlp\", \"mamba\"]", ""},
-      {"[\"mamba\", \"moe\"]", "[model.layers.2]\nd_state = 7\nexpand = 1\nd_conv = 2\n[model.layers.1]\nnum_experts = 5\n"}};
+      {"[\"mamba\", \"moe\"]", "[model.layers.2]\nd_state = 7\nexpand = 1\nd_conv = 12\n[model.layers.1]\nnum_experts = 5\n"}};
   const std::vector<std::string> positionals{"[]", "[\"learned\"]", "[\"rotary\"]"};
   for (const auto& [order, per_block] : orders) {
     for (int64_t d_conv = 1; d_conv <= 4; ++d_conv) {
