@@ -322,7 +322,8 @@ int command_forward(const CommandLine& line) {
   const std::string input_path = line.required("input");
   const std::string output_path = line.required("output");
   const bool backward = line.flag("backward");
-  for (const auto& [name, path] : {std::pair<const char*, const std::string&>{"weights", weights}, {"input", input_path}}) {
+  using Named = std::pair<const char*, const std::string&>;
+  for (const auto& [name, path] : {Named{"weights", weights}, Named{"input", input_path}}) {
     std::error_code error;
     if (std::filesystem::equivalent(output_path, path, error)) {
       throw UsageError("forward: --output " + output_path + " is the --" + name + " file; it would be overwritten");
@@ -354,6 +355,10 @@ int command_forward(const CommandLine& line) {
     }
     spdlog::info("loss {:.6f} (cross-entropy {:.6f} over {} targets, aux {:.6f})", loss.loss, loss.lm_loss,
                  loss.scored, loss.aux_loss);
+    if (loss.scored == 0) {
+      spdlog::warn("no position has a target (L = 1, or the mask keeps no position after the first): the "
+                   "cross-entropy and its gradients are 0");
+    }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   tensors["hidden"] = StoredTensor::from_float(output.hidden.to(Device::cpu));

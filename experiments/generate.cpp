@@ -127,7 +127,9 @@ GenerationResult generate(Model& model, const std::vector<std::vector<int32_t>>&
   for (const auto& prompt : prompts) result.prompt_tokens += static_cast<int64_t>(prompt.size());
   const int64_t B = static_cast<int64_t>(prompts.size()), V = config.vocab_size;
   std::vector<Random> streams;
-  for (int64_t b = 0; b < B; ++b) streams.emplace_back(settings.seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(b));
+  for (int64_t b = 0; b < B; ++b) {
+    streams.emplace_back(settings.seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(b));  // b = 0: the seed
+  }
   result.tokens.assign(static_cast<size_t>(B), {});
   std::vector<uint8_t> finished(static_cast<size_t>(B), 0);
   std::vector<int32_t> next(static_cast<size_t>(B), 0);
@@ -139,7 +141,8 @@ GenerationResult generate(Model& model, const std::vector<std::vector<int32_t>>&
     for (int64_t b = 0; b < B; ++b) {
       auto& tokens = result.tokens[static_cast<size_t>(b)];
       if (!finished[static_cast<size_t>(b)]) {
-        const int32_t token = sample_token(logits.data() + b * V, V, settings.sampling, streams[static_cast<size_t>(b)]);
+        Random& stream = streams[static_cast<size_t>(b)];
+        const int32_t token = sample_token(logits.data() + b * V, V, settings.sampling, stream);
         tokens.push_back(token);
         next[static_cast<size_t>(b)] = token;
         if (on_token) on_token(b, token);

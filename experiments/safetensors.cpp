@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <tuple>
 
 #include <nlohmann/json.hpp>
@@ -332,11 +333,21 @@ SafetensorsFile read_safetensors(const std::string& path) {
   std::string header_text(header_length, '\0');
   read_at(kHeaderLengthBytes, header_length, header_text.data());
   Json header;
+  std::set<std::string> names;
+  std::string repeated;  // a name the header gives twice (JSON keeps the last; a writer's bug)
+  const Json::parser_callback_t track_names = [&](int depth, Json::parse_event_t event, Json& parsed) {
+    if (depth == 1 && event == Json::parse_event_t::key && !names.insert(parsed.get<std::string>()).second &&
+        repeated.empty()) {
+      repeated = parsed.get<std::string>();
+    }
+    return true;
+  };
   try {
-    header = Json::parse(header_text);
+    header = Json::parse(header_text, track_names);
   } catch (const Json::parse_error& error) {
     fail(path, std::string("header is not valid JSON: ") + error.what());
   }
+  if (!repeated.empty()) fail(path, "header names '" + repeated + "' twice");
   if (!header.is_object()) fail(path, std::string("header is a JSON ") + header.type_name() + ", expected an object");
 
   SafetensorsFile file;

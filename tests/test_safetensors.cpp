@@ -276,6 +276,7 @@ TEST_CASE("every malformed header is refused with a message naming the tensor an
   const std::vector<Corrupt> cases = {
       {"not JSON", R"({"a": )", 0, {"not valid JSON"}},
       {"not an object", "[1, 2]", 0, {"array", "expected an object"}},
+      {"a name twice", "{" + a_ok + "," + a_ok + "}", 8, {"header names 'a' twice"}},
       {"entry not an object", R"({"a": 5})", 0, {"'a'", "expected an object"}},
       {"no dtype", R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8, {"'a'", "\"dtype\""}},
       {"no shape", R"({"a":{"dtype":"F32","data_offsets":[0,8]}})", 8, {"'a'", "\"shape\""}},
