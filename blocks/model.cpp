@@ -197,7 +197,7 @@ ModelOutput Model::run(const ModelInput& input, const ForwardOptions& options, F
     output.aux_loss += record.records[i].aux_loss;
     output.routing.push_back(record.records[i].routing);
   }
-  const PartTimer timer(part_times_, "final norm and LM head", Pass::forward);
+  const PartTimer timer(part_times_, final_part(), Pass::forward);
   std::unique_ptr<SavedActivations>* final_saved = keep ? &record.final_norm_saved : nullptr;
   output.hidden = mixed.defined() ? final_norm_->forward_after_add(r, mixed, final_saved)
                                   : final_norm_->forward(r, final_saved);
@@ -307,7 +307,7 @@ void Model::backward(const ForwardTape& tape, const Tensor* grad_logits, const T
   const BatchInfo& batch = tape.batch;
   Tensor grad;
   {
-    const PartTimer timer(part_times_, "final norm and LM head", Pass::backward);
+    const PartTimer timer(part_times_, final_part(), Pass::backward);
     // logits = hidden · Hᵀ
     if (grad_hidden) {
       grad = grad_hidden->clone();

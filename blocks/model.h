@@ -89,7 +89,7 @@ class Model {
   void after_step(const ForwardTape& tape);
   // From now on, forward and backward add their parts' times to `times` (null: no timing, the default):
   // "embedding" (or "input": the given embeddings' copy), "positional encodings", each block kind with
-  // its norm (by name: "mamba", "moe", ...), "final norm and LM head".
+  // its norm (by name: "mamba", "moe", ...), "final norm and LM head" ("final norm" without a vocabulary).
   void set_part_times(PartTimes* times) { part_times_ = times; }
 
   // Recurrent inference, for models with token ids (vocab_size > 0); routing is dropless.
@@ -104,6 +104,7 @@ class Model {
   Tensor step(const std::vector<int32_t>& tokens, InferenceCache& cache);
 
  private:
+  const char* final_part() const { return config_.vocab_size > 0 ? "final norm and LM head" : "final norm"; }
   // forward and prefill: with a cache, the blocks run prefill() and leave their states in it, and the
   // LM head is left to the caller.
   ModelOutput run(const ModelInput& input, const ForwardOptions& options, ForwardTape* tape, InferenceCache* cache);

@@ -70,7 +70,7 @@ const std::vector<CommandSpec>& command_specs() {
        "                   [--max-new-tokens N (256)] [--greedy | --temperature T (1) --top-k K (0: all)\n"
        "                   --top-p P (1) --seed S] [--stop-byte B] [--set key=value]...\n"
        "  mamba-r1 generate FILE.toml --bench [--weights W.safetensors] [--max-new-tokens N (2000)]\n"
-       "                   decoding speed at batch 1, 4 and 16\n",
+       "                   decoding speed at batch 1 and 16, and prefill speed\n",
        {"set", "weights", "prompt", "prompts-file", "max-new-tokens", "greedy", "temperature", "top-k", "top-p",
         "seed", "stop-byte", "bench", "backend", "threads"}},
   };
