@@ -56,10 +56,10 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
     __syncthreads();
   }
   const int64_t best = best_indices[0];
-  const float largest = row[best];
+  const double largest = row[best];  // row[j] − largest in double, as on the CPU
 
   double exp_total = 0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) exp_total += exp(static_cast<double>(row[j] - largest));
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) exp_total += exp(static_cast<double>(row[j]) - largest);
   exp_total = cuda::block_sum(exp_total, scratch);
   if (threadIdx.x == 0) {
     row_loss[t] = largest + log(exp_total) - row[target];
@@ -68,7 +68,7 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* targets
   if (grad_logits) {
     float* grad = grad_logits + t * V;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-      const double probability = exp(static_cast<double>(row[j] - largest)) / exp_total;
+      const double probability = exp(static_cast<double>(row[j]) - largest) / exp_total;
       grad[j] = static_cast<float>((probability - (j == target ? 1.0 : 0.0)) * inverse_scored);
     }
   }

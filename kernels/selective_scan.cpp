@@ -127,6 +127,7 @@ SelectiveScanPointers cuda_pointers(const SelectiveScanInputs& in) {
   raw.delta_bias = p.delta_bias;
   raw.delta_softplus = p.softplus;
   raw.pieces = in.cuda_pieces;
+  raw.part_blocks = in.cuda_part_blocks;
   return raw;
 }
 

@@ -22,7 +22,7 @@
 // states into registers and runs the reverse-time recurrence on them. du, d(delta) and dz are written
 // directly; dB and dC (sums over the channels) are reduced across the warp's channels with shuffles,
 // the warps' results added in warp order through shared memory, and each block stores its part (one
-// per block of channels);
+// per block of channels; a launch covers as many blocks of channels as 512 MiB of parts allow);
 // dA, dD and d(delta_bias) (sums over batch rows) are stored per batch row at the end. Two small
 // kernels then add the parts in a fixed order, so every gradient is bit-reproducible from run to run
 // (no atomics).
@@ -57,6 +57,7 @@ constexpr int kSegment = 64;   // steps between checkpoints (a multiple of kChun
 constexpr int kSub = 8;        // backward: steps recomputed into registers at once
 constexpr int kSubsPerSegment = kSegment / kSub;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int64_t kRowPartsBytes = int64_t{512} << 20;  // the backward's dB, dC parts of one launch, at most
 
 struct ScanShape {
   int64_t batch, length, channels, state;  // B, L, E, N
@@ -65,6 +66,7 @@ struct ScanShape {
   int channels_per_block;                  // 128 / P
   int64_t segments;                        // ceil(L / 64)
   int64_t pieces, span;                    // the sequence's pieces (SelectiveScanPieces), scanned at once
+  int64_t first_block = 0;                 // the channel block of blockIdx.x 0 (a backward over a range)
 };
 
 // The device's multiprocessors (asked once).
@@ -119,7 +121,7 @@ struct Position {
 
 // The channel e of the block's c-th channel.
 __device__ __forceinline__ int64_t block_channel(const ScanShape& s, int c) {
-  return static_cast<int64_t>(blockIdx.x) * s.channels_per_block + c;
+  return (s.first_block + static_cast<int64_t>(blockIdx.x)) * s.channels_per_block + c;
 }
 
 // delta + delta_bias at token-major index `index` of channel e (the raw value before softplus).
@@ -492,7 +494,7 @@ __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const
 
 // Where the backward kernel stores its parts of the sums across blocks, before reduce_parts_kernel adds them.
 struct ScanGradParts {
-  float* rows;      // (2 (dB, dC), X channel blocks, B, L, N)
+  float* rows;      // (2 (dB, dC), X channel blocks (of one launch), B, L, N)
   float* A;         // (B, pieces, E, N)
   float* D;         // (B, pieces, E) or null
   float* bias;      // (B, pieces, E) or null
@@ -808,14 +810,15 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Adds the parts in a fixed order: dB, dC over the X channel blocks; dA, dD, d(delta_bias) over the
-// `batch` = B · pieces batch rows and pieces. One thread per output value, sums in double.
+// `batch` = B · pieces batch rows and pieces. One thread per output value, sums in double; outputs
+// [first, last) of the 2 · rows_size of dB, dC, then E · N of dA, then E of dD, E of d(delta_bias).
 // With grads.A_log, A's sum is multiplied by A before it is added (__fmul_rn: rounded apart from the add, the
 // same floats as a separate multiply and add).
 __global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointers grads, const float* A,
-                                    int64_t blocks, int64_t batch, int64_t rows_size, int64_t E, int64_t N) {
-  const int64_t total = 2 * rows_size + E * N + 2 * E;
+                                    int64_t blocks, int64_t batch, int64_t rows_size, int64_t E, int64_t N,
+                                    int64_t first, int64_t last) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+  for (int64_t i = first + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < last; i += stride) {
     double sum = 0;
     if (i < 2 * rows_size) {
       const int64_t which = i / rows_size, j = i % rows_size;
@@ -924,21 +927,35 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
                                                                                         carries.carries);
     cuda::check_launch("selective_scan_piece_carries_kernel");
   }
-  // The parts of the sums across blocks (see ScanGradParts); every entry is stored before it is read.
-  const dim3 grid = scan_grid(s);
-  const int64_t blocks = grid.x, rows_size = B * L * N, row_pieces = B * s.pieces;
-  cuda::DeviceBuffer row_parts(static_cast<size_t>(2 * blocks * rows_size) * sizeof(float));
+  // The parts of the sums across blocks (see ScanGradParts); every entry is stored before it is read. dB and
+  // dC take 2 · B · L · N floats of parts per channel block: the kernel runs over a range of channel blocks
+  // at a time, whose parts fit kRowPartsBytes (all of them at N = 256, E = 4096, B = 8, L = 2048 would take
+  // 34 GB), and each range's parts are added into dB and dC before the next range reuses them.
+  const int64_t blocks = scan_grid(s).x, rows_size = B * L * N, row_pieces = B * s.pieces;
+  const int64_t block_bytes = 2 * rows_size * static_cast<int64_t>(sizeof(float));
+  const int64_t per_launch = in.part_blocks > 0 ? std::min(in.part_blocks, blocks)
+                                                : std::clamp<int64_t>(kRowPartsBytes / block_bytes, 1, blocks);
+  cuda::DeviceBuffer row_parts(static_cast<size_t>(per_launch * block_bytes));
   cuda::DeviceBuffer A_parts(static_cast<size_t>(row_pieces * E * N) * sizeof(float));
   cuda::DeviceBuffer D_parts(grads.D ? static_cast<size_t>(row_pieces * E) * sizeof(float) : 0);
   cuda::DeviceBuffer bias_parts(grads.delta_bias ? static_cast<size_t>(row_pieces * E) * sizeof(float) : 0);
   const ScanGradParts parts{row_parts.as<float>(), A_parts.as<float>(), grads.D ? D_parts.as<float>() : nullptr,
                             grads.delta_bias ? bias_parts.as<float>() : nullptr};
-  selective_scan_backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(in, grads, parts, carries.carries,
-                                                                             grad_out, s, checkpoints.as<float>());
-  cuda::check_launch("selective_scan_backward_kernel");
+  for (int64_t first = 0; first < blocks; first += per_launch) {
+    ScanShape range = s;
+    range.first_block = first;
+    dim3 grid = scan_grid(s);
+    grid.x = static_cast<unsigned>(std::min(per_launch, blocks - first));
+    selective_scan_backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(
+        in, grads, parts, carries.carries, grad_out, range, checkpoints.as<float>());
+    cuda::check_launch("selective_scan_backward_kernel");
+    reduce_parts_kernel<<<cuda::blocks_for(2 * rows_size, 256, 65536), 256, 0, on_stream>>>(
+        parts, grads, in.A, grid.x, row_pieces, rows_size, E, N, 0, 2 * rows_size);
+    cuda::check_launch("reduce_parts_kernel");
+  }
   const int64_t outputs = 2 * rows_size + E * N + 2 * E;
-  reduce_parts_kernel<<<cuda::blocks_for(outputs, 256, 65536), 256, 0, on_stream>>>(parts, grads, in.A, blocks,
-                                                                                     row_pieces, rows_size, E, N);
+  reduce_parts_kernel<<<cuda::blocks_for(outputs - 2 * rows_size, 256, 65536), 256, 0, on_stream>>>(
+      parts, grads, in.A, blocks, row_pieces, rows_size, E, N, 2 * rows_size, outputs);
   cuda::check_launch("reduce_parts_kernel");
 }
 

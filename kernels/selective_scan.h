@@ -23,6 +23,9 @@ struct SelectiveScanInputs {
   // CUDA only: the pieces of the sequence scanned at once (selective_scan_cuda_pieces in
   // kernels/selective_scan_cuda.h); 0 chooses from the device's size. The results agree to rounding.
   int64_t cuda_pieces = 0;
+  // CUDA backward only: the blocks of channels one kernel launch covers (each keeps B·L·N floats of dB and
+  // dC parts); 0 chooses as many as fit 512 MiB. The results agree to rounding.
+  int64_t cuda_part_blocks = 0;
   // CPU backward only, may be null or undefined: the states the forward kept (its `checkpoints`), so that
   // the backward does not scan the sequence a first time to find them. Ignored on CUDA, whose kernels keep
   // their own, and by a backward with another chunk than kSelectiveScanChunk. The gradients are the same bits.

@@ -22,6 +22,9 @@ struct SelectiveScanPointers {
   const float* delta_bias = nullptr;  // (E) or null
   bool delta_softplus = true;
   int64_t pieces = 0;  // the pieces of the sequence scanned at once (selective_scan_cuda_pieces); 0 = choose
+  // Backward: the channel blocks one launch covers (their dB, dC parts kept at once); 0 = as many as fit
+  // 512 MiB of parts.
+  int64_t part_blocks = 0;
 };
 
 // Lanes of a warp per channel: the smallest power of two P with 8·P >= N (8 states per lane).

@@ -392,12 +392,15 @@ TEST_CASE("cuda: causal conv1d matches the CPU for every kernel width 1 to 8, an
 namespace {
 
 // One scan case on both backends: forward (with the final state) and every gradient. `pieces` > 0 asks the
-// CUDA kernels to cut the sequence into that many pieces (SelectiveScanInputs::cuda_pieces).
-void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool softplus, int64_t pieces = 0) {
+// CUDA kernels to cut the sequence into that many pieces (SelectiveScanInputs::cuda_pieces), `part_blocks` > 0
+// the backward to run over that many blocks of channels at a time (SelectiveScanInputs::cuda_part_blocks).
+void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool softplus, int64_t pieces = 0,
+                int64_t part_blocks = 0) {
   const std::string shape = "B " + std::to_string(B) + " L " + std::to_string(L) + " E " + std::to_string(E) + " N " +
                             std::to_string(N) + (gated ? " with D, z, bias" : " plain") +
                             (softplus ? "" : ", no softplus") +
-                            (pieces > 0 ? ", " + std::to_string(pieces) + " pieces asked" : "");
+                            (pieces > 0 ? ", " + std::to_string(pieces) + " pieces asked" : "") +
+                            (part_blocks > 0 ? ", " + std::to_string(part_blocks) + " channel blocks a launch" : "");
   Tensor u = uniform({B, L, E}, 30, -1, 1), delta = uniform({B, L, E}, 31, softplus ? -1 : 0.001f, softplus ? 1 : 0.1f);
   Tensor A({E, N});
   for (int64_t e = 0; e < E; ++e) {
@@ -425,7 +428,10 @@ void check_scan(int64_t B, int64_t L, int64_t E, int64_t N, bool gated, bool sof
       in.delta_bias = place(bias);
     }
     in.delta_softplus = softplus;
-    if (on_gpu) in.cuda_pieces = pieces;
+    if (on_gpu) {
+      in.cuda_pieces = pieces;
+      in.cuda_part_blocks = part_blocks;
+    }
     return in;
   };
   const SelectiveScanInputs cpu_in = inputs(false), cuda_in = inputs(true);
@@ -506,6 +512,17 @@ TEST_CASE("cuda: the selective scan cut into pieces of the sequence matches the 
   }
   check_scan(1, 130, 70, 16, false, true, 3);
   check_scan(3, 129, 20, 12, false, false, 3);  // no softplus: Δ = delta itself
+}
+
+TEST_CASE("cuda: the selective scan backward over a few blocks of channels at a time matches the CPU", "[cuda]") {
+  SKIP_WITHOUT_GPU();
+  // E 130 at N 16: 3 blocks of 64 channels, the last partial; E 37 at N 64: 3 blocks of 16. Each block of
+  // channels alone, or two then one, with the sequence whole and in pieces.
+  for (int64_t part_blocks : {1, 2}) {
+    check_scan(2, 70, 130, 16, true, true, 0, part_blocks);
+    check_scan(2, 200, 37, 64, true, true, 3, part_blocks);
+  }
+  check_scan(1, 13, 130, 16, false, false, 0, 1);
 }
 
 TEST_CASE("cuda: the selective scan rejects state sizes above 256 in one line", "[cuda]") {
