@@ -132,9 +132,11 @@ Device resolve_backend(const std::string& requested) {
 }
 
 void apply_thread_count(int64_t threads) {
+  // Eigen's products run on one thread each; the ops split them into pieces across the threads
+  // themselves (for_each_piece in kernels/eigen_maps.h), so that no result depends on the thread count.
+  Eigen::setNbThreads(1);
   if (threads <= 0) return;
   omp_set_num_threads(static_cast<int>(threads));
-  Eigen::setNbThreads(static_cast<int>(threads));
 }
 
 }  // namespace mr1

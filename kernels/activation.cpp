@@ -35,14 +35,15 @@ using GradientLauncher = void (*)(const float* grad_y, const float* saved, float
 using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 
-// chunk(begin, end) over [0, n) in one contiguous chunk per thread (one thread for small n).
+// chunk(begin, end) over [0, n) in fixed chunks of 8192 values, in parallel for large n. The chunks do not
+// depend on the thread count: Eigen's vectorised functions (exp, log1p) round a chunk's scalar tail
+// otherwise than its packets, so chunks cut by the thread count would give other bits at another count.
 template <typename Chunk>
 void for_each_chunk(int64_t n, Chunk chunk) {
-#pragma omp parallel if (n >= kParallelMinimumWork)
-  {
-    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
-    chunk(n * id / threads, n * (id + 1) / threads);
-  }
+  constexpr int64_t kChunk = 8192;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (n >= kParallelMinimumWork)
+  for (int64_t c = 0; c < chunks; ++c) chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
 }
 
 // y = f(x) over Eigen arrays: `f(in, out)` assigns an array expression of `in` to `out` (vectorised, as

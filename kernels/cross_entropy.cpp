@@ -5,6 +5,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "kernels/cross_entropy_cuda.h"
 #include "kernels/cuda_device.h"
@@ -48,9 +49,10 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const std::vector<int32_t
   }
   if (compute_grad) result.grad_logits = Tensor(logits.shape());
 
-  double total_loss = 0;
-  int64_t correct = 0;
-#pragma omp parallel for reduction(+ : total_loss, correct) if (logits.numel() >= kParallelMinimumWork)
+  // Each row's loss, added in row order after the parallel loop: the same bits at any thread count.
+  std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
+  std::vector<uint8_t> row_correct(static_cast<size_t>(rows), 0);
+#pragma omp parallel for if (logits.numel() >= kParallelMinimumWork)
   for (int64_t t = 0; t < rows; ++t) {
     const int32_t target = targets[t];
     if (target < 0) continue;
@@ -62,8 +64,8 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const std::vector<int32_t
     const double largest = row[best];
     double exp_total = 0;
     for (int64_t j = 0; j < classes; ++j) exp_total += std::exp(row[j] - largest);
-    total_loss += largest + std::log(exp_total) - row[target];
-    if (best == target) ++correct;
+    row_loss[static_cast<size_t>(t)] = largest + std::log(exp_total) - row[target];
+    row_correct[static_cast<size_t>(t)] = best == target;
     if (compute_grad) {
       float* grad = result.grad_logits.data() + t * classes;
       for (int64_t j = 0; j < classes; ++j) {
@@ -71,6 +73,12 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const std::vector<int32_t
         grad[j] = static_cast<float>((probability - (j == target ? 1.0 : 0.0)) * inverse_scored);
       }
     }
+  }
+  double total_loss = 0;
+  int64_t correct = 0;
+  for (int64_t t = 0; t < rows; ++t) {
+    total_loss += row_loss[static_cast<size_t>(t)];
+    correct += row_correct[static_cast<size_t>(t)];
   }
   result.loss = total_loss * inverse_scored;
   result.correct = correct;

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kernels/tensor.h"
 
@@ -28,6 +29,40 @@ using ConstRowVectorMap = Eigen::Map<const Eigen::RowVectorXf>;
 
 // Below this many elements a loop runs on one thread: starting threads would cost more than it saves.
 constexpr int64_t kParallelMinimumWork = int64_t{1} << 14;
+
+// piece(begin, count) over [0, n) in fixed pieces of `size` (the last one shorter), in parallel when `work`
+// (multiply-adds in all) is worth it. For an Eigen product split by its output's rows: each piece runs
+// on one thread, and the pieces do not depend on the thread count, so neither do the bits. (Eigen's
+// own multithreaded GEMM blocks a product by the thread count: other bits on a machine with other cores.)
+template <typename Piece>
+void for_each_piece(int64_t n, int64_t size, int64_t work, Piece piece) {
+  static const bool eigen_on_one_thread = (Eigen::setNbThreads(1), true);  // threads are given out here
+  (void)eigen_on_one_thread;
+  const int64_t pieces = (n + size - 1) / size;
+#pragma omp parallel for schedule(dynamic) if (pieces > 1 && work >= (kParallelMinimumWork << 6))
+  for (int64_t p = 0; p < pieces; ++p) piece(p * size, std::min(size, n - p * size));
+}
+
+// Σ_i term(i) over [0, n) in double, the same bits at any thread count: the range is cut into fixed
+// blocks of 4096 terms, each summed in order (the blocks in parallel from `parallel_from` terms), then
+// the blocks' sums are added in order. (An OpenMP reduction adds per-thread sums: other bits at another
+// thread count.)
+template <typename Term>
+double fixed_order_sum(int64_t n, Term term, int64_t parallel_from = kParallelMinimumWork) {
+  constexpr int64_t kBlock = 4096;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> sums(static_cast<size_t>(blocks), 0.0);
+#pragma omp parallel for schedule(static) if (n >= parallel_from)
+  for (int64_t b = 0; b < blocks; ++b) {
+    double total = 0;
+    const int64_t end = std::min(n, (b + 1) * kBlock);
+    for (int64_t i = b * kBlock; i < end; ++i) total += term(i);
+    sums[static_cast<size_t>(b)] = total;
+  }
+  double total = 0;
+  for (double part : sums) total += part;
+  return total;
+}
 
 // T: the number of rows of x (..., F) once every axis but the last is flattened (1 for a rank-1 x).
 inline int64_t row_count(const Tensor& x) {

@@ -243,10 +243,7 @@ void zero_masked_rows(Tensor& x, const std::vector<uint8_t>& mask) { zero_masked
 double sum(const Tensor& x) {
   if (on_cuda("sum", x)) return sum_cuda(x.data(), x.numel(), cuda::stream());
   const float* values = x.data();
-  double total = 0;
-#pragma omp parallel for reduction(+ : total) if (x.numel() >= kParallelMinimumWork)
-  for (int64_t i = 0; i < x.numel(); ++i) total += values[i];
-  return total;
+  return fixed_order_sum(x.numel(), [values](int64_t i) { return static_cast<double>(values[i]); });
 }
 
 // Σ_i x[i] / n   (NaN when x is empty)
@@ -264,12 +261,10 @@ double standard_deviation(const Tensor& x) {
                      static_cast<double>(count - 1));
   }
   const float* values = x.data();
-  double squares = 0;
-#pragma omp parallel for reduction(+ : squares) if (count >= kParallelMinimumWork)
-  for (int64_t i = 0; i < count; ++i) {
+  const double squares = fixed_order_sum(count, [values, average](int64_t i) {
     const double deviation = values[i] - average;
-    squares += deviation * deviation;
-  }
+    return deviation * deviation;
+  });
   return std::sqrt(squares / static_cast<double>(count - 1));
 }
 

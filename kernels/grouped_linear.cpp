@@ -64,6 +64,9 @@ std::vector<float*> data_pointers(const std::vector<TensorPointer>& tensors) {
 std::vector<const float*> read_only(const std::vector<float*>& pointers) { return {pointers.begin(), pointers.end()}; }
 std::vector<const Tensor*> read_only(const std::vector<Tensor*>& tensors) { return {tensors.begin(), tensors.end()}; }
 
+// The pieces of a group's products (see for_each_piece): rows of y and dx, rows of dW.
+constexpr int64_t kRowPiece = 256, kWeightRowPiece = 64;
+
 }  // namespace
 
 // y_g (R_g, O) = x_g (R_g, I) · W_gᵀ + b_g      for each group g's block of rows
@@ -86,9 +89,11 @@ Tensor grouped_linear_forward(const Tensor& x, const std::vector<int64_t>& offse
   for (size_t g = 0; g < weights.size(); ++g) {
     const int64_t first = offsets[g], count = offsets[g + 1] - offsets[g];
     if (count == 0) continue;
-    auto y_group = y_rows.middleRows(first, count);
-    y_group.noalias() = x_rows.middleRows(first, count) * matrix_of_rows(*weights[g]).transpose();
-    if (!biases.empty()) y_group.rowwise() += row_vector(*biases[g]);
+    const ConstMatrixMap w = matrix_of_rows(*weights[g]);
+    for_each_piece(count, kRowPiece, count * outputs * x.size(1), [&](int64_t begin, int64_t rows) {
+      y_rows.middleRows(first + begin, rows).noalias() = x_rows.middleRows(first + begin, rows) * w.transpose();
+    });
+    if (!biases.empty()) y_rows.middleRows(first, count).rowwise() += row_vector(*biases[g]);
   }
   return y;
 }
@@ -126,10 +131,19 @@ Tensor grouped_linear_backward(const Tensor& grad_y, const Tensor& x, const std:
     const int64_t first = offsets[g], count = offsets[g + 1] - offsets[g];
     if (count == 0) continue;
     const auto dy_group = dy.middleRows(first, count);
+    const ConstMatrixMap w = matrix_of_rows(*weights[g]);
+    const int64_t work = count * outputs * x.size(1);
     if (need_input) {
-      matrix_of_rows(grad_x).middleRows(first, count).noalias() = dy_group * matrix_of_rows(*weights[g]);
+      MatrixMap dx = matrix_of_rows(grad_x);
+      for_each_piece(count, kRowPiece, work, [&](int64_t begin, int64_t rows) {
+        dx.middleRows(first + begin, rows).noalias() = dy.middleRows(first + begin, rows) * w;
+      });
     }
-    matrix_of_rows(*grad_weights[g]).noalias() += dy_group.transpose() * x_rows.middleRows(first, count);
+    MatrixMap dw = matrix_of_rows(*grad_weights[g]);
+    const auto x_group = x_rows.middleRows(first, count);
+    for_each_piece(outputs, kWeightRowPiece, work, [&](int64_t begin, int64_t rows) {
+      dw.middleRows(begin, rows).noalias() += dy_group.middleCols(begin, rows).transpose() * x_group;
+    });
     if (!grad_biases.empty()) row_vector(*grad_biases[g]) += dy_group.colwise().sum();
   }
   return grad_x;

@@ -2,8 +2,6 @@
 // Shape letters: T tokens (all leading axes flattened), I input features, O output features.
 #include "kernels/linear.h"
 
-#include <omp.h>
-
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
@@ -12,8 +10,10 @@
 namespace mr1 {
 
 namespace {
-// Up to this many input rows, the forward splits the output features across threads.
+// Up to this many input rows (decoding), the forward splits the output features into pieces; above, the
+// rows. The backward splits dx by rows and dW by its rows (the output features).
 constexpr int64_t kFewRows = 16;
+constexpr int64_t kFeaturePieces = 8, kRowPiece = 256, kWeightRowPiece = 64;
 }  // namespace
 
 // y (..., O) = x (..., I) · weightᵀ (O, I) + bias (O)      (no bias when `bias` is null or undefined)
@@ -35,19 +35,17 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias)
   Tensor y = Tensor::empty(with_last_axis(x.shape(), outputs));  // Eigen zeroes it for I = 0
   MatrixMap y_rows = matrix_of_rows(y);  // (T, O)
   const ConstMatrixMap x_rows = matrix_of_rows(x), w_rows = matrix_of_rows(weight);
-  const int64_t T = row_count(x);
-  if (T <= kFewRows && outputs * weight.size(1) >= kParallelMinimumWork * 4 && omp_get_max_threads() > 1) {
-    // A few rows (decoding) make a matrix-vector product, which Eigen runs on one thread: split the
-    // output features across the threads instead.
-#pragma omp parallel
-    {
-      const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
-      const int64_t begin = outputs * id / threads, end = outputs * (id + 1) / threads;
-      y_rows.middleCols(begin, end - begin).noalias() =
-          x_rows * w_rows.middleRows(begin, end - begin).transpose();
-    }
+  const int64_t T = row_count(x), work = T * outputs * weight.size(1);
+  if (T <= kFewRows) {
+    // A fixed number of pieces, 16 features or more each (a small product's calls cost more than it).
+    const int64_t piece = std::max<int64_t>(16, (outputs + kFeaturePieces * 16 - 1) / (kFeaturePieces * 16) * 16);
+    for_each_piece(outputs, piece, work, [&](int64_t begin, int64_t count) {
+      y_rows.middleCols(begin, count).noalias() = x_rows * w_rows.middleRows(begin, count).transpose();
+    });
   } else {
-    y_rows.noalias() = x_rows * w_rows.transpose();
+    for_each_piece(T, kRowPiece, work, [&](int64_t begin, int64_t count) {
+      y_rows.middleRows(begin, count).noalias() = x_rows.middleRows(begin, count) * w_rows.transpose();
+    });
   }
   if (bias) y_rows.rowwise() += row_vector(*bias);
   return y;
@@ -79,9 +77,22 @@ void backward_into(Device device, const Tensor& grad_y, const Tensor& x, const T
     return;
   }
   const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
-  if (grad_x && add_input) matrix_of_rows(*grad_x).noalias() += dy * matrix_of_rows(weight);
-  if (grad_x && !add_input) matrix_of_rows(*grad_x).noalias() = dy * matrix_of_rows(weight);
-  matrix_of_rows(grad_weight).noalias() += dy.transpose() * matrix_of_rows(x);
+  const ConstMatrixMap w = matrix_of_rows(weight), x_rows = matrix_of_rows(x);
+  const int64_t T = row_count(x), work = T * outputs * weight.size(1);
+  if (grad_x) {
+    MatrixMap dx = matrix_of_rows(*grad_x);
+    for_each_piece(T, kRowPiece, work, [&](int64_t begin, int64_t count) {
+      if (add_input) {
+        dx.middleRows(begin, count).noalias() += dy.middleRows(begin, count) * w;
+      } else {
+        dx.middleRows(begin, count).noalias() = dy.middleRows(begin, count) * w;
+      }
+    });
+  }
+  MatrixMap dw = matrix_of_rows(grad_weight);
+  for_each_piece(outputs, kWeightRowPiece, work, [&](int64_t begin, int64_t count) {
+    dw.middleRows(begin, count).noalias() += dy.middleCols(begin, count).transpose() * x_rows;
+  });
   if (grad_bias) row_vector(*grad_bias) += dy.colwise().sum();
 }
 

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
+#include "kernels/eigen_maps.h"
 #include "kernels/elementwise_cuda.h"
 #include "kernels/optimizer_ops_cuda.h"
 
@@ -116,11 +117,9 @@ double squared_norm(const Tensor& x) {
   if (common_device("squared_norm", {&x}) == Device::cuda) {
     return sum_squared_deviation_cuda(x.data(), x.numel(), 0.0, cuda::stream());
   }
-  double total = 0;
   const float* data = x.data();
-#pragma omp parallel for reduction(+ : total) if (x.numel() > 65536)
-  for (int64_t i = 0; i < x.numel(); ++i) total += static_cast<double>(data[i]) * data[i];
-  return total;
+  return fixed_order_sum(
+      x.numel(), [data](int64_t i) { return static_cast<double>(data[i]) * data[i]; }, 65537);
 }
 
 namespace {

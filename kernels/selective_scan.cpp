@@ -11,10 +11,6 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kernels/cuda_device.h"
 #include "kernels/dispatch.h"
 #include "kernels/eigen_maps.h"
@@ -55,22 +51,6 @@ inline Lanes softplus(const Lanes& v) { return v.max(0.0f) + (-v.abs()).exp().lo
 
 // σ(v) = 1 / (1 + exp(−v))
 inline Lanes sigmoid(const Lanes& v) { return (1.0f + (-v).exp()).inverse(); }
-
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-int thread_index() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 bool present(const Tensor* tensor) { return tensor && tensor->defined(); }
 
@@ -320,16 +300,21 @@ namespace {
 
 // Where the gradients shared across work items sit in each thread's partial sums:
 // [dA (E·N) | dD (E) | d(delta_bias) (E) | dB (B·L·N) | dC (B·L·N)].
+// One slot's sums (see selective_scan_backward): dA (E, N), dD (E), d(delta_bias) (E), then dB and dC
+// (rows, L, N) of the `rows` batch rows its work items touch.
 struct PartialLayout {
   int64_t D, bias, B, C, size;  // the offsets of the parts after dA, and the whole size
 
-  explicit PartialLayout(const ScanShape& s)
+  PartialLayout(const ScanShape& s, int64_t rows)
       : D(s.channels * s.state),
         bias(D + s.channels),
         B(bias + s.channels),
-        C(B + s.batch * s.length * s.state),
-        size(C + s.batch * s.length * s.state) {}
+        C(B + rows * s.length * s.state),
+        size(C + rows * s.length * s.state) {}
 };
+
+// The slots of the backward's shared sums: a fixed number, whatever the thread count.
+constexpr int64_t kBackwardSlots = 32;
 
 // Reverse-time scan. With a_t = exp(Δ_t A) and dh_t the gradient reaching h_t:
 //   dy_t  = dout_t ⊙ silu(z_t),   dz_t = dout_t ⊙ y_t ⊙ silu'(z_t),   silu' = σ (1 + z (1 − σ))
@@ -341,17 +326,19 @@ struct PartialLayout {
 // States come from checkpoints of h taken every `chunk` steps (by the forward, or by a first forward pass
 // here); chunks are then visited in reverse, each recomputed from its checkpoint before its reverse steps.
 //
-// One thread's part of it: the work items it is given, one at a time, with buffers reused for each. The
-// gradients of u, delta and z go straight to their tensors (each value belongs to one item); the shared
-// ones are added to the thread's partial sums.
+// One slot's part of it: its work items, one at a time, with buffers reused for each. The gradients of u,
+// delta and z go straight to their tensors (each value belongs to one item); the shared ones are added to
+// the slot's partial sums.
 class BackwardThread {
  public:
-  // `kept`: the forward's checkpoints, or null; `partial`: this thread's sums, zero, in PartialLayout's order.
+  // `kept`: the forward's checkpoints, or null; `partial`: the slot's sums, zero, in PartialLayout's order,
+  // its dB and dC from batch row `first_row` for `rows` rows.
   BackwardThread(const ScanPointers& p, const ScanShape& s, int64_t chunk, const float* kept, const float* dout,
-                 SelectiveScanGrads& grads, float* partial)
+                 SelectiveScanGrads& grads, float* partial, int64_t first_row, int64_t rows)
       : p_(p),
         s_(s),
-        layout_(s),
+        layout_(s, rows),
+        first_token_(first_row * s.length),
         chunk_(chunk),
         chunks_(checkpoint_count(s.length, chunk)),
         kept_(kept),
@@ -436,8 +423,8 @@ class BackwardThread {
     const int64_t row = row_of(block, t), token = token_of(block, t);
     const float* B_t = p_.B + token * N;
     const float* C_t = p_.C + token * N;
-    float* dB_t = partial_ + layout_.B + token * N;
-    float* dC_t = partial_ + layout_.C + token * N;
+    float* dB_t = partial_ + layout_.B + (token - first_token_) * N;
+    float* dC_t = partial_ + layout_.C + (token - first_token_) * N;
     const Lanes* h_now = states_.data() + step * N;
     const Lanes* h_before = step == 0 ? checkpoints_.data() + c * N : h_now - N;
     const Lanes* a = decays_.data() + step * N;
@@ -476,6 +463,7 @@ class BackwardThread {
   const ScanPointers& p_;
   const ScanShape& s_;
   const PartialLayout layout_;
+  const int64_t first_token_;  // of the slot's first batch row
   const int64_t chunk_, chunks_;
   const float* kept_;
   const float* dout_;
@@ -492,7 +480,8 @@ class BackwardThread {
 }  // namespace
 
 // The reverse-time scan of BackwardThread, over the work items in parallel; the shared gradients are summed
-// per thread and then reduced in thread order, so that they do not depend on scheduling.
+// per slot of work items and then added in slot order, so that they depend neither on scheduling nor on
+// the thread count.
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk) {
   const ScanShape s = check_scan_inputs(in);
   check_shape(grad_out, {s.batch, s.length, s.channels}, "selective_scan: grad_out");
@@ -517,10 +506,25 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
   grads.delta = Tensor::empty({s.batch, L, E});
   if (p.z) grads.z = Tensor::empty({s.batch, L, E});
 
-  const PartialLayout layout(s);
-  const int threads = max_threads();
-  std::vector<float> partials(static_cast<size_t>(threads) * layout.size, 0.0f);
+  // The shared gradients are summed per slot: kBackwardSlots contiguous ranges of work items (batch-row
+  // major), each range's items in order, then the slots' sums are added in slot order. The slots run in
+  // parallel, so the sums are the same bits at any thread count. A slot's dB and dC cover the batch rows
+  // its items touch: about (B + slots) · L · N values in all.
   const int64_t items = L > 0 ? work_items(s) : 0;
+  const int64_t blocks = (E + kLanes - 1) / kLanes;
+  const int64_t slots = std::max<int64_t>(1, std::min(items, kBackwardSlots));
+  struct Slot {
+    int64_t first_item, end_item, first_row, rows;
+    std::vector<float> partial;
+  };
+  std::vector<Slot> slot_sums(static_cast<size_t>(slots));
+  for (int64_t g = 0; g < slots; ++g) {
+    Slot& slot = slot_sums[static_cast<size_t>(g)];
+    slot.first_item = items * g / slots;
+    slot.end_item = items * (g + 1) / slots;
+    slot.first_row = slot.first_item / blocks;
+    slot.rows = slot.end_item > slot.first_item ? (slot.end_item - 1) / blocks - slot.first_row + 1 : 0;
+  }
   // The forward's checkpoints, when it kept them for this chunk length.
   const float* kept = nullptr;
   if (chunk == kSelectiveScanChunk && present(in.checkpoints)) {
@@ -529,30 +533,36 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
     kept = in.checkpoints->data();
   }
 
-#pragma omp parallel if (items > 1 && s.batch * L * E * N >= kParallelMinimumWork)
-  {
-    BackwardThread thread(p, s, chunk, kept, grad_out.data(), grads, partials.data() + thread_index() * layout.size);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) thread.run(item);
+#pragma omp parallel for schedule(static) if (slots > 1 && s.batch * L * E * N >= kParallelMinimumWork)
+  for (int64_t g = 0; g < slots; ++g) {
+    Slot& slot = slot_sums[static_cast<size_t>(g)];
+    slot.partial.assign(static_cast<size_t>(PartialLayout(s, slot.rows).size), 0.0f);
+    BackwardThread thread(p, s, chunk, kept, grad_out.data(), grads, slot.partial.data(), slot.first_row, slot.rows);
+    for (int64_t item = slot.first_item; item < slot.end_item; ++item) thread.run(item);
   }
 
-  // Sum the per-thread partials into the first; each index is owned by one thread.
-#pragma omp parallel for schedule(static) if (threads > 1)
-  for (int64_t i = 0; i < layout.size; ++i) {
-    float total = partials[i];
-    for (int thread = 1; thread < threads; ++thread) total += partials[thread * layout.size + i];
-    partials[i] = total;
+  // The slots' sums, added in slot order.
+  grads.A = Tensor({E, N});
+  if (p.D) grads.D = Tensor({E});
+  if (p.delta_bias) grads.delta_bias = Tensor({E});
+  grads.B = Tensor({s.batch, L, N});
+  grads.C = Tensor({s.batch, L, N});
+  for (const Slot& slot : slot_sums) {
+    const PartialLayout layout(s, slot.rows);
+    const float* partial = slot.partial.data();
+    for (int64_t i = 0; i < E * N; ++i) grads.A[i] += partial[i];
+    for (int64_t e = 0; e < E; ++e) {
+      if (p.D) grads.D[e] += partial[layout.D + e];
+      if (p.delta_bias) grads.delta_bias[e] += partial[layout.bias + e];
+    }
+    const int64_t count = slot.rows * L * N, offset = slot.first_row * L * N;
+    float *dB = grads.B.data() + offset, *dC = grads.C.data() + offset;
+#pragma omp parallel for schedule(static) if (count >= kParallelMinimumWork)
+    for (int64_t i = 0; i < count; ++i) {
+      dB[i] += partial[layout.B + i];
+      dC[i] += partial[layout.C + i];
+    }
   }
-  auto take = [&](Shape shape, int64_t offset) {
-    Tensor tensor(std::move(shape));
-    std::copy(partials.begin() + offset, partials.begin() + offset + tensor.numel(), tensor.data());
-    return tensor;
-  };
-  grads.A = take({E, N}, 0);
-  if (p.D) grads.D = take({E}, layout.D);
-  if (p.delta_bias) grads.delta_bias = take({E}, layout.bias);
-  grads.B = take({s.batch, L, N}, layout.B);
-  grads.C = take({s.batch, L, N}, layout.C);
   return grads;
 }
 

@@ -2,9 +2,14 @@
 // names, masking, causality, initialisation and input errors.
 #include <cmath>
 #include <set>
+#include <utility>
+#include <vector>
+
+#include <omp.h>
 
 #include "blocks/model.h"
 #include "blocks/random.h"
+#include "experiments/loss.h"
 #include "kernels/elementwise.h"
 #include "model_fixture.h"
 #include "test_util.h"
@@ -273,5 +278,52 @@ TEST_CASE("timing the model's parts names each part and leaves every result unch
     CHECK(part.count[0] == per_pass);
     CHECK(part.count[1] == per_pass);
     CHECK(part.count[2] == 0);
+  }
+}
+
+TEST_CASE("the forward, the loss and every gradient are the same bits at any thread count", "[model]") {
+  // Big enough that every op splits its work: 4 x 128 tokens; mamba (E 128, N 16), top-2 MoE with capacity
+  // and a z-loss, an mlp block; tokens in and logits out.
+  const std::string text =
+      "[model]\ndim = 64\ndepth = 1\norder = [\"mamba\", \"moe\", \"mlp\", \"mamba\"]\nd_state = 16\n"
+      "expand = 2\nnum_experts = 4\nexpert_dim = 128\nmax_seq_len = 128\nvocab_size = 64\n"
+      "[router]\nname = \"topk\"\ntop_k = 2\ncapacity_factor = 1.0\nz_loss_coef = 0.001\n";
+  struct Result {
+    double loss = 0;
+    std::vector<std::pair<std::string, std::vector<float>>> values;  // logits, then each parameter's gradient
+  };
+  auto run = [&](int threads) {
+    omp_set_num_threads(threads);
+    SmallModel small(text);
+    const ModelInput input = small.input(4, 128, 7);
+    ForwardOptions options;
+    options.training = true;
+    ForwardTape tape;
+    const ModelOutput output = small.model->forward(input, options, &tape);
+    const LossResult loss = language_model_loss(output, next_token_targets(input), true);
+    small.model->parameters().zero_grad();
+    small.model->backward(tape, &loss.grad_logits, nullptr, 1.0f);
+    Result result{loss.loss, {{"logits", output.logits.to_vector()}}};
+    for (const auto& parameter : small.model->parameters().all()) {
+      result.values.push_back({"grad." + parameter->name, parameter->grad.to_vector()});
+    }
+    return result;
+  };
+  const int before = omp_get_max_threads();
+  const Result one = run(1), two = run(2), three = run(3);
+  omp_set_num_threads(before);
+  CHECK(two.loss == one.loss);
+  CHECK(three.loss == one.loss);
+  REQUIRE(two.values.size() == one.values.size());
+  REQUIRE(three.values.size() == one.values.size());
+  auto differing = [](const std::vector<float>& a, const std::vector<float>& b) {
+    int64_t count = 0;  // values whose bits differ (a NaN never equals itself: counted)
+    for (size_t i = 0; i < a.size(); ++i) count += !(a[i] == b[i]);
+    return count;
+  };
+  for (size_t i = 0; i < one.values.size(); ++i) {
+    INFO(one.values[i].first << " (" << one.values[i].second.size() << " values)");
+    CHECK(differing(two.values[i].second, one.values[i].second) == 0);
+    CHECK(differing(three.values[i].second, one.values[i].second) == 0);
   }
 }
