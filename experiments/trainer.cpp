@@ -94,6 +94,32 @@ class RoutingAverage {
     }
     ++count_;
   }
+  // The sums as JSON (doubles round-trip exactly), and back: a logging window carried across a resume.
+  nlohmann::json save() const {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const RoutingStats& sum : sums_) {
+      layers.push_back({{"present", sum.present}, {"load", sum.load}, {"dropped", sum.dropped},
+                        {"droppable", sum.droppable}, {"entropy", sum.entropy}, {"aux_loss", sum.aux_loss},
+                        {"z_loss", sum.z_loss}});
+    }
+    return {{"count", count_}, {"layers", layers}};
+  }
+  static RoutingAverage restore(const nlohmann::json& json) {
+    RoutingAverage average;
+    average.count_ = json.at("count").get<int64_t>();
+    for (const nlohmann::json& layer : json.at("layers")) {
+      RoutingStats sum;
+      sum.present = layer.at("present").get<bool>();
+      sum.load = layer.at("load").get<std::vector<double>>();
+      sum.dropped = layer.at("dropped").get<int64_t>();
+      sum.droppable = layer.at("droppable").get<int64_t>();
+      sum.entropy = layer.at("entropy").get<double>();
+      sum.aux_loss = layer.at("aux_loss").get<double>();
+      sum.z_loss = layer.at("z_loss").get<double>();
+      average.sums_.push_back(std::move(sum));
+    }
+    return average;
+  }
   // Per MoE layer: {"layer": i, ...routing_metrics}, averaged; and the mean of each scalar over layers.
   nlohmann::json report() const {
     nlohmann::json layers = nlohmann::json::array();
@@ -158,6 +184,7 @@ void save_trainer_state(const std::string& folder, const TrainerState& state) {
                       {"last_train_loss", state.last_train_loss},  // NaN is written as null
                       {"last_eval", state.last_eval},
                       {"resumes", state.resumes}};
+  if (!state.open_window.is_null()) json["open_window"] = state.open_window;
   write_file_atomic(folder + "/trainer_state.json", json.dump(2) + "\n");
 }
 
@@ -187,6 +214,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
     if (line.empty()) continue;
     const nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
     if (entry.is_discarded() || !entry.is_object() || !entry.contains("step") || !entry["step"].is_number()) break;
+    // An interrupted window's entry: the resumed run writes the whole window's in its place.
+    if (entry.value("partial_window", false)) continue;
     if (entry["step"].get<int64_t>() <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
@@ -260,9 +289,31 @@ class LogWindow {
     routing_.add(record.routing);
   }
   double mean_loss() const { return loss_ / steps_; }
+  bool empty() const { return steps_ == 0; }
+  // The sums as JSON (TrainerState::open_window), and back.
+  nlohmann::json save() const {
+    return {{"loss", loss_},       {"lm_loss", lm_loss_}, {"aux_loss", aux_loss_}, {"scored", scored_},
+            {"correct", correct_}, {"seconds", seconds_}, {"tokens", tokens_},     {"grad_norm", grad_norm_},
+            {"steps", steps_},     {"routing", routing_.save()}};
+  }
+  static LogWindow restore(const nlohmann::json& json) {
+    LogWindow window;
+    window.loss_ = json.at("loss").get<double>();
+    window.lm_loss_ = json.at("lm_loss").get<double>();
+    window.aux_loss_ = json.at("aux_loss").get<double>();
+    window.scored_ = json.at("scored").get<int64_t>();
+    window.correct_ = json.at("correct").get<int64_t>();
+    window.seconds_ = json.at("seconds").get<double>();
+    window.tokens_ = json.at("tokens").get<int64_t>();
+    window.grad_norm_ = json.at("grad_norm").get<double>();
+    window.steps_ = json.at("steps").get<int64_t>();
+    window.routing_ = RoutingAverage::restore(json.at("routing"));
+    return window;
+  }
   // The metrics.jsonl entry of the window ending at `state.step`, also logged as a progress line; empties
-  // the window.
-  nlohmann::json close(const TrainerState& state, int64_t total_steps, double learning_rate) {
+  // the window, unless `keep` (an interrupted run's window, carried into its resume: the entry is marked
+  // "partial_window" and the resumed run replaces it with the whole window's).
+  nlohmann::json close(const TrainerState& state, int64_t total_steps, double learning_rate, bool keep = false) {
     const double accuracy = scored_ > 0 ? static_cast<double>(correct_) / scored_ : 0.0;
     const double throughput = tokens_ / seconds_;
     const double remaining = (total_steps - state.step) * (seconds_ / steps_);
@@ -279,7 +330,11 @@ class LogWindow {
     spdlog::info("step {:>5}/{} | loss {:.4f} | acc {:.3f} | lr {:.2e} | |g| {:.2f} | {:.0f} tok/s | eta {}",
                  state.step, total_steps, mean_loss(), accuracy, learning_rate, grad_norm_ / steps_, throughput,
                  format_duration(remaining));
-    *this = LogWindow();
+    if (keep) {
+      entry["partial_window"] = true;
+    } else {
+      *this = LogWindow();
+    }
     return entry;
   }
 
@@ -404,6 +459,10 @@ TrainerState load_checkpoint(const std::string& folder, Model& model, Optimizer&
     }
     state.last_eval = json.at("last_eval");
     if (json.contains("resumes")) state.resumes = json["resumes"];  // written since resumes are recorded
+    if (json.contains("open_window")) {
+      state.open_window = json["open_window"];
+      LogWindow::restore(state.open_window);  // checked here: a damaged file is a FileError naming it
+    }
   } catch (const nlohmann::json::exception& error) {
     throw FileError(state_path + ": expected step, seconds, tokens and last_eval as a run writes them (" +
                     error.what() + ")");
@@ -452,7 +511,9 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
                settings.steps, setup.optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
                settings.eval_every, settings.eval_batches);
 
-  LogWindow window;
+  // An interrupted run's unfinished logging window continues here.
+  LogWindow window = state.open_window.is_null() ? LogWindow() : LogWindow::restore(state.open_window);
+  state.open_window = nullptr;
   bool interrupted = false;
   double chart_seconds = 0;  // spent redrawing the charts in this process
 
@@ -471,7 +532,7 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
     nlohmann::json entry;
     if (log_now || interrupted) {
       state.last_train_loss = window.mean_loss();
-      entry = window.close(state, settings.steps, record.learning_rate);
+      entry = window.close(state, settings.steps, record.learning_rate, !log_now);
     }
     if (evaluate_now) stopped_early = evaluate_step(model, task, settings, state, entry);
     if (!entry.empty()) metrics << entry.dump() << "\n" << std::flush;
@@ -482,7 +543,10 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
       write_progress_charts(folder);
       chart_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
-    if (evaluate_now || interrupted || stopped_early) save_checkpoint(folder, model, optimizer, state);
+    if (evaluate_now || interrupted || stopped_early) {
+      state.open_window = window.empty() ? nlohmann::json() : window.save();
+      save_checkpoint(folder, model, optimizer, state);
+    }
     if (interrupted) {
       spdlog::warn("interrupted at step {}: checkpoint saved in {}; continue with --resume --out {}", state.step,
                    folder, folder);

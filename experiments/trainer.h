@@ -38,6 +38,9 @@ struct TrainerState {
   double last_train_loss = NAN;  // the mean train loss of the last logging window; NaN before the first
   nlohmann::json last_eval = nlohmann::json::object();  // the latest evaluation; {} before the first
   nlohmann::json resumes = nlohmann::json::array();  // each --resume: {"step", "changed": settings changed}
+  // The sums of an unfinished logging window (a run interrupted between two log lines), carried into the
+  // resumed run so that its next line covers the same steps as an uninterrupted run's; null otherwise.
+  nlohmann::json open_window;
 };
 
 // What training reads before its first step: [training], and the [optimizer] over `parameters`. Every
