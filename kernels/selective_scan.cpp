@@ -298,8 +298,6 @@ SelectiveScanGrads selective_scan_backward_accumulate(const Tensor& grad_out, co
 
 namespace {
 
-// Where the gradients shared across work items sit in each thread's partial sums:
-// [dA (E·N) | dD (E) | d(delta_bias) (E) | dB (B·L·N) | dC (B·L·N)].
 // One slot's sums (see selective_scan_backward): dA (E, N), dD (E), d(delta_bias) (E), then dB and dC
 // (rows, L, N) of the `rows` batch rows its work items touch.
 struct PartialLayout {
@@ -522,7 +520,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
     Slot& slot = slot_sums[static_cast<size_t>(g)];
     slot.first_item = items * g / slots;
     slot.end_item = items * (g + 1) / slots;
-    slot.first_row = slot.first_item / blocks;
+    slot.first_row = blocks > 0 ? slot.first_item / blocks : 0;  // (E = 0: no items)
     slot.rows = slot.end_item > slot.first_item ? (slot.end_item - 1) / blocks - slot.first_row + 1 : 0;
   }
   // The forward's checkpoints, when it kept them for this chunk length.

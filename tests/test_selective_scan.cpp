@@ -234,6 +234,11 @@ TEST_CASE("selective_scan_backward matches finite differences of the double loop
   check_backward(full_case("two channel blocks", 1, 4, 18, 2), 3);
   check_backward(full_case("N = 64", 1, 3, 2, 64), 2);
   check_backward(full_case("empty sequence", 2, 0, 3, 4), 3);
+  check_backward(full_case("no channels", 2, 5, 0, 4), 3);
+  // 2 rows x 3 blocks of 16 channels (the last partial) = 6 work items, one a slot; 40 rows x 1 block = 40
+  // items over 32 slots (some slots span two batch rows).
+  check_backward(full_case("blocks across rows", 2, 6, 40, 3), 4);
+  check_backward(full_case("more items than slots", 40, 3, 5, 2), 2);
 }
 
 TEST_CASE("selective_scan_backward gives the same gradients for every chunk size") {
