@@ -281,49 +281,72 @@ TEST_CASE("timing the model's parts names each part and leaves every result unch
   }
 }
 
-TEST_CASE("the forward, the loss and every gradient are the same bits at any thread count", "[model]") {
-  // Big enough that every op splits its work: 4 x 128 tokens; mamba (E 128, N 16), top-2 MoE with capacity
-  // and a z-loss, an mlp block; tokens in and logits out.
-  const std::string text =
-      "[model]\ndim = 64\ndepth = 1\norder = [\"mamba\", \"moe\", \"mlp\", \"mamba\"]\nd_state = 16\n"
-      "expand = 2\nnum_experts = 4\nexpert_dim = 128\nmax_seq_len = 128\nvocab_size = 64\n"
-      "[router]\nname = \"topk\"\ntop_k = 2\ncapacity_factor = 1.0\nz_loss_coef = 0.001\n";
-  struct Result {
-    double loss = 0;
-    std::vector<std::pair<std::string, std::vector<float>>> values;  // logits, then each parameter's gradient
-  };
-  auto run = [&](int threads) {
+namespace {
+
+// The logits, the loss and every parameter's gradient of one training-mode forward and backward of the
+// model `text` describes, at `threads` OpenMP threads.
+struct GradientsAt {
+  double loss = 0;
+  std::vector<std::pair<std::string, std::vector<float>>> values;  // logits, then each gradient
+
+  GradientsAt(const std::string& text, int threads) {
+    const int before = omp_get_max_threads();
     omp_set_num_threads(threads);
     SmallModel small(text);
     const ModelInput input = small.input(4, 128, 7);
     ForwardOptions options;
     options.training = true;
+    Random random(11);  // for the routers that sample (noisy_topk, random)
+    options.random = &random;
     ForwardTape tape;
     const ModelOutput output = small.model->forward(input, options, &tape);
-    const LossResult loss = language_model_loss(output, next_token_targets(input), true);
+    const LossResult result = language_model_loss(output, next_token_targets(input), true);
     small.model->parameters().zero_grad();
-    small.model->backward(tape, &loss.grad_logits, nullptr, 1.0f);
-    Result result{loss.loss, {{"logits", output.logits.to_vector()}}};
+    small.model->backward(tape, &result.grad_logits, nullptr, 1.0f);
+    omp_set_num_threads(before);
+    loss = result.loss;
+    values.push_back({"logits", output.logits.to_vector()});
     for (const auto& parameter : small.model->parameters().all()) {
-      result.values.push_back({"grad." + parameter->name, parameter->grad.to_vector()});
+      values.push_back({"grad." + parameter->name, parameter->grad.to_vector()});
     }
-    return result;
-  };
-  const int before = omp_get_max_threads();
-  const Result one = run(1), two = run(2), three = run(3);
-  omp_set_num_threads(before);
-  CHECK(two.loss == one.loss);
-  CHECK(three.loss == one.loss);
-  REQUIRE(two.values.size() == one.values.size());
-  REQUIRE(three.values.size() == one.values.size());
-  auto differing = [](const std::vector<float>& a, const std::vector<float>& b) {
-    int64_t count = 0;  // values whose bits differ (a NaN never equals itself: counted)
-    for (size_t i = 0; i < a.size(); ++i) count += !(a[i] == b[i]);
-    return count;
-  };
-  for (size_t i = 0; i < one.values.size(); ++i) {
-    INFO(one.values[i].first << " (" << one.values[i].second.size() << " values)");
-    CHECK(differing(two.values[i].second, one.values[i].second) == 0);
-    CHECK(differing(three.values[i].second, one.values[i].second) == 0);
+  }
+};
+
+// Values whose bits differ (a NaN never equals itself: counted).
+int64_t differing(const std::vector<float>& a, const std::vector<float>& b) {
+  int64_t count = 0;
+  for (size_t i = 0; i < a.size(); ++i) count += !(a[i] == b[i]);
+  return count;
+}
+
+}  // namespace
+
+TEST_CASE("the forward, the loss and every gradient are the same bits at any thread count", "[model]") {
+  // Big enough that every op splits its work: 4 x 128 tokens; mamba (E 128, N 16), an MoE block with
+  // capacity and a z-loss, an mlp block; tokens in and logits out. Every router; the other norm and
+  // positional encoding, and an untied head, with switch.
+  const std::string model =
+      "[model]\ndim = 64\ndepth = 1\norder = [\"mamba\", \"moe\", \"mlp\", \"mamba\"]\nd_state = 16\n"
+      "expand = 2\nnum_experts = 4\nexpert_dim = 128\nmax_seq_len = 128\nvocab_size = 64\n";
+  const std::string other_model = "norm = \"layernorm\"\npositional = [\"rotary\"]\ntie_embeddings = false\n";
+  const std::vector<std::pair<std::string, std::string>> variants{  // ([model] keys, [router] keys)
+      {"", "name = \"topk\"\ntop_k = 2\n"},        {other_model, "name = \"switch\"\n"},
+      {"", "name = \"noisy_topk\"\ntop_k = 2\n"},  {"", "name = \"expert_choice\"\n"},
+      {"", "name = \"hash\"\n"},                    {"", "name = \"random\"\n"},
+      {"", "name = \"sinkhorn\"\n"},                {"", "name = \"aux_free\"\ntop_k = 2\n"}};
+  for (const auto& [model_keys, router_keys] : variants) {
+    const std::string text =
+        model + model_keys + "[router]\n" + router_keys + "capacity_factor = 1.0\nz_loss_coef = 0.001\n";
+    INFO(text);
+    const GradientsAt one(text, 1), two(text, 2), three(text, 3);
+    CHECK(two.loss == one.loss);
+    CHECK(three.loss == one.loss);
+    REQUIRE(two.values.size() == one.values.size());
+    REQUIRE(three.values.size() == one.values.size());
+    for (size_t i = 0; i < one.values.size(); ++i) {
+      INFO(one.values[i].first << " (" << one.values[i].second.size() << " values)");
+      CHECK(differing(two.values[i].second, one.values[i].second) == 0);
+      CHECK(differing(three.values[i].second, one.values[i].second) == 0);
+    }
   }
 }
