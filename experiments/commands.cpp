@@ -62,13 +62,13 @@ const std::vector<CommandSpec>& command_specs() {
        "                   side: the settings that differ, the results table and the charts\n",
        {"out"}},
       {"bench",
-       "  mamba-r1 bench FILE.toml [--set key=value]...   forward and training-step throughput,\n"
-       "                   and where a training step's time goes\n",
+       "  mamba-r1 bench FILE.toml [--set key=value]... [--backend auto|cpu|cuda]   forward and training-step\n"
+       "                   throughput, and where a training step's time goes\n",
        {"set", "backend", "seed", "threads"}},
       {"generate",
        "  mamba-r1 generate FILE.toml --weights W.safetensors (--prompt TEXT | --prompts-file F)\n"
        "                   [--max-new-tokens N (256)] [--greedy | --temperature T (1) --top-k K (0: all)\n"
-       "                   --top-p P (1) --seed S] [--stop-byte B] [--set key=value]...\n"
+       "                   --top-p P (1) --seed S] [--stop-byte B] [--set key=value]... [--backend auto|cpu|cuda]\n"
        "  mamba-r1 generate FILE.toml --bench [--weights W.safetensors] [--max-new-tokens N (2000)]\n"
        "                   decoding speed at batch 1 and 16, and prefill speed\n",
        {"set", "weights", "prompt", "prompts-file", "max-new-tokens", "greedy", "temperature", "top-k", "top-p",
@@ -84,9 +84,13 @@ const CommandSpec* find_command(const std::string& name) {
   return nullptr;
 }
 
-const char* kCommonOptions =
-    "common options: --threads N (CPU threads, run.threads), --seed N (run.seed), --log-level "
-    "debug|info|warn|error, --help\n";
+// The line of the common options `spec` takes (every command's when null).
+std::string common_options(const CommandSpec* spec) {
+  std::string line = "common options: ";
+  if (!spec || spec->options.count("threads")) line += "--threads N (CPU threads, run.threads), ";
+  if (!spec || spec->options.count("seed")) line += "--seed N (run.seed), ";
+  return line + "--log-level debug|info|warn|error, --help\n";
+}
 
 // Refuses an option the command does not read (it would be ignored) and one given twice (but --set).
 void check_options(const CommandLine& line, const std::vector<std::string>& given) {
@@ -109,7 +113,7 @@ void check_options(const CommandLine& line, const std::vector<std::string>& give
 std::string usage() {
   std::string text = "usage:\n";
   for (const CommandSpec& spec : command_specs()) text += spec.usage;
-  return text + kCommonOptions;
+  return text + common_options(nullptr);
 }
 
 bool is_command(const std::string& name) { return find_command(name) != nullptr; }
@@ -117,7 +121,7 @@ bool is_command(const std::string& name) { return find_command(name) != nullptr;
 std::string command_usage(const std::string& command) {
   const CommandSpec* spec = find_command(command);
   if (!spec) throw UsageError("unknown command '" + command + "'");
-  return "usage:\n" + spec->usage + kCommonOptions;
+  return "usage:\n" + spec->usage + common_options(spec);
 }
 
 CommandLine parse_command_line(int argc, char** argv) {

@@ -96,7 +96,7 @@ namespace {
 
 // "cpu (2 threads)", "cpu (1 thread)".
 std::string cpu_backend() {
-  const int threads = Eigen::nbThreads();
+  const int threads = omp_get_max_threads();
   return "cpu (" + std::to_string(threads) + (threads == 1 ? " thread)" : " threads)");
 }
 

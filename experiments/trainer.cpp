@@ -205,8 +205,9 @@ int64_t metadata_step(const SafetensorsFile& file) {
 }
 
 // Keeps the metrics.jsonl lines of steps <= step (a resumed run rewrites what came after its checkpoint),
-// up to a line cut by a crash.
-void truncate_metrics(const std::string& path, int64_t step) {
+// up to a line cut by a crash; without an interrupted window's line when `drop_partial` (the resumed run
+// trains, and writes the whole window's line in its place).
+void truncate_metrics(const std::string& path, int64_t step, bool drop_partial) {
   if (!std::filesystem::exists(path)) return;
   std::ifstream in(path);
   std::string line, kept;
@@ -214,8 +215,7 @@ void truncate_metrics(const std::string& path, int64_t step) {
     if (line.empty()) continue;
     const nlohmann::json entry = nlohmann::json::parse(line, nullptr, false);
     if (entry.is_discarded() || !entry.is_object() || !entry.contains("step") || !entry["step"].is_number()) break;
-    // An interrupted window's entry: the resumed run writes the whole window's in its place.
-    if (entry.value("partial_window", false)) continue;
+    if (drop_partial && entry.value("partial_window", false)) continue;
     if (entry["step"].get<int64_t>() <= step) kept += line + "\n";
   }
   write_file_atomic(path, kept);
@@ -496,8 +496,8 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
   const std::string metrics_path = folder + "/metrics.jsonl";
   if (resumed) {
     state = *resumed;
-    truncate_metrics(metrics_path, state.step);
     stopped_early = log_resume(state, settings);
+    truncate_metrics(metrics_path, state.step, state.step < settings.steps && !stopped_early);
   } else {
     write_file_atomic(metrics_path, "");
   }
@@ -511,9 +511,9 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
                settings.steps, setup.optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
                settings.eval_every, settings.eval_batches);
 
-  // An interrupted run's unfinished logging window continues here.
+  // An interrupted run's unfinished logging window continues here (and stays in the state until the next
+  // checkpoint, for a resume that trains no step).
   LogWindow window = state.open_window.is_null() ? LogWindow() : LogWindow::restore(state.open_window);
-  state.open_window = nullptr;
   bool interrupted = false;
   double chart_seconds = 0;  // spent redrawing the charts in this process
 

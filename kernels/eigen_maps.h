@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -30,17 +31,30 @@ using ConstRowVectorMap = Eigen::Map<const Eigen::RowVectorXf>;
 // Below this many elements a loop runs on one thread: starting threads would cost more than it saves.
 constexpr int64_t kParallelMinimumWork = int64_t{1} << 14;
 
-// piece(begin, count) over [0, n) in fixed pieces of `size` (the last one shorter), in parallel when `work`
-// (multiply-adds in all) is worth it. For an Eigen product split by its output's rows: each piece runs
-// on one thread, and the pieces do not depend on the thread count, so neither do the bits. (Eigen's
-// own multithreaded GEMM blocks a product by the thread count: other bits on a machine with other cores.)
+// From this many multiply-adds a product is split across the threads.
+constexpr int64_t kParallelProductWork = kParallelMinimumWork << 6;
+
+// piece(begin, count) over [0, n) in fixed pieces of `size` (the last one shorter), in parallel when
+// `parallel`. For an Eigen product split by its output's rows: each piece runs on one thread, and the
+// pieces do not depend on the thread count, so neither do the bits. (Eigen's own multithreaded GEMM
+// blocks a product by the thread count: other bits at another thread count.) An exception in a piece
+// (an allocation that fails) is rethrown after the loop.
 template <typename Piece>
-void for_each_piece(int64_t n, int64_t size, int64_t work, Piece piece) {
+void for_each_piece(int64_t n, int64_t size, bool parallel, Piece piece) {
   static const bool eigen_on_one_thread = (Eigen::setNbThreads(1), true);  // threads are given out here
   (void)eigen_on_one_thread;
   const int64_t pieces = (n + size - 1) / size;
-#pragma omp parallel for schedule(dynamic) if (pieces > 1 && work >= (kParallelMinimumWork << 6))
-  for (int64_t p = 0; p < pieces; ++p) piece(p * size, std::min(size, n - p * size));
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic) if (parallel && pieces > 1)
+  for (int64_t p = 0; p < pieces; ++p) {
+    try {
+      piece(p * size, std::min(size, n - p * size));
+    } catch (...) {
+#pragma omp critical(for_each_piece_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
 }
 
 // Σ_i term(i) over [0, n) in double, the same bits at any thread count: the range is cut into fixed

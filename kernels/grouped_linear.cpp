@@ -90,7 +90,8 @@ Tensor grouped_linear_forward(const Tensor& x, const std::vector<int64_t>& offse
     const int64_t first = offsets[g], count = offsets[g + 1] - offsets[g];
     if (count == 0) continue;
     const ConstMatrixMap w = matrix_of_rows(*weights[g]);
-    for_each_piece(count, kRowPiece, count * outputs * x.size(1), [&](int64_t begin, int64_t rows) {
+    const bool parallel = count * outputs * x.size(1) >= kParallelProductWork;
+    for_each_piece(count, kRowPiece, parallel, [&](int64_t begin, int64_t rows) {
       y_rows.middleRows(first + begin, rows).noalias() = x_rows.middleRows(first + begin, rows) * w.transpose();
     });
     if (!biases.empty()) y_rows.middleRows(first, count).rowwise() += row_vector(*biases[g]);
@@ -132,16 +133,16 @@ Tensor grouped_linear_backward(const Tensor& grad_y, const Tensor& x, const std:
     if (count == 0) continue;
     const auto dy_group = dy.middleRows(first, count);
     const ConstMatrixMap w = matrix_of_rows(*weights[g]);
-    const int64_t work = count * outputs * x.size(1);
+    const bool parallel = count * outputs * x.size(1) >= kParallelProductWork;
     if (need_input) {
       MatrixMap dx = matrix_of_rows(grad_x);
-      for_each_piece(count, kRowPiece, work, [&](int64_t begin, int64_t rows) {
+      for_each_piece(count, kRowPiece, parallel, [&](int64_t begin, int64_t rows) {
         dx.middleRows(first + begin, rows).noalias() = dy.middleRows(first + begin, rows) * w;
       });
     }
     MatrixMap dw = matrix_of_rows(*grad_weights[g]);
     const auto x_group = x_rows.middleRows(first, count);
-    for_each_piece(outputs, kWeightRowPiece, work, [&](int64_t begin, int64_t rows) {
+    for_each_piece(outputs, kWeightRowPiece, parallel, [&](int64_t begin, int64_t rows) {
       dw.middleRows(begin, rows).noalias() += dy_group.middleCols(begin, rows).transpose() * x_group;
     });
     if (!grad_biases.empty()) row_vector(*grad_biases[g]) += dy_group.colwise().sum();

@@ -13,7 +13,7 @@ namespace {
 // Up to this many input rows (decoding), the forward splits the output features into pieces; above, the
 // rows. The backward splits dx by rows and dW by its rows (the output features).
 constexpr int64_t kFewRows = 16;
-constexpr int64_t kFeaturePieces = 8, kRowPiece = 256, kWeightRowPiece = 64;
+constexpr int64_t kFeaturePieces = 4, kRowPiece = 256, kWeightRowPiece = 64;
 }  // namespace
 
 // y (..., O) = x (..., I) · weightᵀ (O, I) + bias (O)      (no bias when `bias` is null or undefined)
@@ -37,13 +37,15 @@ Tensor linear_forward(const Tensor& x, const Tensor& weight, const Tensor* bias)
   const ConstMatrixMap x_rows = matrix_of_rows(x), w_rows = matrix_of_rows(weight);
   const int64_t T = row_count(x), work = T * outputs * weight.size(1);
   if (T <= kFewRows) {
-    // A fixed number of pieces, 16 features or more each (a small product's calls cost more than it).
+    // A fixed number of pieces, 16 features or more each (a small product's calls cost more than it); in
+    // parallel from 64K weights (decoding reads them all for a few rows).
     const int64_t piece = std::max<int64_t>(16, (outputs + kFeaturePieces * 16 - 1) / (kFeaturePieces * 16) * 16);
-    for_each_piece(outputs, piece, work, [&](int64_t begin, int64_t count) {
+    const bool parallel = outputs * weight.size(1) >= kParallelMinimumWork * 4;
+    for_each_piece(outputs, piece, parallel, [&](int64_t begin, int64_t count) {
       y_rows.middleCols(begin, count).noalias() = x_rows * w_rows.middleRows(begin, count).transpose();
     });
   } else {
-    for_each_piece(T, kRowPiece, work, [&](int64_t begin, int64_t count) {
+    for_each_piece(T, kRowPiece, work >= kParallelProductWork, [&](int64_t begin, int64_t count) {
       y_rows.middleRows(begin, count).noalias() = x_rows.middleRows(begin, count) * w_rows.transpose();
     });
   }
@@ -78,10 +80,11 @@ void backward_into(Device device, const Tensor& grad_y, const Tensor& x, const T
   }
   const ConstMatrixMap dy = matrix_of_rows(grad_y);  // (T, O)
   const ConstMatrixMap w = matrix_of_rows(weight), x_rows = matrix_of_rows(x);
-  const int64_t T = row_count(x), work = T * outputs * weight.size(1);
+  const int64_t T = row_count(x);
+  const bool parallel = T * outputs * weight.size(1) >= kParallelProductWork;
   if (grad_x) {
     MatrixMap dx = matrix_of_rows(*grad_x);
-    for_each_piece(T, kRowPiece, work, [&](int64_t begin, int64_t count) {
+    for_each_piece(T, kRowPiece, parallel, [&](int64_t begin, int64_t count) {
       if (add_input) {
         dx.middleRows(begin, count).noalias() += dy.middleRows(begin, count) * w;
       } else {
@@ -90,7 +93,7 @@ void backward_into(Device device, const Tensor& grad_y, const Tensor& x, const T
     });
   }
   MatrixMap dw = matrix_of_rows(grad_weight);
-  for_each_piece(outputs, kWeightRowPiece, work, [&](int64_t begin, int64_t count) {
+  for_each_piece(outputs, kWeightRowPiece, parallel, [&](int64_t begin, int64_t count) {
     dw.middleRows(begin, count).noalias() += dy.middleCols(begin, count).transpose() * x_rows;
   });
   if (grad_bias) row_vector(*grad_bias) += dy.colwise().sum();

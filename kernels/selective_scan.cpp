@@ -522,6 +522,7 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
     slot.end_item = items * (g + 1) / slots;
     slot.first_row = blocks > 0 ? slot.first_item / blocks : 0;  // (E = 0: no items)
     slot.rows = slot.end_item > slot.first_item ? (slot.end_item - 1) / blocks - slot.first_row + 1 : 0;
+    slot.partial.assign(static_cast<size_t>(PartialLayout(s, slot.rows).size), 0.0f);  // (outside the threads)
   }
   // The forward's checkpoints, when it kept them for this chunk length.
   const float* kept = nullptr;
@@ -534,7 +535,6 @@ SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const Selecti
 #pragma omp parallel for schedule(static) if (slots > 1 && s.batch * L * E * N >= kParallelMinimumWork)
   for (int64_t g = 0; g < slots; ++g) {
     Slot& slot = slot_sums[static_cast<size_t>(g)];
-    slot.partial.assign(static_cast<size_t>(PartialLayout(s, slot.rows).size), 0.0f);
     BackwardThread thread(p, s, chunk, kept, grad_out.data(), grads, slot.partial.data(), slot.first_row, slot.rows);
     for (int64_t item = slot.first_item; item < slot.end_item; ++item) thread.run(item);
   }

@@ -68,8 +68,9 @@ SelectiveScanGrads selective_scan_backward_accumulate(const Tensor& grad_out, co
 constexpr int64_t kSelectiveScanChunk = 64;
 // The same with a chosen checkpoint interval (chunk >= 1; tests set it small to exercise the recompute).
 // The gradients do not depend on it: the recompute repeats the same float operations from exact copies.
-// Besides the checkpoints, each thread keeps O(chunk·N + L) values per block of channels, and
-// per-thread partial sums of the shared gradients (A, D, delta_bias, B, C).
+// Besides the checkpoints, each of 32 fixed slots of work items keeps O(chunk·N + L) values per block of
+// channels, and its sums of the shared gradients (A, D, delta_bias; B and C of the batch rows its items
+// touch), added in slot order: the same bits at any thread count.
 SelectiveScanGrads selective_scan_backward(const Tensor& grad_out, const SelectiveScanInputs& in, int64_t chunk);
 
 // Throws std::invalid_argument "<op>: input <name> is missing" for the first of u, delta, A, B, C that is

@@ -266,6 +266,15 @@ TEST_CASE("resuming after an interruption ends exactly where an uninterrupted ru
   CHECK(interrupted_metrics[2]["partial_window"] == true);
   CHECK(read_json_file(parts + "/trainer_state.json")["open_window"]["steps"] == 2);
 
+  // A resume that trains no step (training.steps lowered to the step reached) keeps the window and its line.
+  {
+    const Experiment stop_here = training_experiment(parts, {"training.steps=8"});
+    BuiltExperiment idle = build_experiment(stop_here);
+    train_in(stop_here, *idle.model, *idle.task, parts, true);
+    CHECK(read_metrics(parts).size() == 3);
+    CHECK(read_json_file(parts + "/trainer_state.json")["open_window"]["steps"] == 2);
+  }
+
   BuiltExperiment second = build_experiment(experiment);
   second.model->initialize(123);  // overwritten by the checkpoint
   const TrainingOutcome resumed = train_in(experiment, *second.model, *second.task, parts, true);
