@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -24,10 +25,7 @@ namespace mr1 {
 
 namespace {
 
-// Options that take a value, and flags that do not.
-const std::set<std::string> kValueOptions{"set", "out", "weights", "input", "output", "backend", "seed",
-                                          "threads", "log-level", "prompt", "prompts-file", "max-new-tokens",
-                                          "temperature", "top-k", "top-p", "stop-byte", "only", "jobs"};
+// The options that take no value; every other option a command reads (CommandSpec) takes one.
 const std::set<std::string> kFlags{"backward", "resume", "help", "greedy", "bench"};
 
 // Each command: its lines of the usage text, and the options it reads besides --log-level and --help.
@@ -82,6 +80,16 @@ const CommandSpec* find_command(const std::string& name) {
     if (spec.name == name) return &spec;
   }
   return nullptr;
+}
+
+// An option some command reads that takes a value (--log-level: every command).
+bool is_value_option(const std::string& name) {
+  if (name == "log-level") return true;
+  if (kFlags.count(name)) return false;
+  for (const CommandSpec& spec : command_specs()) {
+    if (spec.options.count(name)) return true;
+  }
+  return false;
 }
 
 // The line of the common options `spec` takes (every command's when null).
@@ -150,7 +158,7 @@ CommandLine parse_command_line(int argc, char** argv) {
       given.push_back(name);
       continue;
     }
-    if (!kValueOptions.count(name)) throw UsageError("unknown option --" + name);
+    if (!is_value_option(name)) throw UsageError("unknown option --" + name);
     if (!inline_value) {
       if (i + 1 >= argc) throw UsageError("--" + name + " needs a value");
       value = argv[++i];
@@ -200,8 +208,8 @@ int64_t parse_integer_option(const CommandLine& line, const std::string& name, i
 std::vector<std::string> command_line_assignments(const CommandLine& line) {
   std::vector<std::string> assignments = line.sets;
   const std::string backend = line.option("backend");
-  if (!backend.empty() && backend != "auto" && backend != "cpu" && backend != "cuda") {
-    throw UsageError("--backend expects auto, cpu or cuda, found '" + backend + "'");
+  if (!backend.empty() && std::find(kBackendNames.begin(), kBackendNames.end(), backend) == kBackendNames.end()) {
+    throw UsageError("--backend expects one of " + join(kBackendNames) + ", found '" + backend + "'");
   }
   if (!backend.empty()) assignments.push_back("run.backend=\"" + backend + "\"");
   if (!line.option("seed").empty()) {

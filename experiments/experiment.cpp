@@ -38,7 +38,7 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
 
   const ConfigTable& run = experiment.table("run");
   experiment.run.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0));
-  experiment.run.backend = run.get_choice("backend", "auto", {"auto", "cpu", "cuda"});
+  experiment.run.backend = run.get_choice("backend", "auto", kBackendNames);
   experiment.run.threads = run.get_int("threads", 0, 0, 1024);
   experiment.run.repeats = run.get_int("repeats", experiment.run.repeats, 1);
   experiment.run.warmup = run.get_int("warmup", experiment.run.warmup, 0);

@@ -54,12 +54,15 @@ BuiltExperiment build_experiment(const Experiment& experiment, bool with_task = 
 // a tied mamba_ssm model may also hold lm_head.weight: it is accepted when it equals the embedding.
 void load_weights(Model& model, const std::string& path);
 
+// The values of [run] backend (and of --backend).
+inline const std::vector<std::string> kBackendNames{"auto", "cpu", "cuda"};
+
 // Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
 // device throws one clear line. auto takes a usable GPU whose self-check against the CPU passes
 // (cuda_self_check, experiments/validate.h), and otherwise the CPU, saying why.
 Device resolve_backend(const std::string& requested);
 
-// Applies [run] threads to OpenMP and Eigen.
+// Applies [run] threads to OpenMP (Eigen's products stay on one thread each: see for_each_piece).
 void apply_thread_count(int64_t threads);
 
 }  // namespace mr1

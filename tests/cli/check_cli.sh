@@ -92,6 +92,9 @@ expect "an option given twice" 2 "--output is given twice" -- \
   "$BIN" init "$small" --output "$WORK/a.safetensors" --output "$WORK/b.safetensors"
 expect "--help after the command shows its usage" 0 "mamba-r1 forward FILE.toml --weights" -- "$BIN" forward -h
 expect "--help after an unknown command" 2 "unknown command 'fly'" -- "$BIN" fly --help
+expect "an unknown --backend" 2 "--backend expects one of auto, cpu, cuda, found 'gpu'" -- \
+  "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" \
+  --output "$WORK/unused.safetensors" --backend gpu
 expect "forward --backward writes loss and gradients" 0 "loss [0-9.]+" -- \
   "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/grads.safetensors" --backward
 expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
