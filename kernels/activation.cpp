@@ -3,7 +3,6 @@
 // Shape letters: T rows (all leading axes flattened), F features (the last axis).
 #include "kernels/activation.h"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -35,15 +34,12 @@ using GradientLauncher = void (*)(const float* grad_y, const float* saved, float
 using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
 using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
 
-// chunk(begin, end) over [0, n) in fixed chunks of 8192 values, in parallel for large n. The chunks do not
+// chunk(begin, count) over [0, n) in fixed chunks of 8192 values, in parallel for large n. The chunks do not
 // depend on the thread count: Eigen's vectorised functions (exp, log1p) round a chunk's scalar tail
 // otherwise than its packets, so chunks cut by the thread count would give other bits at another count.
 template <typename Chunk>
 void for_each_chunk(int64_t n, Chunk chunk) {
-  constexpr int64_t kChunk = 8192;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n >= kParallelMinimumWork)
-  for (int64_t c = 0; c < chunks; ++c) chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
+  for_each_piece(n, 8192, n >= kParallelMinimumWork, chunk);
 }
 
 // y = f(x) over Eigen arrays: `f(in, out)` assigns an array expression of `in` to `out` (vectorised, as
@@ -56,9 +52,9 @@ Tensor map_arrays(const char* op, const Tensor& x, ArrayFunction f, MapLauncher 
     return y;
   }
   Tensor y = Tensor::empty(x.shape());
-  for_each_chunk(x.numel(), [&](int64_t begin, int64_t end) {
-    ArrayMap out(y.data() + begin, end - begin);
-    f(ConstArrayMap(x.data() + begin, end - begin), out);
+  for_each_chunk(x.numel(), [&](int64_t begin, int64_t n) {
+    ArrayMap out(y.data() + begin, n);
+    f(ConstArrayMap(x.data() + begin, n), out);
   });
   return y;
 }
@@ -74,9 +70,9 @@ Tensor map_array_gradient(const char* op, const Tensor& grad_y, const Tensor& sa
     return grad_x;
   }
   Tensor grad_x = Tensor::empty(saved.shape());
-  for_each_chunk(saved.numel(), [&](int64_t begin, int64_t end) {
-    ArrayMap out(grad_x.data() + begin, end - begin);
-    f(ConstArrayMap(grad_y.data() + begin, end - begin), ConstArrayMap(saved.data() + begin, end - begin), out);
+  for_each_chunk(saved.numel(), [&](int64_t begin, int64_t n) {
+    ArrayMap out(grad_x.data() + begin, n);
+    f(ConstArrayMap(grad_y.data() + begin, n), ConstArrayMap(saved.data() + begin, n), out);
   });
   return grad_x;
 }
@@ -161,8 +157,7 @@ Tensor gelu_backward(const Tensor& grad_y, const Tensor& x, const Tensor& y) {
     return grad_x;
   }
   Tensor grad_x = Tensor::empty(x.shape());
-  for_each_chunk(x.numel(), [&](int64_t begin, int64_t end) {
-    const int64_t n = end - begin;
+  for_each_chunk(x.numel(), [&](int64_t begin, int64_t n) {
     const ConstArrayMap dy(grad_y.data() + begin, n), v(x.data() + begin, n), gelu(y.data() + begin, n);
     const Eigen::ArrayXf cdf = (v != 0.0f).select(gelu / v, 0.5f);
     ArrayMap(grad_x.data() + begin, n) = dy * (cdf + v * (kInverseSqrt2Pi * (-0.5f * v * v).exp()));

@@ -64,15 +64,12 @@ void for_each_piece(int64_t n, int64_t size, bool parallel, Piece piece) {
 template <typename Term>
 double fixed_order_sum(int64_t n, Term term, int64_t parallel_from = kParallelMinimumWork) {
   constexpr int64_t kBlock = 4096;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> sums(static_cast<size_t>(blocks), 0.0);
-#pragma omp parallel for schedule(static) if (n >= parallel_from)
-  for (int64_t b = 0; b < blocks; ++b) {
+  std::vector<double> sums(static_cast<size_t>((n + kBlock - 1) / kBlock), 0.0);
+  for_each_piece(n, kBlock, n >= parallel_from, [&](int64_t begin, int64_t count) {
     double total = 0;
-    const int64_t end = std::min(n, (b + 1) * kBlock);
-    for (int64_t i = b * kBlock; i < end; ++i) total += term(i);
-    sums[static_cast<size_t>(b)] = total;
-  }
+    for (int64_t i = begin; i < begin + count; ++i) total += term(i);
+    sums[static_cast<size_t>(begin / kBlock)] = total;
+  });
   double total = 0;
   for (double part : sums) total += part;
   return total;
