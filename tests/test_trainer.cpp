@@ -141,6 +141,13 @@ Experiment training_experiment(const std::string& folder, const std::vector<std:
   return load_experiment(path, sets);
 }
 
+// The experiment's model, initialised from seed 0, and its task.
+BuiltExperiment initialized(const Experiment& experiment) {
+  BuiltExperiment built = build_experiment(experiment);
+  built.model->initialize(0);
+  return built;
+}
+
 // A task that raises SIGINT when the trainer asks for one train batch, as Ctrl-C would.
 class InterruptingTask : public Task {
  public:
@@ -194,8 +201,7 @@ TEST_CASE("routing metrics: load CV, MaxVio and the drop rate of what could be d
 TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[trainer]") {
   const std::string folder = temporary_folder("outputs");
   const Experiment experiment = training_experiment(folder);
-  BuiltExperiment built = build_experiment(experiment);
-  built.model->initialize(0);
+  BuiltExperiment built = initialized(experiment);
   const TrainingOutcome outcome = train_in(experiment, *built.model, *built.task, folder, false);
   const nlohmann::json& summary = outcome.summary;
   CHECK(summary["steps"] == 12);
@@ -229,8 +235,7 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
 TEST_CASE("an interruption before the first evaluation ends with a summary without eval figures", "[trainer]") {
   const std::string folder = temporary_folder("early");
   const Experiment experiment = training_experiment(folder);
-  BuiltExperiment built = build_experiment(experiment);
-  built.model->initialize(0);
+  BuiltExperiment built = initialized(experiment);
   InterruptingTask interrupting(std::move(built.task), 1);  // evaluations come at steps 6 and 12
   const TrainingOutcome stopped = train_in(experiment, *built.model, interrupting, folder, false);
   CHECK(stopped.interrupted);
@@ -249,12 +254,10 @@ TEST_CASE("resuming after an interruption ends exactly where an uninterrupted ru
   const std::string whole = temporary_folder("whole"), parts = temporary_folder("parts");
   const Experiment experiment = training_experiment(whole);
 
-  BuiltExperiment uninterrupted = build_experiment(experiment);
-  uninterrupted.model->initialize(0);
+  BuiltExperiment uninterrupted = initialized(experiment);
   const TrainingOutcome reference = train_in(experiment, *uninterrupted.model, *uninterrupted.task, whole, false);
 
-  BuiltExperiment first = build_experiment(experiment);
-  first.model->initialize(0);
+  BuiltExperiment first = initialized(experiment);
   InterruptingTask interrupting(std::move(first.task), 7);
   const TrainingOutcome stopped = train_in(experiment, *first.model, interrupting, parts, false);
   CHECK(stopped.interrupted);
@@ -327,8 +330,7 @@ TEST_CASE("training settings are checked", "[trainer]") {
 TEST_CASE("resuming a finished run trains no further and keeps its final figures", "[trainer]") {
   const std::string folder = temporary_folder("finished");
   const Experiment experiment = training_experiment(folder);
-  BuiltExperiment built = build_experiment(experiment);
-  built.model->initialize(0);
+  BuiltExperiment built = initialized(experiment);
   const TrainingOutcome finished = train_in(experiment, *built.model, *built.task, folder, false);
   BuiltExperiment again = build_experiment(experiment);
   const TrainingOutcome resumed = train_in(experiment, *again.model, *again.task, folder, true);
@@ -343,8 +345,7 @@ TEST_CASE("resuming a finished run trains no further and keeps its final figures
 TEST_CASE("a damaged checkpoint is an error naming its file", "[trainer]") {
   const std::string folder = temporary_folder("damaged");
   const Experiment experiment = training_experiment(folder);
-  BuiltExperiment built = build_experiment(experiment);
-  built.model->initialize(0);
+  BuiltExperiment built = initialized(experiment);
   train_in(experiment, *built.model, *built.task, folder, false);
   TrainingSetup setup = prepare_training(experiment, built.model->parameters());
   const std::string state = folder + "/trainer_state.json";
@@ -369,8 +370,7 @@ TEST_CASE("resuming a run that stopped early trains no further, unless the thres
   const std::string folder = temporary_folder("stopped");
   // Any accuracy stops it at the first evaluation, step 6.
   const Experiment early = training_experiment(folder, {"training.stop_at_eval_accuracy=1e-9"});
-  BuiltExperiment built = build_experiment(early);
-  built.model->initialize(0);
+  BuiltExperiment built = initialized(early);
   const TrainingOutcome stopped = train_in(early, *built.model, *built.task, folder, false);
   REQUIRE(stopped.summary["steps"] == 6);
   CHECK(stopped.summary["stopped_early"] == true);
