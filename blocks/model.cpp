@@ -31,6 +31,20 @@ void read_unused_router_table(const ModelConfig& config, const RouterSettings& r
   router_table.get_int("shared_experts", 0, 0);  // read by the moe block
 }
 
+// After the first repetition of `order`, the size of the whole model is known (to within per-block keys):
+// a depth whose values and gradients cannot fit in memory is refused before thousands of blocks are built.
+void check_depth_fits(const ModelConfig& config, int64_t elements_before_blocks, int64_t elements_per_repeat) {
+  const long double bytes =
+      8.0L * (static_cast<long double>(elements_before_blocks) +
+              static_cast<long double>(elements_per_repeat) * static_cast<long double>(config.depth));
+  if (bytes <= static_cast<long double>(host_memory_bytes())) return;
+  throw ShapeError("model.depth = " + std::to_string(config.depth) + ": " + std::to_string(config.depth) +
+                   " repeats of " + join(config.order, ", ") + " with " + std::to_string(elements_per_repeat) +
+                   " parameters each would need about " + gib_string(bytes) +
+                   " for their values and gradients, and this machine has " +
+                   gib_string(static_cast<long double>(host_memory_bytes())));
+}
+
 }  // namespace
 
 Model::Model(const ModelConfig& config, const RouterSettings& router, const ConfigTable& router_table)
@@ -45,7 +59,11 @@ Model::Model(const ModelConfig& config, const RouterSettings& router, const Conf
     positional_.push_back(positional_registry().get(kind)(parameters_, config_));
   }
   bool router_table_used = false;  // by a moe block without a router table of its own
+  const int64_t elements_before_blocks = parameters_.element_count();
   for (int64_t i = 0; i < config_.block_count(); ++i) {
+    if (i == static_cast<int64_t>(config_.order.size())) {
+      check_depth_fits(config_, elements_before_blocks, parameters_.element_count() - elements_before_blocks);
+    }
     const std::string prefix = "backbone.layers." + std::to_string(i) + ".";
     norms_.push_back(norm_registry().get(config_.norm)(parameters_, prefix + "norm", D));
     // A block's own router table ([model.layers.i.router]) is read over [router], and its keys are checked

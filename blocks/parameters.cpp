@@ -9,8 +9,29 @@
 
 namespace mr1 {
 
+namespace {
+
+const char* const kSizeKeys =
+    "check model.dim, depth, expand, d_state, num_experts, expert_dim, vocab_size and max_seq_len";
+
+}  // namespace
+
 Parameter& ParameterStore::add(const std::string& name, Shape shape, bool weight_decay) {
   if (by_name_.count(name)) throw std::logic_error("parameter " + name + " added twice");
+  // Values and gradients, 8 bytes a parameter: a model of absurd sizes stops here, naming what it asked for,
+  // before it fills the machine's memory.
+  int64_t elements = 0;
+  try {
+    elements = shape_numel(shape);
+  } catch (const ShapeError& error) {
+    throw ShapeError("parameter " + name + ": " + error.what() + "; " + kSizeKeys);
+  }
+  const long double bytes = 8.0L * (static_cast<long double>(element_count()) + static_cast<long double>(elements));
+  if (bytes > static_cast<long double>(host_memory_bytes())) {
+    throw ShapeError("parameter " + name + " " + shape_string(shape) + ": the model's parameters and their gradients " +
+                     "would need " + gib_string(bytes) + " or more, and this machine has " +
+                     gib_string(static_cast<long double>(host_memory_bytes())) + "; " + kSizeKeys);
+  }
   auto parameter = std::make_unique<Parameter>();
   parameter->name = name;
   parameter->value = Tensor(shape);

@@ -216,7 +216,11 @@ std::vector<std::string> command_line_assignments(const CommandLine& line) {
     assignments.push_back("run.seed=" + std::to_string(parse_integer_option(line, "seed", 0)));
   }
   if (!line.option("threads").empty()) {
-    assignments.push_back("run.threads=" + std::to_string(parse_integer_option(line, "threads", 0)));
+    const int64_t threads = parse_integer_option(line, "threads", 0);
+    if (threads > kMaxThreads) {
+      throw UsageError("--threads expects at most " + std::to_string(kMaxThreads) + ", found " + std::to_string(threads));
+    }
+    assignments.push_back("run.threads=" + std::to_string(threads));
   }
   return assignments;
 }

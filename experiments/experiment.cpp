@@ -25,11 +25,14 @@ const ConfigTable& Experiment::table(const std::string& name) const {
   throw std::logic_error("experiment has no table " + name);
 }
 
-Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments) {
+Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments,
+                           const std::vector<std::string>& origins) {
   register_all();
   Experiment experiment;
   experiment.file = ExperimentFile::load(path);
-  for (const std::string& assignment : assignments) experiment.file.set(assignment);
+  for (size_t i = 0; i < assignments.size(); ++i) {
+    experiment.file.set(assignments[i], i < origins.size() ? origins[i] : std::string());
+  }
   experiment.file.reject_unknown_tables(kTables);
   for (const std::string& name : kTables) experiment.tables.push_back(experiment.file.table(name));
 
@@ -39,7 +42,7 @@ Experiment load_experiment(const std::string& path, const std::vector<std::strin
   const ConfigTable& run = experiment.table("run");
   experiment.run.seed = static_cast<uint64_t>(run.get_int("seed", 0, 0));
   experiment.run.backend = run.get_choice("backend", "auto", kBackendNames);
-  experiment.run.threads = run.get_int("threads", 0, 0, 1024);
+  experiment.run.threads = run.get_int("threads", 0, 0, kMaxThreads);
   experiment.run.repeats = run.get_int("repeats", experiment.run.repeats, 1);
   experiment.run.warmup = run.get_int("warmup", experiment.run.warmup, 0);
   experiment.run.tf32 = run.get_bool("tf32", experiment.run.tf32);

@@ -39,8 +39,10 @@ struct Experiment {
 };
 
 // Loads FILE, applies the --set assignments, reads [model], [router], [run] and [output] with every
-// check of DESIGN.md §3. Throws ConfigError naming file, key and line.
-Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments);
+// check of DESIGN.md §3. Throws ConfigError naming file, key and line. `origins`, when given, names where
+// each assignment came from in messages (see ExperimentFile::set); the rest are "--set ASSIGNMENT".
+Experiment load_experiment(const std::string& path, const std::vector<std::string>& assignments,
+                           const std::vector<std::string>& origins = {});
 
 // Builds the model and (with_task) the task of the experiment, then rejects any key that no reader
 // asked for. Commands that take their data from files (forward, init) leave the [task] table unread.
@@ -56,6 +58,8 @@ void load_weights(Model& model, const std::string& path);
 
 // The values of [run] backend (and of --backend).
 inline const std::vector<std::string> kBackendNames{"auto", "cpu", "cuda"};
+// The most CPU threads run.threads (and --threads) may ask for.
+constexpr int64_t kMaxThreads = 1024;
 
 // Picks the device for `requested` (auto | cpu | cuda) and logs which; cuda without a usable
 // device throws one clear line. auto takes a usable GPU whose self-check against the CPU passes

@@ -2,6 +2,7 @@
 #include "experiments/optimizer.h"
 
 #include <cmath>
+#include <limits>
 
 #include "experiments/safetensors.h"
 #include "kernels/optimizer_ops.h"
@@ -60,7 +61,10 @@ class AdamW : public Optimizer {
     weight_decay_ = table.get_double("weight_decay", 0.01);
     if (beta1_ < 0 || beta1_ >= 1) table.fail("beta1", "expected a number in [0, 1)");
     if (beta2_ < 0 || beta2_ >= 1) table.fail("beta2", "expected a number in [0, 1)");
-    if (epsilon_ <= 0) table.fail("eps", "expected a number > 0");
+    if (!(static_cast<float>(epsilon_) >= std::numeric_limits<float>::min())) {
+      table.fail("eps", "expected a number > 0 that float32 holds as a normal number (at least 1.18e-38), found " +
+                            render_double(epsilon_));
+    }
     if (weight_decay_ < 0) table.fail("weight_decay", "expected a number >= 0");
   }
 

@@ -182,6 +182,15 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   if (!trains) {  // their settings play no part in the run
     experiment.file.forget_effective("training");
     experiment.file.forget_effective("optimizer");
+    for (const std::string table : {"training", "optimizer"}) {
+      if (experiment.table(table).keys().empty()) continue;
+      spdlog::warn("[{}] is checked but not used: the task ({}) does not train", table, built.task->describe());
+    }
+  } else {
+    for (const std::string key : {"repeats", "warmup"}) {
+      if (!experiment.table("run").has(key)) continue;
+      spdlog::warn("run.{} is not used by a training run: it times the forward task and `mamba-r1 bench`", key);
+    }
   }
   const Device device = resolve_backend(experiment.run.backend);
   built.model->initialize(experiment.run.seed);

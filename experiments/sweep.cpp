@@ -143,17 +143,33 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
     // A --set (or --seed) of a swept key would be overridden in every run: say so instead of ignoring it.
     const auto set = file.assignments().find(path);
     if (set != file.assignments().end()) {
-      throw ConfigError("--set " + set->second + ": the sweep lists " + path + ", whose values replace it in " +
+      throw ConfigError(set->second + ": the sweep lists " + path + ", whose values replace it in " +
                         "every run; set the list instead, for example --set 'sweep.\"" + path + "\"=[...]'");
     }
     SweepAxis axis;
     axis.key = path;
     axis.repeats = path == "run.seed";
+    const auto given = file.assignments().find("sweep." + entry.key);  // a --set list replaces the file's
+    axis.origin = given != file.assignments().end()
+                      ? given->second
+                      : file.file() + (entry.line > 0 ? ":" + std::to_string(entry.line) : "") + ": sweep." + entry.key;
     for (const toml::node& value : *entry.node->as_array()) {
       axis.values.push_back(render_toml_value(value));
       axis.shown.push_back(show_toml_value(value));
     }
     axes.push_back(std::move(axis));
+  }
+  // Each combination is a run with its own folder: a product of lists that no machine could run is refused
+  // before it is expanded.
+  size_t total = 1;
+  std::vector<std::string> counts;
+  for (const SweepAxis& axis : axes) {
+    counts.push_back(std::to_string(axis.values.size()));
+    total = std::min(total * axis.values.size(), kMaxSweepRuns + 1);
+  }
+  if (total > kMaxSweepRuns) {
+    throw ConfigError(file.file() + ": [sweep]: its lists (" + join(counts, " × ") + " values) make more than " +
+                      std::to_string(kMaxSweepRuns) + " runs, the most one sweep runs; split it into smaller sweeps");
   }
   return axes;
 }
@@ -189,6 +205,7 @@ std::vector<SweepRun> expand_sweep(const std::vector<SweepAxis>& axes) {
     for (size_t a = 0; a < axes.size(); ++a) {
       const SweepAxis& axis = axes[a];
       run.assignments.push_back(axis.key + "=" + axis.values[choice[a]]);
+      run.origins.push_back(axis.origin + ", value " + axis.shown[choice[a]]);
       name_parts.push_back(axis.key + "=" + axis.shown[choice[a]]);
     }
     std::string prefix = std::to_string(index);
@@ -769,7 +786,9 @@ namespace {
 Experiment load_run_experiment(const std::string& path, const std::vector<std::string>& sets, const SweepRun& run) {
   std::vector<std::string> assignments = sets;
   assignments.insert(assignments.end(), run.assignments.begin(), run.assignments.end());
-  Experiment experiment = load_experiment(path, assignments);
+  std::vector<std::string> origins(sets.size());
+  origins.insert(origins.end(), run.origins.begin(), run.origins.end());
+  Experiment experiment = load_experiment(path, assignments, origins);
   drop_sweep_lists(experiment.file);
   return experiment;
 }

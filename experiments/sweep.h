@@ -46,6 +46,9 @@ struct SweepAxis {
   // The values are repeats of one setting (run.seed): runs that differ only here are grouped, in the
   // table over seeds and as one colour in the charts (when there are two or more values).
   bool repeats = false;
+  // Where the list is, for messages about one of its values: "x.toml:12: sweep.router.name" or the --set
+  // that gave it.
+  std::string origin;
 };
 
 // One combination of values: the i-th value of each axis.
@@ -56,15 +59,19 @@ struct SweepRun {
   std::string folder;           // the run's folder as seen from the results: "runs/NAME"
   std::string label;            // for plots: "topk" (one axis) or "name=topk, d_state=32"
   std::vector<std::string> assignments;  // "router.name=\"topk\"", for ExperimentFile::set
+  std::vector<std::string> origins;      // each one's origin in messages: "x.toml:12: sweep.router.name, value topk"
 };
 
 // Empties the file's [sweep] table, if any: the record (config.toml) of a single run, which `run` and each
 // of a sweep's runs write alike, holds no sweep lists (a finished sweep run's is compared with it).
 void drop_sweep_lists(ExperimentFile& file);
 
+// The most runs one sweep makes.
+constexpr size_t kMaxSweepRuns = 10000;
+
 // Reads [sweep] from the experiment file (with its --set overrides applied). Throws ConfigError naming
 // the key for a value that is not a non-empty list, a key that is not a dotted path, a key swept twice
-// in the file, or a missing or empty [sweep]. Whether a key exists is checked later, by loading and
+// in the file, or a missing or empty [sweep]; and for lists whose combinations exceed kMaxSweepRuns. Whether a key exists is checked later, by loading and
 // building each run (command_sweep does that for every combination before it runs any).
 std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file);
 

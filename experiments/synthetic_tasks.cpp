@@ -39,6 +39,21 @@ int64_t read_seq_len(const TaskContext& context, int64_t default_length) {
   return length;
 }
 
+// One activation of the batch, B·L rows of the model's widest per-position value (dim, or the logits over
+// the vocabulary), must fit in memory; the model holds several, so this only stops the hopeless cases early.
+void check_batch_fits(const TaskContext& context, int64_t batch_size, int64_t length) {
+  const bool logits_widest = context.model.vocab_size > context.model.dim;
+  const int64_t width = logits_widest ? context.model.vocab_size : context.model.dim;
+  const long double bytes = 4.0L * static_cast<long double>(batch_size) * static_cast<long double>(length) *
+                            static_cast<long double>(width);
+  if (bytes <= static_cast<long double>(host_memory_bytes())) return;
+  context.table.fail("batch_size", std::to_string(batch_size) + " sequences of seq_len " + std::to_string(length) +
+                                       " with " + (logits_widest ? "model.vocab_size " : "model.dim ") +
+                                       std::to_string(width) + " floats a position: one activation alone needs " +
+                                       gib_string(bytes) + ", and this machine has " +
+                                       gib_string(static_cast<long double>(host_memory_bytes())));
+}
+
 // Tasks on token ids need model.vocab_size > 0 (0 means the model takes embeddings).
 void require_token_input(const TaskContext& context, const std::string& task_name) {
   if (context.model.vocab_size <= 0) {
@@ -56,6 +71,7 @@ class SyntheticTask : public Task {
       : seed_(context.seed),
         shape_{read_batch_size(context), read_seq_len(context, default_length)} {
     require_token_input(context, name);
+    check_batch_fits(context, shape_.batch_size, shape_.length);
   }
 
   Batch batch(Split split, int64_t index) override {

@@ -50,6 +50,8 @@ uint64_t batch_seed(uint64_t task_seed, Split split, int64_t index);
 // [task] batch_size (default 32) and seq_len (checked against model.max_seq_len);
 int64_t read_batch_size(const TaskContext& context);
 int64_t read_seq_len(const TaskContext& context, int64_t default_length);
+// a batch of B sequences of length L whose activations cannot fit in memory is an error naming batch_size;
+void check_batch_fits(const TaskContext& context, int64_t batch_size, int64_t length);
 // a task on token ids needs model.vocab_size > 0.
 void require_token_input(const TaskContext& context, const std::string& task_name);
 std::unique_ptr<Task> make_text_task(const TaskContext& context);

@@ -27,6 +27,7 @@ class ForwardTask : public Task {
       context.table.fail("seq_len", "is " + std::to_string(length_) + ", more than model.max_seq_len = " +
                                         std::to_string(model_.max_seq_len));
     }
+    check_batch_fits(context, batch_size_, length_);
   }
 
   Batch batch(Split split, int64_t index) override {

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,12 +15,6 @@ namespace mr1 {
 namespace {
 
 constexpr int64_t kByteVocabulary = 256;
-
-std::string format_number(double value) {
-  std::ostringstream out;
-  out << value;
-  return out.str();
-}
 
 // Each row is a window of L + 1 consecutive bytes w of one split: tokens = w[0..L−1] and
 // targets = w[1..L], every position scored. Train windows lie in bytes [0, N − E) and eval windows in
@@ -35,10 +28,11 @@ class TextTask : public Task {
       table.fail("name", "text models bytes: needs model.vocab_size >= 256, found " +
                              std::to_string(context.model.vocab_size));
     }
+    check_batch_fits(context, batch_size_, length_);
     eval_fraction_ = table.get_double("eval_fraction", 0.1);
     if (!(eval_fraction_ > 0 && eval_fraction_ < 1)) {
       table.fail("eval_fraction", "expected a number between 0 and 1 (exclusive), found " +
-                                      format_number(eval_fraction_));
+                                      render_double(eval_fraction_));
     }
     const std::string path = table.get_string("path", "");
     if (path.empty()) {
@@ -61,7 +55,7 @@ class TextTask : public Task {
     if (shorter < length_ + 1) {
       table.fail("path", "\"" + path_ + "\" has " + std::to_string(N) + " bytes: the train part has " +
                              std::to_string(eval_begin_) + " and the eval part (eval_fraction " +
-                             format_number(eval_fraction_) + ") " + std::to_string(N - eval_begin_) +
+                             render_double(eval_fraction_) + ") " + std::to_string(N - eval_begin_) +
                              ", and each needs seq_len + 1 = " + std::to_string(length_ + 1) +
                              " for one window; use a longer file or a shorter seq_len");
     }

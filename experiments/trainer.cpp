@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -26,7 +27,10 @@ TrainingSettings read_training_settings(const ConfigTable& table) {
   TrainingSettings settings;
   settings.steps = table.get_int("steps", settings.steps, 1);
   settings.learning_rate = table.get_double("learning_rate", settings.learning_rate);
-  if (settings.learning_rate <= 0) table.fail("learning_rate", "expected a number > 0");
+  if (!(static_cast<float>(settings.learning_rate) >= std::numeric_limits<float>::min())) {
+    table.fail("learning_rate", "expected a number > 0 that float32 holds as a normal number (at least 1.18e-38), found " +
+                                    render_double(settings.learning_rate));
+  }
   settings.warmup_steps = table.get_int("warmup_steps", settings.warmup_steps, 0);
   settings.schedule = table.get_choice("schedule", settings.schedule, {"cosine", "linear", "constant"});
   settings.final_lr_ratio = table.get_double("final_lr_ratio", settings.final_lr_ratio);
@@ -36,6 +40,10 @@ TrainingSettings read_training_settings(const ConfigTable& table) {
   settings.eval_every = table.get_int("eval_every", settings.eval_every, 0);
   settings.eval_batches = table.get_int("eval_batches", settings.eval_batches, 1);
   settings.stop_at_eval_accuracy = table.get_double("stop_at_eval_accuracy", settings.stop_at_eval_accuracy);
+  if (settings.stop_at_eval_accuracy < 0 || settings.stop_at_eval_accuracy > 1) {
+    table.fail("stop_at_eval_accuracy", "expected an accuracy in [0, 1] (0: never stop early), found " +
+                                            render_double(settings.stop_at_eval_accuracy));
+  }
   return settings;
 }
 

@@ -3,9 +3,12 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <sstream>
+
+#include <unistd.h>
 
 #include "kernels/cuda_device.h"
 
@@ -25,17 +28,39 @@ int64_t shape_numel(const Shape& shape) {
   int64_t count = 1;
   for (int64_t extent : shape) {
     if (extent < 0) throw ShapeError("negative extent in shape " + shape_string(shape));
-    count *= extent;
+    if (__builtin_mul_overflow(count, extent, &count)) {
+      throw ShapeError("shape " + shape_string(shape) + " has more elements than a 64-bit count holds");
+    }
   }
   return count;
+}
+
+int64_t host_memory_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page_size <= 0) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(pages) * page_size;
+}
+
+std::string gib_string(long double bytes) {
+  char text[64];
+  const long double gib = bytes / (1 << 30);
+  std::snprintf(text, sizeof text, gib >= 0.1L && gib < 1e5L ? "%.1Lf GiB" : "%.3Lg GiB", gib);
+  return text;
 }
 
 namespace {
 
 bool poison_empty_tensors = false;
 
-// Zero-filled, or left as it is when `zero` is false.
+[[noreturn]] void out_of_memory(int64_t count) {
+  throw std::runtime_error("out of memory: a tensor of " + std::to_string(count) + " floats needs " +
+                           gib_string(static_cast<long double>(count) * sizeof(float)) + "; this machine has " +
+                           gib_string(static_cast<long double>(host_memory_bytes())));
+}
+
+// Zero-filled, or left as it is when `zero` is false. Running out of memory is an error naming the size.
 std::shared_ptr<float> allocate_storage(int64_t count, Device device, bool zero) {
+  if (count > std::numeric_limits<int64_t>::max() / static_cast<int64_t>(2 * sizeof(float))) out_of_memory(count);
   const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(float);
   if (device == Device::cuda) {
     void* pointer = cuda::allocate(bytes);
@@ -45,7 +70,7 @@ std::shared_ptr<float> allocate_storage(int64_t count, Device device, bool zero)
   // 64-byte alignment for AVX-512 loads; aligned_alloc wants a multiple of the alignment.
   const size_t rounded = (bytes + 63) / 64 * 64;
   void* pointer = std::aligned_alloc(64, rounded);
-  if (!pointer) throw std::bad_alloc();
+  if (!pointer) out_of_memory(count);
   if (zero) std::memset(pointer, 0, rounded);
   return std::shared_ptr<float>(static_cast<float*>(pointer), [](float* p) { std::free(p); });
 }

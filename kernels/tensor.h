@@ -18,7 +18,13 @@ const char* device_name(Device device);
 using Shape = std::vector<int64_t>;
 
 std::string shape_string(const Shape& shape);
+// The number of elements; a ShapeError when an extent is negative or the count overflows 64 bits.
 int64_t shape_numel(const Shape& shape);
+
+// This machine's physical memory in bytes (the largest int64 when the system does not say).
+int64_t host_memory_bytes();
+// "1.5 GiB", "0.00372 GiB", "2.2e+12 GiB": a byte count for messages.
+std::string gib_string(long double bytes);
 
 // A user-visible shape mismatch: the message names the tensor, the expected and the found shape.
 class ShapeError : public std::runtime_error {

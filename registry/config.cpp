@@ -26,7 +26,7 @@ std::string render(const toml::node& node) {
   return text;
 }
 
-// The --set assignment that gave the key `full` a value or created it as a table, if any.
+// Where the assignment that gave the key `full` a value or created it as a table came from, if any.
 const std::string* set_assignment(const SetAssignments* assignments, const std::string& full) {
   if (!assignments) return nullptr;
   for (auto it = assignments->lower_bound(full); it != assignments->end(); ++it) {
@@ -39,7 +39,7 @@ const std::string* set_assignment(const SetAssignments* assignments, const std::
 
 // The parts of a TOML dotted key: model.d_state → {model, d_state}; sweep."model.d_state" →
 // {sweep, model.d_state}. Read by TOML++ itself, so quoting and spaces follow TOML.
-std::vector<std::string> key_parts(const std::string& assignment, const std::string& key) {
+std::vector<std::string> key_parts(const std::string& origin, const std::string& key) {
   std::vector<std::string> parts;
   try {
     const toml::table parsed = toml::parse(key + " = 0");
@@ -54,7 +54,7 @@ std::vector<std::string> key_parts(const std::string& assignment, const std::str
     parts.clear();
   }
   if (parts.empty()) {
-    throw ConfigError("--set " + assignment + ": '" + key + "' is not a key; write table.key, quoting a part " +
+    throw ConfigError(origin + ": '" + key + "' is not a key; write table.key, quoting a part " +
                       "that holds dots: sweep.\"model.d_state\"=[16,32]");
   }
   return parts;
@@ -87,8 +87,6 @@ std::string type_name(const toml::node& node) {
   }
 }
 
-namespace {
-
 std::string render_double(double value) {
   if (std::isnan(value)) return "nan";
   if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
@@ -102,6 +100,8 @@ std::string render_double(double value) {
   if (text.find_first_of(".eE") == std::string::npos) text += ".0";  // TOML needs a float to look like one
   return text;
 }
+
+namespace {
 
 std::string quote_toml_string(const std::string& value) {
   std::string quoted = "\"";
@@ -239,8 +239,8 @@ ConfigTable ConfigTable::over(const ConfigTable& fallback) const {
 std::string ConfigTable::where(const std::string& key) const {
   if (fallback_ && !table_->contains(key) && fallback_->has(key)) return fallback_->where(key);
   const std::string full = path_.empty() ? key : path_ + "." + key;
-  if (const std::string* assignment = set_assignment(assignments_.get(), full)) {
-    return "--set " + *assignment + ": " + full;
+  if (const std::string* origin = set_assignment(assignments_.get(), full)) {
+    return *origin + ": " + full;
   }
   std::string location = file_;
   const toml::node* node = table_->get(key);
@@ -407,16 +407,17 @@ ExperimentFile ExperimentFile::parse(const std::string& text, const std::string&
   }
 }
 
-void ExperimentFile::set(const std::string& assignment) {
+void ExperimentFile::set(const std::string& assignment, const std::string& given_origin) {
+  const std::string origin = given_origin.empty() ? "--set " + assignment : given_origin;
   // The key ends at the first '=' outside double quotes (a quoted part may hold '=' and '.').
   size_t equals = 0;
   for (bool quoted = false; equals < assignment.size() && (quoted || assignment[equals] != '='); ++equals) {
     if (assignment[equals] == '"') quoted = !quoted;
   }
   if (equals == assignment.size() || equals == 0) {
-    throw ConfigError("--set " + assignment + ": expected KEY=VALUE, for example model.d_state=32");
+    throw ConfigError(origin + ": expected KEY=VALUE, for example model.d_state=32");
   }
-  const std::vector<std::string> parts = key_parts(assignment, assignment.substr(0, equals));
+  const std::vector<std::string> parts = key_parts(origin, assignment.substr(0, equals));
   const std::string text = assignment.substr(equals + 1);
 
   // The value as TOML; "abc" without quotes is taken as the string abc.
@@ -437,11 +438,11 @@ void ExperimentFile::set(const std::string& assignment) {
       table->insert(part, toml::table{});
       child = table->get(part);
     }
-    if (!child->is_table()) throw ConfigError("--set " + assignment + ": '" + path + "' is not a table");
+    if (!child->is_table()) throw ConfigError(origin + ": '" + path + "' is not a table");
     table = child->as_table();
   }
   table->insert_or_assign(parts.back(), *parsed.get("value"));
-  (*assignments_)[path + (path.empty() ? "" : ".") + parts.back()] = assignment;
+  (*assignments_)[path + (path.empty() ? "" : ".") + parts.back()] = origin;
 }
 
 ConfigTable ExperimentFile::table(const std::string& name) const {
@@ -453,8 +454,8 @@ ConfigTable ExperimentFile::table(const std::string& name) const {
 }
 
 std::string ExperimentFile::top_level_where(const std::string& name, const toml::node& node) const {
-  if (const std::string* assignment = set_assignment(assignments_.get(), name)) {
-    return "--set " + *assignment + ": " + name;
+  if (const std::string* origin = set_assignment(assignments_.get(), name)) {
+    return *origin + ": " + name;
   }
   return file_ + ":" + std::to_string(node.source().begin.line) + ": " + name;
 }

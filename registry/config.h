@@ -29,6 +29,9 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
 // "an integer", "a string", ...: what a TOML value is, for error messages.
 std::string type_name(const toml::node& node);
 
+// A double as the shortest text that reads back as the same value, in TOML's form (0.003, 1.0, 1e-40, nan).
+std::string render_double(double value);
+
 // A value as TOML text: strings quoted and escaped, floats that read back exactly (3e-3 -> 0.003, not
 // 0.0030000000000000001), arrays "[a, b]", inline tables "{ k = v }".
 std::string render_toml_value(const toml::node& node);
@@ -42,8 +45,8 @@ std::string toml_key(const std::string& key);
 // render_toml_value does.
 std::string toml_document(const toml::table& table);
 
-// The --set assignments applied to an experiment: full key path ("training.lr") to the assignment as
-// given ("training.lr=-1").
+// The assignments applied to an experiment: full key path ("training.lr") to where the value came from,
+// as messages name it: "--set training.lr=-1", or "x.toml:12: sweep.training.lr, value -1" for a sweep's.
 using SetAssignments = std::map<std::string, std::string>;
 
 // A view of one TOML table ("model", "router", "task", ...) that reads typed values.
@@ -118,11 +121,12 @@ class ExperimentFile {
   static ExperimentFile parse(const std::string& text, const std::string& name);
 
   // Applies "model.d_state=32": the value is read as TOML (32, 1.5, true, "x", [..]) or, failing
-  // that, as a bare string. Creates missing tables.
-  void set(const std::string& assignment);
+  // that, as a bare string. Creates missing tables. `origin` names the assignment in messages about its
+  // value (empty: "--set model.d_state=32").
+  void set(const std::string& assignment, const std::string& origin = "");
 
   const std::string& file() const { return file_; }
-  // The --set assignments applied, by full key path.
+  // Where each assignment applied came from, by full key path.
   const SetAssignments& assignments() const { return *assignments_; }
   toml::table& root() { return *root_; }
   const toml::table& root() const { return *root_; }
@@ -140,7 +144,7 @@ class ExperimentFile {
   void forget_effective(const std::string& name) const;
 
  private:
-  // "file:line: name", or "--set name.key=value: name" for a table a --set assignment created.
+  // "file:line: name", or "--set name.key=value: name" for a table an assignment created.
   std::string top_level_where(const std::string& name, const toml::node& node) const;
 
   std::string file_;

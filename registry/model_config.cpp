@@ -2,6 +2,7 @@
 #include "registry/model_config.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "blocks/catalog.h"
 
@@ -116,6 +117,12 @@ ModelConfig read_model_config(const ConfigTable& table) {
   config.order = table.get_string_list("order", config.order);
   if (config.order.empty()) table.fail("order", "expected at least one block; valid blocks: " + block_registry().names());
   for (const std::string& kind : config.order) check_registered(table, "order", block_registry(), kind);
+  if (config.depth > std::numeric_limits<int32_t>::max() / static_cast<int64_t>(config.order.size())) {
+    table.fail("depth", "expected at most " +
+                            std::to_string(std::numeric_limits<int32_t>::max() / config.order.size()) +
+                            " repeats of the " + std::to_string(config.order.size()) + " blocks of order, found " +
+                            std::to_string(config.depth));
+  }
   config.d_state = table.get_int("d_state", config.d_state, 1);
   config.d_conv = table.get_int("d_conv", config.d_conv, 1);
   config.expand = table.get_int("expand", config.expand, 1);

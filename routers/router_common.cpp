@@ -2,6 +2,10 @@
 // Shape letters: T tokens, X experts, k assignments per token.
 #include "routers/router_common.h"
 
+#include <mutex>
+
+#include <spdlog/spdlog.h>
+
 #include "kernels/activation.h"
 #include "kernels/routing.h"
 
@@ -36,7 +40,17 @@ int64_t batch_capacity(const RouterSettings& settings, const BatchInfo& batch, i
   const double factor = !batch.training && settings.eval_capacity_factor != 0 ? settings.eval_capacity_factor
                                                                             : settings.capacity_factor;
   const int64_t tokens = unmasked_count(batch.tokens_count(), batch.mask);
-  return expert_capacity(factor * static_cast<double>(k), tokens, experts, settings.min_capacity);
+  const int64_t capacity = expert_capacity(factor * static_cast<double>(k), tokens, experts, settings.min_capacity);
+  if (capacity == 0 && tokens > 0) {
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      spdlog::warn("router capacity is 0 for a batch of {} tokens over {} experts (capacity factor {}, min_capacity {}): "
+                   "every token is dropped and the moe blocks add nothing; raise router.capacity_factor or "
+                   "router.min_capacity",
+                   tokens, experts, factor, settings.min_capacity);
+    });
+  }
+  return capacity;
 }
 
 RouterDecision softmax_decision(const Tensor& logits, int64_t k) {
@@ -167,8 +181,16 @@ RouterGrads decision_backward(const std::vector<float>& grad_gate, const SavedAc
 int64_t read_k(const RouterContext& context, int64_t fallback) {
   const int64_t k = context.options.get_int("top_k", std::min(fallback, context.num_experts), 1);
   if (k > context.num_experts) {
-    context.options.fail("top_k", "expected at most num_experts = " + std::to_string(context.num_experts) +
-                                  ", found " + std::to_string(k));
+    // The block, when the router belongs to one ("backbone.layers.3.mixer.router."): its num_experts may be
+    // its own ([model.layers.3]) rather than [model]'s.
+    const std::string layers = "backbone.layers.";
+    std::string owner;
+    if (context.prefix.rfind(layers, 0) == 0) {
+      owner = "block " + context.prefix.substr(layers.size(), context.prefix.find('.', layers.size()) - layers.size()) +
+              "'s ";
+    }
+    context.options.fail("top_k", "expected at most " + owner + "num_experts = " +
+                                      std::to_string(context.num_experts) + ", found " + std::to_string(k));
   }
   return k;
 }

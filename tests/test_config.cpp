@@ -174,7 +174,10 @@ TEST_CASE("per-block keys ([model.layers.i]) are checked against the block's kin
                     Contains("model.layers.3.num_experts: expected an integer >= 1"));
   // A block's router table is checked when the model is built, its keys against its own router.
   CHECK_THROWS_WITH(build_text(model + "[model.layers.3.router]\nname = \"topk\"\ntop_k = 4\n"),
-                    Contains("model.layers.3.router.top_k: expected at most num_experts = 3"));
+                    Contains("model.layers.3.router.top_k: expected at most block 3's num_experts = 3"));
+  // [router]'s top_k against a block's own, smaller num_experts: the error names that block.
+  CHECK_THROWS_WITH(build_text(model + "[router]\nname = \"topk\"\ntop_k = 3\n[model.layers.1]\nnum_experts = 2\n"),
+                    Contains("router.top_k: expected at most block 1's num_experts = 2, found 3"));
   CHECK_THROWS_WITH(build_text(model + "[model.layers.3.router]\ntop_k = 2\n"),
                     Contains("model.layers.3.router.top_k: unknown key"));  // the switch router has no top_k
   CHECK_THROWS_WITH(build_text(model + "[model.layers.3.router]\nname = \"best\"\n"),
@@ -225,6 +228,36 @@ TEST_CASE("impossible shapes are refused before any math", "[config]") {
   CHECK_THROWS_WITH(build_text("[model]\nmax_seq_len = 16\n[task]\nseq_len = 32\n"),
                     Contains("task.seq_len") && Contains("max_seq_len = 16"));
   CHECK_THROWS_WITH(load_text("[model]\norder = []\n"), Contains("at least one block"));
+}
+
+TEST_CASE("sizes whose tensors overflow or cannot fit in memory are refused before the memory is touched",
+          "[config]") {
+  const std::string small = "[model]\ndim = 8\ndepth = 1\nnum_experts = 2\nexpert_dim = 8\nd_state = 4\n"
+                            "vocab_size = 16\nmax_seq_len = 64\n[task]\nname = \"induction_heads\"\nseq_len = 32\n";
+  // A shape whose element count wraps around 64 bits, as a learned position table of 2^63 - 1 rows would.
+  CHECK_THROWS_WITH(build_text(small, {"model.max_seq_len=9223372036854775807", "model.positional=[\"learned\"]"}),
+                    Contains("parameter backbone.pos_emb: shape (9223372036854775807, 8) has more elements than a "
+                             "64-bit count holds"));
+  // Parameters and gradients beyond this machine's memory (64 TiB here, beyond any machine): the first one
+  // past it is named with its shape.
+  CHECK_THROWS_WITH(build_text(small, {"model.vocab_size=2147483647", "model.dim=4096"}),
+                    Contains("parameter backbone.embedding.weight (2147483647, 4096): the model's parameters and their "
+                             "gradients would need") &&
+                        Contains("this machine has"));
+  // A depth that cannot fit is refused after one repeat of the order, from that repeat's size.
+  CHECK_THROWS_WITH(build_text(small, {"model.depth=1000000000"}),
+                    Contains("model.depth = 1000000000: 1000000000 repeats of mamba, moe with") &&
+                        Contains("parameters each would need about"));
+  CHECK_THROWS_WITH(load_text(small, {"model.depth=9000000000000000000"}),
+                    Contains("model.depth: expected at most 1073741823 repeats of the 2 blocks of order"));
+  // One activation of the batch beyond memory, where B·L·D would also wrap around.
+  CHECK_THROWS_WITH(build_text(small, {"task.batch_size=576460752303423489"}),
+                    Contains("task.batch_size: 576460752303423489 sequences of seq_len 32 with model.vocab_size 16 "
+                             "floats a position: one activation alone needs"));
+  CHECK_THROWS_WITH(build_text(small, {"task.name=\"forward\"", "model.vocab_size=0", "task.batch_size=4000000000",
+                                       "task.seq_len=64"}),
+                    Contains("task.batch_size: 4000000000 sequences of seq_len 64 with model.dim 8"));
+  CHECK_NOTHROW(build_text(small));
 }
 
 TEST_CASE("a TOML syntax error names the file and line", "[config]") {

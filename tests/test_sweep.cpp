@@ -1,5 +1,6 @@
 // Sweeps: [sweep] read into axes, combinations in a stable order with readable names, values rendered
 // as TOML, the results table and CSV, the SVG plots, resuming a real (tiny) sweep, and the errors.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -623,15 +624,30 @@ TEST_CASE("sweep: a [sweep] key whose value is not a list is an error naming the
                     Contains("swept twice"));
   CHECK_THROWS_WITH(axes_of("[model]\ndim = 8\n"), Contains("no [sweep] table"));
   CHECK_THROWS_WITH(axes_of("[sweep]\n"), Contains("[sweep] is empty"));
+  // Lists whose product passes kMaxSweepRuns (10 000), without expanding them: 100 × 100 is allowed, one more
+  // list of two is not.
+  std::string hundred = "[";
+  for (int i = 0; i < 100; ++i) hundred += std::to_string(i) + (i < 99 ? ", " : "]");
+  const std::string two_lists = "[sweep]\n\"run.seed\" = " + hundred + "\n\"training.steps\" = " + hundred + "\n";
+  CHECK(axes_of(two_lists).size() == 2);
+  CHECK_THROWS_WITH(axes_of(two_lists + "\"model.d_state\" = [4, 8]\n"),
+                    Contains("sweep_test.toml: [sweep]: its lists (100 × 100 × 2 values) make more than 10000 runs"));
 }
 
 TEST_CASE("sweep: an unknown key or a bad value in any combination stops the sweep before it runs", "[sweep]") {
   const std::string folder = temp_folder("errors");
   const std::string path = write_text(folder, "tiny.toml", kTinyExperiment);
   const std::string out = folder + "/out";
-  // An unknown key path, named in the message.
+  // An unknown key path, named in the message with the list that gave it: the --set, or the file's line.
   CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.model.bogus=[1, 2]"})),
-                    Contains("model.bogus") && Contains("unknown key") && Contains("nothing was run"));
+                    Contains("--set sweep.model.bogus=[1, 2], value 1: model.bogus: unknown key") &&
+                        Contains("nothing was run"));
+  const std::string in_file = std::string(kTinyExperiment) + "\"model.dstate\" = [4, 8]\n";
+  const auto line = std::count(in_file.begin(), in_file.end(), '\n');
+  const std::string with_list = write_text(folder, "listed.toml", in_file);
+  CHECK_THROWS_WITH(command_sweep(sweep_line(with_list, out, false)),
+                    Contains(with_list + ":" + std::to_string(line) + ": sweep.model.dstate, value 4: model.dstate: "
+                                                                      "unknown key"));
   CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.modle.dim=[8]"})), Contains("modle"));
   CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, false, {"sweep.training.bogus=[1]"})),
                     Contains("training.bogus") && Contains("unknown key"));

@@ -324,6 +324,22 @@ TEST_CASE("training settings are checked", "[trainer]") {
   BuiltExperiment valid_built = build_experiment(valid);
   CHECK_THROWS_WITH(train_in(valid, *valid_built.model, *valid_built.task, folder + "/nowhere", true),
                     Contains("trainer_state.json") && Contains("not found"));
+  // Values that are 0 or subnormal in float32, where the update is computed, and an accuracy as a percentage.
+  const std::vector<std::pair<std::string, std::string>> refused{
+      {"optimizer.eps=1e-46", "optimizer.eps: expected a number > 0 that float32 holds as a normal number"},
+      {"optimizer.eps=1e-40", "optimizer.eps: expected a number > 0 that float32 holds as a normal number"},
+      {"training.learning_rate=1e-320", "training.learning_rate: expected a number > 0 that float32 holds"},
+      {"training.stop_at_eval_accuracy=97.0", "training.stop_at_eval_accuracy: expected an accuracy in [0, 1]"},
+      {"training.stop_at_eval_accuracy=-0.5", "training.stop_at_eval_accuracy: expected an accuracy in [0, 1]"}};
+  for (const auto& [set, message] : refused) {
+    CAPTURE(set);
+    CHECK_THROWS_WITH(build_checked(load_experiment(folder + "/bad.toml", {"optimizer.name=adamw", set}), true),
+                      Contains(message));
+  }
+  CHECK_NOTHROW(build_checked(
+      load_experiment(folder + "/bad.toml", {"optimizer.name=adamw", "optimizer.eps=1.2e-38",
+                                             "training.learning_rate=1.2e-38", "training.stop_at_eval_accuracy=1.0"}),
+      true));
   std::filesystem::remove_all(folder);
 }
 
@@ -379,8 +395,8 @@ TEST_CASE("resuming a run that stopped early trains no further, unless the thres
   CHECK(resumed.summary["steps"] == 6);
   CHECK(resumed.summary["stopped_early"] == true);
   CHECK(resumed.summary["final"]["eval_loss"].get<double>() == stopped.summary["final"]["eval_loss"].get<double>());
-  // An unreachable threshold: the run goes on to training.steps.
-  const Experiment further = training_experiment(folder, {"training.stop_at_eval_accuracy=2"});
+  // Early stopping turned off: the run goes on to training.steps.
+  const Experiment further = training_experiment(folder, {"training.stop_at_eval_accuracy=0"});
   BuiltExperiment more = build_experiment(further);
   CHECK(train_in(further, *more.model, *more.task, folder, true).summary["steps"] == 12);
   std::filesystem::remove_all(folder);

@@ -95,6 +95,8 @@ expect "--help after an unknown command" 2 "unknown command 'fly'" -- "$BIN" fly
 expect "an unknown --backend" 2 "--backend expects one of auto, cpu, cuda, found 'gpu'" -- \
   "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" \
   --output "$WORK/unused.safetensors" --backend gpu
+expect "--threads above the limit is named as given" 2 "--threads expects at most 1024, found 5000" -- \
+  "$BIN" run "$seed" --threads 5000 --out "$WORK/bad"
 expect "forward --backward writes loss and gradients" 0 "loss [0-9.]+" -- \
   "$BIN" forward "$small" --weights "$WORK/weights.safetensors" --input "$WORK/tokens.safetensors" --output "$WORK/grads.safetensors" --backward
 expect "validate without a GPU" 3 "no GPU" -- "$BIN" validate
@@ -107,8 +109,18 @@ expect "--set=key=value as --set key=value" 0 "output shape \(4, 32, 256\)" -- \
 expect "a forward run's effective.toml leaves out [training]" 1 "" -- \
   grep -qE "^\[(training|optimizer)\]" "$WORK/inline_set/effective.toml"
 
+expect "a forward run warns that its [training] is not used" 0 "\[training\] is checked but not used: the task \(forward" -- \
+  "$BIN" run "$seed" --set task.seq_len=32 --set run.repeats=1 --set training.steps=9 --out "$WORK/unused_training"
+
 quick="$ROOT/experiments/quickstart.toml"
 short=(--set training.steps=4 --set training.log_every=2 --set training.eval_every=2 --set training.eval_batches=1)
+expect "a training run warns that run.repeats is not used" 0 "run.repeats is not used by a training run" -- \
+  "$BIN" run "$quick" "${short[@]}" --set training.steps=1 --set run.repeats=3 --out "$WORK/unused_repeats"
+expect "a capacity of 0, which drops every token, is warned about" 0 "router capacity is 0 for a batch of .* every token is dropped" -- \
+  "$BIN" run "$quick" "${short[@]}" --set training.steps=1 --set router.capacity_factor=0.0001 \
+  --set router.min_capacity=0 --out "$WORK/zero_capacity"
+expect "a batch that cannot fit in memory is refused before it is made" 2 "task.batch_size: 576460752303423489 sequences of seq_len .* one activation alone needs" -- \
+  "$BIN" run "$quick" --set task.batch_size=576460752303423489 --out "$WORK/bad"
 expect "a training run writes report.md" 0 "eval \(last evaluation\)" -- \
   bash -c '"$0" run "$1" "${@:3}" --out "$2/seed0" >/dev/null 2>&1 && cat "$2/seed0/report.md"' \
   "$BIN" "$quick" "$WORK" "${short[@]}"
