@@ -253,12 +253,13 @@ int command_run(const CommandLine& line) {
   if (resume && out.empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
   const std::string earlier = resume || out.empty() ? std::string() : any_output_in(out);
   if (!earlier.empty()) {
-    const bool resumable = std::filesystem::exists(out + "/trainer_state.json");
+    std::string advice = "choose another --out (or delete it: it has no checkpoint to continue)";
+    if (earlier == "sweep.json") advice = "continue it with `mamba-r1 sweep FILE --resume --out " + out + "`, or choose another --out";
+    if (earlier == "results.md") advice = "choose another --out";
+    if (std::filesystem::exists(out + "/trainer_state.json")) advice = "continue it with --resume, or choose another --out";
     throw FileError(out + " already holds " +
                     (earlier == "results.md" ? "a comparison" : earlier == "sweep.json" ? "a sweep" : "a run") + " (" +
-                    earlier + "); " +
-                    (resumable ? "continue it with --resume, or choose another --out"
-                               : "choose another --out (or delete it: it has no checkpoint to continue)"));
+                    earlier + "); " + advice);
   }
   if (!out.empty()) return run_experiment(experiment, out, resume).interrupted ? 130 : 0;
   // By default a new folder [output] dir / name-timestamp, numbered when taken, that run_experiment makes.

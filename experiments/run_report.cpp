@@ -332,7 +332,8 @@ void write_routing_section(std::ostringstream& out, const nlohmann::json& summar
   out << "\nload CV: coefficient of variation of the experts' load; MaxVio: max load / mean load − 1; drop "
          "rate: the share of assignments dropped for capacity (expert_choice: of tokens no expert chose); "
          "entropy: the mean per token of the entropy of the router's probabilities over log(experts) (1: "
-         "uniform).\n";
+         "uniform; hash and random have no probabilities and show 0); aux loss: 0 for routers without one "
+         "(hash, random, and expert_choice and aux_free unless router.aux_loss_coef is given).\n";
 }
 
 // The charts, named by their files, as images, one line each.

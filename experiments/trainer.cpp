@@ -515,9 +515,11 @@ TrainingOutcome train(const Experiment& experiment, Model& model, Task& task, Tr
   // Ctrl-C, and SIGTERM as `timeout` and job schedulers send it: the step in progress ends, then a checkpoint.
   auto previous_interrupt = std::signal(SIGINT, on_interrupt);
   auto previous_terminate = std::signal(SIGTERM, on_interrupt);
-  spdlog::info("training {} steps with {} (lr {}, {} schedule, warmup {}), eval every {} steps on {} batches",
-               settings.steps, setup.optimizer_name, settings.learning_rate, settings.schedule, settings.warmup_steps,
-               settings.eval_every, settings.eval_batches);
+  if (state.step < settings.steps && !stopped_early) {
+    spdlog::info("training {} steps with {} (lr {}, {} schedule, warmup {}), eval every {} steps on {} batches",
+                 settings.steps, setup.optimizer_name, settings.learning_rate, settings.schedule,
+                 settings.warmup_steps, settings.eval_every, settings.eval_batches);
+  }
 
   // An interrupted run's unfinished logging window continues here (and stays in the state until the next
   // checkpoint, for a resume that trains no step).

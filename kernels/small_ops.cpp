@@ -1,7 +1,9 @@
 // CPU implementations of the small ops.
 #include "kernels/small_ops.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "kernels/cuda_device.h"
@@ -26,7 +28,7 @@ Tensor negative_exp(const Tensor& x) {
     return y;
   }
   Tensor y = Tensor::empty(x.shape());
-  for (int64_t i = 0; i < x.numel(); ++i) y[i] = -std::exp(x[i]);
+  for (int64_t i = 0; i < x.numel(); ++i) y[i] = -std::min(std::exp(x[i]), std::numeric_limits<float>::max());
   return y;
 }
 

@@ -8,7 +8,8 @@
 
 namespace mr1 {
 
-// y = −exp(x), elementwise.
+// y = −exp(x), elementwise, saturated at −FLT_MAX: an A_log above ln(FLT_MAX) ≈ 88.72 gives a finite A, so that
+// the scan's backward (g·A with g = 0 there) stays finite.
 Tensor negative_exp(const Tensor& x);
 
 // out[t] = Σ_f a[t, f] · b[t, f]      a, b: (T, F)

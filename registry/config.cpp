@@ -339,6 +339,10 @@ void ConfigTable::record_resolved(const std::string& key, int64_t value) const {
   record_node(key, toml::value<int64_t>(value));
 }
 
+void ConfigTable::record_resolved(const std::string& key, double value) const {
+  record_node(key, toml::value<double>(value));
+}
+
 void ConfigTable::record_resolved(const std::string& key, const std::string& value) const {
   record_node(key, toml::value<std::string>(value));
 }

@@ -86,6 +86,9 @@ class ConfigTable {
   // Records `value` as the effective value of `key`, for a setting given by name that resolves to a
   // number (dt_rank = "auto" is ceil(dim / 16)): effective_toml then holds the number used.
   void record_resolved(const std::string& key, int64_t value) const;
+  // The same for a number whose default differs by context (a router that applies aux_loss_coef only
+  // when it is given records 0 when it is not).
+  void record_resolved(const std::string& key, double value) const;
   // The same for a string setting resolved to another text (a path relative to the file's folder,
   // recorded as the absolute path it named, so that effective.toml runs from anywhere).
   void record_resolved(const std::string& key, const std::string& value) const;

@@ -205,7 +205,10 @@ bool read_normalize_gates(const RouterContext& context, int64_t k) {
 }
 
 double explicit_aux_loss_coef(const RouterContext& context) {
-  return context.options.has("aux_loss_coef") ? context.settings.aux_loss_coef : 0.0;
+  if (context.options.has("aux_loss_coef")) return context.settings.aux_loss_coef;
+  // effective.toml then says 0, the value used, and running it again gives the same run.
+  context.options.record_resolved("aux_loss_coef", 0.0);
+  return 0.0;
 }
 
 uint64_t splitmix64(uint64_t x) {

@@ -309,4 +309,20 @@ TEST_CASE("the effective settings: every value read, defaults included, as TOML 
   const toml::table resolved = toml::parse(named.file.effective_toml());
   CHECK(resolved["model"]["dt_rank"].value_exact<int64_t>() == 3);  // ceil(40 / 16)
   CHECK(resolved["model"]["layers"]["1"]["dt_rank"].value_exact<int64_t>() == 3);
+
+  // aux_free and expert_choice apply aux_loss_coef only when it is given: without it the value used, 0, is
+  // recorded (not [router]'s default 0.01), so that effective.toml runs the same run again.
+  for (const std::string router : {"aux_free", "expert_choice"}) {
+    CAPTURE(router);
+    const std::string base = "[model]\ndim = 8\norder = [\"moe\"]\nnum_experts = 2\n[router]\nname = \"" + router + "\"\n";
+    const Experiment implicit = load_text(base);
+    build_experiment(implicit);
+    CHECK(toml::parse(implicit.file.effective_toml())["router"]["aux_loss_coef"].value<double>() == 0.0);
+    const Experiment given = load_text(base + "aux_loss_coef = 0.02\n");
+    build_experiment(given);
+    CHECK(toml::parse(given.file.effective_toml())["router"]["aux_loss_coef"].value<double>() == 0.02);
+  }
+  const Experiment switch_router = load_text("[model]\ndim = 8\norder = [\"moe\"]\nnum_experts = 2\n");
+  build_experiment(switch_router);
+  CHECK(toml::parse(switch_router.file.effective_toml())["router"]["aux_loss_coef"].value<double>() == 0.01);
 }

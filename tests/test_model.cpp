@@ -350,3 +350,21 @@ TEST_CASE("the forward, the loss and every gradient are the same bits at any thr
     }
   }
 }
+
+TEST_CASE("an A_log above ln(FLT_MAX) leaves the forward and every gradient finite", "[model]") {
+  // exp(88.8) overflows float: A saturates at −FLT_MAX, where the decay exp(Δ·A) is 0 and so is g·A.
+  SmallModel small(std::string(kSmall) + "depth = 1\norder = [\"mamba\"]\nvocab_size = 11\n");
+  Parameter& A_log = small.model->parameters().get("backbone.layers.0.mixer.A_log");
+  A_log.value[0] = 88.8f;
+  A_log.value[1] = 200.0f;
+  const ModelInput input = small.input(2, 6, 4);
+  const Tensor grad_logits = test::random_tensor({2, 6, 11}, 5);
+  ForwardTape tape;
+  const ModelOutput output = small.model->forward(input, ForwardOptions{}, &tape);
+  small.model->backward(tape, &grad_logits, nullptr, 1.0f);
+  for (const double value : test::to_double(output.logits)) REQUIRE(std::isfinite(value));
+  for (const auto& parameter : small.model->parameters().all()) {
+    CAPTURE(parameter->name);
+    for (const double value : test::to_double(parameter->grad)) REQUIRE(std::isfinite(value));
+  }
+}

@@ -139,6 +139,9 @@ expect "compare names a folder that is not a run" 2 "nowhere: not a run folder" 
 # Run folders: nothing of an earlier run is written over or lost.
 expect "a new run into a run's folder is refused" 2 "seed0 already holds a run \(config.toml\); continue it with --resume" -- \
   "$BIN" run "$quick" "${short[@]}" --out "$WORK/seed0"
+mkdir -p "$WORK/a_sweep" && echo '{}' >"$WORK/a_sweep/sweep.json"
+expect "a new run into a sweep's folder points to sweep --resume" 2 "a_sweep already holds a sweep \(sweep.json\); continue it with \`mamba-r1 sweep FILE --resume" -- \
+  "$BIN" run "$quick" "${short[@]}" --out "$WORK/a_sweep"
 expect "compare into a run's folder is refused" 2 "seed0 holds a run or a sweep" -- \
   "$BIN" compare "$WORK/seed0" "$WORK/seed1" --out "$WORK/seed0"
 # The default folders of this second and the next few are taken (as by runs started just before).
