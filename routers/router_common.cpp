@@ -2,6 +2,8 @@
 // Shape letters: T tokens, X experts, k assignments per token.
 #include "routers/router_common.h"
 
+#include <algorithm>
+#include <cmath>
 #include <mutex>
 
 #include <spdlog/spdlog.h>
@@ -24,8 +26,29 @@ std::vector<int32_t> every_expert(int64_t T, int64_t X, const std::vector<uint8_
   return all;
 }
 
+// Sigmoid scores for the normalised quantities (gates over the chosen experts, the balance over all):
+// a ratio s_i / Σ s_j is unchanged by scaling a row, so a row whose largest logit is below kScaledBelow,
+// where sigmoid nears float's underflow (exactly 0 below −103.9, and 0/0 in the ratio), is taken as
+// exp(log s − max log s), with log s = −softplus(−x) in double. Other rows are the scores themselves, bit
+// for bit.
+constexpr double kScaledBelow = -60.0;
+
+Tensor ratio_scores(const Tensor& logits, const Tensor& scores) {
+  const int64_t T = logits.size(0), X = logits.size(1);
+  Tensor ratio = scores.clone();
+  const auto log_sigmoid = [](double x) { return x < 0 ? x - std::log1p(std::exp(x)) : -std::log1p(std::exp(-x)); };
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = logits.data() + t * X;
+    const double largest = *std::max_element(row, row + X);
+    if (!(largest < kScaledBelow)) continue;
+    const double top = log_sigmoid(largest);
+    for (int64_t j = 0; j < X; ++j) ratio[t * X + j] = static_cast<float>(std::exp(log_sigmoid(row[j]) - top));
+  }
+  return ratio;
+}
+
 // The probabilities the balance statistics are taken on: softmax probabilities as they are; sigmoid
-// affinities normalised over the experts (DeepSeek-V3 eq. 19).
+// affinities normalised over the experts (DeepSeek-V3 eq. 19), from ratio_scores.
 Tensor balance_probabilities(GateScores kind, const Tensor& scores, const std::vector<uint8_t>* token_mask) {
   if (kind == GateScores::softmax) return scores;
   const int64_t T = scores.size(0), X = scores.size(1);
@@ -112,8 +135,12 @@ Routing finish_routing(RouterDecision decision, const LossCoefficients& coeffici
     for (size_t a = 0; a < routing.expert.size(); ++a) routing.gate[a] = routing.expert[a] >= 0 ? 1.0f : 0.0f;
     stats.mean_probability = stats.load;
   } else {
-    routing.gate = gather_gates(decision.scores, decision.chosen, routing.expert, k, decision.normalize_gates);
-    const Tensor probabilities = balance_probabilities(decision.kind, decision.scores, mask);
+    const Tensor ratio =
+        decision.kind == GateScores::sigmoid ? ratio_scores(decision.logits, decision.scores) : decision.scores;
+    routing.gate = gather_gates(decision.normalize_gates ? ratio : decision.scores, decision.chosen, routing.expert,
+                                k, decision.normalize_gates);
+    const Tensor probabilities = balance_probabilities(decision.kind, ratio, mask);
+    if (saved) keep->ratio = ratio;
     std::vector<double> fraction;
     const double balance = load_balance_loss(probabilities, decision.balance_choice, decision.balance_k, mask,
                                              &fraction, &stats.mean_probability);
@@ -142,10 +169,12 @@ Tensor score_gradient(const std::vector<float>& grad_gate, const DecisionSaved& 
   const int64_t T = saved.logits.size(0), X = saved.logits.size(1);
   if (saved.kind == GateScores::none) return Tensor({T, X});
   const std::vector<uint8_t>* mask = saved.token_mask.empty() ? nullptr : &saved.token_mask;
-  // gates → scores
-  Tensor grad_scores = gather_gates_backward(grad_gate, saved.scores, saved.chosen, saved.expert, saved.k,
-                                             saved.normalize_gates);
+  // gates → scores: the normalised gates of sigmoid scores are taken on their ratio scores r = c·s
+  const bool ratio_gates = saved.kind == GateScores::sigmoid && saved.normalize_gates;
+  Tensor grad_scores = gather_gates_backward(grad_gate, ratio_gates ? saved.ratio : saved.scores, saved.chosen,
+                                             saved.expert, saved.k, saved.normalize_gates);
   // aux loss → scores (f held fixed); sigmoid scores reach it through their normalisation over experts
+  Tensor grad_ratio;  // sigmoid: dL/dr of what was computed on the ratio scores
   if (saved.coefficients.aux > 0) {
     const float scale = aux_loss_scale * static_cast<float>(saved.coefficients.aux);
     if (saved.kind == GateScores::softmax) {
@@ -154,13 +183,24 @@ Tensor score_gradient(const std::vector<float>& grad_gate, const DecisionSaved& 
       Tensor grad_normalized({T, X});
       load_balance_loss_backward(grad_normalized, saved.fraction, mask, scale);
       const std::vector<int32_t> all = every_expert(T, X, mask);
-      const Tensor through = gather_gates_backward(grad_normalized.to_vector(), saved.scores, all, all, X, true);
-      for (int64_t i = 0; i < T * X; ++i) grad_scores[i] += through[i];
+      grad_ratio = gather_gates_backward(grad_normalized.to_vector(), saved.ratio, all, all, X, true);
     }
   }
   if (saved.kind == GateScores::softmax) return softmax_backward(grad_scores, saved.scores);
-  // s = sigmoid(x): dL/dx = dL/ds · s (1 − s)
-  for (int64_t i = 0; i < T * X; ++i) grad_scores[i] *= saved.scores[i] * (1.0f - saved.scores[i]);
+  // s = sigmoid(x), r = c·s with c fixed per row: dL/dx = dL/ds · s (1 − s) = dL/dr · r (1 − s), the
+  // second finite where s underflows (dL/dr · r is the normalised ratio times a bounded gradient).
+  // Where r = s (every row above kScaledBelow) both are one product, as (gate + aux) · s (1 − s).
+  for (int64_t i = 0; i < T * X; ++i) {
+    const float s = saved.scores[i], r = saved.ratio[i], one_minus = 1.0f - s;
+    const float gate = grad_scores[i];
+    if (!grad_ratio.defined()) {
+      grad_scores[i] = gate * ((ratio_gates ? r : s) * one_minus);
+    } else if (ratio_gates || r == s) {
+      grad_scores[i] = (gate + grad_ratio[i]) * (r * one_minus);
+    } else {
+      grad_scores[i] = gate * (s * one_minus) + grad_ratio[i] * (r * one_minus);
+    }
+  }
   return grad_scores;
 }
 

@@ -42,6 +42,7 @@ struct LossCoefficients {
 struct DecisionSaved : SavedActivations {
   GateScores kind = GateScores::softmax;
   Tensor logits, scores;           // (T, X)
+  Tensor ratio;                    // (T, X) sigmoid: the scores the normalised quantities were taken on
   int64_t k = 1;
   std::vector<int32_t> chosen;     // T·k before capacity
   std::vector<int32_t> expert;     // T·k after capacity

@@ -609,6 +609,17 @@ TEST_CASE("sinkhorn: balanced top-1 in training, arg-max at evaluation, gate = s
     CHECK(routed.expert == std::vector<int32_t>{0, 0, 1, 1});
     CHECK(routed.gate[0] == Approx(1.0 / (1.0 + std::exp(-2.0))));
     CHECK(routed.gate[3] == Approx(0.5));  // sigmoid(0) of expert 1
+    // Logits so low that every sigmoid is 0 in float32: the aux-loss statistic stays finite (its balance
+    // is taken on the scores' ratios, here exp(x_j − x_max) to float precision), and so does the loss.
+    Tensor low = logits.clone();
+    for (int64_t i = 0; i < low.numel(); ++i) low[i] -= 120.0f;
+    RouterUnderTest balanced("name = \"sinkhorn\"\ncapacity_factor = 0.0\ngate = \"sigmoid\"\naux_loss_coef = 0.0\n", 2);
+    const Routing underflow = balanced->route(low, Tensor(), batch_of(1, 4, nullptr, true), nullptr);
+    CHECK(underflow.stats.aux_loss == 0.0);
+    CHECK(std::isfinite(underflow.stats.entropy));
+    CHECK(underflow.stats.mean_probability[0] == Approx((1 / (1 + std::exp(-2.0)) + 1 / (1 + std::exp(-1.5)) +
+                                                         1 / (1 + std::exp(-1.0)) + 1 / (1 + std::exp(-0.5))) / 4)
+                                                      .epsilon(1e-4));
   }
   SECTION("capacity still applies after balancing") {
     RouterUnderTest bounded("name = \"sinkhorn\"\ncapacity_factor = 1.0\nmin_capacity = 0\n", 2);
@@ -706,8 +717,10 @@ TEST_CASE("aux_free: the bias update balances an imbalanced load without an aux 
 }
 
 TEST_CASE("aux_free: backward matches finite differences through sigmoid and normalisation", "[routers]") {
-  for (const bool with_aux : {false, true}) {
-    INFO("aux_loss_coef set: " << with_aux);
+  // Offset −110: every sigmoid score is 0 in float32 (below −103.9), yet the gates, the balance and every
+  // gradient are finite and those of the double reference (the ratios are taken in log space there).
+  for (const auto& [with_aux, offset] : std::vector<std::pair<bool, float>>{{false, 0}, {true, 0}, {true, -110}}) {
+    INFO("aux_loss_coef set: " << with_aux << ", logits offset by " << offset);
     RouterUnderTest router(std::string("name = \"aux_free\"\ncapacity_factor = 1.0\nmin_capacity = 1\n"
                                        "z_loss_coef = 0.05\n") +
                                (with_aux ? "aux_loss_coef = 0.3\n" : ""),
@@ -715,11 +728,14 @@ TEST_CASE("aux_free: backward matches finite differences through sigmoid and nor
     const int64_t T = 6, X = 3, k = 2;
     Parameter& bias = router.parameters.get("router.balance_bias");
     bias.value.copy_from(Tensor::from({3}, {0.1f, -0.2f, 0.05f}));
-    const Tensor logits = test::random_tensor({T, X}, 92, 2.0f);
+    Tensor logits = test::random_tensor({T, X}, 92, 2.0f);
+    for (int64_t i = 0; i < T * X; ++i) logits[i] += offset;
     const std::vector<uint8_t> mask{1, 1, 0, 1, 1, 1};
     std::unique_ptr<SavedActivations> saved;
     const Routing routing = router->route(logits, Tensor(), batch_of(2, 3, &mask), &saved);
     CHECK((routing.stats.aux_loss > 0) == with_aux);
+    CHECK(std::isfinite(routing.stats.entropy));
+    for (const float gate : routing.gate) CHECK(std::isfinite(gate));
     Tensor selection = sigmoid_forward(logits);
     for (int64_t i = 0; i < T * X; ++i) selection[i] += bias.value[i % X];
     Reference reference(GateScores::sigmoid, T, X, k);
