@@ -230,6 +230,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
     nlohmann::json failed{{"error", error.what()}, {"experiment", experiment.file.file()}};
     try {
       write_file_atomic(folder + "/summary.json", failed.dump(2) + "\n");
+      if (trains) write_run_report(folder, false);  // the error, and the charts of the steps before it
     } catch (const std::exception&) {
       // The error being reported matters more than its record (a full disk fails both).
     }

@@ -349,6 +349,12 @@ std::string run_report_markdown(const std::string& name, const nlohmann::json& s
                                 const std::vector<std::string>& charts) {
   std::ostringstream out;
   write_report_head(out, name, summary, true);
+  if (summary.is_object() && summary.contains("error") && summary["error"].is_string()) {
+    out << "\n**The run failed:** " << summary["error"].get<std::string>() << "\n\n"
+        << "The charts show the logging windows before the failure ([metrics.jsonl](metrics.jsonl)).\n";
+    write_chart_links(out, charts);
+    return out.str();
+  }
 
   const auto steps = number_at(summary, "/steps");
   const auto seconds = number_at(summary, "/train_seconds");

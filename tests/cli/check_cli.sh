@@ -216,6 +216,8 @@ expect "... and sweep --resume continues them from their checkpoints" 130 "01-ro
 # A failed run (here a diverging loss) says so in its summary.json, and compare shows it as failed.
 expect "a diverging run fails" 1 "the loss is -?nan at step" -- "$BIN" run "$quick" "${short[@]}" \
   --set training.learning_rate=1e6 --set training.grad_clip=0 --out "$WORK/diverged"
+expect "... and its report.md says so, with the charts of the steps before" 0 "^\*\*The run failed:\*\* the loss is" -- \
+  cat "$WORK/diverged/report.md"
 expect "... and compare lists it as failed, with its error" 0 "^\* 1 \(diverged\): the loss is -?nan at step" -- bash -c '"$0" compare "$1/seed0" \
   "$1/diverged" --out "$1/with_failed" >/dev/null 2>&1 && cat "$1/with_failed/results.md"' "$BIN" "$WORK"
 
