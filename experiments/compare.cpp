@@ -15,6 +15,7 @@
 #include "experiments/run.h"
 #include "experiments/run_report.h"
 #include "registry/config.h"
+#include "registry/model_config.h"
 
 namespace mr1 {
 
@@ -104,8 +105,44 @@ std::string relative_to(const std::string& folder, const std::string& base) {
 
 // A run's value of a setting, as TOML text. One it lacks is "(unused)" in an effective.toml (the run did
 // not read it: top_k of a switch router) and empty in a config.toml (the program's default applied).
+// The kind of block i of a run ("mamba", "moe", ...) from its recorded model.order; empty when not recorded.
+std::string block_kind(const RecordedSettings& run, int64_t i) {
+  const auto order = run.values.find("model.order");
+  if (order == run.values.end()) return "";
+  try {
+    const toml::table parsed = toml::parse("order = " + order->second);
+    const toml::array* kinds = parsed["order"].as_array();
+    if (!kinds || kinds->empty()) return "";
+    return kinds->get(static_cast<size_t>(i) % kinds->size())->value_or(std::string());
+  } catch (const toml::parse_error&) {
+    return "";
+  }
+}
+
+// Where a run without a per-block setting took its value: model.layers.i.K from model.K, and
+// model.layers.i.router.K from router.K, when block i of that run is of a kind that reads it; otherwise
+// the key itself. So a block that inherits the same value as another run's explicit one does not differ.
+std::string inherited_key(const RecordedSettings& run, const std::string& key) {
+  const std::string layers = "model.layers.";
+  if (run.values.count(key) || key.rfind(layers, 0) != 0) return key;
+  const size_t dot = key.find('.', layers.size());
+  if (dot == std::string::npos) return key;
+  int64_t i = 0;
+  try {
+    i = std::stoll(key.substr(layers.size(), dot - layers.size()));
+  } catch (const std::exception&) {
+    return key;
+  }
+  const std::string rest = key.substr(dot + 1);
+  const std::string kind = block_kind(run, i);
+  const std::vector<std::string>& valid = block_override_keys(kind);
+  const std::string first = rest.substr(0, rest.find('.'));
+  if (std::find(valid.begin(), valid.end(), first) == valid.end()) return key;
+  return first == "router" ? rest : "model." + rest;
+}
+
 std::string value_of(const RecordedSettings& run, const std::string& key) {
-  const auto found = run.values.find(key);
+  const auto found = run.values.find(inherited_key(run, key));
   return found != run.values.end() ? found->second : run.effective ? std::string("(unused)") : std::string();
 }
 
@@ -128,7 +165,7 @@ void find_differing_settings(const std::vector<RecordedSettings>& settings, Comp
       const std::string value = value_of(settings[r], key);
       auto at = std::find(axis.values.begin(), axis.values.end(), value);
       if (at == axis.values.end()) {
-        const auto shown = settings[r].shown.find(key);
+        const auto shown = settings[r].shown.find(inherited_key(settings[r], key));
         axis.values.push_back(value);
         axis.shown.push_back(shown != settings[r].shown.end() ? shown->second
                              : settings[r].effective              ? "unused"
@@ -243,7 +280,8 @@ std::string comparison_markdown(const Comparison& comparison, const std::vector<
     out << "Settings that differ between the runs: " << axis_keys(comparison.settings)
         << " (from each run's effective.toml, every setting with the value used; for a run without one, from "
            "its config.toml, where `default` marks a setting left to the program's default; `unused`: a "
-           "setting the run did not read).\n\n";
+           "setting the run did not read; a block's setting a run does not give is its [model] or [router] "
+           "value).\n\n";
   }
   if (!comparison.axes.empty() && comparison.axes.front().key == "settings") {
     // One column per combination of the settings (A, B, ...), one row per setting.

@@ -257,3 +257,25 @@ TEST_CASE("compare: a run's effective.toml, every setting it used, is compared i
   CHECK(comparison.results[1].status == "interrupted");
   std::filesystem::remove_all(root);
 }
+
+TEST_CASE("compare: a block setting one run gives and another inherits from [model] or [router] is compared "
+          "with the inherited value", "[compare]") {
+  const std::string root = fresh_folder("inherited");
+  const std::string a = make_run(root, "a", "[model]\norder = [\"mamba\", \"moe\"]\n", summary_of(10, 2.0));
+  const std::string b = make_run(root, "b", "[model]\norder = [\"mamba\", \"moe\"]\n", summary_of(10, 1.0));
+  // a: no per-block tables. b: block 1 (moe) with its own router table holding [router]'s capacity_factor,
+  // block 0 (mamba) with its own d_state, and block 2 (mamba) with [model]'s.
+  write_file_atomic(a + "/effective.toml", "[model]\norder = [\"mamba\", \"moe\"]\nd_state = 16\n"
+                                           "[router]\nname = \"switch\"\ncapacity_factor = 1.25\n");
+  write_file_atomic(b + "/effective.toml",
+                    "[model]\norder = [\"mamba\", \"moe\"]\nd_state = 16\n[model.layers.0]\nd_state = 64\n"
+                    "[model.layers.2]\nd_state = 16\n[model.layers.1.router]\nname = \"topk\"\ncapacity_factor = 1.25\n"
+                    "top_k = 2\n[router]\nname = \"switch\"\ncapacity_factor = 1.25\n");
+  const Comparison comparison = compare_runs({a, b}, root);
+  CHECK(keys_of(comparison) == std::vector<std::string>{"model.layers.0.d_state", "model.layers.1.router.name",
+                                                         "model.layers.1.router.top_k"});
+  CHECK(comparison.settings[0].shown == std::vector<std::string>{"16", "64"});
+  CHECK(comparison.settings[1].shown == std::vector<std::string>{"switch", "topk"});
+  CHECK(comparison.settings[2].shown == std::vector<std::string>{"unused", "2"});  // switch has no top_k
+  std::filesystem::remove_all(root);
+}
