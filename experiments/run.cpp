@@ -228,6 +228,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   } catch (const std::exception& error) {
     // A failed run (a diverged loss, a device error) says so in its folder, for compare and for people.
     nlohmann::json failed{{"error", error.what()}, {"experiment", experiment.file.file()}};
+    if (!built.model->caveats().empty()) failed["caveats"] = built.model->caveats();
     try {
       write_file_atomic(folder + "/summary.json", failed.dump(2) + "\n");
       if (trains) write_run_report(folder, false);  // the error, and the charts of the steps before it
@@ -242,6 +243,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   summary["backend"] = device_name(device);
   summary["blocks"] = describe_blocks(experiment.model);
   summary["task"] = built.task->describe();
+  if (!built.model->caveats().empty()) summary["caveats"] = built.model->caveats();
   write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
   // Every setting with the value used, defaults included: what the run was, whatever the defaults become.
   write_file_atomic(folder + "/effective.toml", experiment.file.effective_toml() + "\n");

@@ -309,6 +309,12 @@ void write_report_head(std::ostringstream& out, const std::string& name, const n
          "[effective.toml](effective.toml) (every setting with the value used)";
   if (metrics) out << "; per logging window: [metrics.jsonl](metrics.jsonl)";
   out << "\n";
+  // What the log warned about the model (expert_choice's look at later tokens): it bears on every figure below.
+  if (summary.is_object() && summary.contains("caveats") && summary["caveats"].is_array()) {
+    for (const nlohmann::json& caveat : summary["caveats"]) {
+      if (caveat.is_string()) out << "\n**Caveat:** " << caveat.get<std::string>() << "\n";
+    }
+  }
 }
 
 // The table of summary["routing"], one row per MoE layer and the mean, under `heading`; nothing when the

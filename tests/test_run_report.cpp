@@ -187,6 +187,18 @@ TEST_CASE("run report: report.md states the summary's figures", "[report]") {
   CHECK_THAT(interrupted, Contains("| train (last logging window) | 2.2500 | – |\n"));
   CHECK(interrupted.find("Routing") == std::string::npos);
   CHECK(interrupted.find("![") == std::string::npos);
+  CHECK(interrupted.find("Caveat") == std::string::npos);
+
+  // The model's caveats (expert_choice's look at later tokens) head the report; a failed run states its error.
+  nlohmann::json leaky = synthetic_summary({0.25, 0.25, 0.25, 0.25});
+  leaky["caveats"] = {"router expert_choice: it leaks the future"};
+  CHECK_THAT(run_report_markdown("leaky", leaky, synthetic_metrics(), false, {}),
+             Contains("[metrics.jsonl](metrics.jsonl)\n\n**Caveat:** router expert_choice: it leaks the future\n\n1,234 steps"));
+  const nlohmann::json failed{{"error", "the loss is nan at step 3"}, {"experiment", "experiments/x.toml"}};
+  const std::string failure = run_report_markdown("failed", failed, synthetic_metrics(), false, {"loss.svg"});
+  CHECK_THAT(failure, Contains("\n**The run failed:** the loss is nan at step 3\n"));
+  CHECK_THAT(failure, Contains("\n![loss](loss.svg)\n"));
+  CHECK(failure.find("steps in") == std::string::npos);
 }
 
 TEST_CASE("run report: a forward-only run's report states its passes, output and routing", "[report]") {
