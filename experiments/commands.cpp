@@ -218,7 +218,8 @@ std::vector<std::string> command_line_assignments(const CommandLine& line) {
   if (!line.option("threads").empty()) {
     const int64_t threads = parse_integer_option(line, "threads", 0);
     if (threads > kMaxThreads) {
-      throw UsageError("--threads expects at most " + std::to_string(kMaxThreads) + ", found " + std::to_string(threads));
+      throw UsageError("--threads expects at most " + std::to_string(kMaxThreads) + ", found " +
+                       std::to_string(threads));
     }
     assignments.push_back("run.threads=" + std::to_string(threads));
   }
@@ -254,9 +255,13 @@ int command_run(const CommandLine& line) {
   const std::string earlier = resume || out.empty() ? std::string() : any_output_in(out);
   if (!earlier.empty()) {
     std::string advice = "choose another --out (or delete it: it has no checkpoint to continue)";
-    if (earlier == "sweep.json") advice = "continue it with `mamba-r1 sweep FILE --resume --out " + out + "`, or choose another --out";
+    if (earlier == "sweep.json") {
+      advice = "continue it with `mamba-r1 sweep FILE --resume --out " + out + "`, or choose another --out";
+    }
     if (earlier == "results.md") advice = "choose another --out";
-    if (std::filesystem::exists(out + "/trainer_state.json")) advice = "continue it with --resume, or choose another --out";
+    if (std::filesystem::exists(out + "/trainer_state.json")) {
+      advice = "continue it with --resume, or choose another --out";
+    }
     throw FileError(out + " already holds " +
                     (earlier == "results.md" ? "a comparison" : earlier == "sweep.json" ? "a sweep" : "a run") + " (" +
                     earlier + "); " + advice);

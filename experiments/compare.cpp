@@ -103,8 +103,6 @@ std::string relative_to(const std::string& folder, const std::string& base) {
   return error || relative.empty() ? folder : relative.generic_string();
 }
 
-// A run's value of a setting, as TOML text. One it lacks is "(unused)" in an effective.toml (the run did
-// not read it: top_k of a switch router) and empty in a config.toml (the program's default applied).
 // The kind of block i of a run ("mamba", "moe", ...) from its recorded model.order; empty when not recorded.
 std::string block_kind(const RecordedSettings& run, int64_t i) {
   const auto order = run.values.find("model.order");
@@ -141,6 +139,8 @@ std::string inherited_key(const RecordedSettings& run, const std::string& key) {
   return first == "router" ? rest : "model." + rest;
 }
 
+// A run's value of a setting, as TOML text. One it lacks is "(unused)" in an effective.toml (the run did
+// not read it: top_k of a switch router) and empty in a config.toml (the program's default applied).
 std::string value_of(const RecordedSettings& run, const std::string& key) {
   const auto found = run.values.find(inherited_key(run, key));
   return found != run.values.end() ? found->second : run.effective ? std::string("(unused)") : std::string();

@@ -71,8 +71,9 @@ constexpr size_t kMaxSweepRuns = 10000;
 
 // Reads [sweep] from the experiment file (with its --set overrides applied). Throws ConfigError naming
 // the key for a value that is not a non-empty list, a key that is not a dotted path, a key swept twice
-// in the file, or a missing or empty [sweep]; and for lists whose combinations exceed kMaxSweepRuns. Whether a key exists is checked later, by loading and
-// building each run (command_sweep does that for every combination before it runs any).
+// in the file, or a missing or empty [sweep]; and for lists whose combinations exceed kMaxSweepRuns.
+// Whether a key exists is checked later, by loading and building each run (command_sweep does that for
+// every combination before it runs any).
 std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file);
 
 // A run's label from its value of each axis: "topk" (one axis of strings), "d_state=32", or

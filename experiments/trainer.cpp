@@ -7,11 +7,11 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <limits>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "blocks/random.h"
 #include "experiments/files.h"
@@ -28,8 +28,8 @@ TrainingSettings read_training_settings(const ConfigTable& table) {
   settings.steps = table.get_int("steps", settings.steps, 1);
   settings.learning_rate = table.get_double("learning_rate", settings.learning_rate);
   if (!(static_cast<float>(settings.learning_rate) >= std::numeric_limits<float>::min())) {
-    table.fail("learning_rate", "expected a number > 0 that float32 holds as a normal number (at least 1.18e-38), found " +
-                                    render_double(settings.learning_rate));
+    table.fail("learning_rate", "expected a number > 0 that float32 holds as a normal number (at least 1.18e-38), "
+                                "found " + render_double(settings.learning_rate));
   }
   settings.warmup_steps = table.get_int("warmup_steps", settings.warmup_steps, 0);
   settings.schedule = table.get_choice("schedule", settings.schedule, {"cosine", "linear", "constant"});

@@ -15,7 +15,9 @@ constexpr int kRowsPerBlock = kThreads / 32;
 
 __global__ void negative_exp_kernel(const float* x, float* y, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = -fminf(expf(x[i]), FLT_MAX);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    y[i] = -fminf(expf(x[i]), FLT_MAX);
+  }
 }
 
 __global__ void row_dot_kernel(const float* a, const float* b, float* out, int64_t T, int64_t F) {

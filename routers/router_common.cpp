@@ -67,9 +67,9 @@ int64_t batch_capacity(const RouterSettings& settings, const BatchInfo& batch, i
   if (capacity == 0 && tokens > 0) {
     static std::once_flag warned;
     std::call_once(warned, [&] {
-      spdlog::warn("router capacity is 0 for a batch of {} tokens over {} experts (capacity factor {}, min_capacity {}): "
-                   "every token is dropped and the moe blocks add nothing; raise router.capacity_factor or "
-                   "router.min_capacity",
+      spdlog::warn("router capacity is 0 for a batch of {} tokens over {} experts (capacity factor {}, "
+                   "min_capacity {}): every token is dropped and the moe blocks add nothing; raise "
+                   "router.capacity_factor or router.min_capacity",
                    tokens, experts, factor, settings.min_capacity);
     });
   }

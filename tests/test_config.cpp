@@ -314,7 +314,8 @@ TEST_CASE("the effective settings: every value read, defaults included, as TOML 
   // recorded (not [router]'s default 0.01), so that effective.toml runs the same run again.
   for (const std::string router : {"aux_free", "expert_choice"}) {
     CAPTURE(router);
-    const std::string base = "[model]\ndim = 8\norder = [\"moe\"]\nnum_experts = 2\n[router]\nname = \"" + router + "\"\n";
+    const std::string base =
+        "[model]\ndim = 8\norder = [\"moe\"]\nnum_experts = 2\n[router]\nname = \"" + router + "\"\n";
     const Experiment implicit = load_text(base);
     build_experiment(implicit);
     CHECK(toml::parse(implicit.file.effective_toml())["router"]["aux_loss_coef"].value<double>() == 0.0);

@@ -613,7 +613,8 @@ TEST_CASE("sinkhorn: balanced top-1 in training, arg-max at evaluation, gate = s
     // is taken on the scores' ratios, here exp(x_j − x_max) to float precision), and so does the loss.
     Tensor low = logits.clone();
     for (int64_t i = 0; i < low.numel(); ++i) low[i] -= 120.0f;
-    RouterUnderTest balanced("name = \"sinkhorn\"\ncapacity_factor = 0.0\ngate = \"sigmoid\"\naux_loss_coef = 0.0\n", 2);
+    RouterUnderTest balanced(
+        "name = \"sinkhorn\"\ncapacity_factor = 0.0\ngate = \"sigmoid\"\naux_loss_coef = 0.0\n", 2);
     const Routing underflow = balanced->route(low, Tensor(), batch_of(1, 4, nullptr, true), nullptr);
     CHECK(underflow.stats.aux_loss == 0.0);
     CHECK(std::isfinite(underflow.stats.entropy));

@@ -193,7 +193,8 @@ TEST_CASE("run report: report.md states the summary's figures", "[report]") {
   nlohmann::json leaky = synthetic_summary({0.25, 0.25, 0.25, 0.25});
   leaky["caveats"] = {"router expert_choice: it leaks the future"};
   CHECK_THAT(run_report_markdown("leaky", leaky, synthetic_metrics(), false, {}),
-             Contains("[metrics.jsonl](metrics.jsonl)\n\n**Caveat:** router expert_choice: it leaks the future\n\n1,234 steps"));
+             Contains("[metrics.jsonl](metrics.jsonl)\n\n**Caveat:** router expert_choice: it leaks the future\n\n"
+                      "1,234 steps"));
   const nlohmann::json failed{{"error", "the loss is nan at step 3"}, {"experiment", "experiments/x.toml"}};
   const std::string failure = run_report_markdown("failed", failed, synthetic_metrics(), false, {"loss.svg"});
   CHECK_THAT(failure, Contains("\n**The run failed:** the loss is nan at step 3\n"));
