@@ -37,12 +37,11 @@ void check_depth_fits(const ModelConfig& config, int64_t elements_before_blocks,
   const long double bytes =
       8.0L * (static_cast<long double>(elements_before_blocks) +
               static_cast<long double>(elements_per_repeat) * static_cast<long double>(config.depth));
-  if (bytes <= static_cast<long double>(host_memory_bytes())) return;
+  if (fits_in_host_memory(bytes)) return;
   throw ShapeError("model.depth = " + std::to_string(config.depth) + ": " + std::to_string(config.depth) +
                    " repeats of " + join(config.order, ", ") + " with " + std::to_string(elements_per_repeat) +
-                   " parameters each would need about " + gib_string(bytes) +
-                   " for their values and gradients, and this machine has " +
-                   gib_string(static_cast<long double>(host_memory_bytes())));
+                   " parameters each would need about " + gib_string(bytes) + " for their values and gradients, and " +
+                   host_memory_text());
 }
 
 }  // namespace

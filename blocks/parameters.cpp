@@ -26,12 +26,12 @@ Parameter& ParameterStore::add(const std::string& name, Shape shape, bool weight
   } catch (const ShapeError& error) {
     throw ShapeError("parameter " + name + ": " + error.what() + "; " + kSizeKeys);
   }
-  const long double bytes = 8.0L * (static_cast<long double>(element_count()) + static_cast<long double>(elements));
-  if (bytes > static_cast<long double>(host_memory_bytes())) {
+  const long double bytes = 8.0L * (static_cast<long double>(elements_) + static_cast<long double>(elements));
+  if (!fits_in_host_memory(bytes)) {
     throw ShapeError("parameter " + name + " " + shape_string(shape) + ": the model's parameters and their gradients " +
-                     "would need " + gib_string(bytes) + " or more, and this machine has " +
-                     gib_string(static_cast<long double>(host_memory_bytes())) + "; " + kSizeKeys);
+                     "would need " + gib_string(bytes) + " or more, and " + host_memory_text() + "; " + kSizeKeys);
   }
+  elements_ += elements;
   auto parameter = std::make_unique<Parameter>();
   parameter->name = name;
   parameter->value = Tensor(shape);
@@ -58,11 +58,7 @@ Parameter& ParameterStore::get(const std::string& name) {
   return *parameter;
 }
 
-int64_t ParameterStore::element_count() const {
-  int64_t count = 0;
-  for (const auto& parameter : parameters_) count += parameter->value.numel();
-  return count;
-}
+int64_t ParameterStore::element_count() const { return elements_; }
 
 void ParameterStore::zero_grad() {
   std::vector<Tensor*> grads;

@@ -46,6 +46,7 @@ class ParameterStore {
  private:
   std::vector<std::unique_ptr<Parameter>> parameters_;
   std::map<std::string, Parameter*> by_name_;
+  int64_t elements_ = 0;  // of every parameter's value (a parameter's shape never changes)
 };
 
 }  // namespace mr1

@@ -182,12 +182,12 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   if (!trains) {  // their settings play no part in the run
     experiment.file.forget_effective("training");
     experiment.file.forget_effective("optimizer");
-    for (const std::string table : {"training", "optimizer"}) {
+    for (const char* table : {"training", "optimizer"}) {
       if (experiment.table(table).keys().empty()) continue;
       spdlog::warn("[{}] is checked but not used: the task ({}) does not train", table, built.task->describe());
     }
   } else {
-    for (const std::string key : {"repeats", "warmup"}) {
+    for (const char* key : {"repeats", "warmup"}) {
       if (!experiment.table("run").has(key)) continue;
       spdlog::warn("run.{} is not used by a training run: it times the forward task and `mamba-r1 bench`", key);
     }
@@ -215,6 +215,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   // Every setting has been read by now: a run that fails or is killed keeps its effective.toml too.
   write_file_atomic(folder + "/effective.toml", experiment.file.effective_toml() + "\n");
 
+  const std::vector<std::string> caveats = built.model->caveats();
   RunResult result;
   try {
     if (!trains) {
@@ -228,7 +229,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   } catch (const std::exception& error) {
     // A failed run (a diverged loss, a device error) says so in its folder, for compare and for people.
     nlohmann::json failed{{"error", error.what()}, {"experiment", experiment.file.file()}};
-    if (!built.model->caveats().empty()) failed["caveats"] = built.model->caveats();
+    if (!caveats.empty()) failed["caveats"] = caveats;
     try {
       write_file_atomic(folder + "/summary.json", failed.dump(2) + "\n");
       if (trains) write_run_report(folder, false);  // the error, and the charts of the steps before it
@@ -243,7 +244,7 @@ RunResult run_experiment(const Experiment& experiment, const std::string& given_
   summary["backend"] = device_name(device);
   summary["blocks"] = describe_blocks(experiment.model);
   summary["task"] = built.task->describe();
-  if (!built.model->caveats().empty()) summary["caveats"] = built.model->caveats();
+  if (!caveats.empty()) summary["caveats"] = caveats;
   write_file_atomic(folder + "/summary.json", summary.dump(2) + "\n");
   // Every setting with the value used, defaults included: what the run was, whatever the defaults become.
   write_file_atomic(folder + "/effective.toml", experiment.file.effective_toml() + "\n");

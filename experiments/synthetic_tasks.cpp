@@ -46,12 +46,11 @@ void check_batch_fits(const TaskContext& context, int64_t batch_size, int64_t le
   const int64_t width = logits_widest ? context.model.vocab_size : context.model.dim;
   const long double bytes = 4.0L * static_cast<long double>(batch_size) * static_cast<long double>(length) *
                             static_cast<long double>(width);
-  if (bytes <= static_cast<long double>(host_memory_bytes())) return;
+  if (fits_in_host_memory(bytes)) return;
   context.table.fail("batch_size", std::to_string(batch_size) + " sequences of seq_len " + std::to_string(length) +
                                        " with " + (logits_widest ? "model.vocab_size " : "model.dim ") +
                                        std::to_string(width) + " floats a position: one activation alone needs " +
-                                       gib_string(bytes) + ", and this machine has " +
-                                       gib_string(static_cast<long double>(host_memory_bytes())));
+                                       gib_string(bytes) + ", and " + host_memory_text());
 }
 
 // Tasks on token ids need model.vocab_size > 0 (0 means the model takes embeddings).

@@ -3,7 +3,6 @@
 // Shape letters: T rows (all leading axes flattened), F features (the last axis).
 #include "kernels/activation.h"
 
-
 #include <algorithm>
 #include <cmath>
 #include <iterator>

@@ -2,8 +2,8 @@
 #include "kernels/tensor.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -48,14 +48,19 @@ std::string gib_string(long double bytes) {
   return text;
 }
 
+bool fits_in_host_memory(long double bytes) { return bytes <= static_cast<long double>(host_memory_bytes()); }
+
+std::string host_memory_text() {
+  return "this machine has " + gib_string(static_cast<long double>(host_memory_bytes()));
+}
+
 namespace {
 
 bool poison_empty_tensors = false;
 
 [[noreturn]] void out_of_memory(int64_t count) {
   throw std::runtime_error("out of memory: a tensor of " + std::to_string(count) + " floats needs " +
-                           gib_string(static_cast<long double>(count) * sizeof(float)) + "; this machine has " +
-                           gib_string(static_cast<long double>(host_memory_bytes())));
+                           gib_string(static_cast<long double>(count) * sizeof(float)) + "; " + host_memory_text());
 }
 
 // Zero-filled, or left as it is when `zero` is false. Running out of memory is an error naming the size.

@@ -25,6 +25,9 @@ int64_t shape_numel(const Shape& shape);
 int64_t host_memory_bytes();
 // "1.5 GiB", "0.00372 GiB", "2.2e+12 GiB": a byte count for messages.
 std::string gib_string(long double bytes);
+// Whether `bytes` fit in this machine's memory, and "this machine has 23.5 GiB", for the message when not.
+bool fits_in_host_memory(long double bytes);
+std::string host_memory_text();
 
 // A user-visible shape mismatch: the message names the tensor, the expected and the found shape.
 class ShapeError : public std::runtime_error {
