@@ -3,7 +3,9 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -112,7 +114,10 @@ class CachingAllocator {
 
  private:
   // Errors are ignored: at exit the runtime may already be unloading, and the memory goes with the process.
+  // The device is waited for first: a cached block may still be read by queued kernels, and cudaFree is
+  // not documented to wait for them.
   void release_cached_locked() {
+    cudaDeviceSynchronize();
     for (auto& [size, blocks] : free_) {
       for (void* pointer : blocks) {
         cudaFree(pointer);
@@ -133,6 +138,74 @@ class CachingAllocator {
 
 CachingAllocator& allocator() {
   static CachingAllocator* instance = new CachingAllocator();
+  return *instance;
+}
+
+// Uploads go through pinned staging memory. The host buffers here are pageable, and of a copy from
+// pageable memory the CUDA runtime API says only that cudaMemcpyAsync "might be synchronous" ("API
+// synchronization behavior"): nothing promises that it has read the source when it returns. A copy from
+// pinned memory is asynchronous, so the caller may free its buffer at once and the host goes on while
+// queued work runs. The ring's slots are reused in turn, each after the event recorded behind its last
+// copy has passed. An upload larger than a slot (parameters at start-up, a checkpoint's tensors) is
+// copied from the caller's buffer and waited for.
+class StagingRing {
+ public:
+  void upload(void* destination, const void* source, std::size_t bytes, cudaStream_t on_stream) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (!memory_ && !unpinned_) create();
+    if (bytes > kSlotBytes || unpinned_) {
+      lock.unlock();
+      CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyHostToDevice, on_stream));
+      CUDA_CHECK(cudaStreamSynchronize(on_stream));
+      return;
+    }
+    Slot& slot = slots_[next_];
+    next_ = (next_ + 1) % kSlots;
+    if (slot.used) CUDA_CHECK(cudaEventSynchronize(slot.copied));
+    std::memcpy(slot.memory, source, bytes);
+    CUDA_CHECK(cudaMemcpyAsync(destination, slot.memory, bytes, cudaMemcpyHostToDevice, on_stream));
+    CUDA_CHECK(cudaEventRecord(slot.copied, on_stream));
+    slot.used = true;
+  }
+
+ private:
+  static constexpr int kSlots = 8;
+  static constexpr std::size_t kSlotBytes = std::size_t{1} << 20;
+  struct Slot {
+    unsigned char* memory = nullptr;
+    cudaEvent_t copied = nullptr;
+    bool used = false;
+  };
+
+  // The pinned memory and the events, made on the first upload; kept to the end of the process (freeing
+  // them at exit could find the runtime unloaded). A machine that refuses pinned memory gets uploads that
+  // wait for their copy, said once.
+  void create() {
+    void* memory = nullptr;
+    const cudaError_t status = cudaHostAlloc(&memory, kSlots * kSlotBytes, cudaHostAllocDefault);
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      std::fprintf(stderr, "warning: cudaHostAlloc of %zu MiB of pinned staging memory failed (%s); uploads wait "
+                   "for their copy\n", kSlots * kSlotBytes >> 20, cudaGetErrorString(status));
+      unpinned_ = true;
+      return;
+    }
+    for (int i = 0; i < kSlots; ++i) {
+      slots_[i].memory = static_cast<unsigned char*>(memory) + i * kSlotBytes;
+      CUDA_CHECK(cudaEventCreateWithFlags(&slots_[i].copied, cudaEventDisableTiming));
+    }
+    memory_ = memory;
+  }
+
+  std::mutex mutex_;
+  void* memory_ = nullptr;
+  bool unpinned_ = false;
+  Slot slots_[kSlots];
+  int next_ = 0;
+};
+
+StagingRing& staging() {
+  static StagingRing* instance = new StagingRing();
   return *instance;
 }
 
@@ -166,6 +239,7 @@ DeviceInfo device_info() {
   info.multiprocessors = properties.multiProcessorCount;
   info.total_memory = properties.totalGlobalMem;
   info.peak_bandwidth = 2.0 * memory_clock_khz * 1000.0 * (properties.memoryBusWidth / 8.0);
+  info.max_shared_per_block = properties.sharedMemPerBlockOptin;
   return info;
 }
 
@@ -217,11 +291,7 @@ cublasHandle_t cublas_handle(cudaStream_t on_stream) {
 
 void copy_host_to_device(void* destination, const void* source, std::size_t bytes) {
   if (bytes == 0) return;
-  cudaStream_t s = as_stream(stream());
-  // Every host buffer here is pageable memory (none is pinned): such a copy returns once the driver has
-  // staged the source, so the caller may free it on return, and no stream synchronisation is needed (CUDA
-  // runtime API, "API synchronization behavior"). Queued work keeps running while the host goes on.
-  CUDA_CHECK(cudaMemcpyAsync(destination, source, bytes, cudaMemcpyHostToDevice, s));
+  staging().upload(destination, source, bytes, as_stream(stream()));
 }
 
 void copy_device_to_host(void* destination, const void* source, std::size_t bytes) {

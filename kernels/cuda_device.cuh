@@ -122,11 +122,13 @@ __global__ void column_partial_sums_kernel(Term term, int64_t rows, int64_t colu
 // device code in this build).
 static __global__ void column_segments_total_kernel(const double* partial, int64_t segments, int64_t columns,
                                                     float* out, bool accumulate) {
-  const int64_t column = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (column >= columns) return;
-  double total = 0;
-  for (int64_t s = 0; s < segments; ++s) total += partial[s * columns + column];
-  out[column] = accumulate ? out[column] + static_cast<float>(total) : static_cast<float>(total);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t column = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; column < columns;
+       column += stride) {
+    double total = 0;
+    for (int64_t s = 0; s < segments; ++s) total += partial[s * columns + column];
+    out[column] = accumulate ? out[column] + static_cast<float>(total) : static_cast<float>(total);
+  }
 }
 
 }  // namespace detail

@@ -29,6 +29,7 @@ struct DeviceInfo {
   int multiprocessors = 0;
   std::size_t total_memory = 0;  // bytes
   double peak_bandwidth = 0;     // bytes/s = 2 (double data rate) × memory clock × bus width / 8
+  std::size_t max_shared_per_block = 0;  // bytes of dynamic shared memory a block may opt in to
 };
 // The current device; throws std::runtime_error with the reason when CUDA is unusable.
 DeviceInfo device_info();
@@ -67,9 +68,10 @@ inline std::size_t allocation_bucket(std::size_t bytes) {
 // The stream of every op and copy, as an opaque cudaStream_t (a .cu file casts it back).
 void* stream();
 
-// Copies, ordered on the stream. Host to device returns once the host buffer may be reused, without
-// waiting for the stream; device to host waits for the stream and returns once the values have arrived;
-// device to device does not wait.
+// Copies, ordered on the stream. Host to device returns once the host buffer may be reused: up to 1 MiB
+// without waiting for the stream (the bytes are staged in pinned memory), a larger copy once it is done;
+// device to host waits for the stream and returns once the values have arrived; device to device does not
+// wait.
 void copy_host_to_device(void* device_destination, const void* host_source, std::size_t bytes);
 void copy_device_to_host(void* host_destination, const void* device_source, std::size_t bytes);
 void copy_device_to_device(void* destination, const void* source, std::size_t bytes);

@@ -170,13 +170,14 @@ void grouped_linear_backward_cuda(const float* grad_y, const float* x, const std
                                   const std::vector<float*>& grad_weights, const std::vector<float*>& grad_biases,
                                   int64_t I, int64_t O, void* stream) {
   const int64_t R = row_total(offsets);
-  if (R <= 0 || I <= 0 || O <= 0) return;  // empty products: nothing to add, grad_x is zero-filled
+  // Empty products add nothing (grad_x is zero-filled); with no inputs (I = 0) the biases still take Σ dy.
+  if (R <= 0 || O <= 0) return;
   cudaStream_t s = cuda::as_stream(stream);
   GroupedGemm input(CUBLAS_OP_N, CUBLAS_OP_N, 0.0f, "cublasGemmGroupedBatchedEx (grouped_linear dx)");
   GroupedGemm weight(CUBLAS_OP_N, CUBLAS_OP_T, 1.0f, "cublasGemmGroupedBatchedEx (grouped_linear dW)");
   for (size_t g = 0; g + 1 < offsets.size(); ++g) {
     const int64_t rows = offsets[g + 1] - offsets[g];
-    if (rows == 0) continue;
+    if (rows == 0 || I == 0) continue;
     if (grad_x) input.add(I, rows, O, weights[g], I, grad_y + offsets[g] * O, O, grad_x + offsets[g] * I, I);
     weight.add(I, O, rows, x + offsets[g] * I, I, grad_y + offsets[g] * O, O, grad_weights[g], I);
   }

@@ -53,15 +53,16 @@ void linear_forward_cuda(const float* x, const float* weight, const float* bias,
 void linear_backward_cuda(const float* grad_y, const float* x, const float* weight, float* grad_x, float* grad_weight,
                           float* grad_bias, int64_t T, int64_t I, int64_t O, void* stream, bool add_input) {
   cudaStream_t s = cuda::as_stream(stream);
-  if (T <= 0 || I <= 0 || O <= 0) {
-    // Empty products: nothing to add (grad_x is zero-filled by the caller, or keeps what it holds).
-    return;
+  // Empty products add nothing (grad_x is zero-filled by the caller, or keeps what it holds); with no
+  // inputs (I = 0) the bias still takes Σ dy, as on the CPU.
+  if (T <= 0 || O <= 0) return;
+  if (I > 0) {
+    if (grad_x) {
+      gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, I, T, O, weight, I, grad_y, O, grad_x, I, "cublasGemmEx (linear dx)",
+           add_input ? 1.0f : 0.0f);
+    }
+    gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, I, O, T, x, I, grad_y, O, grad_weight, I, "cublasGemmEx (linear dW)", 1.0f);
   }
-  if (grad_x) {
-    gemm(s, CUBLAS_OP_N, CUBLAS_OP_N, I, T, O, weight, I, grad_y, O, grad_x, I, "cublasGemmEx (linear dx)",
-         add_input ? 1.0f : 0.0f);
-  }
-  gemm(s, CUBLAS_OP_N, CUBLAS_OP_T, I, O, T, x, I, grad_y, O, grad_weight, I, "cublasGemmEx (linear dW)", 1.0f);
   if (grad_bias) cuda::column_sums(cuda::MatrixEntries{grad_y, O}, T, O, grad_bias, true, s, "linear bias gradient");
 }
 

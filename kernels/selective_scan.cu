@@ -57,6 +57,7 @@ constexpr int kSegment = 64;   // steps between checkpoints (a multiple of kChun
 constexpr int kSub = 8;        // backward: steps recomputed into registers at once
 constexpr int kSubsPerSegment = kSegment / kSub;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int64_t kMaxBatch = 65535;  // the grid's y: one batch row each
 constexpr int64_t kRowPartsBytes = int64_t{512} << 20;  // the backward's dB, dC parts of one launch, at most
 
 struct ScanShape {
@@ -75,11 +76,25 @@ int multiprocessors() {
   return count;
 }
 
+// Throws, naming d_state and the device's limit, when a block of `kernel` needs more dynamic shared memory
+// than this device lets a block have (sm_80: 163 KiB, sm_90: 227 KiB, sm_86 and sm_89: 99 KiB).
+void require_shared_memory(size_t bytes, const ScanShape& s, const char* kernel) {
+  static const size_t limit = cuda::device_info().max_shared_per_block;
+  if (bytes <= limit) return;
+  throw std::runtime_error(std::string(kernel) + ": d_state " + std::to_string(s.state) + " needs " +
+                           std::to_string((bytes + 1023) / 1024) + " KiB of shared memory a block; this GPU allows " +
+                           std::to_string(limit / 1024) + " KiB (a d_state of 128 or less needs at most 75 KiB)");
+}
+
 // `requested_pieces` as SelectiveScanPointers::pieces (0: chosen from the device's size).
 ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N, int64_t requested_pieces) {
   if (N < 1 || N > kSelectiveScanCudaMaxState) {
     throw std::invalid_argument("selective_scan: the CUDA kernels support d_state N from 1 to " +
                                 std::to_string(kSelectiveScanCudaMaxState) + ", found " + std::to_string(N));
+  }
+  if (B > kMaxBatch) {
+    throw std::invalid_argument("selective_scan: the CUDA kernels take at most " + std::to_string(kMaxBatch) +
+                                " batch rows (a grid's y), found B = " + std::to_string(B));
   }
   ScanShape s;
   s.batch = B;
@@ -875,6 +890,7 @@ template <int kOwned>
 void launch_forward_kernel(const SelectiveScanPointers& in, const ScanShape& s, const CarriesBuffer& carries,
                            float* out, float* final_state, float* checkpoints, cudaStream_t stream) {
   const size_t shared_bytes = forward_shared_bytes(s);
+  require_shared_memory(shared_bytes, s, "selective_scan_forward_kernel");
   CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<kOwned>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
   selective_scan_forward_kernel<kOwned><<<scan_grid(s), kThreads, shared_bytes, stream>>>(
@@ -918,6 +934,7 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
   cuda::DeviceBuffer checkpoints(static_cast<size_t>(B * s.segments * E * s.padded) * sizeof(float));
   launch_forward(in, s, nullptr, nullptr, checkpoints.as<float>(), on_stream);
   const size_t shared_bytes = backward_shared_bytes(s);
+  require_shared_memory(shared_bytes, s, "selective_scan_backward_kernel");
   CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
   // The d(state) each piece hands back to the one before it.

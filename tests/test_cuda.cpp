@@ -170,7 +170,9 @@ TEST_CASE("cuda: tensors copy to the device and back, fill, and reuse cached blo
 
 TEST_CASE("cuda: linear forward and backward match the CPU", "[cuda]") {
   SKIP_WITHOUT_GPU();
-  for (const auto& [T, I, O] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {37, 19, 23}, {256, 128, 64}}) {
+  // I = 0: no inputs, y is the bias and db still Σ dy.
+  const std::vector<std::array<int64_t, 3>> shapes{{1, 1, 1}, {37, 19, 23}, {256, 128, 64}, {5, 0, 3}};
+  for (const auto& [T, I, O] : shapes) {
     const Tensor x = uniform({T, I}, 2, -1, 1), weight = uniform({O, I}, 3, -1, 1), bias = uniform({O}, 4, -1, 1);
     const Tensor grad_y = uniform({T, O}, 5, -1, 1), gpu_bias = gpu(bias);
     const std::string shape = "T " + std::to_string(T) + " I " + std::to_string(I) + " O " + std::to_string(O);
@@ -196,9 +198,12 @@ TEST_CASE("cuda: linear forward and backward match the CPU", "[cuda]") {
 
 TEST_CASE("cuda: grouped linear (the experts' GEMMs) matches the CPU, empty groups included", "[cuda]") {
   SKIP_WITHOUT_GPU();
-  // Row counts per group: empty groups first, between and last, and a single row.
+  // Row counts per group: empty groups first, between and last, and a single row. I = 0: no inputs (the
+  // biases' gradients still take Σ dy).
   const std::vector<int64_t> offsets{0, 0, 5, 5, 6, 70, 70};
-  const int64_t R = offsets.back(), I = 24, O = 40, G = static_cast<int64_t>(offsets.size()) - 1;
+  const int64_t I = GENERATE(24, 0);
+  CAPTURE(I);
+  const int64_t R = offsets.back(), O = 40, G = static_cast<int64_t>(offsets.size()) - 1;
   const Tensor x = uniform({R, I}, 6, -1, 1), grad_y = uniform({R, O}, 7, -1, 1);
   std::deque<Tensor> cpu_tensors, gpu_tensors;  // stable addresses for the pointer lists
   std::vector<const Tensor*> cpu_weights, cpu_biases, gpu_weights, gpu_biases;
@@ -512,6 +517,11 @@ TEST_CASE("cuda: the selective scan cut into pieces of the sequence matches the 
   }
   check_scan(1, 130, 70, 16, false, true, 3);
   check_scan(3, 129, 20, 12, false, false, 3);  // no softplus: Δ = delta itself
+  // The other lane counts in pieces (a GPU with many multiprocessors cuts short scans by itself): one lane
+  // at N = 1, four at N = 29, thirty-two at N = 256.
+  check_scan(2, 200, 37, 1, true, true, 4);
+  check_scan(2, 200, 37, 29, true, true, 3);
+  check_scan(2, 130, 9, 256, true, true, 3);
 }
 
 TEST_CASE("cuda: the selective scan backward over a few blocks of channels at a time matches the CPU", "[cuda]") {
@@ -525,7 +535,7 @@ TEST_CASE("cuda: the selective scan backward over a few blocks of channels at a 
   check_scan(1, 13, 130, 16, false, false, 0, 1);
 }
 
-TEST_CASE("cuda: the selective scan rejects state sizes above 256 in one line", "[cuda]") {
+TEST_CASE("cuda: the selective scan rejects state sizes above 256 and batches above 65535 in one line", "[cuda]") {
   SKIP_WITHOUT_GPU();
   const Tensor u({1, 2, 3}, Device::cuda), A({3, 257}, Device::cuda), Bm({1, 2, 257}, Device::cuda);
   SelectiveScanInputs in;
@@ -535,6 +545,15 @@ TEST_CASE("cuda: the selective scan rejects state sizes above 256 in one line", 
   in.B = &Bm;
   in.C = &Bm;
   REQUIRE_THROWS_WITH(selective_scan_forward(in), Catch::Matchers::Contains("d_state N from 1 to 256"));
+  // One batch row per grid row: 65536 rows are one too many.
+  const Tensor wide_u({65536, 1, 1}, Device::cuda), small_A({1, 1}, Device::cuda), wide_B({65536, 1, 1}, Device::cuda);
+  in.u = &wide_u;
+  in.delta = &wide_u;
+  in.A = &small_A;
+  in.B = &wide_B;
+  in.C = &wide_B;
+  REQUIRE_THROWS_WITH(selective_scan_forward(in), Catch::Matchers::Contains("at most 65535 batch rows") &&
+                                                     Catch::Matchers::Contains("B = 65536"));
 }
 
 TEST_CASE("cuda: step-mode conv, prompt conv state and scan step match the CPU", "[cuda]") {

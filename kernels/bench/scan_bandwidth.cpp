@@ -124,7 +124,9 @@ int main(int argc, char** argv) {
     const std::vector<float> cut_out = cuda::download<float>(out, static_cast<size_t>(tokens * E));
 
     const double forward_bytes = 4.0 * (4.0 * tokens * E + 2.0 * tokens * N + E * N + 2.0 * E);
-    // Read u, delta, z, dout (and again u, delta for the checkpoints), B, C; write du, ddelta, dz, dB, dC.
+    // The least the backward must move: read u, delta, z, dout (and again u, delta for the checkpoints), B, C;
+    // write du, ddelta, dz, dB, dC. Not counted: the checkpoints and the parts of dB and dC that each block
+    // of channels writes and the reduction reads back (said under the table).
     const double backward_bytes = 4.0 * (9.0 * tokens * E + 4.0 * tokens * N);
     const double peak = device.peak_bandwidth;
     const auto print = [&](const char* label, double ms, double bytes) {
@@ -151,6 +153,8 @@ int main(int argc, char** argv) {
       std::printf("pieces speed-up: forward %.2fx, backward %.2fx; max |out cut - out uncut| = %.3g\n",
                   uncut_forward_ms / forward_ms, uncut_backward_ms / backward_ms, difference);
     }
+    std::printf("(the backward's MB: the least it must move; not counted are its checkpoints and its parts of dB "
+                "and dC, written per block of channels and read back)\n");
     const double forward_fraction = forward_bytes / (forward_ms * 1e-3) / peak;
     std::printf("scan_forward_fraction_of_peak=%.3f target=0.60 %s\n", forward_fraction,
                 forward_fraction >= 0.60 ? "met" : "NOT met");

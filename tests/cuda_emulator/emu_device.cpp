@@ -1,6 +1,7 @@
 // The CUDA emulator's kernels/cuda_device.cu: host memory stands for device memory, copies are memcpy,
 // and the caching allocator keeps released blocks per size bucket as the real one does. Every block
 // handed out is filled with NaN, so a kernel that reads memory nobody wrote shows it in its results.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -36,7 +37,20 @@ cublasHandle_t cublas_handle(cudaStream_t) { return reinterpret_cast<cublasHandl
 bool compiled() { return true; }
 std::string unavailable_reason() { return ""; }
 std::string device_description() { return "the CUDA emulator (CPU)"; }
-DeviceInfo device_info() { return DeviceInfo{"CUDA emulator", 9, 0, 1, std::size_t{1} << 30, 1e12}; }
+// One multiprocessor, or EMU_SMS of them (EMU_SMS=132: an H200's, whose count cuts short scans into pieces of
+// the sequence as there); the shared memory of sm_80's blocks (163 KiB), the least of the targets.
+DeviceInfo device_info() {
+  static const int multiprocessors = std::getenv("EMU_SMS") ? std::max(1, std::atoi(std::getenv("EMU_SMS"))) : 1;
+  DeviceInfo info;
+  info.name = "CUDA emulator";
+  info.major = 9;
+  info.minor = 0;
+  info.multiprocessors = multiprocessors;
+  info.total_memory = std::size_t{1} << 30;
+  info.peak_bandwidth = 1e12;
+  info.max_shared_per_block = 163 * 1024;
+  return info;
+}
 
 // EMU_EXACT=1: every allocation is a malloc of exactly the bytes asked for, freed on release (no cache),
 // so that AddressSanitizer sees a kernel that reads or writes past the end of its buffer.
