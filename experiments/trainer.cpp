@@ -377,11 +377,13 @@ bool evaluate_step(Model& model, Task& task, const TrainingSettings& settings, T
 nlohmann::json training_summary(const TrainerState& state, bool stopped_early,
                                 const TrainingSettings& settings, Model& model, Task& task) {
   nlohmann::json summary;
+  // A double default: value() returns its default's type, and NAN alone is a float.
+  constexpr double kNone = std::numeric_limits<double>::quiet_NaN();
   summary["final"] = {{"train_loss", state.last_train_loss},
-                      {"eval_loss", state.last_eval.value("eval_loss", NAN)},
+                      {"eval_loss", state.last_eval.value("eval_loss", kNone)},
                       // without the MoE layers' aux losses, which some routers have and others lack
-                      {"eval_cross_entropy", state.last_eval.value("eval_lm_loss", NAN)},
-                      {"eval_accuracy", state.last_eval.value("eval_accuracy", NAN)}};
+                      {"eval_cross_entropy", state.last_eval.value("eval_lm_loss", kNone)},
+                      {"eval_accuracy", state.last_eval.value("eval_accuracy", kNone)}};
   summary["steps"] = state.step;
   summary["tokens"] = state.tokens;
   summary["train_seconds"] = state.seconds;

@@ -326,4 +326,18 @@ TEST_CASE("the effective settings: every value read, defaults included, as TOML 
   const Experiment switch_router = load_text("[model]\ndim = 8\norder = [\"moe\"]\nnum_experts = 2\n");
   build_experiment(switch_router);
   CHECK(toml::parse(switch_router.file.effective_toml())["router"]["aux_loss_coef"].value<double>() == 0.01);
+
+  // The routers' own defaults, as documented in their descriptions, recorded when not given.
+  const auto effective_router = [&](const std::string& router_keys) {
+    const Experiment built =
+        load_text("[model]\ndim = 8\norder = [\"moe\"]\nnum_experts = 4\n[router]\n" + router_keys);
+    build_experiment(built);
+    return toml::parse(built.file.effective_toml());  // the table, by value
+  };
+  CHECK(effective_router("name = \"sinkhorn\"\n")["router"]["iterations"].value_exact<int64_t>() == 8);
+  CHECK(effective_router("name = \"sinkhorn\"\n")["router"]["gate"].value<std::string>() == "softmax");
+  CHECK(effective_router("name = \"noisy_topk\"\n")["router"]["noise"].value<std::string>() == "learned");
+  CHECK(effective_router("name = \"noisy_topk\"\nnoise = \"fixed\"\n")["router"]["noise_std"].value<double>() ==
+        1.0);
+  CHECK(effective_router("name = \"topk\"\n")["router"]["top_k"].value_exact<int64_t>() == 2);
 }

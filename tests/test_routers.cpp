@@ -270,6 +270,14 @@ TEST_CASE("topk: capacity per assignment, first choices claim slots before secon
     CHECK(masked.stats.dropped == 2);  // token 3's two choices: experts 0 and 1 are full
     CHECK(masked.stats.droppable == 6);  // of the unmasked tokens' 3 · 2 choices
   }
+  SECTION("every token's first choice is placed before any token's second choice") {
+    // choices (0, 1) and (1, 0); C = floor(0.5 · 2 · 2 / 2) = 1: both first choices take the slots, so both
+    // second choices are dropped (token by token, token 0 would take both and token 1 none).
+    RouterUnderTest half("name = \"topk\"\ncapacity_factor = 0.5\nmin_capacity = 0\n", 2);
+    const Routing crossed = half->route(Tensor::from({2, 2}, {1, 0, 0, 1}), Tensor(), batch_of(1, 2), nullptr);
+    CHECK(crossed.expert == std::vector<int32_t>{0, -1, 1, -1});
+    CHECK(crossed.stats.dropped == 2);
+  }
   SECTION("capacity_factor <= 0 and dropless drop nothing") {
     RouterUnderTest unlimited("name = \"topk\"\ncapacity_factor = -1.0\n", 3);
     CHECK(unlimited->route(logits, Tensor(), batch_of(1, 3), nullptr).stats.dropped == 0);

@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 #include "experiments/files.h"
+#include "experiments/loss.h"
 #include "experiments/optimizer.h"
 #include "experiments/trainer.h"
 #include "kernels/optimizer_ops.h"
+#include "model_fixture.h"
 #include "svg_check.h"
 #include "test_util.h"
 
@@ -91,6 +93,40 @@ TEST_CASE("AdamW over a list of tensors is each one's update with its own weight
   fill_inplace(both, 0.0f);  // overwrites, NaN included
   CHECK(test::to_double(p1) == std::vector<double>{0, 0});
   CHECK(p2[0] == 0.0f);
+}
+
+TEST_CASE("AdamW decays every weight matrix and table, and no norm, bias, A_log or D of the model", "[trainer]") {
+  // With zero gradients Adam's own term is exactly 0: one step leaves p · (1 − lr·wd) in float32, or p.
+  test::SmallModel small(
+      "[model]\ndim = 8\ndepth = 1\nd_state = 4\nd_conv = 2\nnum_experts = 2\nexpert_dim = 8\nmax_seq_len = 4\n"
+      "vocab_size = 5\nnorm = \"layernorm\"\ntie_embeddings = false\n");
+  ParameterStore& parameters = small.model->parameters();
+  parameters.zero_grad();
+  const ExperimentFile options = ExperimentFile::parse("[optimizer]\nweight_decay = 0.1\n", "test.toml");
+  const std::unique_ptr<Optimizer> adamw = optimizer_registry().get("adamw")(options.table("optimizer"), parameters);
+  std::map<std::string, std::vector<double>> before;
+  for (const auto& parameter : parameters.all()) before[parameter->name] = test::to_double(parameter->value);
+  adamw->step(parameters, 0.5);
+  const float decay = static_cast<float>(1.0 - 0.5 * 0.1);
+  const auto ends_with = [](const std::string& name, const std::string& end) {
+    return name.size() >= end.size() && name.compare(name.size() - end.size(), end.size(), end) == 0;
+  };
+  int decayed = 0, kept = 0;
+  for (const auto& parameter : parameters.all()) {
+    const std::string& name = parameter->name;
+    INFO(name);
+    const bool exempt = ends_with(name, ".bias") || name.find("norm") != std::string::npos ||
+                        ends_with(name, ".A_log") || ends_with(name, ".D");
+    CHECK(parameter->weight_decay == !exempt);
+    std::vector<double> expected = before[name];
+    for (double& value : expected) value = exempt ? value : static_cast<double>(static_cast<float>(value) * decay);
+    CHECK(test::to_double(parameter->value) == expected);
+    ++(exempt ? kept : decayed);
+  }
+  // The embedding, lm_head, pos_emb, in/x/dt/out_proj and conv1d, router and 2 × 2 expert weights; three
+  // layernorms of 2 tensors, conv1d and dt_proj biases, A_log, D, the router's and 2 × 2 expert biases.
+  CHECK(decayed == 13);
+  CHECK(kept == 15);
 }
 
 TEST_CASE("clipping scales the global gradient norm down to the limit", "[trainer]") {
@@ -211,6 +247,25 @@ TEST_CASE("a run writes metrics.jsonl, the summary keys and a checkpoint", "[tra
   CHECK(summary["tokens_per_second"].get<double>() > 0);
   CHECK(summary["routing"].size() == 1);
   CHECK(summary["routing"][0]["load"].size() == 2);
+  // The last evaluation, worked again from the trained model: the cross-entropy over every scored position
+  // of the eval batches, plus the MoE layer's aux loss averaged over the batches; the accuracy over the
+  // scored positions.
+  double weighted = 0, aux = 0;
+  int64_t scored = 0, correct = 0;
+  for (int64_t i = 0; i < 2; ++i) {
+    const Batch batch = built.task->batch(Split::eval, i);
+    const LossResult loss =
+        language_model_loss(built.model->forward(batch.input, ForwardOptions{}), batch.targets, false);
+    weighted += loss.lm_loss * static_cast<double>(loss.scored);
+    aux += loss.aux_loss;
+    scored += loss.scored;
+    correct += loss.correct;
+  }
+  REQUIRE(scored > 0);
+  CHECK(aux > 0);
+  CHECK(summary["final"]["eval_cross_entropy"].get<double>() == Approx(weighted / scored).epsilon(1e-12));
+  CHECK(summary["final"]["eval_loss"].get<double>() == Approx(weighted / scored + aux / 2).epsilon(1e-12));
+  CHECK(summary["final"]["eval_accuracy"].get<double>() == static_cast<double>(correct) / scored);
 
   const auto metrics = read_metrics(folder);
   REQUIRE(metrics.size() == 4);  // steps 3, 6, 9, 12
