@@ -9,7 +9,7 @@
 #   6. the NumPy cross-check of `mamba-r1 forward --backend cuda` (when numpy and safetensors are installed)
 #   7. decoding on CUDA: generate --bench on the 91M-parameter model (step-mode kernels), 500 tokens
 #   8. backend auto: its self-check picks the GPU
-#   9. compute-sanitizer racecheck on the scan cut into pieces, where the sanitizer can see the device
+#   9. compute-sanitizer racecheck on the scan cut into pieces and on routing, where it can see the device
 # then a summary table, last. Each step has a time limit; a failed step does not stop the others.
 # Exit 0 when every step passed (an optional step that cannot run here says n/a).
 # Usage: scripts/gpu_check.sh [BUILD_DIR]
@@ -242,16 +242,17 @@ else
     record "backend auto (self-check)" FAIL "exit $status: $chosen"
   fi
 
-  # 9. compute-sanitizer's racecheck on the scans cut into pieces (shared-memory hazards between threads),
-  # where the machine lets it see the device (on gVisor it does not). Optional: "n/a" when it cannot run,
-  # which does not fail the check.
-  label="racecheck, scan in pieces"
+  # 9. compute-sanitizer's racecheck (shared-memory hazards between threads) on the scans cut into pieces and
+  # on routing's block-wide scans (barriers the emulator cannot prove needed), where the machine lets it see
+  # the device (on gVisor it does not). Optional: "n/a" when it cannot run, which does not fail the check.
+  label="racecheck, scan and routing"
   sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
   if [ -z "$sanitizer" ]; then
     record "$label" n/a "no compute-sanitizer on this machine"
   else
-    run racecheck 120 "$sanitizer" --tool racecheck --error-exitcode 9 "$build/mamba-r1-tests" \
-      "cuda: the selective scan cut into pieces of the sequence matches the CPU"
+    cases="cuda: the selective scan cut into pieces of the sequence matches the CPU"
+    cases+=",cuda: top-k and capacity match the CPU routing ops"
+    run racecheck 120 "$sanitizer" --tool racecheck --error-exitcode 9 "$build/mamba-r1-tests" "$cases"
     hazards="$(grep -m1 "RACECHECK SUMMARY" "$logs/racecheck.log")"
     if [ "$out_of_time" -eq 1 ]; then
       out_of_time=0

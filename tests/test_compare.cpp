@@ -100,6 +100,21 @@ TEST_CASE("compare: the settings that differ become columns, each run with its s
   std::filesystem::remove_all(root);
 }
 
+TEST_CASE("compare: a run that stopped early at its accuracy threshold is done; one that raised an error failed",
+          "[compare]") {
+  const std::string root = fresh_folder("statuses");
+  nlohmann::json early = summary_of(5, 1.5);
+  early["stopped_early"] = true;  // 5 of 10 steps, on purpose
+  const std::string a = make_run(root, "a", "[training]\nsteps = 10\n[run]\nseed = 0\n", early);
+  const std::string b =
+      make_run(root, "b", "[training]\nsteps = 10\n[run]\nseed = 1\n", nlohmann::json{{"error", "out of memory"}});
+  const Comparison comparison = compare_runs({a, b}, root + "/out");
+  REQUIRE(comparison.results.size() == 2);
+  CHECK(comparison.results[0].status == "done");
+  CHECK(comparison.results[1].status == "failed");
+  std::filesystem::remove_all(root);
+}
+
 TEST_CASE("compare: runs that differ in run.seed alone are grouped over seeds", "[compare]") {
   const std::string root = fresh_folder("seeds");
   const auto config = [](const char* router, int seed) {

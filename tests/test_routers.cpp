@@ -446,6 +446,9 @@ TEST_CASE("expert_choice: each expert takes its top-C tokens, ties to the lower 
     const Routing routing = router->route(logits, Tensor(), batch_of(2, 2, &mask), nullptr);
     CHECK(routing.expert == std::vector<int32_t>{-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2});
     CHECK(routing.stats.routed_tokens == 3);
+    // Every unmasked token is chosen: none dropped, of the 3 that could be; the masked one is not counted.
+    CHECK(routing.stats.dropped == 0);
+    CHECK(routing.stats.droppable == 3);
   }
   SECTION("without capacity it falls back to top-1 token choice") {
     RouterUnderTest router("name = \"expert_choice\"\ncapacity_factor = 0.0\n", 3);

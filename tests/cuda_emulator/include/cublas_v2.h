@@ -47,6 +47,10 @@ inline cublasStatus_t cublasGemmGroupedBatchedEx(cublasHandle_t h, const cublasO
     const int m[], const int n[], const int k[], const void* alpha, const void* const A[], cudaDataType at, const int lda[],
     const void* const B[], cudaDataType bt, const int ldb[], const void* beta, void* const C[], cudaDataType ct,
     const int ldc[], int group_count, const int group_size[], cublasComputeType_t compute) {
+  // EMU_REFUSE_GROUPED_GEMM=1: refused, as by a cuBLAS whose tables lack it, so that the caller's fallback
+  // (one GEMM per group) runs.
+  static const bool refuse = std::getenv("EMU_REFUSE_GROUPED_GEMM") != nullptr;
+  if (refuse) return CUBLAS_STATUS_NOT_SUPPORTED;
   int p = 0;
   ++emu::counters().grouped_gemms;
   for (int g = 0; g < group_count; ++g)
