@@ -563,6 +563,20 @@ TEST_CASE("sweep: a real sweep runs every combination; --resume skips the finish
   CHECK(resumed["runs"][0]["status"] == "done");
   CHECK(resumed["runs"][1]["status"] == "done");
 
+  // A run left running (the sweep killed) or interrupted continues from the checkpoint in its folder: here
+  // its last step's, so it trains no further and its summary records the resume.
+  for (const char* left : {"running", "interrupted"}) {
+    INFO(left);
+    nlohmann::json stopped = nlohmann::json::parse(read_file(out + "/sweep.json"));
+    stopped["runs"][1]["status"] = left;
+    write_file_atomic(out + "/sweep.json", stopped.dump());
+    std::filesystem::remove(second + "/summary.json");
+    REQUIRE(command_sweep(sweep_line(path, out, true)) == 0);
+    const nlohmann::json continued = nlohmann::json::parse(read_file(second + "/summary.json"));
+    CHECK(continued.value("resumes", nlohmann::json::array()).size() == (std::string(left) == "running" ? 1 : 2));
+    CHECK(nlohmann::json::parse(read_file(out + "/sweep.json"))["runs"][1]["status"] == "done");
+  }
+
   // --resume with other combinations is refused.
   CHECK_THROWS_WITH(command_sweep(sweep_line(path, out, true, {"sweep.seed=[5]"})), Contains("combinations differ"));
   std::filesystem::remove_all(folder);
