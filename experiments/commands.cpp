@@ -254,13 +254,15 @@ int command_run(const CommandLine& line) {
   if (resume && out.empty()) throw UsageError("--resume needs --out DIR, the folder of the run to continue");
   const std::string earlier = resume || out.empty() ? std::string() : any_output_in(out);
   if (!earlier.empty()) {
-    std::string advice = "choose another --out (or delete it: it has no checkpoint to continue)";
-    if (earlier == "sweep.json") {
-      advice = "continue it with `mamba-r1 sweep FILE --resume --out " + out + "`, or choose another --out";
-    }
-    if (earlier == "results.md") advice = "choose another --out";
+    std::string advice;
     if (std::filesystem::exists(out + "/trainer_state.json")) {
       advice = "continue it with --resume, or choose another --out";
+    } else if (earlier == "sweep.json") {
+      advice = "continue it with `mamba-r1 sweep FILE --resume --out " + out + "`, or choose another --out";
+    } else if (earlier == "results.md") {
+      advice = "choose another --out";
+    } else {
+      advice = "choose another --out (or delete it: it has no checkpoint to continue)";
     }
     throw FileError(out + " already holds " +
                     (earlier == "results.md" ? "a comparison" : earlier == "sweep.json" ? "a sweep" : "a run") + " (" +

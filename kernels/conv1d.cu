@@ -16,9 +16,8 @@ constexpr int kChannelsPerBlock = 128;
 constexpr int64_t kForwardSteps = 16;   // time steps per thread in the forward
 constexpr int64_t kBackwardSteps = 64;  // and in the backward (fewer partial sums to add)
 
-// The grid is (channel blocks, chunks of time steps, batch rows), the last two capped at 65535: a block
-// takes every gridDim.y-th chunk of every gridDim.z-th row.
-constexpr int64_t kMaxGridYZ = 65535;
+// The grid is (channel blocks, chunks of time steps, batch rows), the last two capped at cuda::kMaxGridYZ:
+// a block takes every gridDim.y-th chunk of every gridDim.z-th row.
 
 // y[b, t, e] = bias[e] + Σ_k w[e, k] · x[b, t − K + 1 + k, e], summed in increasing k as on the CPU.
 __global__ void conv1d_forward_kernel(const float* x, const float* weight, const float* bias, float* y, int64_t B,
@@ -93,8 +92,8 @@ __global__ void conv1d_gather_gradients_kernel(const float* sums, float* grad_we
 
 dim3 conv_grid(int64_t E, int64_t L, int64_t steps, int64_t B) {
   return dim3(static_cast<unsigned>((E + kChannelsPerBlock - 1) / kChannelsPerBlock),
-              static_cast<unsigned>(std::min((L + steps - 1) / steps, kMaxGridYZ)),
-              static_cast<unsigned>(std::min(B, kMaxGridYZ)));
+              static_cast<unsigned>(std::min((L + steps - 1) / steps, cuda::kMaxGridYZ)),
+              static_cast<unsigned>(std::min(B, cuda::kMaxGridYZ)));
 }
 
 }  // namespace

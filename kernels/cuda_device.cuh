@@ -29,6 +29,9 @@ inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(s
 // The cuBLAS handle, created on first use and bound to `stream`.
 cublasHandle_t cublas_handle(cudaStream_t stream);
 
+// The most blocks a grid may have along y and along z (x allows 2^31 − 1).
+constexpr int64_t kMaxGridYZ = 65535;
+
 // Blocks of `threads` covering `count` items, capped for grid-stride loops.
 inline unsigned blocks_for(int64_t count, int threads, int64_t cap = int64_t{1} << 20) {
   const int64_t blocks = (count + threads - 1) / threads;

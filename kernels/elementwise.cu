@@ -199,9 +199,8 @@ void sum_squares_cuda(const float* const* arrays, const int64_t* sizes, int64_t 
   cuda::DeviceBuffer result(static_cast<size_t>(count) * sizeof(double));
   cudaStream_t s = cuda::as_stream(stream);
   const ReduceOp op{ReduceOp::squared_deviation, 0.0};
-  constexpr int64_t kMaxRows = 65535;  // gridDim.y
-  for (int64_t first = 0; first < count; first += kMaxRows) {
-    const int64_t rows = std::min(kMaxRows, count - first);
+  for (int64_t first = 0; first < count; first += cuda::kMaxGridYZ) {  // a row of the grid's y per array
+    const int64_t rows = std::min(cuda::kMaxGridYZ, count - first);
     reduce_many_kernel<<<dim3(blocks, static_cast<unsigned>(rows)), kThreads, 0, s>>>(
         device_arrays + first, device_sizes + first, op, partial.as<double>() + first * blocks);
     cuda::check_launch("reduce_many_kernel");

@@ -57,7 +57,6 @@ constexpr int kSegment = 64;   // steps between checkpoints (a multiple of kChun
 constexpr int kSub = 8;        // backward: steps recomputed into registers at once
 constexpr int kSubsPerSegment = kSegment / kSub;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int64_t kMaxBatch = 65535;  // the grid's y: one batch row each
 constexpr int64_t kRowPartsBytes = int64_t{512} << 20;  // the backward's dB, dC parts of one launch, at most
 
 struct ScanShape {
@@ -92,8 +91,8 @@ ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N, int64_t request
     throw std::invalid_argument("selective_scan: the CUDA kernels support d_state N from 1 to " +
                                 std::to_string(kSelectiveScanCudaMaxState) + ", found " + std::to_string(N));
   }
-  if (B > kMaxBatch) {
-    throw std::invalid_argument("selective_scan: the CUDA kernels take at most " + std::to_string(kMaxBatch) +
+  if (B > cuda::kMaxGridYZ) {  // the grid's y: one batch row each
+    throw std::invalid_argument("selective_scan: the CUDA kernels take at most " + std::to_string(cuda::kMaxGridYZ) +
                                 " batch rows (a grid's y), found B = " + std::to_string(B));
   }
   ScanShape s;
