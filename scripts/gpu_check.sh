@@ -9,7 +9,8 @@
 #   6. the NumPy cross-check of `mamba-r1 forward --backend cuda` (when numpy and safetensors are installed)
 #   7. decoding on CUDA: generate --bench on the 91M-parameter model (step-mode kernels), 500 tokens
 #   8. backend auto: its self-check picks the GPU
-#   9. compute-sanitizer racecheck on the scan cut into pieces and on routing, where it can see the device
+#   9. compute-sanitizer, where it can see the device: racecheck on the scan cut into pieces and on routing,
+#      memcheck on every [cuda] test
 # then a summary table, last. Each step has a time limit; a failed step does not stop the others.
 # Exit 0 when every step passed (an optional step that cannot run here says n/a).
 # Usage: scripts/gpu_check.sh [BUILD_DIR]
@@ -19,7 +20,8 @@
 # them into BUILD_DIR/deps and builds against them.
 # Environment: GPU_CHECK_BUDGET (seconds, default 540): steps that would run past it are skipped, so
 # that the summary is printed inside a caller's time limit; GPU_CHECK_LOGS: the folder for the logs
-# (default: a new temporary folder).
+# (default: a new temporary folder); GPU_CHECK_PREBUILT: a folder of programs that scripts/gpu_prebuild.sh
+# built elsewhere for this device, used instead of building when they start here.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${1:-$root/build-gpu}"
@@ -97,6 +99,24 @@ if compgen -G "$root/.device-deps/*.deb" >/dev/null; then
   deps_args=(-DCMAKE_PREFIX_PATH="$prefix/usr")
   export LD_LIBRARY_PATH="$prefix/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# Programs built elsewhere (scripts/gpu_prebuild.sh), when each of them starts here.
+prebuilt=""
+if [ -n "${GPU_CHECK_PREBUILT:-}" ]; then
+  candidate="$(cd "$GPU_CHECK_PREBUILT" 2>/dev/null && pwd)"
+  export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64"
+  starts=1  # each program, asked for its usage, prints it (a missing library or a foreign CPU does not)
+  for program in mamba-r1 mamba-r1-tests mamba-r1-scan-bench; do
+    usage="$("${candidate:-.}/$program" --help 2>&1)"
+    [[ "$usage" == *[Uu]sage* ]] || starts=0
+  done
+  if [ -n "$candidate" ] && [ "$starts" -eq 1 ]; then
+    prebuilt="$candidate"
+    echo "=== prebuilt programs: $prebuilt ($(cat "$prebuilt/BUILT" 2>/dev/null || echo 'no BUILT note'))"
+  else
+    echo "=== prebuilt programs in '$GPU_CHECK_PREBUILT' do not start here; building instead:"
+    "${candidate:-.}/mamba-r1-tests" --help 2>&1 | head -n 3
+  fi
+fi
 # Ninja where there is one and the build folder is new (a configured folder keeps its generator).
 generator=()
 if command -v ninja >/dev/null 2>&1 && [ ! -f "$build/CMakeCache.txt" ]; then
@@ -110,19 +130,24 @@ capability="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/nu
 if [[ "$capability" =~ ^[0-9]+$ ]]; then
   architectures=(-DCMAKE_CUDA_ARCHITECTURES="$capability")
 fi
-run configure 120 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON \
-  -DMAMBA_R1_CUDA_EMULATOR=OFF "${architectures[@]}" "${deps_args[@]}"  # no emulated [cuda] tests here
-if [ "$status" -eq 0 ] && ! grep -q "^CMAKE_CUDA_COMPILER:.*nvcc" "$build/CMakeCache.txt" 2>/dev/null; then
-  echo "=== configure: nvcc was not found, so this build has no CUDA backend"
-  status=1
-fi
-if [ "$status" -eq 0 ]; then
-  run build 420 cmake --build "$build" --parallel "$jobs"
-fi
-if [ "$status" -ne 0 ]; then
-  record "build (Release, CUDA)" FAIL "exit $status; see $logs"
+if [ -n "$prebuilt" ]; then
+  build="$prebuilt"
+  record "build (prebuilt, CUDA)" pass "$(cat "$prebuilt/BUILT" 2>/dev/null || echo "$prebuilt")"
 else
-  record "build (Release, CUDA)" pass "$((SECONDS - step_start)) s on $jobs cores"
+  run configure 120 cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DMAMBA_R1_CUDA=ON \
+    -DMAMBA_R1_CUDA_EMULATOR=OFF "${architectures[@]}" "${deps_args[@]}"  # no emulated [cuda] tests here
+  if [ "$status" -eq 0 ] && ! grep -q "^CMAKE_CUDA_COMPILER:.*nvcc" "$build/CMakeCache.txt" 2>/dev/null; then
+    echo "=== configure: nvcc was not found, so this build has no CUDA backend"
+    status=1
+  fi
+  if [ "$status" -eq 0 ]; then
+    run build 420 cmake --build "$build" --parallel "$jobs"
+  fi
+  if [ "$status" -ne 0 ]; then
+    record "build (Release, CUDA)" FAIL "exit $status; see $logs"
+  else
+    record "build (Release, CUDA)" pass "$((SECONDS - step_start)) s on $jobs cores"
+  fi
 fi
 bin="$build/mamba-r1"
 
@@ -159,8 +184,9 @@ else
   forward_line="$(grep "selective scan forward" "$logs/scan_bench.log" | sed -E 's/.*: +//')"
   backward_line="$(grep "selective scan backward" "$logs/scan_bench.log" | sed -E 's/.*: +//')"
   verdict="$(grep -o "target=0.60 .*" "$logs/scan_bench.log")"
+  copy_line="$(grep -o "device-to-device copy.*" "$logs/scan_bench.log")"
   if [ "$status" -eq 0 ]; then
-    record "scan forward B8 L2048 E2048 N16" pass "$forward_line ($verdict)"
+    record "scan forward B8 L2048 E2048 N16" pass "$forward_line ($verdict); $copy_line"
     record "scan backward (same shape)" pass "$backward_line"
   elif [ "$status" -eq 3 ]; then
     record "scan bench" "NO GPU" "$(tail -n 1 "$logs/scan_bench.log")"
@@ -233,6 +259,7 @@ else
   fi
 
   # 8. backend auto: the self-check against the CPU must pick the GPU.
+  rm -rf "$logs/auto_run"
   run auto_backend 120 "$bin" run "$root/experiments/quickstart.toml" --backend auto --set training.steps=20 \
     --out "$logs/auto_run"
   chosen="$(grep -m1 "backend:" "$logs/auto_backend.log" | sed -E 's/.*backend: //')"
@@ -242,40 +269,48 @@ else
     record "backend auto (self-check)" FAIL "exit $status: $chosen"
   fi
 
-  # 9. compute-sanitizer's racecheck (shared-memory hazards between threads) on the scans cut into pieces and
-  # on routing's block-wide scans (barriers the emulator cannot prove needed), where the machine lets it see
-  # the device (on gVisor it does not). Optional: "n/a" when it cannot run, which does not fail the check.
-  label="racecheck, scan and routing"
+  # 9. compute-sanitizer, where the machine lets it see the device (on gVisor it does not): racecheck
+  # (shared-memory hazards between threads) on the scans cut into pieces and on routing's block-wide scans
+  # (barriers the emulator cannot prove needed), then memcheck (out-of-bounds and misaligned accesses, leaks)
+  # on every [cuda] test. Optional: "n/a" when it cannot run, which does not fail the check.
   sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
-  if [ -z "$sanitizer" ]; then
-    record "$label" n/a "no compute-sanitizer on this machine"
-  else
-    cases="cuda: the selective scan cut into pieces of the sequence matches the CPU"
-    cases+=",cuda: top-k and capacity match the CPU routing ops"
-    run racecheck 120 "$sanitizer" --tool racecheck --error-exitcode 9 "$build/mamba-r1-tests" "$cases"
-    hazards="$(grep -m1 "RACECHECK SUMMARY" "$logs/racecheck.log")"
+  sanitize() {  # sanitize NAME LABEL LIMIT TOOL TESTS [TOOL OPTIONS...]
+    local name="$1" label="$2" limit="$3" tool="$4" tests="$5"
+    shift 5
+    if [ -z "$sanitizer" ]; then
+      record "$label" n/a "no compute-sanitizer on this machine"
+      return 0
+    fi
+    run "$name" "$limit" "$sanitizer" --tool "$tool" --error-exitcode 9 "$@" "$build/mamba-r1-tests" "$tests"
+    local found
+    found="$(grep -m1 -E "(RACECHECK|ERROR|LEAK) SUMMARY" "$logs/$name.log")"
     if [ "$out_of_time" -eq 1 ]; then
       out_of_time=0
       record "$label" n/a "not run: the ${budget} s budget was spent"
-    elif grep -q "Device not supported\|unsupported" "$logs/racecheck.log"; then
+    elif grep -q "Device not supported\|unsupported" "$logs/$name.log"; then
       record "$label" n/a "compute-sanitizer cannot see this device (gVisor?)"
     elif [ "$status" -eq 124 ]; then
-      record "$label" n/a "stopped at its time limit (not a finding)"
+      record "$label" n/a "stopped at its ${limit} s limit (not a finding; see $logs/$name.log)"
     elif [ "$status" -eq 0 ]; then
-      record "$label" pass "${hazards:-no hazard reported}"
+      record "$label" pass "${found:-no hazard or error reported}; $(grep -E "All tests passed|test cases:" \
+        "$logs/$name.log" | tail -n 1)"
     else
-      record "$label" FAIL "exit $status: ${hazards:-$(tail -n 1 "$logs/racecheck.log")}"
+      record "$label" FAIL "exit $status: ${found:-$(tail -n 1 "$logs/$name.log")}"
     fi
-  fi
+  }
+  cases="cuda: the selective scan cut into pieces of the sequence matches the CPU"
+  cases+=",cuda: top-k and capacity match the CPU routing ops"
+  sanitize racecheck "racecheck, scan and routing" 120 racecheck "$cases"
+  sanitize memcheck "memcheck, the [cuda] tests" 180 memcheck "[cuda]"
 fi
 
 echo
 echo "=== GPU check summary ($((SECONDS - started)) s${device:+, $device}; logs in $logs)"
-printf '%-34s %-8s %s\n' "step" "result" "detail"
-printf '%-34s %-8s %s\n' "----" "------" "------"
+printf '%-40s %-8s %s\n' "step" "result" "detail"
+printf '%-40s %-8s %s\n' "----" "------" "------"
 failed=0
 for i in "${!names[@]}"; do
-  printf '%-34s %-8s %s\n' "${names[$i]}" "${results[$i]}" "${details[$i]}"
+  printf '%-40s %-8s %s\n' "${names[$i]}" "${results[$i]}" "${details[$i]}"
   case "${results[$i]}" in pass | n/a) ;; *) failed=1 ;; esac
 done
 exit "$failed"
