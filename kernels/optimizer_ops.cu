@@ -14,14 +14,18 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 65536;  // values per block of the many-tensor kernels
 
-// The AdamW update of value i (the CPU's float formula, term by term).
+// The AdamW update of value i (the CPU's float formula, term by term). Each operation is rounded on its own
+// (__fmul_rn and __fadd_rn are never contracted into a fused multiply-add), so that the one-tensor and the
+// many-tensor kernels give the same bits: left to itself, nvcc fuses differently in the two loops (seen on
+// an H200: the parameters 1 ulp apart).
 __device__ __forceinline__ void adamw_value(float* p, const float* g, float* first, float* second, int64_t i,
                                             float decay, float beta1, float beta2, float step_size,
                                             float root_correction2, float epsilon) {
-  float value = p[i] * decay;
-  const float m = beta1 * first[i] + (1.0f - beta1) * g[i];
-  const float v = beta2 * second[i] + (1.0f - beta2) * g[i] * g[i];
-  value -= step_size * m / (sqrtf(v) / root_correction2 + epsilon);
+  const float grad = g[i];
+  const float m = __fadd_rn(__fmul_rn(beta1, first[i]), __fmul_rn(1.0f - beta1, grad));
+  const float v = __fadd_rn(__fmul_rn(beta2, second[i]), __fmul_rn(__fmul_rn(1.0f - beta2, grad), grad));
+  const float denominator = __fadd_rn(__fdiv_rn(sqrtf(v), root_correction2), epsilon);
+  const float value = __fsub_rn(__fmul_rn(p[i], decay), __fdiv_rn(__fmul_rn(step_size, m), denominator));
   first[i] = m;
   second[i] = v;
   p[i] = value;

@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda_device.cuh"
 #include "kernels/selective_scan_cuda.h"
@@ -156,8 +157,18 @@ __device__ __forceinline__ Position locate(const ScanShape& s) {
 // softplus(v) = max(v, 0) + log1p(exp(−|v|)): never overflows (the CPU's formula).
 __device__ __forceinline__ float softplus(float v) { return fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))); }
 
-// exp(Δ · A) as exp2((Δ · log2 e) · A): one MUFU.EX2 per state and step.
-__device__ __forceinline__ float decay(float delta_log2e, float A) { return exp2f(delta_log2e * A); }
+// exp(Δ · A) as exp2((Δ · log2 e) · A): one MUFU.EX2 per state and step. ex2.approx (2 ulp, as exp2f) with
+// subnormal results flushed to zero: exp2f's rescaling of subnormal results costs three more instructions
+// per state and step, for decays below 2^−126 that leave no trace in the state anyway.
+__device__ __forceinline__ float decay(float delta_log2e, float A) {
+#ifdef __CUDA_ARCH__
+  float result;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(result) : "f"(delta_log2e * A));
+  return result;
+#else
+  return exp2f(delta_log2e * A);
+#endif
+}
 
 // Σ of v over the P lanes of a channel (every lane gets it). All lanes of the warp must call it.
 __device__ __forceinline__ float lanes_sum(float v, int lanes) {
@@ -202,15 +213,16 @@ __device__ __forceinline__ void store_carry(const PieceCarries& carries, const S
 // v ← Π a · v + local over the pieces from, from + step, ..., up to but not `to`: the value entering the
 // next piece (v starts at 0). A zero v stays 0, so a product that overflowed (Δ < 0 without softplus) does
 // not make 0 · inf.
+template <int kCount>
 __device__ __forceinline__ void carry_through(const PieceCarries& carries, const ScanShape& s, const Position& at,
-                                              int64_t from, int64_t to, int64_t step, float (&v)[kStates]) {
+                                              int64_t from, int64_t to, int64_t step, float (&v)[kCount]) {
 #pragma unroll
-  for (int i = 0; i < kStates; ++i) v[i] = 0.0f;
+  for (int i = 0; i < kCount; ++i) v[i] = 0.0f;
   if (!at.valid) return;
   for (int64_t piece = from; piece != to; piece += step) {
     const int64_t index = carry_index(s, at, piece);
 #pragma unroll
-    for (int i = 0; i < kStates; ++i) {
+    for (int i = 0; i < kCount; ++i) {
       v[i] = (v[i] == 0.0f ? 0.0f : carries.decay[index + i] * v[i]) + carries.local[index + i];
     }
   }
@@ -250,78 +262,50 @@ __device__ __forceinline__ void load_steps(const SelectiveScanPointers& p, const
   }
 }
 
-// Copies (cp.async) the B and C rows of steps [t0, t0 + steps) of batch row b into tile
-// [2 (B, C)][kChunk][padded]; entries past N keep the zeros written at the start.
+// The forward kernel's layout, from its lanes per channel P and states per lane S (padded = P · S, the same
+// as ScanShape::padded, so that checkpoints and carries mean the same whichever S the forward uses).
+template <int kLanes, int kLaneStates>
+struct ForwardLayout {
+  static constexpr int kPadded = kLanes * kLaneStates;
+  static constexpr int kChannels = kThreads / kLanes;      // channels of a block
+  static constexpr int kPerChunk = kChunk * kChannels;     // (step, channel) values of a chunk
+  static constexpr int kSteps = kThreads / kChannels;      // = kLanes: a thread's steps are kSteps apart
+  static constexpr int kOwned = (kPerChunk + kThreads - 1) / kThreads;  // values a thread stages a chunk
+  static constexpr int kTile = 2 * kChunk * kPadded;       // one chunk's B and C rows
+};
+
+// Copies (cp.async) the B and C rows of steps [t0, t0 + steps) of batch row b into `tile`
+// [2 (B, C)][kChunk][padded]; entries past N keep the zeros written at the start. When N is the padded size,
+// 16-byte aligned, the rows of a matrix are one contiguous run on both sides and go over in 16-byte copies.
+template <int kPadded>
 __device__ __forceinline__ void stage_rows(const SelectiveScanPointers& p, const ScanShape& s, int64_t b, int64_t t0,
-                                           float* tile) {
+                                           bool whole_rows, float* tile) {
   const int steps = static_cast<int>(min(static_cast<int64_t>(kChunk), s.length - t0));
-  const int N = static_cast<int>(s.state);
-  const int per_matrix = steps * N;
-  for (int i = threadIdx.x; i < 2 * per_matrix; i += kThreads) {
-    const int which = i / per_matrix, step = (i % per_matrix) / N, n = i % N;
-    const float* source = (which ? p.C : p.B) + (b * s.length + t0 + step) * s.state + n;
-    __pipeline_memcpy_async(tile + (which * kChunk + step) * s.padded + n, source, sizeof(float));
+  const int64_t first = (b * s.length + t0) * s.state;
+  if (whole_rows) {
+    const int quads = steps * kPadded / 4;  // per matrix
+    for (int i = threadIdx.x; i < 2 * quads; i += kThreads) {
+      const int which = i >= quads, q = i - which * quads;
+      __pipeline_memcpy_async(tile + which * kChunk * kPadded + 4 * q, (which ? p.C : p.B) + first + 4 * q,
+                              4 * sizeof(float));
+    }
+  } else {
+    const int N = static_cast<int>(s.state), per_matrix = steps * N;
+    for (int i = threadIdx.x; i < 2 * per_matrix; i += kThreads) {
+      const int which = i >= per_matrix, j = i - which * per_matrix, step = j / N, n = j - step * N;
+      __pipeline_memcpy_async(tile + (which * kChunk + step) * kPadded + n, (which ? p.C : p.B) + first + j,
+                              sizeof(float));
+    }
   }
   __pipeline_commit();
 }
 
-// The forward kernel's per-chunk values in shared memory: [kChunk][channels_per_block] each, written
-// and read back by thread threadIdx.x at the indices threadIdx.x + j · kThreads (its own values).
-struct ChunkValues {
-  float* u;      // u
-  float* delta;  // Δ = softplus(delta + bias) (or delta + bias)
-  float* gate;   // silu(z) (1 without z)
-  float* y;      // Σ_n h C_t, written by each channel's lane group 0
-};
-
-// The values of one array a thread owns in a chunk: kChunk · 128/P values over 128 threads, kChunk / P.
-// The forward kernel is compiled for 16 (P = 1), 8 (P = 2) and 4 owned values (P >= 4, of which 16 / P
-// are used), so that its read-ahead registers hold no more values than its lanes need.
-int owned_values(int lanes) { return lanes == 1 ? kChunk : lanes == 2 ? kChunk / 2 : kChunk / 4; }
-
-// A chunk's raw inputs of the values the thread owns, loaded into registers a chunk ahead.
+// A chunk's raw u, delta and z of the values a thread stages (loaded into registers a chunk ahead), and the
+// u and gate silu(z) of the chunk being scanned (kept for its output).
 template <int kOwned>
-struct RawValues {
+struct OwnedValues {
   float u[kOwned], delta[kOwned], z[kOwned];
 };
-
-// Loads the raw u, delta and z of the values the thread owns in the chunk starting at t0 (0 past L or E).
-template <int kOwned>
-__device__ __forceinline__ void load_values(const SelectiveScanPointers& p, const ScanShape& s, bool want_z,
-                                            int64_t t0, RawValues<kOwned>& raw) {
-  const int per_chunk = kChunk * s.channels_per_block;
-#pragma unroll
-  for (int j = 0; j < kOwned; ++j) {
-    const int i = threadIdx.x + j * kThreads;
-    const int step = i / s.channels_per_block;
-    const int64_t t = t0 + step, e = block_channel(s, i % s.channels_per_block);
-    const bool inside = i < per_chunk && t < s.length && e < s.channels;
-    const int64_t index = (static_cast<int64_t>(blockIdx.y) * s.length + t) * s.channels + e;
-    raw.u[j] = inside ? p.u[index] : 0.0f;
-    raw.delta[j] = inside ? p.delta[index] : 0.0f;
-    raw.z[j] = inside && want_z ? p.z[index] : 0.0f;
-  }
-}
-
-// Writes the chunk's u, Δ and gate from the raw values: each softplus and silu computed once, by one thread.
-// Values past L or E get u = Δ = 0 (their states stay 0).
-template <int kOwned>
-__device__ __forceinline__ void stage_values(const SelectiveScanPointers& p, const ScanShape& s, bool want_gate,
-                                             int64_t t0, const float* bias, const RawValues<kOwned>& raw,
-                                             const ChunkValues& values) {
-  const int per_chunk = kChunk * s.channels_per_block;
-#pragma unroll
-  for (int j = 0; j < kOwned; ++j) {
-    const int i = threadIdx.x + j * kThreads;
-    if (i >= per_chunk) break;
-    const int c = i % s.channels_per_block;
-    const bool inside = t0 + i / s.channels_per_block < s.length && block_channel(s, c) < s.channels;
-    const float v = raw.delta[j] + bias[c];
-    values.u[i] = raw.u[j];
-    values.delta[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
-    if (want_gate) values.gate[i] = p.z ? raw.z[j] * cuda::stable_sigmoid(raw.z[j]) : 1.0f;
-  }
-}
 
 // The first pass over a cut sequence, forward: the state at the end of piece blockIdx.z from a zero start, and
 // the product of its decays (the same float operations as the forward kernel's steps). The grid leaves out
@@ -358,105 +342,184 @@ __global__ void __launch_bounds__(kThreads)
   store_carry(carries, s, at, blockIdx.z, h, product);
 }
 
+// Adds each of the kChunk values v (one per step) over the kLanes lanes of a channel by recursive halving (at
+// each level a lane keeps half of its values, sends the other half to its partner and adds what it receives;
+// past one value, partners add and one of them drops out) and stores the sums at y[step][channel]: every
+// lane ends up holding kChunk / kLanes of the steps, with kChunk · (1 − 1/kLanes) shuffles instead of
+// kChunk · log2(kLanes).
+template <int kLanes, int kChannels>
+__device__ __forceinline__ void store_lane_sums(float (&v)[kChunk], int group, int channel, float* y) {
+  int base = 0;
+  bool writer = true;
+#pragma unroll
+  for (int offset = 1; offset < kLanes; offset <<= 1) {
+    const bool upper = (group & offset) != 0;
+    const int half = kChunk / (2 * offset);
+    if (half >= 1) {
+#pragma unroll
+      for (int j = 0; j < kChunk / 2; ++j) {
+        if (j < half) {
+          const float send = upper ? v[j] : v[j + half];
+          const float keep = upper ? v[j + half] : v[j];
+          v[j] = keep + __shfl_xor_sync(cuda::kFullMask, send, offset);
+        }
+      }
+      if (upper) base += half;
+    } else {
+      v[0] += __shfl_xor_sync(cuda::kFullMask, v[0], offset);
+      writer = writer && !upper;
+    }
+  }
+  constexpr int kHeld = kChunk / kLanes >= 1 ? kChunk / kLanes : 1;
+  if (!writer) return;
+#pragma unroll
+  for (int j = 0; j < kHeld; ++j) y[(base + j) * kChannels + channel] = v[j];
+}
+
 // The forward over the block's piece, from the state its predecessors leave (carries: from the first pass).
-// kOwned: owned_values(P).
-template <int kOwned>
+// kLanes lanes per channel, kLaneStates states each (ForwardLayout). A thread stages the values of one channel
+// (threadIdx.x % channels) at every kLanes-th step of a chunk, and writes their outputs.
+template <int kLanes, int kLaneStates>
 __global__ void __launch_bounds__(kThreads)
     selective_scan_forward_kernel(SelectiveScanPointers p, ScanShape s, PieceCarries carries, float* out,
                                   float* final_state, float* checkpoints) {
-  // [2 buffers][2 (B, C)][kChunk][padded] rows | 4 ChunkValues arrays | [2 (D, delta_bias)][channels_per_block]
+  using Layout = ForwardLayout<kLanes, kLaneStates>;
+  constexpr int kPadded = Layout::kPadded, kChannels = Layout::kChannels, kPerChunk = Layout::kPerChunk;
+  constexpr int kOwned = Layout::kOwned, kTile = Layout::kTile;
+  // [2 buffers][2 (B, C)][kChunk][padded] rows | Δ·log2 e, Δ·u and y, [kChunk][channels] each
   extern __shared__ __align__(16) float shared[];
-  const int tile_size = 2 * kChunk * s.padded, per_chunk = kChunk * s.channels_per_block;
   float* tiles = shared;
-  const ChunkValues values{tiles + 2 * tile_size, tiles + 2 * tile_size + per_chunk,
-                           tiles + 2 * tile_size + 2 * per_chunk, tiles + 2 * tile_size + 3 * per_chunk};
-  float* skip = values.y + per_chunk;
-  float* bias = skip + s.channels_per_block;
-  const Position at = locate(s);
-  const ChannelConstants constants = channel_constants(p, s, at);
-  const int channel = threadIdx.x / s.lanes;  // within the block
-  for (int i = threadIdx.x; i < 2 * tile_size; i += kThreads) tiles[i] = 0.0f;
-  if (at.group == 0) {
-    skip[channel] = constants.skip;
-    bias[channel] = constants.bias;
+  float* delta_log2e = tiles + 2 * kTile;
+  float* delta_u = delta_log2e + kPerChunk;
+  float* y_values = delta_u + kPerChunk;
+
+  // The scan: lane group `group` of channel `channel` holds states [first_state, first_state + kLaneStates).
+  const int group = threadIdx.x % kLanes, channel = threadIdx.x / kLanes, first_state = group * kLaneStates;
+  const int64_t channel0 = (s.first_block + static_cast<int64_t>(blockIdx.x)) * kChannels;
+  const int64_t e = channel0 + channel, b = blockIdx.y;
+  const bool valid = e < s.channels;
+  float A[kLaneStates];
+#pragma unroll
+  for (int i = 0; i < kLaneStates; ++i) {
+    const int n = first_state + i;
+    A[i] = valid && n < s.state ? p.A[e * s.state + n] : 0.0f;
   }
-  __syncthreads();
+  // The staging: channel own_channel at steps own_step + kLanes · j of each chunk.
+  const int own_channel = threadIdx.x % kChannels, own_step = threadIdx.x / kChannels;
+  const int64_t own_e = channel0 + own_channel;
+  const bool own_valid = own_e < s.channels && threadIdx.x < kPerChunk;
+  const float own_bias = own_valid && p.delta_bias ? p.delta_bias[own_e] : 0.0f;
+  const float own_skip = own_valid && p.D ? p.D[own_e] : 0.0f;
+  const bool want_out = out != nullptr, want_z = want_out && p.z != nullptr;
+
+  for (int i = threadIdx.x; i < 2 * kTile; i += kThreads) tiles[i] = 0.0f;
+  const bool whole_rows = s.state == kPadded && reinterpret_cast<uintptr_t>(p.B) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(p.C) % 16 == 0;
+  __syncthreads();  // the zeros are in place before the copies land
 
   const int64_t piece = blockIdx.z;
-  float h[kStates];
-  carry_through(carries, s, at, 0, piece, 1, h);
+  float h[kLaneStates];
+  {
+    Position at;
+    at.group = group;
+    at.first_state = first_state;
+    at.e = e;
+    at.b = b;
+    at.valid = valid;
+    carry_through(carries, s, at, 0, piece, 1, h);
+  }
   const PieceSteps steps = piece_steps(s, piece);
-  const int64_t L = s.length, chunks = (steps.end - steps.begin + kChunk - 1) / kChunk;
-  RawValues<kOwned> raw;
-  load_values(p, s, out && p.z, steps.begin, raw);
-  stage_rows(p, s, at.b, steps.begin, tiles);
+  const int64_t chunks = (steps.end - steps.begin + kChunk - 1) / kChunk;
+  const int64_t step_stride = static_cast<int64_t>(kLanes) * s.channels;  // between a thread's values
+  // Loads the raw values of the chunk at t0 (0 past the piece's end or E).
+  const auto load = [&](int64_t t0, OwnedValues<kOwned>& raw) {
+    const int64_t first = (b * s.length + t0 + own_step) * s.channels + own_e;
+#pragma unroll
+    for (int j = 0; j < kOwned; ++j) {
+      const bool inside = own_valid && t0 + own_step + kLanes * j < steps.end;
+      raw.u[j] = inside ? p.u[first + j * step_stride] : 0.0f;
+      raw.delta[j] = inside ? p.delta[first + j * step_stride] : 0.0f;
+      raw.z[j] = inside && want_z ? p.z[first + j * step_stride] : 0.0f;
+    }
+  };
+  OwnedValues<kOwned> raw, current;  // current: u, and the gate in z
+  load(steps.begin, raw);
+  stage_rows<kPadded>(p, s, b, steps.begin, whole_rows, tiles);
 
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t t0 = steps.begin + chunk * kChunk;
-    // This chunk's values into shared memory (a thread rewrites only its own values, which it alone read
-    // after the last barrier), then the next chunk's loads and rows are started, and this chunk's rows
-    // awaited.
-    stage_values(p, s, out != nullptr, t0, bias, raw, values);
+    // This chunk's Δ·log2 e and Δ·u into shared memory, each softplus and silu computed once (a value past the
+    // piece or E gets Δ = 0, which leaves the states as they are: exp(0) = 1 and 0 · B = 0).
+#pragma unroll
+    for (int j = 0; j < kOwned; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      const bool inside = own_valid && t0 + own_step + kLanes * j < steps.end;
+      const float v = raw.delta[j] + own_bias;
+      const float delta = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
+      if (i < kPerChunk) {
+        delta_log2e[i] = delta * kLog2e;
+        delta_u[i] = delta * raw.u[j];
+      }
+      current.u[j] = raw.u[j];
+      current.z[j] = want_z ? raw.z[j] * cuda::stable_sigmoid(raw.z[j]) : 1.0f;
+    }
+    // The next chunk's loads and rows are started, and this chunk's rows awaited.
     if (chunk + 1 < chunks) {
-      load_values(p, s, out && p.z, t0 + kChunk, raw);
-      stage_rows(p, s, at.b, t0 + kChunk, tiles + ((chunk + 1) & 1) * tile_size);
+      load(t0 + kChunk, raw);
+      stage_rows<kPadded>(p, s, b, t0 + kChunk, whole_rows, tiles + ((chunk + 1) & 1) * kTile);
     } else {
       __pipeline_commit();
     }
     __pipeline_wait_prior(1);
     __syncthreads();
 
-    if (checkpoints && t0 % kSegment == 0 && at.valid) {
-      float* saved =
-          checkpoints + ((at.b * s.segments + t0 / kSegment) * s.channels + at.e) * s.padded + at.first_state;
+    if (checkpoints && t0 % kSegment == 0 && valid) {
+      float* saved = checkpoints + ((b * s.segments + t0 / kSegment) * s.channels + e) * s.padded + first_state;
 #pragma unroll
-      for (int i = 0; i < kStates; ++i) saved[i] = h[i];
+      for (int i = 0; i < kLaneStates; ++i) saved[i] = h[i];
     }
-    const float* B_tile = tiles + (chunk & 1) * tile_size;
-    const float* C_tile = B_tile + kChunk * s.padded;
+    const float* B_tile = tiles + (chunk & 1) * kTile + first_state;
+    const float* C_tile = B_tile + kChunk * kPadded;
+    float y[kChunk];
 #pragma unroll
     for (int step = 0; step < kChunk; ++step) {
-      const int64_t t = t0 + step;
-      if (t >= steps.end) break;
-      // h ← exp(Δ A) h + Δ u B_t;  y = Σ_n h C_t
-      const int value = step * s.channels_per_block + channel;
-      const float delta = values.delta[value];
-      const float delta_u = delta * values.u[value], delta_log2e = delta * kLog2e;
-      const float4 b_low = *reinterpret_cast<const float4*>(B_tile + step * s.padded + at.first_state);
-      const float4 b_high = *reinterpret_cast<const float4*>(B_tile + step * s.padded + at.first_state + 4);
-      const float4 c_low = *reinterpret_cast<const float4*>(C_tile + step * s.padded + at.first_state);
-      const float4 c_high = *reinterpret_cast<const float4*>(C_tile + step * s.padded + at.first_state + 4);
-      const float B_t[kStates] = {b_low.x, b_low.y, b_low.z, b_low.w, b_high.x, b_high.y, b_high.z, b_high.w};
-      const float C_t[kStates] = {c_low.x, c_low.y, c_low.z, c_low.w, c_high.x, c_high.y, c_high.z, c_high.w};
-      float y = 0.0f;
+      // h ← exp(Δ A) h + Δ u B_t;  y = Σ_n h C_t (this lane's states; the lanes are added after the chunk)
+      const float dl = delta_log2e[step * kChannels + channel], du = delta_u[step * kChannels + channel];
+      float B_t[kLaneStates], C_t[kLaneStates];
 #pragma unroll
-      for (int i = 0; i < kStates; ++i) {
-        h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_t[i];
-        y += h[i] * C_t[i];
+      for (int i = 0; i < kLaneStates; i += 4) {
+        const float4 b4 = *reinterpret_cast<const float4*>(B_tile + step * kPadded + i);
+        const float4 c4 = *reinterpret_cast<const float4*>(C_tile + step * kPadded + i);
+        B_t[i] = b4.x, B_t[i + 1] = b4.y, B_t[i + 2] = b4.z, B_t[i + 3] = b4.w;
+        C_t[i] = c4.x, C_t[i + 1] = c4.y, C_t[i + 2] = c4.z, C_t[i + 3] = c4.w;
       }
-      if (out) {
-        y = lanes_sum(y, s.lanes);
-        if (at.group == 0) values.y[value] = y;
+      float partial[2] = {0.0f, 0.0f};  // two sums, to halve the chain of dependent adds
+#pragma unroll
+      for (int i = 0; i < kLaneStates; ++i) {
+        h[i] = decay(dl, A[i]) * h[i] + du * B_t[i];
+        partial[i & 1] += h[i] * C_t[i];
       }
+      y[step] = partial[0] + partial[1];
     }
-    __syncthreads();  // the rows and y are complete; the next iteration may refill the other row tile
-    if (out) {
-      // out = (y + D u) ⊙ silu(z), one coalesced store per owned value.
-      for (int i = threadIdx.x; i < per_chunk; i += kThreads) {
-        const int64_t t = t0 + i / s.channels_per_block;
-        const int c = i % s.channels_per_block;
-        const int64_t e = block_channel(s, c);
-        if (t < steps.end && e < s.channels) {
-          out[(at.b * L + t) * s.channels + e] = (values.y[i] + skip[c] * values.u[i]) * values.gate[i];
+    if (want_out) store_lane_sums<kLanes, kChannels>(y, group, channel, y_values);
+    __syncthreads();  // y is complete, and every lane is done with this chunk's rows and values
+    if (want_out) {
+      // out = (y + D u) ⊙ silu(z), one coalesced store per staged value.
+      const int64_t first = (b * s.length + t0 + own_step) * s.channels + own_e;
+#pragma unroll
+      for (int j = 0; j < kOwned; ++j) {
+        const int i = threadIdx.x + j * kThreads;
+        if (i < kPerChunk && own_valid && t0 + own_step + kLanes * j < steps.end) {
+          out[first + j * step_stride] = (y_values[i] + own_skip * current.u[j]) * current.z[j];
         }
       }
     }
   }
-  if (final_state && at.valid && steps.end == L) {
+  if (final_state && valid && steps.end == s.length) {
 #pragma unroll
-    for (int i = 0; i < kStates; ++i) {
-      const int n = at.first_state + i;
-      if (n < s.state) final_state[(at.b * s.channels + at.e) * s.state + n] = h[i];
+    for (int i = 0; i < kLaneStates; ++i) {
+      const int n = first_state + i;
+      if (n < s.state) final_state[(b * s.channels + e) * s.state + n] = h[i];
     }
   }
 }
@@ -855,8 +918,10 @@ __global__ void reduce_parts_kernel(ScanGradParts parts, SelectiveScanGradPointe
   }
 }
 
-size_t forward_shared_bytes(const ScanShape& s) {
-  return sizeof(float) * (2 * 2 * kChunk * s.padded + 4 * kChunk * s.channels_per_block + 2 * s.channels_per_block);
+template <int kLanes, int kLaneStates>
+size_t forward_shared_bytes() {
+  using Layout = ForwardLayout<kLanes, kLaneStates>;
+  return sizeof(float) * (2 * Layout::kTile + 3 * Layout::kPerChunk);
 }
 
 size_t backward_shared_bytes(const ScanShape& s) {
@@ -884,17 +949,31 @@ dim3 first_pass_grid(const ScanShape& s) {
   return grid;
 }
 
-// Launches the forward kernel compiled for kOwned values a thread (owned_values(P)).
-template <int kOwned>
+// Launches the forward kernel compiled for kLanes lanes of kLaneStates states a channel, over the grid of
+// blocks of 128 / kLanes channels.
+template <int kLanes, int kLaneStates>
 void launch_forward_kernel(const SelectiveScanPointers& in, const ScanShape& s, const CarriesBuffer& carries,
                            float* out, float* final_state, float* checkpoints, cudaStream_t stream) {
-  const size_t shared_bytes = forward_shared_bytes(s);
+  const size_t shared_bytes = forward_shared_bytes<kLanes, kLaneStates>();
   require_shared_memory(shared_bytes, s, "selective_scan_forward_kernel");
-  CUDA_CHECK(cudaFuncSetAttribute(selective_scan_forward_kernel<kOwned>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(shared_bytes)));
-  selective_scan_forward_kernel<kOwned><<<scan_grid(s), kThreads, shared_bytes, stream>>>(
-      in, s, carries.carries, out, final_state, checkpoints);
+  const auto kernel = selective_scan_forward_kernel<kLanes, kLaneStates>;
+  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)));
+  ScanShape layout = s;
+  layout.lanes = kLanes;
+  layout.channels_per_block = kThreads / kLanes;
+  kernel<<<scan_grid(layout), kThreads, shared_bytes, stream>>>(in, s, carries.carries, out, final_state, checkpoints);
   cuda::check_launch("selective_scan_forward_kernel");
+}
+
+template <int kValue>
+using Int = std::integral_constant<int, kValue>;
+
+// The forward's states per lane: 4 (twice the lanes, and so twice the warps, of the other kernels) where a
+// channel's padded states fit 32 lanes of 4, else 8; `requested` (SelectiveScanPointers::lane_states) 4 or 8
+// asks for one.
+int forward_lane_states(const ScanShape& s, int requested) {
+  if (requested == 8 || s.padded > 4 * 32) return 8;
+  return 4;
 }
 
 // Launches the forward (out, final_state and checkpoints each optional), after its first pass when the
@@ -906,10 +985,26 @@ void launch_forward(const SelectiveScanPointers& in, const ScanShape& s, float* 
     selective_scan_piece_states_kernel<<<first_pass_grid(s), kThreads, 0, stream>>>(in, s, carries.carries);
     cuda::check_launch("selective_scan_piece_states_kernel");
   }
-  switch (owned_values(s.lanes)) {
-    case kChunk: return launch_forward_kernel<kChunk>(in, s, carries, out, final_state, checkpoints, stream);
-    case kChunk / 2: return launch_forward_kernel<kChunk / 2>(in, s, carries, out, final_state, checkpoints, stream);
-    default: return launch_forward_kernel<kChunk / 4>(in, s, carries, out, final_state, checkpoints, stream);
+  const auto launch = [&](auto lanes, auto lane_states) {
+    launch_forward_kernel<decltype(lanes)::value, decltype(lane_states)::value>(in, s, carries, out, final_state,
+                                                                              checkpoints, stream);
+  };
+  if (forward_lane_states(s, in.lane_states) == 4) {
+    switch (s.padded / 4) {
+      case 2: return launch(Int<2>{}, Int<4>{});
+      case 4: return launch(Int<4>{}, Int<4>{});
+      case 8: return launch(Int<8>{}, Int<4>{});
+      case 16: return launch(Int<16>{}, Int<4>{});
+      default: return launch(Int<32>{}, Int<4>{});
+    }
+  }
+  switch (s.lanes) {
+    case 1: return launch(Int<1>{}, Int<8>{});
+    case 2: return launch(Int<2>{}, Int<8>{});
+    case 4: return launch(Int<4>{}, Int<8>{});
+    case 8: return launch(Int<8>{}, Int<8>{});
+    case 16: return launch(Int<16>{}, Int<8>{});
+    default: return launch(Int<32>{}, Int<8>{});
   }
 }
 

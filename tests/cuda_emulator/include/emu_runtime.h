@@ -93,6 +93,18 @@ inline float __fmul_rn(float a, float b) {
   volatile float product = a * b;
   return product;
 }
+inline float __fadd_rn(float a, float b) {
+  volatile float sum = a + b;
+  return sum;
+}
+inline float __fsub_rn(float a, float b) {
+  volatile float difference = a - b;
+  return difference;
+}
+inline float __fdiv_rn(float a, float b) {
+  volatile float quotient = a / b;
+  return quotient;
+}
 
 // The async copies (cp.async) as the device may run them: the source is read when the copy is issued,
 // the destination holds NaN until the issuing thread waits for the copy's batch (__pipeline_wait_prior),
