@@ -25,8 +25,6 @@ struct SelectiveScanPointers {
   // Backward: the channel blocks one launch covers (their dB, dC parts kept at once); 0 = as many as fit
   // 512 MiB of parts.
   int64_t part_blocks = 0;
-  // Forward: the states each lane keeps, 4 or 8 (0 = chosen: 4 where N <= 128); for the bench and tests.
-  int lane_states = 0;
 };
 
 // Lanes of a warp per channel: the smallest power of two P with 8·P >= N (8 states per lane).

@@ -153,14 +153,6 @@ int main(int argc, char** argv) {
       std::printf("pieces speed-up: forward %.2fx, backward %.2fx; max |out cut - out uncut| = %.3g\n",
                   uncut_forward_ms / forward_ms, uncut_backward_ms / backward_ms, difference);
     }
-    // The forward with the other number of states a lane (the kernel keeps 4 where N <= 128, 8 above).
-    if (N <= 128) {
-      in.lane_states = 8;
-      const auto [eight_forward_ms, eight_backward_ms] = time_scan(pieces);
-      in.lane_states = 0;
-      print("forward, 8 states a lane", eight_forward_ms, forward_bytes);
-      print("backward, 8 states a lane", eight_backward_ms, backward_bytes);
-    }
     std::printf("(the backward's MB: the least it must move; not counted are its checkpoints and its parts of dB "
                 "and dC, written per block of channels and read back)\n");
     const double forward_fraction = forward_bytes / (forward_ms * 1e-3) / peak;

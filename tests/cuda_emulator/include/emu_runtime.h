@@ -21,6 +21,8 @@ struct dim3 {
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 struct alignas(16) float4 { float x, y, z, w; };  // aligned as the device's, for -fsanitize=alignment
+struct alignas(8) float2 { float x, y; };
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 extern dim3 threadIdx, blockIdx, blockDim, gridDim;
 
@@ -93,6 +95,7 @@ inline float __fmul_rn(float a, float b) {
   volatile float product = a * b;
   return product;
 }
+inline float __fdividef(float a, float b) { return a / b; }
 inline float __fadd_rn(float a, float b) {
   volatile float sum = a + b;
   return sum;
