@@ -301,7 +301,6 @@ struct ForwardLayout {
   static constexpr int kPadded = kLanes * kLaneStates;
   static constexpr int kChannels = kThreads / kLanes;      // channels of a block
   static constexpr int kPerChunk = kChunk * kChannels;     // (step, channel) values of a chunk
-  static constexpr int kSteps = kThreads / kChannels;      // = kLanes: a thread's steps are kSteps apart
   static constexpr int kOwned = (kPerChunk + kThreads - 1) / kThreads;  // values a thread stages a chunk
   static constexpr int kTile = 2 * kChunk * kPadded;       // one chunk's B and C rows
 };

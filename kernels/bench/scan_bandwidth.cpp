@@ -3,6 +3,7 @@
 // and write out (B·L·E) once; those bytes over the kernel's time, against the device's peak
 // (2 × memory clock × bus width). The backward's time is reported beside it. Default shape: B = 8,
 // L = 2048, E = 2048, N = 16 (the target: the forward at 60% or more of peak).
+// Beside that peak it measures the ceiling: a device-to-device copy of 1 GiB, bytes read plus written.
 // The kernels cut a sequence into pieces when the grid is short of the device (selective_scan_cuda.h); the
 // lines name how many, PIECES > 0 asks for that many, and when there is more than one the uncut scan is
 // timed too, for comparison. Exit 3 with one line when no GPU can be used.
