@@ -101,8 +101,8 @@ ScanShape scan_shape(int64_t B, int64_t L, int64_t E, int64_t N, int64_t request
     throw std::invalid_argument("selective_scan: the CUDA kernels take at most " + std::to_string(cuda::kMaxGridYZ) +
                                 " batch rows (a grid's y), found B = " + std::to_string(B));
   }
-  if (E > (int64_t{1} << 26)) {  // the forward's offsets within a chunk, kChunk · E, in 32 bits
-    throw std::invalid_argument("selective_scan: the CUDA kernels take at most 2^26 channels, found E = " +
+  if (E >= (int64_t{1} << 26)) {  // the forward's offsets within a chunk (below 32 · E) in 32 bits
+    throw std::invalid_argument("selective_scan: the CUDA kernels take fewer than 2^26 channels, found E = " +
                                 std::to_string(E));
   }
   ScanShape s;
@@ -477,7 +477,7 @@ __global__ void __launch_bounds__(kThreads)
     return own_valid ? static_cast<int>(min(steps.end - t0 - own_step, static_cast<int64_t>(kChunk))) : 0;
   };
   // Loads the raw values of the chunk at t0 (0 past the piece's end or E): from the thread's first value, its
-  // j-th lies j · kLanes · E further (32 bits: scan_shape bounds kChunk · E).
+  // j-th lies j · kLanes · E further (32 bits: scan_shape keeps E below 2^26).
   const int stride = kLanes * static_cast<int>(s.channels);
   const auto load = [&](int64_t t0, OwnedValues<kOwned>& raw) {
     const int inside = values_inside(t0);

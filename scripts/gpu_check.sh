@@ -271,7 +271,7 @@ else
 
   # 9. compute-sanitizer, where the machine lets it see the device (on gVisor it does not): racecheck
   # (shared-memory hazards between threads) on the scans cut into pieces and on routing's block-wide scans
-  # (barriers the emulator cannot prove needed), then memcheck (out-of-bounds and misaligned accesses, leaks)
+  # (barriers the emulator cannot prove needed), then memcheck (out-of-bounds and misaligned accesses)
   # on every [cuda] test. Optional: "n/a" when it cannot run, which does not fail the check.
   sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)"
   sanitize() {  # sanitize NAME LABEL LIMIT TOOL TESTS [TOOL OPTIONS...]
