@@ -163,6 +163,18 @@ __device__ __forceinline__ Position locate(const ScanShape& s) {
   return at;
 }
 
+// locate(s) for a kernel compiled for s.lanes == kLanes (its divisions by constants).
+template <int kLanes>
+__device__ __forceinline__ Position locate_fixed(const ScanShape& s) {
+  Position at;
+  at.group = threadIdx.x % kLanes;
+  at.first_state = at.group * kStates;
+  at.e = (s.first_block + static_cast<int64_t>(blockIdx.x)) * (kThreads / kLanes) + threadIdx.x / kLanes;
+  at.b = blockIdx.y;
+  at.valid = at.e < s.channels;
+  return at;
+}
+
 // log(1 + x) for x in [0, 1], as 2 atanh(s) = 2s + 2s Σ_k≥1 s^2k / (2k + 1) with s = x / (2 + x) in [0, 1/3]: the
 // series reaches float precision in eight terms (the ninth is below 2e-9 of the sum). Within 2 ulp of
 // log(1 + x) (checked on the host at every 7th float of [2^-126, 1]), in about half the instructions of log1pf
@@ -586,14 +598,16 @@ __global__ void __launch_bounds__(kThreads)
 // the warp, by recursive halving: at each level a lane keeps half of its values, sends the other half to
 // the lane of the partner channel and adds what it receives; then stores the results in the warp's own
 // sums [2 (dB, dC)][kSub][padded] in shared memory (exactly one lane of the warp holds each entry).
+template <int kLanes>
 __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const ScanShape& s, int group, int step,
                                                   float* sums) {
+  constexpr int kPadded = kLanes * kStates;
   const int lane = threadIdx.x & 31;
   int base = 0, levels = 0;
   // Fully unrolled (the level is a constant in each copy, so every index into v is static).
 #pragma unroll
   for (int level = 0; level < 4; ++level) {
-    const int offset = s.lanes << level;
+    const int offset = kLanes << level;
     if (offset < 32) {
       const int half = kStates >> level;  // values kept: 8, 4, 2, 1 of 16, 8, 4, 2
       const bool upper = (lane & offset) != 0;
@@ -611,7 +625,7 @@ __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const
   }
   const int held = (2 * kStates) >> levels;
   bool writer = true;
-  if ((s.lanes << levels) < 32) {
+  if ((kLanes << levels) < 32) {
     // P = 1: four levels left pairs of lanes 16 apart holding the same values over different channels.
     v[0] += __shfl_xor_sync(cuda::kFullMask, v[0], 16);
     writer = (lane & 16) == 0;
@@ -622,7 +636,7 @@ __device__ __forceinline__ void add_over_channels(float (&v)[2 * kStates], const
     if (j < held) {
       const int index = base + j;
       const int which = index / kStates, n = (group * kStates) + index % kStates;
-      if (n < s.state) sums[(which * kSub + step) * s.padded + n] = v[j];
+      if (n < s.state) sums[(which * kSub + step) * kPadded + n] = v[j];
     }
   }
 }
@@ -680,7 +694,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The backward kernel's shared memory, carved from its dynamic array (backward_shared_bytes: the size).
+template <int kLanes>
 struct BackwardShared {
+  static constexpr int kPadded = kLanes * kStates, kPerBlock = kThreads / kLanes;
   float* saved;   // [kSubsPerSegment][kStates][kThreads] the states before the segment's sub-chunks
   float* rows;    // [2 (B, C)][kSub][padded] the sub-chunk's rows of B and C
   float* sums;    // [kWarps][2 (dB, dC)][kSub][padded] each warp's sums over its channels
@@ -691,37 +707,42 @@ struct BackwardShared {
   __device__ __forceinline__ BackwardShared(float* shared, const ScanShape& s)
       : saved(shared),
         rows(saved + kSubsPerSegment * kStates * kThreads),
-        sums(rows + 2 * kSub * s.padded),
-        deltas(sums + kWarps * 2 * kSub * s.padded),
-        slopes(deltas + kSegment * s.channels_per_block),
-        gates(slopes + kSub * s.channels_per_block) {}
+        sums(rows + 2 * kSub * kPadded),
+        deltas(sums + kWarps * 2 * kSub * kPadded),
+        slopes(deltas + kSegment * kPerBlock),
+        gates(slopes + kSub * kPerBlock) {}
 };
 
 // One thread of the backward kernel over its block's piece: its place and channel constants, the block's
 // shared memory, and its running values: d(state) carried back in time and its channel's sums of dA, dD
 // and d(delta_bias). The kernel below drives it segment by segment and sub-chunk by sub-chunk, with the
 // block's barriers between the steps.
+template <int kLanes>
 struct BackwardThread {
+  static constexpr int kPadded = kLanes * kStates, kPerBlock = kThreads / kLanes;
   const SelectiveScanPointers& p;
   const ScanShape& s;
   const Position at;
   const int channel;    // within the block
   const int64_t row0;   // token index of t = 0
   const ChannelConstants constants;
-  const BackwardShared shared;
+  const BackwardShared<kLanes> shared;
   float dh[kStates], dA[kStates];
   float dD = 0.0f, dbias = 0.0f;
+  // B's rows are N = padded floats, 16-byte aligned (N a power of two from 8): whole 16-byte loads.
+  const bool whole_rows;
 
   // Starts from the d(state) the pieces after this one leave (carries: from the first pass).
   __device__ __forceinline__ BackwardThread(const SelectiveScanPointers& p, const ScanShape& s, float* shared_memory,
                                             const PieceCarries& carries, int64_t piece)
       : p(p),
         s(s),
-        at(locate(s)),
-        channel(threadIdx.x / s.lanes),
+        at(locate_fixed<kLanes>(s)),
+        channel(threadIdx.x / kLanes),
         row0(at.b * s.length),
         constants(channel_constants(p, s, at)),
-        shared(shared_memory, s) {
+        shared(shared_memory, s),
+        whole_rows(s.state == kPadded && reinterpret_cast<uintptr_t>(p.B) % 16 == 0) {
     carry_through(carries, s, at, s.pieces - 1, piece, -1, dh);
 #pragma unroll
     for (int i = 0; i < kStates; ++i) dA[i] = 0.0f;
@@ -729,9 +750,9 @@ struct BackwardThread {
 
   // The segment's Δ for steps [s0, s1), each computed once by one thread; 0 past L or E.
   __device__ __forceinline__ void stage_deltas(int64_t s0, int64_t s1) const {
-    const int per_block = s.channels_per_block;
+    const int per_block = kPerBlock;
     for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
-      const int64_t t = s0 + i / per_block, e = block_channel(s, i % per_block);
+      const int64_t t = s0 + i / per_block, e = ((s.first_block + static_cast<int64_t>(blockIdx.x)) * kPerBlock + (i % per_block));
       const bool inside = t < s1 && e < s.channels;
       const float v = inside ? biased_delta(p, (row0 + t) * s.channels + e, e) : 0.0f;
       shared.deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
@@ -743,7 +764,7 @@ struct BackwardThread {
   __device__ __forceinline__ void save_states(const float* checkpoints, int64_t segment, int subs) const {
     const int64_t s0 = segment * kSegment;
     const float* checkpoint =
-        checkpoints + ((at.b * s.segments + segment) * s.channels + at.e) * s.padded + at.first_state;
+        checkpoints + ((at.b * s.segments + segment) * s.channels + at.e) * kPadded + at.first_state;
     float h[kStates];
 #pragma unroll
     for (int i = 0; i < kStates; ++i) h[i] = at.valid ? checkpoint[i] : 0.0f;
@@ -756,14 +777,23 @@ struct BackwardThread {
 #pragma unroll
       for (int k = 0; k < kSub; ++k) {
         const int64_t t = s0 + sub * kSub + k;  // < s1: only whole sub-chunks come here
-        const float delta = shared.deltas[(sub * kSub + k) * s.channels_per_block + channel];
+        const float delta = shared.deltas[(sub * kSub + k) * kPerBlock + channel];
         const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
+        float B_t[kStates];
+        if (whole_rows) {  // the lane's 8 values of the row as two 16-byte loads
+          const float4* row = reinterpret_cast<const float4*>(p.B + (row0 + t) * kPadded + at.first_state);
+          const float4 low = __ldg(row), high = __ldg(row + 1);
+          B_t[0] = low.x, B_t[1] = low.y, B_t[2] = low.z, B_t[3] = low.w;
+          B_t[4] = high.x, B_t[5] = high.y, B_t[6] = high.z, B_t[7] = high.w;
+        } else {
 #pragma unroll
-        for (int i = 0; i < kStates; ++i) {
-          const int n = at.first_state + i;
-          const float B_n = n < s.state ? __ldg(p.B + (row0 + t) * s.state + n) : 0.0f;
-          h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_n;
+          for (int i = 0; i < kStates; ++i) {
+            const int n = at.first_state + i;
+            B_t[i] = n < s.state ? __ldg(p.B + (row0 + t) * s.state + n) : 0.0f;
+          }
         }
+#pragma unroll
+        for (int i = 0; i < kStates; ++i) h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * B_t[i];
       }
     }
   }
@@ -771,15 +801,15 @@ struct BackwardThread {
   // The sub-chunk's rows of B and C, its zeroed sums, and its slopes σ(delta + bias) and σ(z), each computed once
   // by one thread; `steps` of its kSub steps are inside the sequence.
   __device__ __forceinline__ void stage_sub_chunk(int64_t t0, int steps) const {
-    const int per_block = s.channels_per_block;
-    for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
-      const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
+    const int per_block = kPerBlock;
+    for (int i = threadIdx.x; i < 2 * kSub * kPadded; i += kThreads) {
+      const int which = i / (kSub * kPadded), k = (i / kPadded) % kSub, n = i % kPadded;
       shared.rows[i] = k < steps && n < s.state ? (which ? p.C : p.B)[(row0 + t0 + k) * s.state + n] : 0.0f;
     }
-    for (int i = threadIdx.x; i < kWarps * 2 * kSub * s.padded; i += kThreads) shared.sums[i] = 0.0f;
+    for (int i = threadIdx.x; i < kWarps * 2 * kSub * kPadded; i += kThreads) shared.sums[i] = 0.0f;
     for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
       const int k = i / per_block;
-      const int64_t e = block_channel(s, i % per_block);
+      const int64_t e = ((s.first_block + static_cast<int64_t>(blockIdx.x)) * kPerBlock + (i % per_block));
       const int64_t index = (row0 + t0 + k) * s.channels + e;
       const bool inside = k < steps && e < s.channels;
       if (p.delta_softplus) {
@@ -798,11 +828,11 @@ struct BackwardThread {
 #pragma unroll
     for (int k = 0; k < kSub; ++k) {
       if (k < steps) {
-        const float delta = shared.deltas[(sub * kSub + k) * s.channels_per_block + channel];
+        const float delta = shared.deltas[(sub * kSub + k) * kPerBlock + channel];
         const float delta_u = delta * u[k], delta_log2e = delta * kLog2e;
 #pragma unroll
         for (int i = 0; i < kStates; ++i) {
-          h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * shared.rows[k * s.padded + at.first_state + i];
+          h[i] = decay(delta_log2e, constants.A[i]) * h[i] + delta_u * shared.rows[k * kPadded + at.first_state + i];
           states[k][i] = h[i];
         }
       }
@@ -818,10 +848,10 @@ struct BackwardThread {
                                                float u, float z, float dout, const float (&before)[kStates],
                                                const float (&now)[kStates]) {
     const int64_t index = (row0 + t0 + k) * s.channels + at.e;
-    const float* B_t = shared.rows + k * s.padded + at.first_state;
-    const float* C_t = shared.rows + (kSub + k) * s.padded + at.first_state;
-    const int value = k * s.channels_per_block + channel;  // in slopes and gates
-    const float delta = shared.deltas[(sub * kSub + k) * s.channels_per_block + channel];
+    const float* B_t = shared.rows + k * kPadded + at.first_state;
+    const float* C_t = shared.rows + (kSub + k) * kPadded + at.first_state;
+    const int value = k * kPerBlock + channel;  // in slopes and gates
+    const float delta = shared.deltas[(sub * kSub + k) * kPerBlock + channel];
     const float slope = p.delta_softplus ? shared.slopes[value] : 1.0f;
     const float delta_u = delta * u, delta_log2e = delta * kLog2e;
 
@@ -830,7 +860,7 @@ struct BackwardThread {
       float y = 0.0f;
 #pragma unroll
       for (int i = 0; i < kStates; ++i) y += now[i] * C_t[i];
-      y = lanes_sum(y, s.lanes) + constants.skip * u;
+      y = lanes_sum(y, kLanes) + constants.skip * u;
       const float sigma = shared.gates[value];
       dz = dy * y * sigma * (1.0f + z * (1.0f - sigma));
       dy *= z * sigma;
@@ -850,8 +880,8 @@ struct BackwardThread {
       channel_terms[kStates + i] = dy * now[i];  // dC_t[n] term
       dh[i] = a * dh_n;
     }
-    sum_gA = lanes_sum(sum_gA, s.lanes);
-    sum_dhB = lanes_sum(sum_dhB, s.lanes);
+    sum_gA = lanes_sum(sum_gA, kLanes);
+    sum_dhB = lanes_sum(sum_dhB, kLanes);
     if (at.group == 0 && at.valid) {
       const float d_delta = (sum_gA + u * sum_dhB) * slope;
       grads.u[index] = dy * constants.skip + delta * sum_dhB;
@@ -859,7 +889,7 @@ struct BackwardThread {
       if (grads.z) grads.z[index] = dz;
       dbias += d_delta;
     }
-    add_over_channels(channel_terms, s, at.group, k, shared.sums + (threadIdx.x / 32) * 2 * kSub * s.padded);
+    add_over_channels<kLanes>(channel_terms, s, at.group, k, shared.sums + (threadIdx.x / 32) * 2 * kSub * kPadded);
   }
 
   // Pass 2 over one staged sub-chunk (starting at t0, `steps` steps): its states recomputed into registers, then
@@ -885,11 +915,11 @@ struct BackwardThread {
   // This block's part of dB and dC for the sub-chunk's steps: the warps' sums added in warp order.
   __device__ __forceinline__ void store_row_parts(const ScanGradParts& parts, int64_t t0, int steps) const {
     const int64_t blocks = gridDim.x, rows_size = s.batch * s.length * s.state;
-    for (int i = threadIdx.x; i < 2 * kSub * s.padded; i += kThreads) {
-      const int which = i / (kSub * s.padded), k = (i / s.padded) % kSub, n = i % s.padded;
+    for (int i = threadIdx.x; i < 2 * kSub * kPadded; i += kThreads) {
+      const int which = i / (kSub * kPadded), k = (i / kPadded) % kSub, n = i % kPadded;
       if (k < steps && n < s.state) {
         float total = 0.0f;
-        for (int w = 0; w < kWarps; ++w) total += shared.sums[w * 2 * kSub * s.padded + i];
+        for (int w = 0; w < kWarps; ++w) total += shared.sums[w * 2 * kSub * kPadded + i];
         parts.rows[(which * blocks + blockIdx.x) * rows_size + (row0 + t0 + k) * s.state + n] = total;
       }
     }
@@ -914,13 +944,14 @@ struct BackwardThread {
 // The backward over the block's piece (blockIdx.z), from the d(state) its successors leave (carries: from the
 // first pass). Segments are visited in reverse; within one, pass 1 saves the state before each sub-chunk, and
 // pass 2 visits the sub-chunks in reverse.
+template <int kLanes>
 __global__ void __launch_bounds__(kThreads)
     selective_scan_backward_kernel(SelectiveScanPointers p, SelectiveScanGradPointers grads, ScanGradParts parts,
                                    PieceCarries carries, const float* grad_out, ScanShape s,
                                    const float* checkpoints) {
   extern __shared__ __align__(16) float shared[];
   const int64_t piece = blockIdx.z;
-  BackwardThread thread(p, s, shared, carries, piece);
+  BackwardThread<kLanes> thread(p, s, shared, carries, piece);
   const PieceSteps steps = piece_steps(s, piece);
   const int64_t first_segment = steps.begin / kSegment, last_segment = (steps.end - 1) / kSegment;
   for (int64_t segment = last_segment; segment >= first_segment; --segment) {
@@ -1077,7 +1108,18 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
   launch_forward(in, s, nullptr, nullptr, checkpoints.as<float>(), on_stream);
   const size_t shared_bytes = backward_shared_bytes(s);
   require_shared_memory(shared_bytes, s, "selective_scan_backward_kernel");
-  CUDA_CHECK(cudaFuncSetAttribute(selective_scan_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  // The backward kernel compiled for the shape's lanes per channel.
+  const auto backward_kernel = [&]() {
+    switch (s.lanes) {
+      case 1: return selective_scan_backward_kernel<1>;
+      case 2: return selective_scan_backward_kernel<2>;
+      case 4: return selective_scan_backward_kernel<4>;
+      case 8: return selective_scan_backward_kernel<8>;
+      case 16: return selective_scan_backward_kernel<16>;
+      default: return selective_scan_backward_kernel<32>;
+    }
+  }();
+  CUDA_CHECK(cudaFuncSetAttribute(backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(shared_bytes)));
   // The d(state) each piece hands back to the one before it.
   const CarriesBuffer carries(s);
@@ -1105,7 +1147,7 @@ void selective_scan_backward_cuda(const float* grad_out, const SelectiveScanPoin
     range.first_block = first;
     dim3 grid = scan_grid(s);
     grid.x = static_cast<unsigned>(std::min(per_launch, blocks - first));
-    selective_scan_backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(
+    backward_kernel<<<grid, kThreads, shared_bytes, on_stream>>>(
         in, grads, parts, carries.carries, grad_out, range, checkpoints.as<float>());
     cuda::check_launch("selective_scan_backward_kernel");
     reduce_parts_kernel<<<cuda::blocks_for(2 * rows_size, 256, 65536), 256, 0, on_stream>>>(
