@@ -732,6 +732,11 @@ struct BackwardThread {
   // B's rows are N = padded floats, 16-byte aligned (N a power of two from 8): whole 16-byte loads.
   const bool whole_rows;
 
+  // The channel e of the block's c-th channel.
+  __device__ __forceinline__ int64_t block_channel(int c) const {
+    return (s.first_block + static_cast<int64_t>(blockIdx.x)) * kPerBlock + c;
+  }
+
   // Starts from the d(state) the pieces after this one leave (carries: from the first pass).
   __device__ __forceinline__ BackwardThread(const SelectiveScanPointers& p, const ScanShape& s, float* shared_memory,
                                             const PieceCarries& carries, int64_t piece)
@@ -750,9 +755,9 @@ struct BackwardThread {
 
   // The segment's Δ for steps [s0, s1), each computed once by one thread; 0 past L or E.
   __device__ __forceinline__ void stage_deltas(int64_t s0, int64_t s1) const {
-    const int per_block = kPerBlock;
+    constexpr int per_block = kPerBlock;
     for (int i = threadIdx.x; i < kSegment * per_block; i += kThreads) {
-      const int64_t t = s0 + i / per_block, e = ((s.first_block + static_cast<int64_t>(blockIdx.x)) * kPerBlock + (i % per_block));
+      const int64_t t = s0 + i / per_block, e = block_channel(i % per_block);
       const bool inside = t < s1 && e < s.channels;
       const float v = inside ? biased_delta(p, (row0 + t) * s.channels + e, e) : 0.0f;
       shared.deltas[i] = !inside ? 0.0f : p.delta_softplus ? softplus(v) : v;
@@ -801,7 +806,7 @@ struct BackwardThread {
   // The sub-chunk's rows of B and C, its zeroed sums, and its slopes σ(delta + bias) and σ(z), each computed once
   // by one thread; `steps` of its kSub steps are inside the sequence.
   __device__ __forceinline__ void stage_sub_chunk(int64_t t0, int steps) const {
-    const int per_block = kPerBlock;
+    constexpr int per_block = kPerBlock;
     for (int i = threadIdx.x; i < 2 * kSub * kPadded; i += kThreads) {
       const int which = i / (kSub * kPadded), k = (i / kPadded) % kSub, n = i % kPadded;
       shared.rows[i] = k < steps && n < s.state ? (which ? p.C : p.B)[(row0 + t0 + k) * s.state + n] : 0.0f;
@@ -809,7 +814,7 @@ struct BackwardThread {
     for (int i = threadIdx.x; i < kWarps * 2 * kSub * kPadded; i += kThreads) shared.sums[i] = 0.0f;
     for (int i = threadIdx.x; i < kSub * per_block; i += kThreads) {
       const int k = i / per_block;
-      const int64_t e = ((s.first_block + static_cast<int64_t>(blockIdx.x)) * kPerBlock + (i % per_block));
+      const int64_t e = block_channel(i % per_block);
       const int64_t index = (row0 + t0 + k) * s.channels + e;
       const bool inside = k < steps && e < s.channels;
       if (p.delta_softplus) {
