@@ -16,6 +16,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "experiments/child_process.h"
 #include "experiments/experiment.h"
@@ -92,6 +93,24 @@ std::string last_component(const std::string& key) {
 
 void drop_sweep_lists(ExperimentFile& file) {
   if (toml::table* sweep = file.root()["sweep"].as_table()) sweep->clear();
+}
+
+std::vector<std::string> sweep_keys_left_unset(const ExperimentFile& file) {
+  const toml::table* sweep = file.root()["sweep"].as_table();
+  if (!sweep) return {};
+  std::vector<FoundKey> found;
+  collect_sweep_keys(*sweep, "", found);
+  std::stable_sort(found.begin(), found.end(), [](const FoundKey& a, const FoundKey& b) {  // file order
+    return std::make_tuple(!a.from_file, a.line, a.column) < std::make_tuple(!b.from_file, b.line, b.column);
+  });
+  std::vector<std::string> unset;
+  for (const FoundKey& entry : found) {
+    const std::string path = entry.key == "seed" ? "run.seed" : entry.key;
+    if (file.assignments().count(path) == 0 && std::find(unset.begin(), unset.end(), path) == unset.end()) {
+      unset.push_back(path);
+    }
+  }
+  return unset;
 }
 
 std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {

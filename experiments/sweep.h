@@ -66,6 +66,11 @@ struct SweepRun {
 // of a sweep's runs write alike, holds no sweep lists (a finished sweep run's is compared with it).
 void drop_sweep_lists(ExperimentFile& file);
 
+// The keys the file's [sweep] lists (full paths, seed as run.seed, in file order) that no --set gives a value:
+// `run` on such a file trains the file's own values of them, one run and not the sweep. (Each run of a sweep
+// sets every swept key, so it gets none.)
+std::vector<std::string> sweep_keys_left_unset(const ExperimentFile& file);
+
 // The most runs one sweep makes.
 constexpr size_t kMaxSweepRuns = 10000;
 

@@ -184,6 +184,20 @@ TEST_CASE("sweep: a --set of a swept key replaces the file's list in its place",
   CHECK(axes[1].key == "model.d_state");
 }
 
+TEST_CASE("sweep: `run` on a sweep's file is told which swept keys keep the file's values", "[sweep]") {
+  const std::string text = "[router]\nname = \"topk\"\n[sweep]\n\"router.name\" = [\"switch\", \"topk\"]\n"
+                           "seed = [1, 2]\n[sweep.model]\nd_state = [8, 16]\n";
+  ExperimentFile file = ExperimentFile::parse(text, "sweep_test.toml");
+  CHECK(sweep_keys_left_unset(file) == std::vector<std::string>{"router.name", "run.seed", "model.d_state"});
+  // A sweep's run sets every swept key (run.seed for seed), so it is told nothing.
+  file.set("router.name=\"switch\"");
+  file.set("model.d_state=16");
+  CHECK(sweep_keys_left_unset(file) == std::vector<std::string>{"run.seed"});
+  file.set("run.seed=2");
+  CHECK(sweep_keys_left_unset(file).empty());
+  CHECK(sweep_keys_left_unset(ExperimentFile::parse("[router]\nname = \"topk\"\n", "plain.toml")).empty());
+}
+
 TEST_CASE("sweep: run names are folder-safe and numbered with enough digits", "[sweep]") {
   CHECK(sanitize_folder_name("router.name=a/b c*") == "router.name=a_b_c_");
   CHECK(sanitize_folder_name(std::string(300, 'x')).size() == 100);
