@@ -250,11 +250,9 @@ int command_run(const CommandLine& line) {
   Experiment experiment = load_for(line);
   const std::vector<std::string> unswept = sweep_keys_left_unset(experiment.file);
   if (!unswept.empty()) {
-    std::string keys;
-    for (const std::string& key : unswept) keys += (keys.empty() ? "" : ", ") + key;
     spdlog::warn("{}: `run` trains one model, with the file's own value{} of {}, which [sweep] lists; "
                  "`mamba-r1 sweep {}` runs every combination", experiment.file.file(),
-                 unswept.size() == 1 ? "" : "s", keys, line.experiment_path());
+                 unswept.size() == 1 ? "" : "s", join(unswept), line.experiment_path());
   }
   drop_sweep_lists(experiment.file);
   const bool resume = line.flag("resume");

@@ -16,7 +16,6 @@
 #include <set>
 #include <sstream>
 #include <thread>
-#include <tuple>
 
 #include "experiments/child_process.h"
 #include "experiments/experiment.h"
@@ -78,6 +77,16 @@ void collect_sweep_keys(const toml::table& table, const std::string& prefix, std
   }
 }
 
+// File order (line, column), the keys added by --set after them (a stable sort keeps those in name order).
+bool in_file_order(const FoundKey& a, const FoundKey& b) {
+  if (a.from_file != b.from_file) return a.from_file;
+  if (!a.from_file) return false;
+  return std::make_pair(a.line, a.column) < std::make_pair(b.line, b.column);
+}
+
+// The full path a swept key stands for: seed is short for run.seed.
+std::string swept_path(const std::string& key) { return key == "seed" ? "run.seed" : key; }
+
 [[noreturn]] void fail_sweep_key(const ExperimentFile& file, const FoundKey& found, const std::string& message) {
   std::string location = file.file();
   if (found.from_file && found.line > 0) location += ":" + std::to_string(found.line);
@@ -100,12 +109,10 @@ std::vector<std::string> sweep_keys_left_unset(const ExperimentFile& file) {
   if (!sweep) return {};
   std::vector<FoundKey> found;
   collect_sweep_keys(*sweep, "", found);
-  std::stable_sort(found.begin(), found.end(), [](const FoundKey& a, const FoundKey& b) {  // file order
-    return std::make_tuple(!a.from_file, a.line, a.column) < std::make_tuple(!b.from_file, b.line, b.column);
-  });
+  std::stable_sort(found.begin(), found.end(), in_file_order);
   std::vector<std::string> unset;
   for (const FoundKey& entry : found) {
-    const std::string path = entry.key == "seed" ? "run.seed" : entry.key;
+    const std::string path = swept_path(entry.key);
     if (file.assignments().count(path) == 0 && std::find(unset.begin(), unset.end(), path) == unset.end()) {
       unset.push_back(path);
     }
@@ -131,8 +138,7 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
                                       " " + render_toml_value(*entry.node));
     }
     if (values->empty()) fail_sweep_key(file, entry, "expected at least one value, found an empty list");
-    std::string path = entry.key;
-    if (path == "seed") path = "run.seed";
+    const std::string path = swept_path(entry.key);
     if (path.find('.') == std::string::npos) {
       fail_sweep_key(file, entry, "a swept key is a dotted path TABLE.KEY, for example \"router.name\" or "
                                   "model.d_state (or seed, short for run.seed)");
@@ -150,13 +156,10 @@ std::vector<SweepAxis> read_sweep_axes(const ExperimentFile& file) {
     fail_sweep_key(file, entry, "swept twice (also as sweep." + kept.key + "); list its values once");
   }
 
-  // File order (line, column), then keys added by --set in name order.
+  // In file order (in_file_order).
   std::vector<std::pair<std::string, FoundKey>> ordered(by_path.begin(), by_path.end());
-  std::stable_sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
-    if (a.second.from_file != b.second.from_file) return a.second.from_file;
-    if (!a.second.from_file) return false;
-    return std::make_pair(a.second.line, a.second.column) < std::make_pair(b.second.line, b.second.column);
-  });
+  std::stable_sort(ordered.begin(), ordered.end(),
+                   [](const auto& a, const auto& b) { return in_file_order(a.second, b.second); });
   std::vector<SweepAxis> axes;
   for (const auto& [path, entry] : ordered) {
     // A --set (or --seed) of a swept key would be overridden in every run: say so instead of ignoring it.

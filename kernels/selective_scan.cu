@@ -163,12 +163,12 @@ __device__ __forceinline__ Position locate(const ScanShape& s) {
   return at;
 }
 
-// locate(s) for a kernel compiled for s.lanes == kLanes (its divisions by constants).
-template <int kLanes>
+// locate(s) for a kernel compiled for kLanes lanes of kLaneStates states a channel (its divisions by constants).
+template <int kLanes, int kLaneStates = kStates>
 __device__ __forceinline__ Position locate_fixed(const ScanShape& s) {
   Position at;
   at.group = threadIdx.x % kLanes;
-  at.first_state = at.group * kStates;
+  at.first_state = at.group * kLaneStates;
   at.e = (s.first_block + static_cast<int64_t>(blockIdx.x)) * (kThreads / kLanes) + threadIdx.x / kLanes;
   at.b = blockIdx.y;
   at.valid = at.e < s.channels;
@@ -447,10 +447,11 @@ __global__ void __launch_bounds__(kThreads)
   float* y_values = tiles + 2 * kTile + 2 * kPerChunk;
 
   // The scan: lane group `group` of channel `channel` holds states [first_state, first_state + kLaneStates).
-  const int group = threadIdx.x % kLanes, channel = threadIdx.x / kLanes, first_state = group * kLaneStates;
+  const Position at = locate_fixed<kLanes, kLaneStates>(s);
+  const int group = at.group, channel = threadIdx.x / kLanes, first_state = at.first_state;
   const int64_t channel0 = (s.first_block + static_cast<int64_t>(blockIdx.x)) * kChannels;
-  const int64_t e = channel0 + channel, b = blockIdx.y;
-  const bool valid = e < s.channels;
+  const int64_t e = at.e, b = at.b;
+  const bool valid = at.valid;
   float A[kLaneStates];
 #pragma unroll
   for (int i = 0; i < kLaneStates; ++i) {
@@ -472,15 +473,7 @@ __global__ void __launch_bounds__(kThreads)
 
   const int64_t piece = blockIdx.z;
   float h[kLaneStates];
-  {
-    Position at;
-    at.group = group;
-    at.first_state = first_state;
-    at.e = e;
-    at.b = b;
-    at.valid = valid;
-    carry_through(carries, s, at, 0, piece, 1, h);
-  }
+  carry_through(carries, s, at, 0, piece, 1, h);
   const PieceSteps steps = piece_steps(s, piece);
   const int64_t chunks = (steps.end - steps.begin + kChunk - 1) / kChunk;
   // How many of the thread's values of the chunk at t0 lie inside the piece (and E): its j-th value is inside
